@@ -1,0 +1,940 @@
+
+/*
+ * Copyright (C) ngx_collab_module authors
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+#include "ngx_http_collab_module.h"
+
+
+/*
+ * Documents of a worker and the sessions subscribed to them.
+ *
+ * A worker holds one Redis subscription per document; the subscription's
+ * callback data is the document object, which lives until Redis confirms
+ * the unsubscribe (or the subscriber connection goes away).
+ *
+ * Every membership (sub) tracks the last seq it delivered.  A live sub
+ * takes a published delta only when it is exactly pos + 1; anything else
+ * sends it back to reading the log from pos, which makes replay and live
+ * delivery meet with no gap and no duplicate, whatever the interleaving of
+ * the two Redis connections, reconnects or a slow client.
+ */
+
+
+static ngx_http_collab_doc_t *ngx_http_collab_doc_lookup(ngx_str_t *name);
+static ngx_http_collab_doc_t *ngx_http_collab_doc_get(ngx_str_t *name,
+    ngx_log_t *log);
+static void ngx_http_collab_doc_free(ngx_http_collab_doc_t *doc);
+static void ngx_http_collab_doc_redis_subscribe(ngx_http_collab_doc_t *doc);
+static void ngx_http_collab_doc_message(redisAsyncContext *ac, void *r,
+    void *data);
+static void ngx_http_collab_doc_fanout(ngx_http_collab_doc_t *doc,
+    u_char *payload, size_t len);
+static void ngx_http_collab_doc_sub_read(ngx_http_collab_sub_t *sub);
+static void ngx_http_collab_doc_resync(ngx_http_collab_sub_t *sub,
+    uint64_t seq, const char *reason);
+static void ngx_http_collab_doc_publish_reply(ngx_http_collab_cmd_t *cmd,
+    redisReply *reply);
+
+
+static ngx_http_collab_doc_t *
+ngx_http_collab_doc_lookup(ngx_str_t *name)
+{
+    uint32_t  hash;
+
+    hash = ngx_crc32_long(name->data, name->len);
+
+    return (ngx_http_collab_doc_t *)
+               ngx_str_rbtree_lookup(&ngx_http_collab_worker->docs, name,
+                                     hash);
+}
+
+
+static ngx_http_collab_doc_t *
+ngx_http_collab_doc_get(ngx_str_t *name, ngx_log_t *log)
+{
+    u_char                 *p;
+    ngx_http_collab_doc_t  *doc;
+
+    doc = ngx_http_collab_doc_lookup(name);
+    if (doc) {
+        return doc;
+    }
+
+    doc = ngx_alloc(sizeof(ngx_http_collab_doc_t) + 2 * name->len
+                    + sizeof("collab:{}"), log);
+    if (doc == NULL) {
+        return NULL;
+    }
+
+    ngx_memzero(doc, sizeof(ngx_http_collab_doc_t));
+
+    p = (u_char *) doc + sizeof(ngx_http_collab_doc_t);
+
+    doc->node.str.data = p;
+    doc->node.str.len = name->len;
+    p = ngx_cpymem(p, name->data, name->len);
+
+    doc->channel.data = p;
+    doc->channel.len = ngx_sprintf(p, "collab:{%V}", name) - p;
+
+    doc->node.node.key = ngx_crc32_long(name->data, name->len);
+    ngx_rbtree_insert(&ngx_http_collab_worker->docs, &doc->node.node);
+
+    ngx_queue_init(&doc->subs);
+
+    return doc;
+}
+
+
+static void
+ngx_http_collab_doc_free(ngx_http_collab_doc_t *doc)
+{
+    ngx_rbtree_delete(&ngx_http_collab_worker->docs, &doc->node.node);
+    ngx_free(doc);
+}
+
+
+static void
+ngx_http_collab_doc_redis_subscribe(ngx_http_collab_doc_t *doc)
+{
+    const char               *argv[2];
+    size_t                    argvlen[2];
+    ngx_http_collab_redis_t  *rc;
+
+    rc = &ngx_http_collab_worker->sub;
+
+    if (rc->state != NGX_HTTP_COLLAB_REDIS_READY) {
+        /* ngx_http_collab_doc_redis_ready() subscribes */
+        return;
+    }
+
+    argv[0] = "SUBSCRIBE";
+    argvlen[0] = 9;
+    argv[1] = (char *) doc->channel.data;
+    argvlen[1] = doc->channel.len;
+
+    if (ngx_http_collab_redis_raw(rc, ngx_http_collab_doc_message, doc, 2,
+                                  argv, argvlen)
+        == NGX_OK)
+    {
+        doc->in_redis = 1;
+    }
+}
+
+
+ngx_int_t
+ngx_http_collab_doc_subscribe(ngx_http_collab_session_t *s, ngx_str_t *name,
+    int64_t since, ngx_str_t *epoch)
+{
+    ngx_queue_t            *q;
+    ngx_http_collab_doc_t  *doc;
+    ngx_http_collab_sub_t  *sub;
+    ngx_http_collab_msg_t  *m;
+
+    sub = NULL;
+
+    for (q = ngx_queue_head(&s->subs);
+         q != ngx_queue_sentinel(&s->subs);
+         q = ngx_queue_next(q))
+    {
+        sub = ngx_queue_data(q, ngx_http_collab_sub_t, session_link);
+
+        if (sub->doc->node.str.len == name->len
+            && ngx_memcmp(sub->doc->node.str.data, name->data, name->len)
+               == 0)
+        {
+            break;
+        }
+
+        sub = NULL;
+    }
+
+    if (sub == NULL && s->nsubs >= s->conf->max_docs) {
+        m = ngx_http_collab_msg_error("error", "too_large", name, NULL,
+                                      "too many documents on one session "
+                                      "(the limit is %ui)",
+                                      s->conf->max_docs);
+        ngx_http_collab_reply(s, NGX_HTTP_COLLAB_NO_SLOT, m);
+        return NGX_DECLINED;
+    }
+
+    if (ngx_http_collab_worker->cmd.state != NGX_HTTP_COLLAB_REDIS_READY
+        || ngx_http_collab_worker->sub.state != NGX_HTTP_COLLAB_REDIS_READY)
+    {
+        m = ngx_http_collab_msg_error("error", "unavailable", name, NULL,
+                                      "the document store is unavailable");
+        ngx_http_collab_reply(s, NGX_HTTP_COLLAB_NO_SLOT, m);
+        return NGX_DECLINED;
+    }
+
+    if (sub) {
+        /* a re-subscribe (after "resync"): start over from the new point */
+
+        if (sub->read) {
+            sub->read->sub = NULL;
+            sub->read = NULL;
+        }
+
+        doc = sub->doc;
+
+    } else {
+        doc = ngx_http_collab_doc_get(name, s->connection->log);
+        if (doc == NULL) {
+            return NGX_ERROR;
+        }
+
+        sub = ngx_alloc(sizeof(ngx_http_collab_sub_t), s->connection->log);
+        if (sub == NULL) {
+            if (doc->nsubs == 0 && !doc->in_redis) {
+                ngx_http_collab_doc_free(doc);
+            }
+
+            return NGX_ERROR;
+        }
+
+        ngx_memzero(sub, sizeof(ngx_http_collab_sub_t));
+
+        sub->doc = doc;
+        sub->session = s;
+
+        ngx_queue_insert_tail(&doc->subs, &sub->doc_link);
+        doc->nsubs++;
+
+        ngx_queue_insert_tail(&s->subs, &sub->session_link);
+        s->nsubs++;
+    }
+
+    sub->state = NGX_HTTP_COLLAB_SUB_JOINING;
+    sub->since = since;
+    sub->pos = 0;
+    sub->stalled = 0;
+    sub->has_epoch = 0;
+
+    if (epoch->len) {
+        if (epoch->len == NGX_HTTP_COLLAB_EPOCH_LEN) {
+            ngx_memcpy(sub->epoch, epoch->data, NGX_HTTP_COLLAB_EPOCH_LEN);
+
+        } else {
+            /* cannot be ours: the log it refers to is gone */
+            ngx_memset(sub->epoch, '-', NGX_HTTP_COLLAB_EPOCH_LEN);
+        }
+
+        sub->has_epoch = 1;
+    }
+
+    if (!doc->in_redis || doc->unsubscribing) {
+        doc->unsubscribing = 0;
+        ngx_http_collab_doc_redis_subscribe(doc);
+    }
+
+    if (doc->subscribed) {
+        ngx_http_collab_doc_sub_read(sub);
+
+    } else {
+        sub->stalled = 1;
+    }
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_collab_doc_unsubscribe(ngx_http_collab_session_t *s,
+    ngx_str_t *name)
+{
+    ngx_queue_t            *q;
+    ngx_http_collab_sub_t  *sub;
+    ngx_http_collab_msg_t  *m;
+
+    for (q = ngx_queue_head(&s->subs);
+         q != ngx_queue_sentinel(&s->subs);
+         q = ngx_queue_next(q))
+    {
+        sub = ngx_queue_data(q, ngx_http_collab_sub_t, session_link);
+
+        if (sub->doc->node.str.len == name->len
+            && ngx_memcmp(sub->doc->node.str.data, name->data, name->len)
+               == 0)
+        {
+            ngx_http_collab_doc_sub_free(sub);
+
+            m = ngx_http_collab_msg_build("unsubscribed", "doc", 'S', name,
+                                          "reason", 'C', "client", NULL);
+            ngx_http_collab_reply(s, NGX_HTTP_COLLAB_NO_SLOT, m);
+
+            return NGX_OK;
+        }
+    }
+
+    m = ngx_http_collab_msg_error("error", "invalid", name, NULL,
+                                  "not subscribed to this document");
+    ngx_http_collab_reply(s, NGX_HTTP_COLLAB_NO_SLOT, m);
+
+    return NGX_DECLINED;
+}
+
+
+void
+ngx_http_collab_doc_sub_free(ngx_http_collab_sub_t *sub)
+{
+    const char               *argv[2];
+    size_t                    argvlen[2];
+    ngx_http_collab_doc_t    *doc;
+    ngx_http_collab_redis_t  *rc;
+
+    if (sub->read) {
+        sub->read->sub = NULL;
+        sub->read = NULL;
+    }
+
+    doc = sub->doc;
+
+    ngx_queue_remove(&sub->doc_link);
+    doc->nsubs--;
+
+    ngx_queue_remove(&sub->session_link);
+    sub->session->nsubs--;
+
+    ngx_free(sub);
+
+    if (doc->nsubs) {
+        return;
+    }
+
+    if (!doc->in_redis) {
+        ngx_http_collab_doc_free(doc);
+        return;
+    }
+
+    if (doc->unsubscribing) {
+        return;
+    }
+
+    rc = &ngx_http_collab_worker->sub;
+
+    argv[0] = "UNSUBSCRIBE";
+    argvlen[0] = 11;
+    argv[1] = (char *) doc->channel.data;
+    argvlen[1] = doc->channel.len;
+
+    if (ngx_http_collab_redis_raw(rc, NULL, NULL, 2, argv, argvlen)
+        == NGX_OK)
+    {
+        doc->unsubscribing = 1;
+        doc->subscribed = 0;
+    }
+}
+
+
+static void
+ngx_http_collab_doc_message(redisAsyncContext *ac, void *r, void *data)
+{
+    ngx_http_collab_doc_t *doc = data;
+
+    redisReply             *reply, *kind;
+    ngx_queue_t            *q;
+    ngx_http_collab_sub_t  *sub;
+
+    reply = r;
+
+    if (reply == NULL) {
+        /* the subscriber connection is gone: hiredis drops our entry */
+
+        doc->in_redis = 0;
+        doc->subscribed = 0;
+        doc->unsubscribing = 0;
+
+        if (doc->nsubs == 0) {
+            ngx_http_collab_doc_free(doc);
+            return;
+        }
+
+        /* what was published meanwhile is read from the log later */
+
+        for (q = ngx_queue_head(&doc->subs);
+             q != ngx_queue_sentinel(&doc->subs);
+             q = ngx_queue_next(q))
+        {
+            sub = ngx_queue_data(q, ngx_http_collab_sub_t, doc_link);
+
+            if (sub->state == NGX_HTTP_COLLAB_SUB_LIVE) {
+                sub->state = NGX_HTTP_COLLAB_SUB_CATCHUP;
+            }
+
+            if (sub->read == NULL) {
+                sub->stalled = 1;
+            }
+        }
+
+        return;
+    }
+
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 3
+        || reply->element[0]->type != REDIS_REPLY_STRING)
+    {
+        return;
+    }
+
+    kind = reply->element[0];
+
+    if (kind->len == 7 && ngx_strncmp(kind->str, "message", 7) == 0) {
+        if (reply->element[2]->type == REDIS_REPLY_STRING) {
+            ngx_http_collab_doc_fanout(doc, (u_char *) reply->element[2]->str,
+                                       reply->element[2]->len);
+        }
+
+        return;
+    }
+
+    if (kind->len == 9 && ngx_strncmp(kind->str, "subscribe", 9) == 0) {
+
+        if (doc->unsubscribing) {
+            return;
+        }
+
+        doc->subscribed = 1;
+
+        for (q = ngx_queue_head(&doc->subs);
+             q != ngx_queue_sentinel(&doc->subs);
+             q = ngx_queue_next(q))
+        {
+            sub = ngx_queue_data(q, ngx_http_collab_sub_t, doc_link);
+
+            if (sub->stalled) {
+                ngx_http_collab_doc_sub_read(sub);
+            }
+        }
+
+        return;
+    }
+
+    if (kind->len == 11 && ngx_strncmp(kind->str, "unsubscribe", 11) == 0) {
+
+        if (!doc->unsubscribing) {
+            /* a subscribe was sent after this unsubscribe: wait for it */
+            return;
+        }
+
+        doc->unsubscribing = 0;
+        doc->in_redis = 0;
+
+        if (doc->nsubs == 0) {
+            ngx_http_collab_doc_free(doc);
+        }
+
+        return;
+    }
+}
+
+
+static void
+ngx_http_collab_doc_fanout(ngx_http_collab_doc_t *doc, u_char *payload,
+    size_t len)
+{
+    uint64_t                    seq;
+    ngx_str_t                   sid;
+    ngx_queue_t                *q, *next;
+    json_t                     *obj;
+    ngx_http_collab_sub_t      *sub;
+    ngx_http_collab_msg_t      *m;
+    ngx_http_collab_session_t  *s;
+
+    m = NULL;
+
+    if (ngx_http_collab_msg_parse_delta(payload, len, &doc->node.str, &seq)
+        == NGX_OK)
+    {
+        if (seq > doc->seq) {
+            doc->seq = seq;
+        }
+
+        for (q = ngx_queue_head(&doc->subs);
+             q != ngx_queue_sentinel(&doc->subs);
+             q = next)
+        {
+            next = ngx_queue_next(q);
+            sub = ngx_queue_data(q, ngx_http_collab_sub_t, doc_link);
+            s = sub->session;
+
+            if (sub->state != NGX_HTTP_COLLAB_SUB_LIVE || seq <= sub->pos) {
+                continue;
+            }
+
+            if (seq > sub->pos + 1
+                || s->out_bytes + len > s->conf->send_queue)
+            {
+                /* a gap, or a slow reader: continue from the log */
+                sub->state = NGX_HTTP_COLLAB_SUB_CATCHUP;
+                ngx_http_collab_doc_sub_read(sub);
+                continue;
+            }
+
+            if (m == NULL) {
+                m = ngx_http_collab_msg_alloc(len);
+                if (m == NULL) {
+                    return;
+                }
+
+                ngx_memcpy(m->json, payload, len);
+                m->len = len;
+                m->seq = seq;
+                ngx_str_set(&m->type, "delta");
+                m->epoch.data = doc->epoch;
+                m->epoch.len = doc->has_epoch ? NGX_HTTP_COLLAB_EPOCH_LEN : 0;
+            }
+
+            sub->pos = seq;
+
+            (void) ngx_http_collab_session_send(s, m);
+        }
+
+        ngx_http_collab_msg_release(m);
+        return;
+    }
+
+    /* ephemera and control messages */
+
+    obj = json_loadb((char *) payload, len, 0, NULL);
+    if (obj == NULL) {
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "collab: ignoring a message on \"%V\" that is not JSON",
+                      &doc->channel);
+        return;
+    }
+
+    sid.data = (u_char *) json_string_value(json_object_get(obj, "session"));
+    sid.len = sid.data ? ngx_strlen(sid.data) : 0;
+
+    for (q = ngx_queue_head(&doc->subs);
+         q != ngx_queue_sentinel(&doc->subs);
+         q = next)
+    {
+        next = ngx_queue_next(q);
+        sub = ngx_queue_data(q, ngx_http_collab_sub_t, doc_link);
+        s = sub->session;
+
+        if (sub->state != NGX_HTTP_COLLAB_SUB_LIVE
+            || s->out_bytes + len > s->conf->send_queue / 2)
+        {
+            /* ephemera are the first to go when a reader is behind */
+            continue;
+        }
+
+        if (sid.len == sizeof(s->id)
+            && ngx_memcmp(sid.data, s->id, sizeof(s->id)) == 0)
+        {
+            continue;
+        }
+
+        if (m == NULL) {
+            m = ngx_http_collab_msg_alloc(len);
+            if (m == NULL) {
+                break;
+            }
+
+            ngx_memcpy(m->json, payload, len);
+            m->len = len;
+            m->type.data = (u_char *) "message";
+            m->type.len = 7;
+
+            if (json_is_string(json_object_get(obj, "type"))) {
+                /* points into a static list for the SSE event name */
+                if (ngx_strcmp(json_string_value(json_object_get(obj, "type")),
+                               "intent") == 0)
+                {
+                    ngx_str_set(&m->type, "intent");
+
+                } else if (ngx_strcmp(json_string_value(
+                                          json_object_get(obj, "type")),
+                                      "presence") == 0)
+                {
+                    ngx_str_set(&m->type, "presence");
+                }
+            }
+        }
+
+        (void) ngx_http_collab_session_send(s, m);
+    }
+
+    ngx_http_collab_msg_release(m);
+    json_decref(obj);
+}
+
+
+static void
+ngx_http_collab_doc_sub_read(ngx_http_collab_sub_t *sub)
+{
+    ngx_http_collab_session_t  *s;
+
+    if (sub->read) {
+        return;
+    }
+
+    s = sub->session;
+
+    if (!sub->doc->subscribed
+        || ngx_http_collab_worker->cmd.state != NGX_HTTP_COLLAB_REDIS_READY
+        || (sub->state != NGX_HTTP_COLLAB_SUB_JOINING
+            && s->out_bytes > s->conf->send_queue / 2))
+    {
+        sub->stalled = 1;
+        return;
+    }
+
+    (void) ngx_http_collab_store_read(sub);
+}
+
+
+/*
+ * The reply of collab_read: epoch, head, mode, snapshot seq, snapshot data,
+ * then (seq, id, user, ts, data) per entry.
+ */
+
+void
+ngx_http_collab_doc_read_done(ngx_http_collab_sub_t *sub, redisReply *reply)
+{
+    u_char                     *p;
+    size_t                      i, n;
+    int64_t                     head, mode, snap_seq;
+    uint64_t                    seq;
+    ngx_str_t                   epoch, snap, id, user, ts, data, *doc;
+    ngx_int_t                   v;
+    redisReply                **e;
+    ngx_http_collab_msg_t      *m;
+    ngx_http_collab_doc_t      *d;
+    ngx_http_collab_session_t  *s;
+
+    s = sub->session;
+    d = sub->doc;
+    doc = &d->node.str;
+
+    if (reply == NULL) {
+        /* Redis went away: retried when it is back */
+        sub->stalled = 1;
+        return;
+    }
+
+    e = reply->element;
+
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 5
+        || (reply->elements - 5) % 5 != 0
+        || e[0]->type != REDIS_REPLY_STRING
+        || e[1]->type != REDIS_REPLY_INTEGER
+        || e[2]->type != REDIS_REPLY_INTEGER
+        || e[3]->type != REDIS_REPLY_INTEGER)
+    {
+        ngx_log_error(NGX_LOG_ERR, s->connection->log, 0,
+                      "collab: reading the log of \"%V\" failed: %s", doc,
+                      reply->type == REDIS_REPLY_ERROR
+                      ? reply->str : "unexpected reply");
+
+        m = ngx_http_collab_msg_error("error", "internal", doc, NULL,
+                                      "the document could not be read");
+        ngx_http_collab_reply(s, NGX_HTTP_COLLAB_NO_SLOT, m);
+
+        m = ngx_http_collab_msg_build("unsubscribed", "doc", 'S', doc,
+                                      "reason", 'C', "internal", NULL);
+        ngx_http_collab_reply(s, NGX_HTTP_COLLAB_NO_SLOT, m);
+
+        ngx_http_collab_doc_sub_free(sub);
+        return;
+    }
+
+    epoch.data = (u_char *) e[0]->str;
+    epoch.len = e[0]->len;
+    head = e[1]->integer;
+    mode = e[2]->integer;
+    snap_seq = e[3]->integer;
+
+    if (epoch.len == NGX_HTTP_COLLAB_EPOCH_LEN) {
+        if (d->has_epoch && sub->state != NGX_HTTP_COLLAB_SUB_JOINING
+            && ngx_memcmp(d->epoch, epoch.data, epoch.len) != 0)
+        {
+            /* the log was recreated under us */
+            ngx_memcpy(d->epoch, epoch.data, epoch.len);
+            ngx_http_collab_doc_resync(sub, head, "epoch");
+            return;
+        }
+
+        ngx_memcpy(d->epoch, epoch.data, epoch.len);
+        d->has_epoch = 1;
+    }
+
+    if (sub->state == NGX_HTTP_COLLAB_SUB_JOINING) {
+
+        if (mode == 1) {
+            sub->pos = snap_seq;
+
+            snap.data = (u_char *) e[4]->str;
+            snap.len = e[4]->len;
+
+            m = ngx_http_collab_msg_alloc(256 + doc->len + s->role.len
+                                          + snap.len);
+            if (m) {
+                p = ngx_sprintf(m->json, "{\"type\":\"subscribed\","
+                                "\"doc\":\"%V\",\"role\":\"%V\","
+                                "\"epoch\":\"%V\",\"seq\":%L,"
+                                "\"state\":{\"seq\":%L,\"data\":",
+                                doc, &s->role, &epoch, head, snap_seq);
+
+                if (e[4]->type == REDIS_REPLY_STRING) {
+                    p = ngx_cpymem(p, snap.data, snap.len);
+
+                } else {
+                    p = ngx_cpymem(p, "null", 4);
+                }
+
+                *p++ = '}';
+                *p++ = '}';
+
+                m->len = p - m->json;
+                m->seq = snap_seq;
+                m->epoch.data = d->epoch;
+                m->epoch.len = NGX_HTTP_COLLAB_EPOCH_LEN;
+                ngx_str_set(&m->type, "subscribed");
+            }
+
+        } else {
+            sub->pos = sub->since;
+
+            m = ngx_http_collab_msg_build("subscribed", "doc", 'S', doc,
+                                          "role", 'S', &s->role,
+                                          "epoch", 'S', &epoch,
+                                          "seq", 'I', head, NULL);
+            if (m) {
+                m->seq = sub->pos;
+                m->epoch.data = d->epoch;
+                m->epoch.len = NGX_HTTP_COLLAB_EPOCH_LEN;
+            }
+        }
+
+        sub->state = NGX_HTTP_COLLAB_SUB_CATCHUP;
+
+        if (m == NULL || ngx_http_collab_session_send(s, m) != NGX_OK) {
+            ngx_http_collab_msg_release(m);
+            return;
+        }
+
+        ngx_http_collab_msg_release(m);
+
+    } else if (mode == 1) {
+        /* the entries after pos were trimmed away */
+        ngx_http_collab_doc_resync(sub, head, "trimmed");
+        return;
+    }
+
+    n = (reply->elements - 5) / 5;
+
+    for (i = 0; i < n; i++) {
+        e = &reply->element[5 + i * 5];
+
+        if (e[0]->type != REDIS_REPLY_STRING) {
+            continue;
+        }
+
+        v = ngx_atoi((u_char *) e[0]->str, e[0]->len);
+        if (v == NGX_ERROR) {
+            continue;
+        }
+
+        seq = v;
+
+        if (seq <= sub->pos) {
+            continue;
+        }
+
+        if (seq != sub->pos + 1) {
+            ngx_http_collab_doc_resync(sub, head, "trimmed");
+            return;
+        }
+
+        id.data = (u_char *) e[1]->str;
+        id.len = e[1]->len;
+        user.data = (u_char *) e[2]->str;
+        user.len = e[2]->len;
+        ts.data = (u_char *) e[3]->str;
+        ts.len = e[3]->len;
+        data.data = (u_char *) e[4]->str;
+        data.len = e[4]->len;
+
+        m = ngx_http_collab_msg_delta(doc, seq, &id, &user, &ts, &data);
+        if (m == NULL) {
+            return;
+        }
+
+        m->epoch.data = d->epoch;
+        m->epoch.len = NGX_HTTP_COLLAB_EPOCH_LEN;
+
+        sub->pos = seq;
+
+        if (ngx_http_collab_session_send(s, m) != NGX_OK) {
+            ngx_http_collab_msg_release(m);
+            return;
+        }
+
+        ngx_http_collab_msg_release(m);
+    }
+
+    if (n == NGX_HTTP_COLLAB_READ_BATCH || d->seq > sub->pos
+        || (uint64_t) head > sub->pos)
+    {
+        if (n < NGX_HTTP_COLLAB_READ_BATCH && (uint64_t) head > sub->pos) {
+            /* the log ends before its head */
+            ngx_http_collab_doc_resync(sub, head, "trimmed");
+            return;
+        }
+
+        ngx_http_collab_doc_sub_read(sub);
+        return;
+    }
+
+    sub->state = NGX_HTTP_COLLAB_SUB_LIVE;
+    sub->stalled = 0;
+}
+
+
+/* tells the client to subscribe again and drops the membership */
+
+static void
+ngx_http_collab_doc_resync(ngx_http_collab_sub_t *sub, uint64_t seq,
+    const char *reason)
+{
+    ngx_str_t                   name;
+    ngx_http_collab_msg_t      *m;
+    ngx_http_collab_session_t  *s;
+    u_char                      buf[NGX_HTTP_COLLAB_DOC_MAX];
+
+    s = sub->session;
+
+    name.len = sub->doc->node.str.len;
+    name.data = ngx_cpymem(buf, sub->doc->node.str.data, name.len) - name.len;
+
+    ngx_http_collab_doc_sub_free(sub);
+
+    m = ngx_http_collab_msg_build("resync", "doc", 'S', &name,
+                                  "seq", 'I', (int64_t) seq,
+                                  "reason", 'C', reason, NULL);
+    ngx_http_collab_reply(s, NGX_HTTP_COLLAB_NO_SLOT, m);
+}
+
+
+/* a session drained its send queue: stalled readers go on */
+
+void
+ngx_http_collab_doc_resume(ngx_http_collab_session_t *s)
+{
+    ngx_queue_t            *q, *next;
+    ngx_http_collab_sub_t  *sub;
+
+    for (q = ngx_queue_head(&s->subs);
+         q != ngx_queue_sentinel(&s->subs);
+         q = next)
+    {
+        next = ngx_queue_next(q);
+        sub = ngx_queue_data(q, ngx_http_collab_sub_t, session_link);
+
+        if (sub->stalled && sub->read == NULL) {
+            ngx_http_collab_doc_sub_read(sub);
+        }
+    }
+}
+
+
+void
+ngx_http_collab_doc_redis_ready(ngx_http_collab_redis_t *rc)
+{
+    ngx_queue_t            *q, *next;
+    ngx_rbtree_node_t      *node, *root, *sentinel;
+    ngx_http_collab_doc_t  *doc;
+    ngx_http_collab_sub_t  *sub;
+
+    root = ngx_http_collab_worker->docs.root;
+    sentinel = ngx_http_collab_worker->docs.sentinel;
+
+    if (root == sentinel) {
+        return;
+    }
+
+    for (node = ngx_rbtree_min(root, sentinel);
+         node;
+         node = ngx_rbtree_next(&ngx_http_collab_worker->docs, node))
+    {
+        doc = (ngx_http_collab_doc_t *) node;
+
+        if (rc->subscriber) {
+            if (!doc->in_redis && doc->nsubs) {
+                ngx_http_collab_doc_redis_subscribe(doc);
+            }
+
+            continue;
+        }
+
+        for (q = ngx_queue_head(&doc->subs);
+             q != ngx_queue_sentinel(&doc->subs);
+             q = next)
+        {
+            next = ngx_queue_next(q);
+            sub = ngx_queue_data(q, ngx_http_collab_sub_t, doc_link);
+
+            if (sub->stalled && sub->read == NULL) {
+                ngx_http_collab_doc_sub_read(sub);
+            }
+        }
+    }
+}
+
+
+void
+ngx_http_collab_doc_redis_lost(ngx_http_collab_redis_t *rc)
+{
+    /*
+     * Commands in flight were answered with NULL replies already (their
+     * readers are stalled and retried on ready); subscriptions likewise.
+     */
+}
+
+
+/* publishes an ephemeral message on the document's channel */
+
+ngx_int_t
+ngx_http_collab_doc_publish(ngx_http_collab_session_t *s, ngx_str_t *doc,
+    ngx_http_collab_msg_t *m)
+{
+    u_char                  chan[sizeof("collab:{}")
+                                 + NGX_HTTP_COLLAB_DOC_MAX];
+    const char             *argv[3];
+    size_t                  argvlen[3];
+    ngx_http_collab_cmd_t  *cmd;
+
+    cmd = ngx_http_collab_cmd_alloc(s, 0);
+    if (cmd == NULL) {
+        return NGX_ERROR;
+    }
+
+    cmd->handler = ngx_http_collab_doc_publish_reply;
+
+    argv[0] = "PUBLISH";
+    argvlen[0] = 7;
+    argv[1] = (char *) chan;
+    argvlen[1] = ngx_sprintf(chan, "collab:{%V}", doc) - chan;
+    argv[2] = (char *) m->json;
+    argvlen[2] = m->len;
+
+    /* ephemera are dropped quietly when Redis is away */
+
+    return ngx_http_collab_redis_command(&ngx_http_collab_worker->cmd, cmd,
+                                         3, argv, argvlen);
+}
+
+
+static void
+ngx_http_collab_doc_publish_reply(ngx_http_collab_cmd_t *cmd,
+    redisReply *reply)
+{
+    ngx_http_collab_cmd_free(cmd);
+}

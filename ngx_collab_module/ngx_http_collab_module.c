@@ -1,0 +1,940 @@
+
+/*
+ * Copyright (C) ngx_collab_module authors
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+#include "ngx_http_collab_module.h"
+
+
+static ngx_int_t ngx_http_collab_handler(ngx_http_request_t *r);
+static ngx_int_t ngx_http_collab_origin_allowed(ngx_http_request_t *r,
+    ngx_http_collab_loc_conf_t *lcf);
+static char *ngx_http_collab(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+static char *ngx_http_collab_redis(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_collab_rate(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_collab_allow_origin(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static void *ngx_http_collab_create_main_conf(ngx_conf_t *cf);
+static char *ngx_http_collab_init_main_conf(ngx_conf_t *cf, void *conf);
+static void *ngx_http_collab_create_loc_conf(ngx_conf_t *cf);
+static char *ngx_http_collab_merge_loc_conf(ngx_conf_t *cf, void *parent,
+    void *child);
+static ngx_int_t ngx_http_collab_init_process(ngx_cycle_t *cycle);
+static void ngx_http_collab_exit_process(ngx_cycle_t *cycle);
+static void ngx_http_collab_watcher_handler(ngx_event_t *ev);
+
+
+static ngx_conf_enum_t  ngx_http_collab_auth_modes[] = {
+    { ngx_string("off"), NGX_HTTP_COLLAB_AUTH_OFF },
+    { ngx_string("jwt"), NGX_HTTP_COLLAB_AUTH_JWT },
+    { ngx_string("variable"), NGX_HTTP_COLLAB_AUTH_VARIABLE },
+    { ngx_null_string, 0 }
+};
+
+
+static ngx_conf_enum_t  ngx_http_collab_merge_modes[] = {
+    { ngx_string("none"), NGX_HTTP_COLLAB_MERGE_NONE },
+    { ngx_string("json-merge"), NGX_HTTP_COLLAB_MERGE_JSON },
+    { ngx_null_string, 0 }
+};
+
+
+static ngx_conf_enum_t  ngx_http_collab_conflict_modes[] = {
+    { ngx_string("accept"), NGX_HTTP_COLLAB_CONFLICT_ACCEPT },
+    { ngx_string("reject-stale"), NGX_HTTP_COLLAB_CONFLICT_REJECT },
+    { ngx_null_string, 0 }
+};
+
+
+static ngx_conf_num_bounds_t  ngx_http_collab_max_docs_bounds = {
+    ngx_conf_check_num_bounds, 1, 1024
+};
+
+
+static ngx_command_t  ngx_http_collab_commands[] = {
+
+    { ngx_string("collab_redis"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_http_collab_redis,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("collab"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_collab,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("collab_doc"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_set_complex_value_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_collab_loc_conf_t, doc),
+      NULL },
+
+    { ngx_string("collab_user"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_set_complex_value_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_collab_loc_conf_t, user),
+      NULL },
+
+    { ngx_string("collab_auth"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_enum_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_collab_loc_conf_t, auth),
+      &ngx_http_collab_auth_modes },
+
+    { ngx_string("collab_allow_origin"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
+      ngx_http_collab_allow_origin,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("collab_max_message"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_size_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_collab_loc_conf_t, max_message),
+      NULL },
+
+    { ngx_string("collab_max_docs"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_collab_loc_conf_t, max_docs),
+      &ngx_http_collab_max_docs_bounds },
+
+    { ngx_string("collab_send_queue"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_size_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_collab_loc_conf_t, send_queue),
+      NULL },
+
+    { ngx_string("collab_ping"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_collab_loc_conf_t, ping),
+      NULL },
+
+    { ngx_string("collab_merge"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_enum_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_collab_loc_conf_t, merge),
+      &ngx_http_collab_merge_modes },
+
+    { ngx_string("collab_conflict"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_enum_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_collab_loc_conf_t, conflict),
+      &ngx_http_collab_conflict_modes },
+
+    { ngx_string("collab_rate"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE12,
+      ngx_http_collab_rate,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("collab_max_inflight"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_collab_loc_conf_t, max_inflight),
+      NULL },
+
+      ngx_null_command
+};
+
+
+static ngx_http_module_t  ngx_http_collab_module_ctx = {
+    NULL,                                  /* preconfiguration */
+    NULL,                                  /* postconfiguration */
+
+    ngx_http_collab_create_main_conf,      /* create main configuration */
+    ngx_http_collab_init_main_conf,        /* init main configuration */
+
+    NULL,                                  /* create server configuration */
+    NULL,                                  /* merge server configuration */
+
+    ngx_http_collab_create_loc_conf,       /* create location configuration */
+    ngx_http_collab_merge_loc_conf         /* merge location configuration */
+};
+
+
+ngx_module_t  ngx_http_collab_module = {
+    NGX_MODULE_V1,
+    &ngx_http_collab_module_ctx,           /* module context */
+    ngx_http_collab_commands,              /* module directives */
+    NGX_HTTP_MODULE,                       /* module type */
+    NULL,                                  /* init master */
+    NULL,                                  /* init module */
+    ngx_http_collab_init_process,          /* init process */
+    NULL,                                  /* init thread */
+    NULL,                                  /* exit thread */
+    ngx_http_collab_exit_process,          /* exit process */
+    NULL,                                  /* exit master */
+    NGX_MODULE_V1_PADDING
+};
+
+
+ngx_http_collab_worker_t  *ngx_http_collab_worker;
+
+
+static ngx_int_t
+ngx_http_collab_handler(ngx_http_request_t *r)
+{
+    ngx_str_t                    user;
+    ngx_http_collab_loc_conf_t  *lcf;
+
+    lcf = ngx_http_get_module_loc_conf(r, ngx_http_collab_module);
+
+    if (r != r->main) {
+        return NGX_HTTP_NOT_ALLOWED;
+    }
+
+    if (ngx_http_collab_worker == NULL) {
+        return NGX_HTTP_SERVICE_UNAVAILABLE;
+    }
+
+    if (lcf->auth == NGX_HTTP_COLLAB_AUTH_VARIABLE) {
+        if (ngx_http_complex_value(r, lcf->user, &user) != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        if (user.len == 0) {
+            ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                          "collab: no identity in \"collab_user\"");
+            return NGX_HTTP_UNAUTHORIZED;
+        }
+    }
+
+    if (!ngx_http_collab_origin_allowed(r, lcf)) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "collab: origin not allowed");
+        return NGX_HTTP_FORBIDDEN;
+    }
+
+    if (r->method == NGX_HTTP_POST) {
+        return ngx_http_collab_post_start(r, lcf);
+    }
+
+    if (r->method != NGX_HTTP_GET) {
+        return NGX_HTTP_NOT_ALLOWED;
+    }
+
+    if (r->headers_in.upgrade) {
+        return ngx_http_collab_ws_handshake(r, lcf);
+    }
+
+    if (r->headers_in.accept
+        && ngx_strlcasestrn(r->headers_in.accept->value.data,
+                            r->headers_in.accept->value.data
+                            + r->headers_in.accept->value.len,
+                            (u_char *) "text/event-stream", 17 - 1)
+           != NULL)
+    {
+        return ngx_http_collab_sse_start(r, lcf);
+    }
+
+    ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                  "collab: neither a WebSocket upgrade nor an event stream");
+
+    return NGX_HTTP_BAD_REQUEST;
+}
+
+
+static ngx_int_t
+ngx_http_collab_origin_allowed(ngx_http_request_t *r,
+    ngx_http_collab_loc_conf_t *lcf)
+{
+    size_t            n;
+    ngx_str_t        *pat, origin;
+    ngx_uint_t        i;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+
+    if (lcf->allow_origin == NULL) {
+        return 1;
+    }
+
+    ngx_str_null(&origin);
+
+    part = &r->headers_in.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                break;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].key.len == 6
+            && ngx_strncasecmp(h[i].key.data, (u_char *) "Origin", 6) == 0)
+        {
+            origin = h[i].value;
+            break;
+        }
+    }
+
+    /* non-browser clients send no Origin; browsers always do */
+
+    if (origin.len == 0) {
+        return 1;
+    }
+
+    pat = lcf->allow_origin->elts;
+
+    for (i = 0; i < lcf->allow_origin->nelts; i++) {
+
+        if (pat[i].len == 1 && pat[i].data[0] == '*') {
+            return 1;
+        }
+
+        if (pat[i].len > 2 && pat[i].data[0] == '*' && pat[i].data[1] == '.')
+        {
+            /* "*.example.com" matches "https://a.example.com" */
+
+            n = pat[i].len - 1;
+
+            if (origin.len > n
+                && ngx_strncasecmp(origin.data + origin.len - n,
+                                   pat[i].data + 1, n) == 0
+                && ngx_strlchr(origin.data, origin.data + origin.len - n,
+                               '.') == NULL
+                && ngx_strlchr(origin.data, origin.data + origin.len - n,
+                               '/') != NULL)
+            {
+                return 1;
+            }
+
+            continue;
+        }
+
+        if (pat[i].len == origin.len
+            && ngx_strncasecmp(pat[i].data, origin.data, origin.len) == 0)
+        {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+ngx_int_t
+ngx_http_collab_doc_id_valid(u_char *p, size_t len)
+{
+    u_char  *last;
+
+    if (len == 0 || len > NGX_HTTP_COLLAB_DOC_MAX) {
+        return 0;
+    }
+
+    for (last = p + len; p < last; p++) {
+        if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z')
+            || (*p >= '0' && *p <= '9')
+            || *p == '.' || *p == '_' || *p == ':' || *p == '-')
+        {
+            continue;
+        }
+
+        return 0;
+    }
+
+    return 1;
+}
+
+
+static char *
+ngx_http_collab(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_collab_loc_conf_t *lcf = conf;
+
+    ngx_http_core_loc_conf_t     *clcf;
+    ngx_http_collab_main_conf_t  *mcf;
+
+    if (lcf->enable != NGX_CONF_UNSET) {
+        return "is duplicate";
+    }
+
+    lcf->enable = 1;
+
+    mcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_collab_module);
+    mcf->enabled = 1;
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+    clcf->handler = ngx_http_collab_handler;
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_collab_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_collab_main_conf_t *mcf = conf;
+
+    u_char      *p;
+    ngx_str_t   *value, s;
+    ngx_url_t    u;
+    ngx_int_t    n;
+    ngx_uint_t   i;
+
+    if (mcf->redis_addr.data) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+    mcf->redis_addr = value[1];
+
+    if (value[1].len > 5 && ngx_strncmp(value[1].data, "unix:", 5) == 0) {
+        mcf->redis_unix.len = value[1].len - 5;
+        mcf->redis_unix.data = ngx_pnalloc(cf->pool, value[1].len - 4);
+        if (mcf->redis_unix.data == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        ngx_memcpy(mcf->redis_unix.data, value[1].data + 5,
+                   mcf->redis_unix.len);
+        mcf->redis_unix.data[mcf->redis_unix.len] = '\0';
+
+    } else {
+        ngx_memzero(&u, sizeof(ngx_url_t));
+
+        u.url = value[1];
+        u.no_resolve = 0;
+
+        if (ngx_parse_url(cf->pool, &u) != NGX_OK) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid Redis address \"%V\"%s%s",
+                               &value[1], u.err ? ": " : "",
+                               u.err ? u.err : "");
+            return NGX_CONF_ERROR;
+        }
+
+        if (u.no_port || u.port == 0) {
+            u.port = 6379;
+        }
+
+        if (u.naddrs == 0 || u.addrs[0].sockaddr->sa_family == AF_UNIX) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid Redis address \"%V\"", &value[1]);
+            return NGX_CONF_ERROR;
+        }
+
+        /* hiredis 0.14 resolves with blocking getaddrinfo(): keep an IP */
+
+        p = ngx_pnalloc(cf->pool, NGX_SOCKADDR_STRLEN + 1);
+        if (p == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        n = ngx_sock_ntop(u.addrs[0].sockaddr, u.addrs[0].socklen, p,
+                          NGX_SOCKADDR_STRLEN, 0);
+        p[n] = '\0';
+
+        if (u.addrs[0].sockaddr->sa_family == AF_INET6 && p[0] == '[') {
+            p[n - 1] = '\0';
+            p++;
+            n -= 2;
+        }
+
+        mcf->redis_host.data = p;
+        mcf->redis_host.len = n;
+        mcf->redis_port = u.port;
+    }
+
+    for (i = 2; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "password=", 9) == 0) {
+            mcf->redis_password.len = value[i].len - 9;
+            mcf->redis_password.data = value[i].data + 9;
+
+            if (mcf->redis_password.len == 0) {
+                goto invalid;
+            }
+
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "db=", 3) == 0) {
+            mcf->redis_db = ngx_atoi(value[i].data + 3, value[i].len - 3);
+            if (mcf->redis_db == NGX_ERROR || mcf->redis_db > 65535) {
+                goto invalid;
+            }
+
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "timeout=", 8) == 0) {
+            s.len = value[i].len - 8;
+            s.data = value[i].data + 8;
+
+            mcf->redis_timeout = ngx_parse_time(&s, 0);
+            if (mcf->redis_timeout == (ngx_msec_t) NGX_ERROR
+                || mcf->redis_timeout == 0)
+            {
+                goto invalid;
+            }
+
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "connect_timeout=", 16) == 0) {
+            s.len = value[i].len - 16;
+            s.data = value[i].data + 16;
+
+            mcf->redis_connect_timeout = ngx_parse_time(&s, 0);
+            if (mcf->redis_connect_timeout == (ngx_msec_t) NGX_ERROR
+                || mcf->redis_connect_timeout == 0)
+            {
+                goto invalid;
+            }
+
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "max_inflight=", 13) == 0) {
+            n = ngx_atoi(value[i].data + 13, value[i].len - 13);
+            if (n == NGX_ERROR || n == 0) {
+                goto invalid;
+            }
+
+            mcf->redis_max_inflight = n;
+            continue;
+        }
+
+        goto invalid;
+    }
+
+    return NGX_CONF_OK;
+
+invalid:
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid parameter \"%V\"", &value[i]);
+
+    return NGX_CONF_ERROR;
+}
+
+
+static char *
+ngx_http_collab_rate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_collab_loc_conf_t *lcf = conf;
+
+    u_char     *p;
+    size_t      len;
+    ngx_int_t   rate, scale, burst;
+    ngx_str_t  *value;
+
+    if (lcf->rate != NGX_CONF_UNSET_UINT) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (value[1].len == 3 && ngx_strcmp(value[1].data, "off") == 0
+        && cf->args->nelts == 2)
+    {
+        lcf->rate = 0;
+        lcf->burst = 0;
+        return NGX_CONF_OK;
+    }
+
+    len = value[1].len;
+    p = value[1].data + len - 3;
+    scale = 1;
+
+    if (len > 3 && ngx_strncmp(p, "r/s", 3) == 0) {
+        len -= 3;
+
+    } else if (len > 3 && ngx_strncmp(p, "r/m", 3) == 0) {
+        scale = 60;
+        len -= 3;
+
+    } else {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid rate \"%V\", expected \"Nr/s\" or "
+                           "\"Nr/m\"", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    rate = ngx_atoi(value[1].data, len);
+    if (rate <= 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid rate \"%V\"", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    burst = rate * 2 / scale;
+
+    if (cf->args->nelts == 3) {
+        if (ngx_strncmp(value[2].data, "burst=", 6) != 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid parameter \"%V\"", &value[2]);
+            return NGX_CONF_ERROR;
+        }
+
+        burst = ngx_atoi(value[2].data + 6, value[2].len - 6);
+        if (burst <= 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid burst value \"%V\"", &value[2]);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    lcf->rate = rate * 1000 / scale;
+    lcf->burst = burst ? burst : 1;
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_collab_allow_origin(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_collab_loc_conf_t *lcf = conf;
+
+    ngx_str_t   *value, *o;
+    ngx_uint_t   i;
+
+    if (lcf->allow_origin != NGX_CONF_UNSET_PTR) {
+        return "is duplicate";
+    }
+
+    lcf->allow_origin = ngx_array_create(cf->pool, cf->args->nelts - 1,
+                                         sizeof(ngx_str_t));
+    if (lcf->allow_origin == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    value = cf->args->elts;
+
+    for (i = 1; i < cf->args->nelts; i++) {
+
+        if (value[i].len == 0
+            || (value[i].data[0] == '*'
+                && !(value[i].len == 1
+                     || (value[i].len > 2 && value[i].data[1] == '.')))
+            || (value[i].data[0] != '*'
+                && ngx_strlcasestrn(value[i].data,
+                                    value[i].data + value[i].len,
+                                    (u_char *) "://", 3 - 1) == NULL))
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid origin \"%V\", expected "
+                               "\"scheme://host[:port]\", \"*.domain\" "
+                               "or \"*\"", &value[i]);
+            return NGX_CONF_ERROR;
+        }
+
+        o = ngx_array_push(lcf->allow_origin);
+        if (o == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        *o = value[i];
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static void *
+ngx_http_collab_create_main_conf(ngx_conf_t *cf)
+{
+    ngx_http_collab_main_conf_t  *mcf;
+
+    mcf = ngx_pcalloc(cf->pool, sizeof(ngx_http_collab_main_conf_t));
+    if (mcf == NULL) {
+        return NULL;
+    }
+
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     mcf->redis_addr = { 0, NULL };
+     *     mcf->redis_password = { 0, NULL };
+     *     mcf->enabled = 0;
+     */
+
+    mcf->redis_db = 0;
+    mcf->redis_timeout = NGX_CONF_UNSET_MSEC;
+    mcf->redis_connect_timeout = NGX_CONF_UNSET_MSEC;
+    mcf->redis_max_inflight = NGX_CONF_UNSET_UINT;
+
+    return mcf;
+}
+
+
+static char *
+ngx_http_collab_init_main_conf(ngx_conf_t *cf, void *conf)
+{
+    ngx_http_collab_main_conf_t *mcf = conf;
+
+    ngx_conf_init_msec_value(mcf->redis_timeout, 2000);
+    ngx_conf_init_msec_value(mcf->redis_connect_timeout, 2000);
+    ngx_conf_init_uint_value(mcf->redis_max_inflight, 10000);
+
+    return NGX_CONF_OK;
+}
+
+
+static void *
+ngx_http_collab_create_loc_conf(ngx_conf_t *cf)
+{
+    ngx_http_collab_loc_conf_t  *lcf;
+
+    lcf = ngx_pcalloc(cf->pool, sizeof(ngx_http_collab_loc_conf_t));
+    if (lcf == NULL) {
+        return NULL;
+    }
+
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     lcf->doc = NULL;
+     *     lcf->user = NULL;
+     */
+
+    lcf->enable = NGX_CONF_UNSET;
+    lcf->auth = NGX_CONF_UNSET_UINT;
+    lcf->allow_origin = NGX_CONF_UNSET_PTR;
+    lcf->max_message = NGX_CONF_UNSET_SIZE;
+    lcf->max_docs = NGX_CONF_UNSET_UINT;
+    lcf->send_queue = NGX_CONF_UNSET_SIZE;
+    lcf->ping = NGX_CONF_UNSET_MSEC;
+    lcf->merge = NGX_CONF_UNSET_UINT;
+    lcf->conflict = NGX_CONF_UNSET_UINT;
+    lcf->rate = NGX_CONF_UNSET_UINT;
+    lcf->burst = NGX_CONF_UNSET_UINT;
+    lcf->max_inflight = NGX_CONF_UNSET_UINT;
+
+    return lcf;
+}
+
+
+static char *
+ngx_http_collab_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
+{
+    ngx_http_collab_loc_conf_t *prev = parent;
+    ngx_http_collab_loc_conf_t *conf = child;
+
+    ngx_http_collab_main_conf_t  *mcf;
+
+    ngx_conf_merge_value(conf->enable, prev->enable, 0);
+
+    if (conf->doc == NULL) {
+        conf->doc = prev->doc;
+    }
+
+    if (conf->user == NULL) {
+        conf->user = prev->user;
+    }
+
+    ngx_conf_merge_uint_value(conf->auth, prev->auth,
+                              NGX_HTTP_COLLAB_AUTH_OFF);
+    ngx_conf_merge_ptr_value(conf->allow_origin, prev->allow_origin, NULL);
+    ngx_conf_merge_size_value(conf->max_message, prev->max_message,
+                              64 * 1024);
+    ngx_conf_merge_uint_value(conf->max_docs, prev->max_docs, 16);
+    ngx_conf_merge_size_value(conf->send_queue, prev->send_queue,
+                              256 * 1024);
+    ngx_conf_merge_msec_value(conf->ping, prev->ping, 25000);
+    ngx_conf_merge_uint_value(conf->merge, prev->merge,
+                              NGX_HTTP_COLLAB_MERGE_NONE);
+    ngx_conf_merge_uint_value(conf->conflict, prev->conflict,
+                              NGX_HTTP_COLLAB_CONFLICT_ACCEPT);
+    ngx_conf_merge_uint_value(conf->rate, prev->rate, 0);
+    ngx_conf_merge_uint_value(conf->burst, prev->burst, 0);
+    ngx_conf_merge_uint_value(conf->max_inflight, prev->max_inflight, 64);
+
+    if (conf->max_message < 128) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"collab_max_message\" must be at least 128");
+        return NGX_CONF_ERROR;
+    }
+
+    if (conf->send_queue < conf->max_message) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"collab_send_queue\" must not be less than "
+                           "\"collab_max_message\"");
+        return NGX_CONF_ERROR;
+    }
+
+    if (conf->ping < 100) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"collab_ping\" must be at least 100ms");
+        return NGX_CONF_ERROR;
+    }
+
+    if (conf->max_inflight == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"collab_max_inflight\" must be at least 1");
+        return NGX_CONF_ERROR;
+    }
+
+    if (conf->auth == NGX_HTTP_COLLAB_AUTH_VARIABLE && conf->user == NULL
+        && conf->enable == 1)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"collab_auth variable\" requires "
+                           "\"collab_user\"");
+        return NGX_CONF_ERROR;
+    }
+
+    if (conf->auth == NGX_HTTP_COLLAB_AUTH_JWT && conf->enable == 1) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"collab_auth jwt\" is not supported yet");
+        return NGX_CONF_ERROR;
+    }
+
+    if (conf->enable == 1) {
+        mcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_collab_module);
+
+        if (mcf->redis_addr.data == NULL) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "\"collab\" requires \"collab_redis\" "
+                               "in the http block");
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static ngx_int_t
+ngx_http_collab_init_process(ngx_cycle_t *cycle)
+{
+    ngx_connection_t             *c;
+    ngx_http_collab_worker_t     *w;
+    ngx_http_collab_main_conf_t  *mcf;
+
+    if (ngx_process != NGX_PROCESS_WORKER
+        && ngx_process != NGX_PROCESS_SINGLE)
+    {
+        return NGX_OK;
+    }
+
+    mcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_collab_module);
+    if (mcf == NULL || !mcf->enabled) {
+        return NGX_OK;
+    }
+
+    w = ngx_pcalloc(cycle->pool, sizeof(ngx_http_collab_worker_t));
+    if (w == NULL) {
+        return NGX_ERROR;
+    }
+
+    w->mcf = mcf;
+    w->log = cycle->log;
+
+    ngx_queue_init(&w->sessions);
+    ngx_rbtree_init(&w->docs, &w->sentinel, ngx_str_rbtree_insert_value);
+
+    w->recv_size = 64 * 1024;
+    w->recv_buf = ngx_palloc(cycle->pool, w->recv_size);
+    if (w->recv_buf == NULL) {
+        return NGX_ERROR;
+    }
+
+    /*
+     * An idle pseudo-connection: on reload and quit nginx calls the read
+     * handler of idle connections, which is our cue to close every session
+     * with 1001 so that clients move to the new workers.
+     */
+
+    c = ngx_get_connection((ngx_socket_t) -2, cycle->log);
+    if (c == NULL) {
+        return NGX_ERROR;
+    }
+
+    c->idle = 1;
+    c->read->handler = ngx_http_collab_watcher_handler;
+    c->read->log = cycle->log;
+    c->write->log = cycle->log;
+    c->data = w;
+    w->watcher = c;
+
+    ngx_http_collab_worker = w;
+
+    if (ngx_http_collab_redis_init(cycle, &w->cmd, mcf, 0, "command")
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    if (ngx_http_collab_redis_init(cycle, &w->sub, mcf, 1, "subscriber")
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_collab_exit_process(ngx_cycle_t *cycle)
+{
+    ngx_http_collab_worker_t  *w;
+
+    w = ngx_http_collab_worker;
+    if (w == NULL) {
+        return;
+    }
+
+    ngx_http_collab_redis_exit(&w->cmd);
+    ngx_http_collab_redis_exit(&w->sub);
+
+    if (w->watcher) {
+        w->watcher->fd = (ngx_socket_t) -1;
+        ngx_free_connection(w->watcher);
+        w->watcher = NULL;
+    }
+
+    ngx_http_collab_worker = NULL;
+}
+
+
+static void
+ngx_http_collab_watcher_handler(ngx_event_t *ev)
+{
+    ngx_connection_t  *c;
+
+    c = ev->data;
+
+    if (!c->close) {
+        return;
+    }
+
+    c->close = 0;
+
+    ngx_log_error(NGX_LOG_INFO, ev->log, 0,
+                  "collab: worker is shutting down, closing sessions");
+
+    ngx_http_collab_session_shutdown_all();
+}

@@ -1,0 +1,369 @@
+
+/*
+ * Copyright (C) ngx_collab_module authors
+ */
+
+
+#ifndef _NGX_HTTP_COLLAB_MODULE_H_INCLUDED_
+#define _NGX_HTTP_COLLAB_MODULE_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include <hiredis/hiredis.h>
+#include <hiredis/async.h>
+#include <jansson.h>
+
+#include "ngx_http_collab_wsparse.h"
+
+
+#define NGX_HTTP_COLLAB_DOC_MAX           128
+#define NGX_HTTP_COLLAB_OPID_MAX          128
+#define NGX_HTTP_COLLAB_EPOCH_LEN         16
+#define NGX_HTTP_COLLAB_READ_BATCH        256
+#define NGX_HTTP_COLLAB_NO_SLOT           ((ngx_uint_t) -1)
+
+/* room in front of every outbound message for a WebSocket frame header */
+#define NGX_HTTP_COLLAB_WS_HEADROOM       10
+
+#define NGX_HTTP_COLLAB_TRANSPORT_WS      1
+#define NGX_HTTP_COLLAB_TRANSPORT_SSE     2
+#define NGX_HTTP_COLLAB_TRANSPORT_POST    3
+
+#define NGX_HTTP_COLLAB_AUTH_OFF          0
+#define NGX_HTTP_COLLAB_AUTH_JWT          1
+#define NGX_HTTP_COLLAB_AUTH_VARIABLE     2
+
+#define NGX_HTTP_COLLAB_MERGE_NONE        0
+#define NGX_HTTP_COLLAB_MERGE_JSON        1
+
+#define NGX_HTTP_COLLAB_CONFLICT_ACCEPT   0
+#define NGX_HTTP_COLLAB_CONFLICT_REJECT   1
+
+/* a session's membership of a document */
+#define NGX_HTTP_COLLAB_SUB_JOINING       0   /* waiting for the first read */
+#define NGX_HTTP_COLLAB_SUB_CATCHUP       1   /* reading the log */
+#define NGX_HTTP_COLLAB_SUB_LIVE          2   /* fed by pub/sub */
+
+#define NGX_HTTP_COLLAB_REDIS_DOWN        0
+#define NGX_HTTP_COLLAB_REDIS_CONNECTING  1
+#define NGX_HTTP_COLLAB_REDIS_SETUP       2   /* AUTH, SELECT, FUNCTION */
+#define NGX_HTTP_COLLAB_REDIS_READY       3
+
+
+typedef struct ngx_http_collab_main_conf_s  ngx_http_collab_main_conf_t;
+typedef struct ngx_http_collab_loc_conf_s   ngx_http_collab_loc_conf_t;
+typedef struct ngx_http_collab_session_s    ngx_http_collab_session_t;
+typedef struct ngx_http_collab_doc_s        ngx_http_collab_doc_t;
+typedef struct ngx_http_collab_sub_s        ngx_http_collab_sub_t;
+typedef struct ngx_http_collab_msg_s        ngx_http_collab_msg_t;
+typedef struct ngx_http_collab_out_s        ngx_http_collab_out_t;
+typedef struct ngx_http_collab_cmd_s        ngx_http_collab_cmd_t;
+typedef struct ngx_http_collab_redis_s      ngx_http_collab_redis_t;
+
+
+struct ngx_http_collab_main_conf_s {
+    ngx_str_t                    redis_addr;     /* as configured */
+    ngx_str_t                    redis_host;     /* IP text, NUL-ended */
+    in_port_t                    redis_port;
+    ngx_str_t                    redis_unix;     /* path, NUL-ended */
+    ngx_str_t                    redis_password;
+    ngx_int_t                    redis_db;
+    ngx_msec_t                   redis_timeout;
+    ngx_msec_t                   redis_connect_timeout;
+    ngx_uint_t                   redis_max_inflight;
+    ngx_uint_t                   enabled;        /* any collab location */
+};
+
+
+struct ngx_http_collab_loc_conf_s {
+    ngx_flag_t                   enable;
+    ngx_http_complex_value_t    *doc;
+    ngx_http_complex_value_t    *user;
+    ngx_uint_t                   auth;
+    ngx_array_t                 *allow_origin;   /* of ngx_str_t */
+    size_t                       max_message;
+    ngx_uint_t                   max_docs;
+    size_t                       send_queue;
+    ngx_msec_t                   ping;
+    ngx_uint_t                   merge;
+    ngx_uint_t                   conflict;
+    ngx_uint_t                   rate;           /* per 1000 s */
+    ngx_uint_t                   burst;
+    ngx_uint_t                   max_inflight;   /* deltas per session */
+};
+
+
+/*
+ * An outbound message shared by every session it is queued to: encoded
+ * once, framed lazily once per transport, freed with the last reference.
+ */
+struct ngx_http_collab_msg_s {
+    ngx_uint_t                   refs;
+    uint64_t                     seq;
+    ngx_str_t                    type;
+    ngx_str_t                    epoch;          /* for the SSE id */
+    size_t                       len;
+    u_char                      *json;
+    u_char                      *ws;
+    size_t                       ws_len;
+    u_char                      *sse;
+    size_t                       sse_len;
+    u_char                       data[1];
+};
+
+
+/* a queued reference to a message, with the session's own send position */
+struct ngx_http_collab_out_s {
+    ngx_http_collab_out_t       *next;
+    ngx_http_collab_msg_t       *msg;            /* NULL: control frame */
+    ngx_buf_t                    buf;
+    ngx_chain_t                  cl;
+    u_char                       ctl[2 + 125];
+};
+
+
+struct ngx_http_collab_sub_s {
+    ngx_queue_t                  doc_link;
+    ngx_queue_t                  session_link;
+    ngx_http_collab_doc_t       *doc;
+    ngx_http_collab_session_t   *session;
+    ngx_http_collab_cmd_t       *read;           /* log read in flight */
+    uint64_t                     pos;            /* last seq delivered */
+    int64_t                      since;          /* -1: snapshot wanted */
+    u_char                       epoch[NGX_HTTP_COLLAB_EPOCH_LEN];
+    ngx_uint_t                   state;
+    unsigned                     has_epoch:1;
+    unsigned                     stalled:1;      /* waits for drain/Redis */
+};
+
+
+struct ngx_http_collab_doc_s {
+    ngx_str_node_t               node;
+    ngx_queue_t                  subs;
+    ngx_uint_t                   nsubs;
+    uint64_t                     seq;            /* highest seen live */
+    ngx_str_t                    channel;        /* collab:{doc} */
+    unsigned                     subscribed:1;
+    unsigned                     in_redis:1;     /* dict entry in hiredis */
+    unsigned                     unsubscribing:1;
+    u_char                       epoch[NGX_HTTP_COLLAB_EPOCH_LEN];
+    unsigned                     has_epoch:1;
+};
+
+
+typedef void (*ngx_http_collab_cmd_handler_pt)(ngx_http_collab_cmd_t *cmd,
+    redisReply *reply);
+
+/*
+ * The callback data handed to hiredis.  The session may go away before the
+ * reply comes: its cleanup sets cmd->session to NULL and the reply handler
+ * then only frees the command.
+ */
+struct ngx_http_collab_cmd_s {
+    ngx_queue_t                  session_link;
+    ngx_queue_t                  redis_link;
+    ngx_http_collab_session_t   *session;
+    ngx_http_collab_sub_t       *sub;
+    ngx_http_collab_cmd_handler_pt  handler;
+    ngx_msec_t                   sent;
+    ngx_uint_t                   slot;           /* POST reply index */
+    unsigned                     delta:1;
+    ngx_str_t                    doc;
+    ngx_str_t                    id;
+    u_char                       data[1];
+};
+
+
+struct ngx_http_collab_redis_s {
+    redisAsyncContext           *ac;
+    ngx_connection_t            *connection;
+    ngx_event_t                  reconnect;
+    ngx_event_t                  watchdog;
+    ngx_msec_t                   backoff;
+    ngx_uint_t                   state;
+    ngx_queue_t                  inflight;
+    ngx_uint_t                   ninflight;
+    ngx_uint_t                   setup_pending;
+    ngx_log_t                   *log;
+    ngx_http_collab_main_conf_t *mcf;
+    unsigned                     subscriber:1;
+    unsigned                     exiting:1;
+    const char                  *name;
+};
+
+
+struct ngx_http_collab_session_s {
+    ngx_http_request_t          *request;
+    ngx_connection_t            *connection;
+    ngx_http_collab_loc_conf_t  *conf;
+    ngx_queue_t                  link;           /* worker's sessions */
+    ngx_uint_t                   transport;
+
+    u_char                       id[16];
+    ngx_str_t                    user;
+    ngx_str_t                    role;
+
+    ngx_queue_t                  subs;
+    ngx_uint_t                   nsubs;
+    ngx_queue_t                  cmds;
+    ngx_uint_t                   inflight;       /* deltas */
+
+    ngx_http_collab_out_t       *out;
+    ngx_http_collab_out_t      **out_last;
+    ngx_http_collab_out_t       *out_passed;     /* SSE: handed to filters */
+    size_t                       out_bytes;
+
+    ngx_http_collab_ws_parser_t *parser;
+    u_char                      *msg;
+    size_t                       msg_len;
+    size_t                       msg_size;
+
+    ngx_event_t                  ping;
+    ngx_event_t                  linger;
+    ngx_msec_t                   last_recv;
+
+    ngx_str_t                    cursor_epoch;   /* SSE resume */
+    int64_t                      cursor_since;
+
+    /* POST */
+    ngx_http_collab_msg_t      **replies;
+    ngx_uint_t                   nreplies;
+    ngx_uint_t                   pending;
+
+    unsigned                     closing:1;      /* close frame queued */
+    unsigned                     close_sent:1;
+    unsigned                     close_received:1;
+    unsigned                     read_blocked:1;
+    unsigned                     shutdown:1;
+    unsigned                     write_posted:1;
+    unsigned                     finalize:1;
+};
+
+
+typedef struct {
+    ngx_queue_t                  sessions;
+    ngx_rbtree_t                 docs;
+    ngx_rbtree_node_t            sentinel;
+    ngx_http_collab_redis_t      cmd;
+    ngx_http_collab_redis_t      sub;
+    ngx_connection_t            *watcher;
+    ngx_http_collab_out_t       *free_out;
+    ngx_uint_t                   nfree_out;
+    ngx_http_collab_main_conf_t *mcf;
+    ngx_log_t                   *log;
+    u_char                      *recv_buf;
+    size_t                       recv_size;
+} ngx_http_collab_worker_t;
+
+
+extern ngx_module_t  ngx_http_collab_module;
+extern ngx_http_collab_worker_t  *ngx_http_collab_worker;
+
+
+/* module */
+ngx_int_t ngx_http_collab_doc_id_valid(u_char *p, size_t len);
+
+/* WebSocket transport */
+ngx_int_t ngx_http_collab_ws_handshake(ngx_http_request_t *r,
+    ngx_http_collab_loc_conf_t *lcf);
+void ngx_http_collab_ws_start(ngx_http_collab_session_t *s);
+u_char *ngx_http_collab_ws_frame(ngx_http_collab_msg_t *m, size_t *len);
+void ngx_http_collab_ws_fail(ngx_http_collab_session_t *s, ngx_uint_t code,
+    const char *reason);
+ngx_int_t ngx_http_collab_ws_ping(ngx_http_collab_session_t *s);
+
+/* SSE transport */
+ngx_int_t ngx_http_collab_sse_start(ngx_http_request_t *r,
+    ngx_http_collab_loc_conf_t *lcf);
+u_char *ngx_http_collab_sse_event(ngx_http_collab_msg_t *m, size_t *len);
+ngx_int_t ngx_http_collab_sse_heartbeat(ngx_http_collab_session_t *s);
+void ngx_http_collab_sse_end(ngx_http_collab_session_t *s);
+
+/* POST transport */
+ngx_int_t ngx_http_collab_post_start(ngx_http_request_t *r,
+    ngx_http_collab_loc_conf_t *lcf);
+void ngx_http_collab_post_reply(ngx_http_collab_session_t *s,
+    ngx_uint_t slot, ngx_http_collab_msg_t *m);
+
+/* protocol */
+void ngx_http_collab_proto_handle(ngx_http_collab_session_t *s,
+    u_char *text, size_t len, ngx_uint_t slot);
+ngx_int_t ngx_http_collab_proto_handle_json(ngx_http_collab_session_t *s,
+    json_t *obj, ngx_uint_t slot);
+ngx_http_collab_msg_t *ngx_http_collab_msg_alloc(size_t len);
+ngx_http_collab_msg_t *ngx_http_collab_msg_from_json(json_t *obj);
+ngx_http_collab_msg_t *ngx_http_collab_msg_error(const char *type,
+    const char *code, ngx_str_t *doc, ngx_str_t *id, const char *fmt, ...);
+ngx_http_collab_msg_t *ngx_http_collab_msg_build(const char *type, ...);
+void ngx_http_collab_reply(ngx_http_collab_session_t *s, ngx_uint_t slot,
+    ngx_http_collab_msg_t *m);
+void ngx_http_collab_msg_release(ngx_http_collab_msg_t *m);
+ngx_http_collab_msg_t *ngx_http_collab_msg_delta(ngx_str_t *doc,
+    uint64_t seq, ngx_str_t *id, ngx_str_t *user, ngx_str_t *ts,
+    ngx_str_t *data);
+ngx_int_t ngx_http_collab_msg_parse_delta(u_char *p, size_t len,
+    ngx_str_t *doc, uint64_t *seq);
+
+/* sessions */
+ngx_http_collab_session_t *ngx_http_collab_session_create(
+    ngx_http_request_t *r, ngx_http_collab_loc_conf_t *lcf,
+    ngx_uint_t transport);
+ngx_int_t ngx_http_collab_session_send(ngx_http_collab_session_t *s,
+    ngx_http_collab_msg_t *m);
+ngx_int_t ngx_http_collab_session_send_ctl(ngx_http_collab_session_t *s,
+    ngx_uint_t opcode, u_char *data, size_t len);
+void ngx_http_collab_session_post_write(ngx_http_collab_session_t *s);
+void ngx_http_collab_session_flush(ngx_http_collab_session_t *s);
+void ngx_http_collab_session_close(ngx_http_collab_session_t *s,
+    ngx_uint_t code, const char *reason);
+void ngx_http_collab_session_finalize(ngx_http_collab_session_t *s);
+void ngx_http_collab_session_drained(ngx_http_collab_session_t *s);
+void ngx_http_collab_session_welcome(ngx_http_collab_session_t *s);
+void ngx_http_collab_session_shutdown_all(void);
+void ngx_http_collab_session_start_timers(ngx_http_collab_session_t *s);
+
+/* documents */
+ngx_int_t ngx_http_collab_doc_subscribe(ngx_http_collab_session_t *s,
+    ngx_str_t *name, int64_t since, ngx_str_t *epoch);
+ngx_int_t ngx_http_collab_doc_unsubscribe(ngx_http_collab_session_t *s,
+    ngx_str_t *name);
+void ngx_http_collab_doc_sub_free(ngx_http_collab_sub_t *sub);
+void ngx_http_collab_doc_resume(ngx_http_collab_session_t *s);
+void ngx_http_collab_doc_redis_ready(ngx_http_collab_redis_t *rc);
+void ngx_http_collab_doc_redis_lost(ngx_http_collab_redis_t *rc);
+ngx_int_t ngx_http_collab_doc_publish(ngx_http_collab_session_t *s,
+    ngx_str_t *doc, ngx_http_collab_msg_t *m);
+void ngx_http_collab_doc_read_done(ngx_http_collab_sub_t *sub,
+    redisReply *reply);
+
+/* Redis adapter */
+ngx_int_t ngx_http_collab_redis_init(ngx_cycle_t *cycle,
+    ngx_http_collab_redis_t *rc, ngx_http_collab_main_conf_t *mcf,
+    unsigned subscriber, const char *name);
+void ngx_http_collab_redis_exit(ngx_http_collab_redis_t *rc);
+ngx_int_t ngx_http_collab_redis_command(ngx_http_collab_redis_t *rc,
+    ngx_http_collab_cmd_t *cmd, int argc, const char **argv,
+    const size_t *argvlen);
+ngx_int_t ngx_http_collab_redis_raw(ngx_http_collab_redis_t *rc,
+    redisCallbackFn *fn, void *data, int argc, const char **argv,
+    const size_t *argvlen);
+ngx_http_collab_cmd_t *ngx_http_collab_cmd_alloc(
+    ngx_http_collab_session_t *s, size_t extra);
+void ngx_http_collab_cmd_free(ngx_http_collab_cmd_t *cmd);
+void ngx_http_collab_redis_setup_done(ngx_http_collab_redis_t *rc);
+
+/* Redis commands of the document store */
+ngx_int_t ngx_http_collab_store_setup(ngx_http_collab_redis_t *rc);
+ngx_int_t ngx_http_collab_store_append(ngx_http_collab_session_t *s,
+    ngx_str_t *doc, ngx_str_t *id, ngx_str_t *data, int64_t base,
+    ngx_uint_t slot);
+ngx_int_t ngx_http_collab_store_state(ngx_http_collab_session_t *s,
+    ngx_str_t *doc, uint64_t seq, ngx_str_t *data, ngx_uint_t slot);
+ngx_int_t ngx_http_collab_store_read(ngx_http_collab_sub_t *sub);
+void ngx_http_collab_store_epoch(u_char *epoch);
+
+
+#endif /* _NGX_HTTP_COLLAB_MODULE_H_INCLUDED_ */

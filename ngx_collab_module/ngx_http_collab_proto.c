@@ -1,0 +1,767 @@
+
+/*
+ * Copyright (C) ngx_collab_module authors
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+#include "ngx_http_collab_module.h"
+
+
+/* the collab.v1 messages: decoding what clients send, encoding replies */
+
+
+static ngx_int_t ngx_http_collab_proto_doc(ngx_http_collab_session_t *s,
+    json_t *obj, ngx_str_t *doc, ngx_uint_t slot, const char *type,
+    ngx_str_t *id);
+static ngx_int_t ngx_http_collab_proto_seq(json_t *obj, const char *name,
+    int64_t *value);
+static void ngx_http_collab_proto_subscribe(ngx_http_collab_session_t *s,
+    json_t *obj, ngx_uint_t slot);
+static void ngx_http_collab_proto_unsubscribe(ngx_http_collab_session_t *s,
+    json_t *obj, ngx_uint_t slot);
+static void ngx_http_collab_proto_delta(ngx_http_collab_session_t *s,
+    json_t *obj, ngx_uint_t slot);
+static void ngx_http_collab_proto_state(ngx_http_collab_session_t *s,
+    json_t *obj, ngx_uint_t slot);
+static void ngx_http_collab_proto_ephemeral(ngx_http_collab_session_t *s,
+    json_t *obj, ngx_uint_t slot, const char *type);
+static ngx_int_t ngx_http_collab_proto_dump(ngx_http_collab_session_t *s,
+    json_t *value, ngx_str_t *out);
+
+
+ngx_http_collab_msg_t *
+ngx_http_collab_msg_alloc(size_t len)
+{
+    ngx_http_collab_msg_t  *m;
+
+    m = ngx_alloc(sizeof(ngx_http_collab_msg_t) + NGX_HTTP_COLLAB_WS_HEADROOM
+                  + len, ngx_cycle->log);
+    if (m == NULL) {
+        return NULL;
+    }
+
+    m->refs = 1;
+    m->seq = 0;
+    ngx_str_null(&m->type);
+    ngx_str_null(&m->epoch);
+    m->len = 0;
+    m->json = m->data + NGX_HTTP_COLLAB_WS_HEADROOM;
+    m->ws = NULL;
+    m->ws_len = 0;
+    m->sse = NULL;
+    m->sse_len = 0;
+
+    return m;
+}
+
+
+void
+ngx_http_collab_msg_release(ngx_http_collab_msg_t *m)
+{
+    if (m == NULL || --m->refs) {
+        return;
+    }
+
+    if (m->sse) {
+        ngx_free(m->sse);
+    }
+
+    ngx_free(m);
+}
+
+
+/*
+ * Builds {"type":TYPE, key: value, ...} from a NULL-ended list of
+ * (key, kind, value): 'S' ngx_str_t * string, 'C' char * string,
+ * 'R' ngx_str_t * raw JSON (NULL for null), 'I' int64_t, 'B' int boolean.
+ */
+
+ngx_http_collab_msg_t *
+ngx_http_collab_msg_build(const char *type, ...)
+{
+    int                     b;
+    char                   *key, *cs;
+    size_t                  len;
+    u_char                 *p;
+    int64_t                 n;
+    va_list                 args;
+    ngx_str_t              *str;
+    ngx_http_collab_msg_t  *m;
+
+    len = sizeof("{\"type\":\"\"}") + ngx_strlen(type);
+
+    va_start(args, type);
+
+    for ( ;; ) {
+        key = va_arg(args, char *);
+        if (key == NULL) {
+            break;
+        }
+
+        len += ngx_strlen(key) + sizeof(",\"\":") - 1;
+
+        switch (va_arg(args, int)) {
+
+        case 'S':
+            str = va_arg(args, ngx_str_t *);
+            len += 2 + ngx_escape_json(NULL, str->data, str->len)
+                   + str->len;
+            break;
+
+        case 'C':
+            cs = va_arg(args, char *);
+            len += 2 + ngx_escape_json(NULL, (u_char *) cs, ngx_strlen(cs))
+                   + ngx_strlen(cs);
+            break;
+
+        case 'R':
+            str = va_arg(args, ngx_str_t *);
+            len += str ? str->len : 4;
+            break;
+
+        case 'I':
+            (void) va_arg(args, int64_t);
+            len += NGX_INT64_LEN;
+            break;
+
+        default: /* 'B' */
+            (void) va_arg(args, int);
+            len += 5;
+            break;
+        }
+    }
+
+    va_end(args);
+
+    m = ngx_http_collab_msg_alloc(len);
+    if (m == NULL) {
+        return NULL;
+    }
+
+    p = ngx_sprintf(m->json, "{\"type\":\"%s\"", type);
+
+    va_start(args, type);
+
+    for ( ;; ) {
+        key = va_arg(args, char *);
+        if (key == NULL) {
+            break;
+        }
+
+        p = ngx_sprintf(p, ",\"%s\":", key);
+
+        switch (va_arg(args, int)) {
+
+        case 'S':
+            str = va_arg(args, ngx_str_t *);
+            *p++ = '"';
+            p = (u_char *) ngx_escape_json(p, str->data, str->len);
+            *p++ = '"';
+            break;
+
+        case 'C':
+            cs = va_arg(args, char *);
+            *p++ = '"';
+            p = (u_char *) ngx_escape_json(p, (u_char *) cs, ngx_strlen(cs));
+            *p++ = '"';
+            break;
+
+        case 'R':
+            str = va_arg(args, ngx_str_t *);
+            if (str) {
+                p = ngx_cpymem(p, str->data, str->len);
+
+            } else {
+                p = ngx_cpymem(p, "null", 4);
+            }
+            break;
+
+        case 'I':
+            n = va_arg(args, int64_t);
+            p = ngx_sprintf(p, "%L", n);
+            break;
+
+        default: /* 'B' */
+            b = va_arg(args, int);
+            p = b ? ngx_cpymem(p, "true", 4) : ngx_cpymem(p, "false", 5);
+            break;
+        }
+    }
+
+    va_end(args);
+
+    *p++ = '}';
+
+    m->len = p - m->json;
+    m->type.data = (u_char *) type;
+    m->type.len = ngx_strlen(type);
+
+    return m;
+}
+
+
+/* nack or error: {"type", "id"?, "doc"?, "code", "message"} */
+
+ngx_http_collab_msg_t *
+ngx_http_collab_msg_error(const char *type, const char *code, ngx_str_t *doc,
+    ngx_str_t *id, const char *fmt, ...)
+{
+    u_char     *p;
+    va_list     args;
+    ngx_str_t   text, none;
+    u_char      buf[256];
+
+    va_start(args, fmt);
+    p = ngx_vslprintf(buf, buf + sizeof(buf), fmt, args);
+    va_end(args);
+
+    text.data = buf;
+    text.len = p - buf;
+
+    ngx_str_null(&none);
+
+    if (id && id->len && doc && doc->len) {
+        return ngx_http_collab_msg_build(type, "id", 'S', id, "doc", 'S', doc,
+                                         "code", 'C', code,
+                                         "message", 'S', &text, NULL);
+    }
+
+    if (id && id->len) {
+        return ngx_http_collab_msg_build(type, "id", 'S', id, "code", 'C',
+                                         code, "message", 'S', &text, NULL);
+    }
+
+    if (doc && doc->len) {
+        return ngx_http_collab_msg_build(type, "doc", 'S', doc, "code", 'C',
+                                         code, "message", 'S', &text, NULL);
+    }
+
+    return ngx_http_collab_msg_build(type, "code", 'C', code,
+                                     "message", 'S', &text, NULL);
+}
+
+
+/* a delta read back from the log, in the form pub/sub carries it */
+
+ngx_http_collab_msg_t *
+ngx_http_collab_msg_delta(ngx_str_t *doc, uint64_t seq, ngx_str_t *id,
+    ngx_str_t *user, ngx_str_t *ts, ngx_str_t *data)
+{
+    size_t                  len;
+    u_char                 *p;
+    ngx_http_collab_msg_t  *m;
+
+    len = sizeof("{\"type\":\"delta\",\"doc\":\"\",\"seq\":,\"id\":\"\","
+                 "\"user\":\"\",\"ts\":,\"data\":}")
+          + doc->len + NGX_INT64_LEN
+          + id->len + ngx_escape_json(NULL, id->data, id->len)
+          + user->len + ngx_escape_json(NULL, user->data, user->len)
+          + ts->len + data->len;
+
+    m = ngx_http_collab_msg_alloc(len);
+    if (m == NULL) {
+        return NULL;
+    }
+
+    p = ngx_sprintf(m->json, "{\"type\":\"delta\",\"doc\":\"%V\",\"seq\":%uL,"
+                    "\"id\":\"", doc, seq);
+    p = (u_char *) ngx_escape_json(p, id->data, id->len);
+    p = ngx_cpymem(p, "\",\"user\":\"", sizeof("\",\"user\":\"") - 1);
+    p = (u_char *) ngx_escape_json(p, user->data, user->len);
+    p = ngx_sprintf(p, "\",\"ts\":%V,\"data\":%V}", ts, data);
+
+    m->len = p - m->json;
+    m->seq = seq;
+    ngx_str_set(&m->type, "delta");
+
+    return m;
+}
+
+
+/*
+ * The deltas the store function publishes start with a fixed prefix, so
+ * fan-out finds the seq without a JSON parser.
+ */
+
+ngx_int_t
+ngx_http_collab_msg_parse_delta(u_char *p, size_t len, ngx_str_t *doc,
+    uint64_t *seq)
+{
+    u_char    *last;
+    uint64_t   n;
+
+    static const char  prefix[] = "{\"type\":\"delta\",\"doc\":\"";
+
+    last = p + len;
+
+    if (len < sizeof(prefix) - 1 + doc->len + sizeof("\",\"seq\":1") - 1
+        || ngx_memcmp(p, prefix, sizeof(prefix) - 1) != 0)
+    {
+        return NGX_DECLINED;
+    }
+
+    p += sizeof(prefix) - 1;
+
+    if (ngx_memcmp(p, doc->data, doc->len) != 0) {
+        return NGX_DECLINED;
+    }
+
+    p += doc->len;
+
+    if (ngx_memcmp(p, "\",\"seq\":", sizeof("\",\"seq\":") - 1) != 0) {
+        return NGX_DECLINED;
+    }
+
+    p += sizeof("\",\"seq\":") - 1;
+    n = 0;
+
+    while (p < last && *p >= '0' && *p <= '9') {
+        if (n > ((uint64_t) 1 << 53) / 10) {
+            return NGX_DECLINED;
+        }
+
+        n = n * 10 + (*p++ - '0');
+    }
+
+    if (p == last || *p != ',' || n == 0) {
+        return NGX_DECLINED;
+    }
+
+    *seq = n;
+
+    return NGX_OK;
+}
+
+
+void
+ngx_http_collab_reply(ngx_http_collab_session_t *s, ngx_uint_t slot,
+    ngx_http_collab_msg_t *m)
+{
+    if (m == NULL) {
+        return;
+    }
+
+    if (s->transport == NGX_HTTP_COLLAB_TRANSPORT_POST) {
+        ngx_http_collab_post_reply(s, slot, m);
+        return;
+    }
+
+    (void) ngx_http_collab_session_send(s, m);
+    ngx_http_collab_msg_release(m);
+}
+
+
+void
+ngx_http_collab_proto_handle(ngx_http_collab_session_t *s, u_char *text,
+    size_t len, ngx_uint_t slot)
+{
+    json_t        *obj;
+    json_error_t   err;
+
+    obj = json_loadb((char *) text, len, JSON_REJECT_DUPLICATES, &err);
+
+    if (obj == NULL) {
+        ngx_http_collab_reply(s, slot,
+                              ngx_http_collab_msg_error("error", "invalid",
+                                  NULL, NULL, "invalid JSON at position "
+                                  "%d: %s", err.position, err.text));
+        return;
+    }
+
+    (void) ngx_http_collab_proto_handle_json(s, obj, slot);
+
+    json_decref(obj);
+}
+
+
+ngx_int_t
+ngx_http_collab_proto_handle_json(ngx_http_collab_session_t *s, json_t *obj,
+    ngx_uint_t slot)
+{
+    const char  *type;
+
+    if (!json_is_object(obj)) {
+        ngx_http_collab_reply(s, slot,
+                              ngx_http_collab_msg_error("error", "invalid",
+                                  NULL, NULL,
+                                  "a message must be a JSON object"));
+        return NGX_OK;
+    }
+
+    type = json_string_value(json_object_get(obj, "type"));
+
+    if (type == NULL) {
+        ngx_http_collab_reply(s, slot,
+                              ngx_http_collab_msg_error("error", "invalid",
+                                  NULL, NULL,
+                                  "\"type\" must be a string"));
+        return NGX_OK;
+    }
+
+    if (ngx_strcmp(type, "delta") == 0) {
+        ngx_http_collab_proto_delta(s, obj, slot);
+
+    } else if (ngx_strcmp(type, "subscribe") == 0) {
+        ngx_http_collab_proto_subscribe(s, obj, slot);
+
+    } else if (ngx_strcmp(type, "unsubscribe") == 0) {
+        ngx_http_collab_proto_unsubscribe(s, obj, slot);
+
+    } else if (ngx_strcmp(type, "state") == 0) {
+        ngx_http_collab_proto_state(s, obj, slot);
+
+    } else if (ngx_strcmp(type, "intent") == 0
+               || ngx_strcmp(type, "presence") == 0)
+    {
+        ngx_http_collab_proto_ephemeral(s, obj, slot, type);
+
+    } else if (ngx_strcmp(type, "auth") == 0) {
+        /* identity comes from the request while collab_auth is not jwt */
+        ngx_http_collab_reply(s, slot,
+                              ngx_http_collab_msg_error("error", "invalid",
+                                  NULL, NULL, "\"auth\" is not expected: "
+                                  "this endpoint takes no tokens"));
+
+    } else {
+        ngx_http_collab_reply(s, slot,
+                              ngx_http_collab_msg_error("error", "invalid",
+                                  NULL, NULL, "unknown message type \"%s\"",
+                                  type));
+    }
+
+    return NGX_OK;
+}
+
+
+/* fetches and checks "doc"; on failure replies and returns NGX_DECLINED */
+
+static ngx_int_t
+ngx_http_collab_proto_doc(ngx_http_collab_session_t *s, json_t *obj,
+    ngx_str_t *doc, ngx_uint_t slot, const char *type, ngx_str_t *id)
+{
+    json_t  *v;
+
+    v = json_object_get(obj, "doc");
+
+    if (!json_is_string(v)) {
+        ngx_http_collab_reply(s, slot,
+                              ngx_http_collab_msg_error(type, "invalid", NULL,
+                                  id, "\"doc\" must be a string"));
+        return NGX_DECLINED;
+    }
+
+    doc->data = (u_char *) json_string_value(v);
+    doc->len = json_string_length(v);
+
+    if (!ngx_http_collab_doc_id_valid(doc->data, doc->len)) {
+        ngx_http_collab_reply(s, slot,
+                              ngx_http_collab_msg_error(type, "invalid", NULL,
+                                  id, "\"doc\" must be 1-128 characters of "
+                                  "A-Za-z0-9._:-"));
+        return NGX_DECLINED;
+    }
+
+    return NGX_OK;
+}
+
+
+/* an optional non-negative integer: NGX_DECLINED when absent */
+
+static ngx_int_t
+ngx_http_collab_proto_seq(json_t *obj, const char *name, int64_t *value)
+{
+    json_t  *v;
+
+    v = json_object_get(obj, name);
+
+    if (v == NULL || json_is_null(v)) {
+        return NGX_DECLINED;
+    }
+
+    if (!json_is_integer(v) || json_integer_value(v) < 0) {
+        return NGX_ERROR;
+    }
+
+    *value = json_integer_value(v);
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_collab_proto_subscribe(ngx_http_collab_session_t *s, json_t *obj,
+    ngx_uint_t slot)
+{
+    json_t     *v;
+    int64_t     since;
+    ngx_int_t   rc;
+    ngx_str_t   doc, epoch;
+
+    if (s->transport == NGX_HTTP_COLLAB_TRANSPORT_POST) {
+        ngx_http_collab_reply(s, slot,
+                              ngx_http_collab_msg_error("error", "invalid",
+                                  NULL, NULL, "\"subscribe\" needs a "
+                                  "WebSocket or an event stream"));
+        return;
+    }
+
+    if (ngx_http_collab_proto_doc(s, obj, &doc, slot, "error", NULL)
+        != NGX_OK)
+    {
+        return;
+    }
+
+    rc = ngx_http_collab_proto_seq(obj, "since", &since);
+
+    if (rc == NGX_ERROR) {
+        ngx_http_collab_reply(s, slot,
+                              ngx_http_collab_msg_error("error", "invalid",
+                                  &doc, NULL, "\"since\" must be a "
+                                  "non-negative integer"));
+        return;
+    }
+
+    if (rc == NGX_DECLINED) {
+        since = -1;
+    }
+
+    ngx_str_null(&epoch);
+
+    v = json_object_get(obj, "epoch");
+
+    if (v && !json_is_null(v)) {
+        if (!json_is_string(v) || json_string_length(v) == 0
+            || json_string_length(v) > 64)
+        {
+            ngx_http_collab_reply(s, slot,
+                                  ngx_http_collab_msg_error("error",
+                                      "invalid", &doc, NULL, "\"epoch\" must "
+                                      "be the string from \"subscribed\""));
+            return;
+        }
+
+        epoch.data = (u_char *) json_string_value(v);
+        epoch.len = json_string_length(v);
+    }
+
+    (void) ngx_http_collab_doc_subscribe(s, &doc, since, &epoch);
+}
+
+
+static void
+ngx_http_collab_proto_unsubscribe(ngx_http_collab_session_t *s, json_t *obj,
+    ngx_uint_t slot)
+{
+    ngx_str_t  doc;
+
+    if (s->transport == NGX_HTTP_COLLAB_TRANSPORT_POST) {
+        ngx_http_collab_reply(s, slot,
+                              ngx_http_collab_msg_error("error", "invalid",
+                                  NULL, NULL, "\"unsubscribe\" needs a "
+                                  "WebSocket or an event stream"));
+        return;
+    }
+
+    if (ngx_http_collab_proto_doc(s, obj, &doc, slot, "error", NULL)
+        != NGX_OK)
+    {
+        return;
+    }
+
+    (void) ngx_http_collab_doc_unsubscribe(s, &doc);
+}
+
+
+static void
+ngx_http_collab_proto_delta(ngx_http_collab_session_t *s, json_t *obj,
+    ngx_uint_t slot)
+{
+    json_t     *v;
+    int64_t     base;
+    ngx_int_t   rc;
+    ngx_str_t   doc, id, data;
+
+    ngx_str_null(&id);
+
+    v = json_object_get(obj, "id");
+
+    if (json_is_string(v)) {
+        id.data = (u_char *) json_string_value(v);
+        id.len = json_string_length(v);
+    }
+
+    if (id.len == 0 || id.len > NGX_HTTP_COLLAB_OPID_MAX) {
+        ngx_http_collab_reply(s, slot,
+                              ngx_http_collab_msg_error("nack", "invalid",
+                                  NULL, NULL, "\"id\" must be a string of "
+                                  "1-128 characters"));
+        return;
+    }
+
+    if (ngx_http_collab_proto_doc(s, obj, &doc, slot, "nack", &id)
+        != NGX_OK)
+    {
+        return;
+    }
+
+    rc = ngx_http_collab_proto_seq(obj, "base", &base);
+
+    if (rc == NGX_ERROR) {
+        ngx_http_collab_reply(s, slot,
+                              ngx_http_collab_msg_error("nack", "invalid",
+                                  &doc, &id, "\"base\" must be a "
+                                  "non-negative integer"));
+        return;
+    }
+
+    if (rc == NGX_DECLINED) {
+        base = -1;
+    }
+
+    v = json_object_get(obj, "data");
+
+    if (v == NULL) {
+        ngx_http_collab_reply(s, slot,
+                              ngx_http_collab_msg_error("nack", "invalid",
+                                  &doc, &id, "\"data\" is missing"));
+        return;
+    }
+
+    if (ngx_http_collab_proto_dump(s, v, &data) != NGX_OK) {
+        ngx_http_collab_reply(s, slot,
+                              ngx_http_collab_msg_error("nack", "internal",
+                                  &doc, &id, "out of memory"));
+        return;
+    }
+
+    (void) ngx_http_collab_store_append(s, &doc, &id, &data, base, slot);
+
+    ngx_free(data.data);
+}
+
+
+static void
+ngx_http_collab_proto_state(ngx_http_collab_session_t *s, json_t *obj,
+    ngx_uint_t slot)
+{
+    json_t     *v;
+    int64_t     seq;
+    ngx_str_t   doc, data;
+
+    if (ngx_http_collab_proto_doc(s, obj, &doc, slot, "error", NULL)
+        != NGX_OK)
+    {
+        return;
+    }
+
+    if (ngx_http_collab_proto_seq(obj, "seq", &seq) != NGX_OK) {
+        ngx_http_collab_reply(s, slot,
+                              ngx_http_collab_msg_error("error", "invalid",
+                                  &doc, NULL, "\"seq\" must be a "
+                                  "non-negative integer"));
+        return;
+    }
+
+    v = json_object_get(obj, "data");
+
+    if (v == NULL) {
+        ngx_http_collab_reply(s, slot,
+                              ngx_http_collab_msg_error("error", "invalid",
+                                  &doc, NULL, "\"data\" is missing"));
+        return;
+    }
+
+    if (ngx_http_collab_proto_dump(s, v, &data) != NGX_OK) {
+        return;
+    }
+
+    (void) ngx_http_collab_store_state(s, &doc, seq, &data, slot);
+
+    ngx_free(data.data);
+}
+
+
+/* intents and presence: relayed to the document's subscribers, not stored */
+
+static void
+ngx_http_collab_proto_ephemeral(ngx_http_collab_session_t *s, json_t *obj,
+    ngx_uint_t slot, const char *type)
+{
+    json_t                 *v;
+    ngx_str_t               doc, data, sid;
+    ngx_http_collab_msg_t  *m;
+
+    if (ngx_http_collab_proto_doc(s, obj, &doc, slot, "error", NULL)
+        != NGX_OK)
+    {
+        return;
+    }
+
+    v = json_object_get(obj, "data");
+
+    if (v == NULL) {
+        ngx_http_collab_reply(s, slot,
+                              ngx_http_collab_msg_error("error", "invalid",
+                                  &doc, NULL, "\"data\" is missing"));
+        return;
+    }
+
+    if (ngx_http_collab_proto_dump(s, v, &data) != NGX_OK) {
+        return;
+    }
+
+    sid.data = s->id;
+    sid.len = sizeof(s->id);
+
+    m = ngx_http_collab_msg_build(type, "doc", 'S', &doc, "user", 'S',
+                                  &s->user, "session", 'S', &sid,
+                                  "data", 'R', &data, NULL);
+
+    ngx_free(data.data);
+
+    if (m == NULL) {
+        return;
+    }
+
+    if (ngx_http_collab_doc_publish(s, &doc, m) != NGX_OK) {
+        ngx_http_collab_msg_release(m);
+
+        if (slot != NGX_HTTP_COLLAB_NO_SLOT) {
+            ngx_http_collab_reply(s, slot,
+                                  ngx_http_collab_msg_error("error",
+                                      "unavailable", &doc, NULL,
+                                      "the document store is unavailable"));
+        }
+
+        return;
+    }
+
+    ngx_http_collab_msg_release(m);
+
+    if (slot != NGX_HTTP_COLLAB_NO_SLOT) {
+        ngx_http_collab_reply(s, slot,
+                              ngx_http_collab_msg_build("ok", "doc", 'S',
+                                                        &doc, NULL));
+    }
+}
+
+
+static ngx_int_t
+ngx_http_collab_proto_dump(ngx_http_collab_session_t *s, json_t *value,
+    ngx_str_t *out)
+{
+    char  *p;
+
+    p = json_dumps(value, JSON_COMPACT|JSON_ENCODE_ANY);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    out->data = (u_char *) p;
+    out->len = ngx_strlen(p);
+
+    return NGX_OK;
+}

@@ -1,0 +1,734 @@
+
+/*
+ * Copyright (C) ngx_collab_module authors
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+#include "ngx_http_collab_module.h"
+
+
+/*
+ * hiredis 0.14 on nginx's event loop.  A worker has two connections, one
+ * for commands and one for pub/sub, each a ngx_http_collab_redis_t that
+ * lives as long as the worker and outlives any number of hiredis contexts.
+ *
+ * Events are registered level-triggered: hiredis reads at most 16 KB per
+ * call and would otherwise stall on edge-triggered epoll.  hiredis closes
+ * the socket itself after our cleanup hook, so the hook releases the nginx
+ * connection without close().
+ */
+
+
+#define NGX_HTTP_COLLAB_BACKOFF_MIN  100
+#define NGX_HTTP_COLLAB_BACKOFF_MAX  5000
+
+
+static void ngx_http_collab_redis_connect(ngx_http_collab_redis_t *rc);
+static void ngx_http_collab_redis_reconnect_handler(ngx_event_t *ev);
+static void ngx_http_collab_redis_watchdog_handler(ngx_event_t *ev);
+static void ngx_http_collab_redis_schedule(ngx_http_collab_redis_t *rc);
+static void ngx_http_collab_redis_drop(ngx_http_collab_redis_t *rc,
+    const char *why);
+static void ngx_http_collab_redis_read_handler(ngx_event_t *ev);
+static void ngx_http_collab_redis_write_handler(ngx_event_t *ev);
+static void ngx_http_collab_redis_add_read(void *data);
+static void ngx_http_collab_redis_del_read(void *data);
+static void ngx_http_collab_redis_add_write(void *data);
+static void ngx_http_collab_redis_del_write(void *data);
+static void ngx_http_collab_redis_cleanup(void *data);
+static void ngx_http_collab_redis_on_connect(const redisAsyncContext *ac,
+    int status);
+static void ngx_http_collab_redis_on_disconnect(const redisAsyncContext *ac,
+    int status);
+static void ngx_http_collab_redis_setup_reply(redisAsyncContext *ac,
+    void *r, void *data);
+static void ngx_http_collab_redis_reply(redisAsyncContext *ac, void *r,
+    void *data);
+
+
+ngx_int_t
+ngx_http_collab_redis_init(ngx_cycle_t *cycle, ngx_http_collab_redis_t *rc,
+    ngx_http_collab_main_conf_t *mcf, unsigned subscriber, const char *name)
+{
+    rc->mcf = mcf;
+    rc->log = cycle->log;
+    rc->subscriber = subscriber;
+    rc->name = name;
+    rc->state = NGX_HTTP_COLLAB_REDIS_DOWN;
+    rc->backoff = NGX_HTTP_COLLAB_BACKOFF_MIN;
+
+    ngx_queue_init(&rc->inflight);
+
+    rc->reconnect.handler = ngx_http_collab_redis_reconnect_handler;
+    rc->reconnect.data = rc;
+    rc->reconnect.log = cycle->log;
+    rc->reconnect.cancelable = 1;
+
+    /*
+     * The watchdog stays non-cancelable while commands are in flight, so
+     * that a quitting worker answers every pending request before it exits.
+     */
+
+    rc->watchdog.handler = ngx_http_collab_redis_watchdog_handler;
+    rc->watchdog.data = rc;
+    rc->watchdog.log = cycle->log;
+
+    ngx_http_collab_redis_connect(rc);
+
+    return NGX_OK;
+}
+
+
+void
+ngx_http_collab_redis_exit(ngx_http_collab_redis_t *rc)
+{
+    rc->exiting = 1;
+
+    if (rc->reconnect.timer_set) {
+        ngx_del_timer(&rc->reconnect);
+    }
+
+    if (rc->watchdog.timer_set) {
+        ngx_del_timer(&rc->watchdog);
+    }
+
+    if (rc->ac) {
+        redisAsyncFree(rc->ac);
+        rc->ac = NULL;
+    }
+}
+
+
+static void
+ngx_http_collab_redis_connect(ngx_http_collab_redis_t *rc)
+{
+    redisAsyncContext            *ac;
+    ngx_event_t                  *rev, *wev;
+    ngx_connection_t             *c;
+    ngx_http_collab_main_conf_t  *mcf;
+
+    mcf = rc->mcf;
+
+    if (mcf->redis_unix.len) {
+        ac = redisAsyncConnectUnix((char *) mcf->redis_unix.data);
+
+    } else {
+        ac = redisAsyncConnect((char *) mcf->redis_host.data,
+                               mcf->redis_port);
+    }
+
+    if (ac == NULL) {
+        ngx_log_error(NGX_LOG_ERR, rc->log, 0,
+                      "collab: redis %s connection: out of memory", rc->name);
+        ngx_http_collab_redis_schedule(rc);
+        return;
+    }
+
+    if (ac->err) {
+        ngx_log_error(NGX_LOG_ERR, rc->log, 0,
+                      "collab: redis %s connection to \"%V\" failed: %s",
+                      rc->name, &mcf->redis_addr, ac->errstr);
+        redisAsyncFree(ac);
+        ngx_http_collab_redis_schedule(rc);
+        return;
+    }
+
+    c = ngx_get_connection(ac->c.fd, rc->log);
+    if (c == NULL) {
+        redisAsyncFree(ac);
+        ngx_http_collab_redis_schedule(rc);
+        return;
+    }
+
+    rev = c->read;
+    wev = c->write;
+
+    c->data = rc;
+    rev->handler = ngx_http_collab_redis_read_handler;
+    wev->handler = ngx_http_collab_redis_write_handler;
+    rev->log = rc->log;
+    wev->log = rc->log;
+    c->log = rc->log;
+
+    rc->ac = ac;
+    rc->connection = c;
+    rc->state = NGX_HTTP_COLLAB_REDIS_CONNECTING;
+
+    ac->data = rc;
+    ac->ev.data = rc;
+    ac->ev.addRead = ngx_http_collab_redis_add_read;
+    ac->ev.delRead = ngx_http_collab_redis_del_read;
+    ac->ev.addWrite = ngx_http_collab_redis_add_write;
+    ac->ev.delWrite = ngx_http_collab_redis_del_write;
+    ac->ev.cleanup = ngx_http_collab_redis_cleanup;
+
+    /* the adapter must be in place: this adds the write event */
+
+    redisAsyncSetConnectCallback(ac, ngx_http_collab_redis_on_connect);
+    redisAsyncSetDisconnectCallback(ac, ngx_http_collab_redis_on_disconnect);
+
+    /* the watchdog doubles as the connect timeout */
+
+    rc->watchdog.cancelable = 1;
+    ngx_add_timer(&rc->watchdog, rc->mcf->redis_connect_timeout);
+}
+
+
+static void
+ngx_http_collab_redis_schedule(ngx_http_collab_redis_t *rc)
+{
+    rc->state = NGX_HTTP_COLLAB_REDIS_DOWN;
+
+    if (rc->exiting || ngx_exiting || ngx_terminate || ngx_quit) {
+        return;
+    }
+
+    if (!rc->reconnect.timer_set) {
+        ngx_add_timer(&rc->reconnect, rc->backoff);
+    }
+
+    rc->backoff *= 2;
+
+    if (rc->backoff > NGX_HTTP_COLLAB_BACKOFF_MAX) {
+        rc->backoff = NGX_HTTP_COLLAB_BACKOFF_MAX;
+    }
+}
+
+
+static void
+ngx_http_collab_redis_reconnect_handler(ngx_event_t *ev)
+{
+    ngx_http_collab_redis_t  *rc;
+
+    rc = ev->data;
+
+    if (rc->ac == NULL) {
+        ngx_http_collab_redis_connect(rc);
+    }
+}
+
+
+/*
+ * Drops the context from outside hiredis callbacks: every pending command
+ * gets its callback with a NULL reply, then the link is rebuilt later.
+ */
+
+static void
+ngx_http_collab_redis_drop(ngx_http_collab_redis_t *rc, const char *why)
+{
+    redisAsyncContext  *ac;
+
+    ac = rc->ac;
+    if (ac == NULL) {
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_ERR, rc->log, 0,
+                  "collab: redis %s connection to \"%V\" dropped: %s",
+                  rc->name, &rc->mcf->redis_addr, why);
+
+    rc->ac = NULL;
+
+    if (rc->state >= NGX_HTTP_COLLAB_REDIS_SETUP) {
+        /* on_disconnect will be called by hiredis */
+        redisAsyncFree(ac);
+        return;
+    }
+
+    redisAsyncFree(ac);
+
+    ngx_http_collab_redis_schedule(rc);
+}
+
+
+static void
+ngx_http_collab_redis_watchdog_handler(ngx_event_t *ev)
+{
+    ngx_msec_t                timeout, age;
+    ngx_http_collab_cmd_t    *cmd;
+    ngx_http_collab_redis_t  *rc;
+
+    rc = ev->data;
+
+    if (rc->ac == NULL) {
+        return;
+    }
+
+    if (rc->state == NGX_HTTP_COLLAB_REDIS_CONNECTING) {
+        ngx_http_collab_redis_drop(rc, "connect timed out");
+        return;
+    }
+
+    timeout = rc->mcf->redis_timeout;
+
+    if (!ngx_queue_empty(&rc->inflight)) {
+        cmd = ngx_queue_data(ngx_queue_head(&rc->inflight),
+                             ngx_http_collab_cmd_t, redis_link);
+
+        age = ngx_current_msec - cmd->sent;
+
+        if (age >= timeout) {
+            ngx_http_collab_redis_drop(rc, "command timed out");
+            return;
+        }
+
+        ev->cancelable = 0;
+        ngx_add_timer(ev, timeout - age);
+        return;
+    }
+
+    if (rc->setup_pending) {
+        ngx_http_collab_redis_drop(rc, "setup timed out");
+        return;
+    }
+}
+
+
+static void
+ngx_http_collab_redis_read_handler(ngx_event_t *ev)
+{
+    ngx_connection_t         *c;
+    ngx_http_collab_redis_t  *rc;
+
+    c = ev->data;
+    rc = c->data;
+
+    if (c->close) {
+        /* worker_shutdown_timeout */
+        c->close = 0;
+        rc->exiting = 1;
+        ngx_http_collab_redis_drop(rc, "worker is shutting down");
+        return;
+    }
+
+    if (rc->ac) {
+        redisAsyncHandleRead(rc->ac);
+    }
+}
+
+
+static void
+ngx_http_collab_redis_write_handler(ngx_event_t *ev)
+{
+    ngx_connection_t         *c;
+    ngx_http_collab_redis_t  *rc;
+
+    c = ev->data;
+    rc = c->data;
+
+    if (rc->ac) {
+        redisAsyncHandleWrite(rc->ac);
+    }
+}
+
+
+static void
+ngx_http_collab_redis_add_read(void *data)
+{
+    ngx_http_collab_redis_t *rc = data;
+
+    ngx_event_t  *rev;
+
+    rev = rc->connection->read;
+
+    if (!rev->active) {
+        if (ngx_add_event(rev, NGX_READ_EVENT, NGX_LEVEL_EVENT) != NGX_OK) {
+            ngx_log_error(NGX_LOG_ALERT, rc->log, 0,
+                          "collab: redis %s: cannot add read event",
+                          rc->name);
+        }
+    }
+}
+
+
+static void
+ngx_http_collab_redis_del_read(void *data)
+{
+    ngx_http_collab_redis_t *rc = data;
+
+    ngx_event_t  *rev;
+
+    rev = rc->connection->read;
+
+    if (rev->active) {
+        (void) ngx_del_event(rev, NGX_READ_EVENT, 0);
+    }
+}
+
+
+static void
+ngx_http_collab_redis_add_write(void *data)
+{
+    ngx_http_collab_redis_t *rc = data;
+
+    ngx_event_t  *wev;
+
+    wev = rc->connection->write;
+
+    if (!wev->active) {
+        if (ngx_add_event(wev, NGX_WRITE_EVENT, NGX_LEVEL_EVENT) != NGX_OK) {
+            ngx_log_error(NGX_LOG_ALERT, rc->log, 0,
+                          "collab: redis %s: cannot add write event",
+                          rc->name);
+        }
+    }
+}
+
+
+static void
+ngx_http_collab_redis_del_write(void *data)
+{
+    ngx_http_collab_redis_t *rc = data;
+
+    ngx_event_t  *wev;
+
+    wev = rc->connection->write;
+
+    if (wev->active) {
+        (void) ngx_del_event(wev, NGX_WRITE_EVENT, 0);
+    }
+}
+
+
+/* what ngx_close_connection() does, except close(): hiredis closes the fd */
+
+static void
+ngx_http_collab_redis_cleanup(void *data)
+{
+    ngx_http_collab_redis_t *rc = data;
+
+    ngx_connection_t  *c;
+
+    c = rc->connection;
+    if (c == NULL) {
+        return;
+    }
+
+    rc->connection = NULL;
+
+    if (c->read->timer_set) {
+        ngx_del_timer(c->read);
+    }
+
+    if (c->write->timer_set) {
+        ngx_del_timer(c->write);
+    }
+
+    if (c->read->active || c->write->active) {
+        /* the fd stays open until hiredis closes it: leave epoll now */
+        if (c->read->active) {
+            (void) ngx_del_event(c->read, NGX_READ_EVENT, 0);
+        }
+
+        if (c->write->active) {
+            (void) ngx_del_event(c->write, NGX_WRITE_EVENT, 0);
+        }
+    }
+
+    if (c->read->posted) {
+        ngx_delete_posted_event(c->read);
+    }
+
+    if (c->write->posted) {
+        ngx_delete_posted_event(c->write);
+    }
+
+    c->read->closed = 1;
+    c->write->closed = 1;
+
+    ngx_free_connection(c);
+
+    c->fd = (ngx_socket_t) -1;
+}
+
+
+static void
+ngx_http_collab_redis_on_connect(const redisAsyncContext *ac, int status)
+{
+    ngx_http_collab_redis_t *rc = ac->data;
+
+    const char                   *argv[2];
+    size_t                        argvlen[2];
+    u_char                        db[NGX_INT_T_LEN];
+    ngx_http_collab_main_conf_t  *mcf;
+
+    if (rc->watchdog.timer_set) {
+        ngx_del_timer(&rc->watchdog);
+    }
+
+    if (status != REDIS_OK) {
+        /* hiredis frees the context after we return */
+
+        ngx_log_error(NGX_LOG_ERR, rc->log, 0,
+                      "collab: redis %s connection to \"%V\" failed: %s",
+                      rc->name, &rc->mcf->redis_addr,
+                      ac->errstr[0] ? ac->errstr : ac->c.errstr);
+
+        rc->ac = NULL;
+        ngx_http_collab_redis_schedule(rc);
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_INFO, rc->log, 0,
+                  "collab: redis %s connection to \"%V\" established",
+                  rc->name, &rc->mcf->redis_addr);
+
+    mcf = rc->mcf;
+    rc->state = NGX_HTTP_COLLAB_REDIS_SETUP;
+    rc->setup_pending = 0;
+
+    /* commands pipeline behind these, so nothing waits for the replies */
+
+    if (mcf->redis_password.len) {
+        argv[0] = "AUTH";
+        argvlen[0] = 4;
+        argv[1] = (const char *) mcf->redis_password.data;
+        argvlen[1] = mcf->redis_password.len;
+
+        if (ngx_http_collab_redis_raw(rc, ngx_http_collab_redis_setup_reply,
+                                      NULL, 2, argv, argvlen)
+            != NGX_OK)
+        {
+            return;
+        }
+    }
+
+    if (mcf->redis_db) {
+        argv[0] = "SELECT";
+        argvlen[0] = 6;
+        argv[1] = (const char *) db;
+        argvlen[1] = ngx_sprintf(db, "%i", mcf->redis_db) - db;
+
+        if (ngx_http_collab_redis_raw(rc, ngx_http_collab_redis_setup_reply,
+                                      NULL, 2, argv, argvlen)
+            != NGX_OK)
+        {
+            return;
+        }
+    }
+
+    if (!rc->subscriber) {
+        if (ngx_http_collab_store_setup(rc) != NGX_OK) {
+            return;
+        }
+    }
+
+    if (rc->setup_pending == 0) {
+        ngx_http_collab_redis_setup_done(rc);
+        return;
+    }
+
+    rc->watchdog.cancelable = 1;
+    ngx_add_timer(&rc->watchdog, mcf->redis_timeout);
+}
+
+
+void
+ngx_http_collab_redis_setup_done(ngx_http_collab_redis_t *rc)
+{
+    if (rc->watchdog.timer_set && ngx_queue_empty(&rc->inflight)) {
+        ngx_del_timer(&rc->watchdog);
+    }
+
+    rc->state = NGX_HTTP_COLLAB_REDIS_READY;
+    rc->backoff = NGX_HTTP_COLLAB_BACKOFF_MIN;
+
+    ngx_log_error(NGX_LOG_INFO, rc->log, 0,
+                  "collab: redis %s connection ready", rc->name);
+
+    ngx_http_collab_doc_redis_ready(rc);
+}
+
+
+static void
+ngx_http_collab_redis_setup_reply(redisAsyncContext *ac, void *r,
+    void *data)
+{
+    ngx_http_collab_redis_t  *rc;
+    redisReply               *reply;
+
+    rc = ac->data;
+    reply = r;
+
+    if (reply == NULL) {
+        return;
+    }
+
+    if (reply->type == REDIS_REPLY_ERROR) {
+        ngx_log_error(NGX_LOG_ERR, rc->log, 0,
+                      "collab: redis %s connection setup failed: %s",
+                      rc->name, reply->str);
+
+        /* leave the callback before the context is freed */
+        redisAsyncDisconnect(ac);
+        return;
+    }
+
+    if (--rc->setup_pending == 0) {
+        ngx_http_collab_redis_setup_done(rc);
+    }
+}
+
+
+static void
+ngx_http_collab_redis_on_disconnect(const redisAsyncContext *ac, int status)
+{
+    ngx_http_collab_redis_t *rc = ac->data;
+
+    ngx_uint_t  level;
+
+    level = rc->exiting ? NGX_LOG_INFO : NGX_LOG_ERR;
+
+    ngx_log_error(level, rc->log, 0,
+                  "collab: redis %s connection to \"%V\" lost%s%s",
+                  rc->name, &rc->mcf->redis_addr,
+                  status == REDIS_OK ? "" : ": ",
+                  status == REDIS_OK ? "" : ac->errstr);
+
+    rc->ac = NULL;
+
+    if (rc->watchdog.timer_set) {
+        ngx_del_timer(&rc->watchdog);
+    }
+
+    ngx_http_collab_redis_schedule(rc);
+
+    if (!rc->exiting) {
+        ngx_http_collab_doc_redis_lost(rc);
+    }
+}
+
+
+/* a command without a session: setup and subscriptions */
+
+ngx_int_t
+ngx_http_collab_redis_raw(ngx_http_collab_redis_t *rc, redisCallbackFn *fn,
+    void *data, int argc, const char **argv, const size_t *argvlen)
+{
+    if (rc->ac == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (redisAsyncCommandArgv(rc->ac, fn, data, argc, argv, argvlen)
+        != REDIS_OK)
+    {
+        ngx_log_error(NGX_LOG_ERR, rc->log, 0,
+                      "collab: redis %s command failed", rc->name);
+        return NGX_ERROR;
+    }
+
+    if (fn == ngx_http_collab_redis_setup_reply) {
+        rc->setup_pending++;
+    }
+
+    return NGX_OK;
+}
+
+
+ngx_http_collab_cmd_t *
+ngx_http_collab_cmd_alloc(ngx_http_collab_session_t *s, size_t extra)
+{
+    ngx_http_collab_cmd_t  *cmd;
+
+    cmd = ngx_alloc(sizeof(ngx_http_collab_cmd_t) + extra,
+                    s ? s->connection->log : ngx_cycle->log);
+    if (cmd == NULL) {
+        return NULL;
+    }
+
+    ngx_memzero(cmd, sizeof(ngx_http_collab_cmd_t));
+
+    cmd->session = s;
+
+    if (s) {
+        ngx_queue_insert_tail(&s->cmds, &cmd->session_link);
+    }
+
+    return cmd;
+}
+
+
+void
+ngx_http_collab_cmd_free(ngx_http_collab_cmd_t *cmd)
+{
+    if (cmd->session) {
+        ngx_queue_remove(&cmd->session_link);
+        cmd->session = NULL;
+    }
+
+    if (cmd->sub) {
+        cmd->sub->read = NULL;
+        cmd->sub = NULL;
+    }
+
+    ngx_free(cmd);
+}
+
+
+/*
+ * Sends a command owned by a session.  On failure the command is freed and
+ * NGX_DECLINED tells the caller to answer "unavailable".
+ */
+
+ngx_int_t
+ngx_http_collab_redis_command(ngx_http_collab_redis_t *rc,
+    ngx_http_collab_cmd_t *cmd, int argc, const char **argv,
+    const size_t *argvlen)
+{
+    if (rc->ac == NULL || rc->state != NGX_HTTP_COLLAB_REDIS_READY
+        || rc->ninflight >= rc->mcf->redis_max_inflight)
+    {
+        ngx_http_collab_cmd_free(cmd);
+        return NGX_DECLINED;
+    }
+
+    if (redisAsyncCommandArgv(rc->ac, ngx_http_collab_redis_reply, cmd,
+                              argc, argv, argvlen)
+        != REDIS_OK)
+    {
+        ngx_http_collab_cmd_free(cmd);
+        return NGX_DECLINED;
+    }
+
+    cmd->sent = ngx_current_msec;
+    ngx_queue_insert_tail(&rc->inflight, &cmd->redis_link);
+    rc->ninflight++;
+
+    if (!rc->watchdog.timer_set) {
+        rc->watchdog.cancelable = 0;
+        ngx_add_timer(&rc->watchdog, rc->mcf->redis_timeout);
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_collab_redis_reply(redisAsyncContext *ac, void *r, void *data)
+{
+    ngx_http_collab_cmd_t *cmd = data;
+
+    ngx_http_collab_redis_t  *rc;
+
+    rc = &ngx_http_collab_worker->cmd;
+
+    ngx_queue_remove(&cmd->redis_link);
+    rc->ninflight--;
+
+    if (ngx_queue_empty(&rc->inflight) && rc->watchdog.timer_set
+        && rc->state == NGX_HTTP_COLLAB_REDIS_READY)
+    {
+        ngx_del_timer(&rc->watchdog);
+    }
+
+    if (cmd->session == NULL || rc->exiting) {
+        /* the session left while the command was in flight */
+        ngx_http_collab_cmd_free(cmd);
+        return;
+    }
+
+    cmd->handler(cmd, r);
+}

@@ -1,0 +1,758 @@
+
+/*
+ * Copyright (C) ngx_collab_module authors
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+#include <openssl/rand.h>
+#include "ngx_http_collab_module.h"
+
+
+/*
+ * A session is one client connection, whatever its transport.  It lives in
+ * the request pool; everything it hands out (Redis commands, memberships,
+ * queued messages) is cut or released by the request cleanup, which runs
+ * exactly once on every way out of the request.
+ *
+ * Outbound messages go through a byte-bounded queue of references to
+ * shared messages; the queue is written from the connection's own write
+ * event, so everything that arrives in one event loop turn goes out in one
+ * writev().
+ */
+
+
+#define NGX_HTTP_COLLAB_FREE_OUT_MAX  4096
+#define NGX_HTTP_COLLAB_LINGER        2000
+
+
+static void ngx_http_collab_session_cleanup(void *data);
+static ngx_http_collab_out_t *ngx_http_collab_out_get(ngx_log_t *log);
+static void ngx_http_collab_out_put(ngx_http_collab_out_t *out);
+static void ngx_http_collab_session_append(ngx_http_collab_session_t *s,
+    ngx_http_collab_out_t *out, size_t len);
+static void ngx_http_collab_session_ping_handler(ngx_event_t *ev);
+static void ngx_http_collab_session_linger_handler(ngx_event_t *ev);
+static void ngx_http_collab_session_write_handler(ngx_http_request_t *r);
+static ngx_int_t ngx_http_collab_session_flush_ws(
+    ngx_http_collab_session_t *s);
+static ngx_int_t ngx_http_collab_session_flush_sse(
+    ngx_http_collab_session_t *s);
+static void ngx_http_collab_session_sent(ngx_http_collab_session_t *s);
+
+
+ngx_http_collab_session_t *
+ngx_http_collab_session_create(ngx_http_request_t *r,
+    ngx_http_collab_loc_conf_t *lcf, ngx_uint_t transport)
+{
+    u_char                      raw[sizeof(((ngx_http_collab_session_t *)
+                                            NULL)->id) / 2];
+    ngx_str_t                   user;
+    ngx_http_cleanup_t         *cln;
+    ngx_http_collab_session_t  *s;
+
+    s = ngx_pcalloc(r->pool, sizeof(ngx_http_collab_session_t));
+    if (s == NULL) {
+        return NULL;
+    }
+
+    cln = ngx_http_cleanup_add(r, 0);
+    if (cln == NULL) {
+        return NULL;
+    }
+
+    s->request = r;
+    s->connection = r->connection;
+    s->conf = lcf;
+    s->transport = transport;
+    s->cursor_since = -1;
+
+    if (RAND_bytes(raw, sizeof(raw)) != 1) {
+        return NULL;
+    }
+
+    ngx_hex_dump(s->id, raw, sizeof(raw));
+
+    ngx_str_null(&user);
+
+    if (lcf->user) {
+        if (ngx_http_complex_value(r, lcf->user, &user) != NGX_OK) {
+            return NULL;
+        }
+    }
+
+    if (user.len == 0 && lcf->auth == NGX_HTTP_COLLAB_AUTH_VARIABLE) {
+        /* an identity was required and none came with the request */
+        return NULL;
+    }
+
+    if (user.len == 0) {
+        ngx_str_set(&s->user, "anonymous");
+
+    } else {
+        s->user = user;
+    }
+
+    ngx_str_set(&s->role, "editor");
+
+    ngx_queue_init(&s->subs);
+    ngx_queue_init(&s->cmds);
+    s->out_last = &s->out;
+
+    s->ping.handler = ngx_http_collab_session_ping_handler;
+    s->ping.data = s;
+    s->ping.log = r->connection->log;
+    s->ping.cancelable = 1;
+
+    s->linger.handler = ngx_http_collab_session_linger_handler;
+    s->linger.data = s;
+    s->linger.log = r->connection->log;
+
+    s->last_recv = ngx_current_msec;
+
+    ngx_queue_insert_tail(&ngx_http_collab_worker->sessions, &s->link);
+
+    cln->handler = ngx_http_collab_session_cleanup;
+    cln->data = s;
+
+    ngx_http_set_ctx(r, s, ngx_http_collab_module);
+
+    if (transport != NGX_HTTP_COLLAB_TRANSPORT_POST) {
+        r->write_event_handler = ngx_http_collab_session_write_handler;
+    }
+
+    return s;
+}
+
+
+static void
+ngx_http_collab_session_cleanup(void *data)
+{
+    ngx_http_collab_session_t *s = data;
+
+    ngx_uint_t              i;
+    ngx_queue_t            *q;
+    ngx_http_request_t     *r;
+    ngx_http_collab_cmd_t  *cmd;
+    ngx_http_collab_out_t  *out, *next;
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, s->connection->log, 0,
+                   "collab: session %*s cleanup", (size_t) 16, s->id);
+
+    r = s->request;
+
+    ngx_http_set_ctx(r, NULL, ngx_http_collab_module);
+    r->read_event_handler = ngx_http_block_reading;
+    r->write_event_handler = ngx_http_request_empty_handler;
+
+    ngx_queue_remove(&s->link);
+
+    if (s->ping.timer_set) {
+        ngx_del_timer(&s->ping);
+    }
+
+    if (s->linger.timer_set) {
+        ngx_del_timer(&s->linger);
+    }
+
+    if (s->ping.posted) {
+        ngx_delete_posted_event(&s->ping);
+    }
+
+    while (!ngx_queue_empty(&s->subs)) {
+        q = ngx_queue_head(&s->subs);
+        ngx_http_collab_doc_sub_free(
+            ngx_queue_data(q, ngx_http_collab_sub_t, session_link));
+    }
+
+    /* replies still on their way find no session and only free the command */
+
+    while (!ngx_queue_empty(&s->cmds)) {
+        q = ngx_queue_head(&s->cmds);
+        ngx_queue_remove(q);
+
+        cmd = ngx_queue_data(q, ngx_http_collab_cmd_t, session_link);
+        cmd->session = NULL;
+        cmd->sub = NULL;
+    }
+
+    for (out = s->out; out; out = next) {
+        next = out->next;
+        ngx_http_collab_msg_release(out->msg);
+        ngx_http_collab_out_put(out);
+    }
+
+    s->out = NULL;
+    s->out_last = &s->out;
+    s->out_bytes = 0;
+
+    if (s->parser) {
+        ngx_free(s->parser);
+        s->parser = NULL;
+    }
+
+    if (s->msg) {
+        ngx_free(s->msg);
+        s->msg = NULL;
+    }
+
+    if (s->replies) {
+        for (i = 0; i < s->nreplies; i++) {
+            ngx_http_collab_msg_release(s->replies[i]);
+        }
+
+        s->replies = NULL;
+    }
+}
+
+
+static ngx_http_collab_out_t *
+ngx_http_collab_out_get(ngx_log_t *log)
+{
+    ngx_http_collab_out_t     *out;
+    ngx_http_collab_worker_t  *w;
+
+    w = ngx_http_collab_worker;
+
+    if (w->free_out) {
+        out = w->free_out;
+        w->free_out = out->next;
+        w->nfree_out--;
+
+    } else {
+        out = ngx_alloc(sizeof(ngx_http_collab_out_t), log);
+        if (out == NULL) {
+            return NULL;
+        }
+    }
+
+    ngx_memzero(&out->buf, sizeof(ngx_buf_t));
+
+    out->next = NULL;
+    out->msg = NULL;
+    out->cl.buf = &out->buf;
+    out->cl.next = NULL;
+
+    return out;
+}
+
+
+static void
+ngx_http_collab_out_put(ngx_http_collab_out_t *out)
+{
+    ngx_http_collab_worker_t  *w;
+
+    w = ngx_http_collab_worker;
+
+    if (w == NULL || w->nfree_out >= NGX_HTTP_COLLAB_FREE_OUT_MAX) {
+        ngx_free(out);
+        return;
+    }
+
+    out->next = w->free_out;
+    w->free_out = out;
+    w->nfree_out++;
+}
+
+
+static void
+ngx_http_collab_session_append(ngx_http_collab_session_t *s,
+    ngx_http_collab_out_t *out, size_t len)
+{
+    ngx_http_collab_out_t  *last;
+
+    if (s->out) {
+        last = (ngx_http_collab_out_t *)
+                   ((u_char *) s->out_last
+                    - offsetof(ngx_http_collab_out_t, next));
+        last->cl.next = &out->cl;
+    }
+
+    *s->out_last = out;
+    s->out_last = &out->next;
+    s->out_bytes += len;
+
+    ngx_http_collab_session_post_write(s);
+}
+
+
+/*
+ * Queues a shared message.  Deltas are checked against collab_send_queue by
+ * the fan-out, which switches a slow reader to the log; anything else may
+ * go up to twice the limit before the session is closed as a consumer that
+ * does not read at all.
+ */
+
+ngx_int_t
+ngx_http_collab_session_send(ngx_http_collab_session_t *s,
+    ngx_http_collab_msg_t *m)
+{
+    u_char                 *p;
+    size_t                  len;
+    ngx_http_collab_out_t  *out;
+
+    if (s->closing || s->transport == NGX_HTTP_COLLAB_TRANSPORT_POST) {
+        return NGX_DECLINED;
+    }
+
+    if (s->transport == NGX_HTTP_COLLAB_TRANSPORT_WS) {
+        p = ngx_http_collab_ws_frame(m, &len);
+
+    } else {
+        p = ngx_http_collab_sse_event(m, &len);
+    }
+
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (s->out_bytes + len > 2 * s->conf->send_queue) {
+        ngx_log_error(NGX_LOG_WARN, s->connection->log, 0,
+                      "collab: session %*s does not read, closing it",
+                      (size_t) 16, s->id);
+
+        ngx_http_collab_session_close(s, 1008, "send queue overflow");
+        return NGX_DECLINED;
+    }
+
+    out = ngx_http_collab_out_get(s->connection->log);
+    if (out == NULL) {
+        return NGX_ERROR;
+    }
+
+    out->msg = m;
+    m->refs++;
+
+    out->buf.pos = p;
+    out->buf.last = p + len;
+    out->buf.start = p;
+    out->buf.end = p + len;
+    out->buf.memory = 1;
+    out->buf.flush = 1;
+
+    ngx_http_collab_session_append(s, out, len);
+
+    return NGX_OK;
+}
+
+
+/* WebSocket control frames, and the SSE heartbeat when opcode is 0 */
+
+ngx_int_t
+ngx_http_collab_session_send_ctl(ngx_http_collab_session_t *s,
+    ngx_uint_t opcode, u_char *data, size_t len)
+{
+    u_char                 *p;
+    ngx_http_collab_out_t  *out;
+
+    if (s->close_sent || len > 125) {
+        return NGX_DECLINED;
+    }
+
+    out = ngx_http_collab_out_get(s->connection->log);
+    if (out == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = out->ctl;
+
+    if (opcode) {
+        *p++ = (u_char) (0x80 | opcode);
+        *p++ = (u_char) len;
+    }
+
+    p = ngx_cpymem(p, data, len);
+
+    out->buf.pos = out->ctl;
+    out->buf.last = p;
+    out->buf.start = out->ctl;
+    out->buf.end = p;
+    out->buf.memory = 1;
+    out->buf.flush = 1;
+
+    if (opcode == NGX_HTTP_COLLAB_WS_OP_CLOSE) {
+        s->close_sent = 1;
+    }
+
+    ngx_http_collab_session_append(s, out, p - out->ctl);
+
+    return NGX_OK;
+}
+
+
+void
+ngx_http_collab_session_post_write(ngx_http_collab_session_t *s)
+{
+    ngx_post_event(s->connection->write, &ngx_posted_events);
+}
+
+
+static void
+ngx_http_collab_session_write_handler(ngx_http_request_t *r)
+{
+    ngx_http_collab_session_t  *s;
+
+    s = ngx_http_get_module_ctx(r, ngx_http_collab_module);
+    if (s == NULL) {
+        return;
+    }
+
+    if (r->connection->write->timedout) {
+        r->connection->write->timedout = 0;
+    }
+
+    ngx_http_collab_session_flush(s);
+}
+
+
+void
+ngx_http_collab_session_flush(ngx_http_collab_session_t *s)
+{
+    ngx_int_t  rc;
+    size_t     before;
+
+    before = s->out_bytes;
+
+    if (s->transport == NGX_HTTP_COLLAB_TRANSPORT_WS) {
+        rc = ngx_http_collab_session_flush_ws(s);
+
+    } else {
+        rc = ngx_http_collab_session_flush_sse(s);
+    }
+
+    if (rc == NGX_ERROR) {
+        s->connection->error = 1;
+        ngx_http_collab_session_finalize(s);
+        return;
+    }
+
+    if (s->out == NULL && s->finalize) {
+        /* the close frame or the end of the stream went out */
+
+        if (s->transport != NGX_HTTP_COLLAB_TRANSPORT_WS
+            || s->close_received || s->shutdown)
+        {
+            ngx_http_collab_session_finalize(s);
+            return;
+        }
+
+        if (!s->linger.timer_set) {
+            ngx_add_timer(&s->linger, NGX_HTTP_COLLAB_LINGER);
+        }
+
+        return;
+    }
+
+    if (before > s->conf->send_queue / 2
+        && s->out_bytes <= s->conf->send_queue / 2)
+    {
+        ngx_http_collab_doc_resume(s);
+    }
+}
+
+
+static ngx_int_t
+ngx_http_collab_session_flush_ws(ngx_http_collab_session_t *s)
+{
+    ngx_chain_t         *cl;
+    ngx_connection_t    *c;
+    ngx_http_request_t  *r;
+
+    c = s->connection;
+    r = s->request;
+
+    if (r->out || c->buffered) {
+        /* the rest of the 101 response */
+
+        if (ngx_http_output_filter(r, NULL) == NGX_ERROR) {
+            return NGX_ERROR;
+        }
+
+        if (r->out || c->buffered) {
+            return NGX_AGAIN;
+        }
+    }
+
+    if (s->out == NULL) {
+        return NGX_OK;
+    }
+
+    if (!c->write->ready) {
+        return ngx_handle_write_event(c->write, 0) == NGX_OK
+               ? NGX_AGAIN : NGX_ERROR;
+    }
+
+    cl = c->send_chain(c, &s->out->cl, 0);
+
+    if (cl == NGX_CHAIN_ERROR) {
+        return NGX_ERROR;
+    }
+
+    ngx_http_collab_session_sent(s);
+
+    if (s->out) {
+        if (ngx_handle_write_event(c->write, 0) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
+        return NGX_AGAIN;
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_collab_session_flush_sse(ngx_http_collab_session_t *s)
+{
+    ngx_int_t               rc;
+    ngx_chain_t            *in;
+    ngx_http_request_t     *r;
+    ngx_http_collab_out_t  *out;
+
+    r = s->request;
+
+    /* what the filters have not seen yet starts after out_passed */
+
+    if (s->out_passed) {
+        in = s->out_passed->cl.next;
+
+    } else {
+        in = s->out ? &s->out->cl : NULL;
+    }
+
+    if (in) {
+        s->out_passed = (ngx_http_collab_out_t *)
+                            ((u_char *) s->out_last
+                             - offsetof(ngx_http_collab_out_t, next));
+    }
+
+    if (in == NULL && r->out == NULL && !r->connection->buffered) {
+        rc = NGX_OK;
+
+    } else {
+        rc = ngx_http_output_filter(r, in);
+    }
+
+    if (rc == NGX_ERROR) {
+        return NGX_ERROR;
+    }
+
+    ngx_http_collab_session_sent(s);
+
+    if (s->out == NULL) {
+        s->out_passed = NULL;
+    }
+
+    if (s->finalize && s->out == NULL) {
+        if (r->out || r->connection->buffered) {
+            return NGX_AGAIN;
+        }
+
+        /* the last chunk */
+        s->finalize = 0;
+
+        rc = ngx_http_send_special(r, NGX_HTTP_LAST|NGX_HTTP_FLUSH);
+        if (rc == NGX_ERROR) {
+            return NGX_ERROR;
+        }
+
+        s->finalize = 1;
+
+        if (r->out || r->connection->buffered) {
+            /* finalized when flushed: the next write event */
+            out = NULL;
+            (void) out;
+            return NGX_AGAIN;
+        }
+    }
+
+    return rc == NGX_AGAIN ? NGX_AGAIN : NGX_OK;
+}
+
+
+/* releases what went out completely */
+
+static void
+ngx_http_collab_session_sent(ngx_http_collab_session_t *s)
+{
+    ngx_http_collab_out_t  *out;
+
+    while (s->out) {
+        out = s->out;
+
+        if (out->buf.pos != out->buf.last) {
+            break;
+        }
+
+        s->out = out->next;
+        s->out_bytes -= out->buf.end - out->buf.start;
+
+        if (s->out_passed == out) {
+            s->out_passed = NULL;
+        }
+
+        ngx_http_collab_msg_release(out->msg);
+        ngx_http_collab_out_put(out);
+    }
+
+    if (s->out == NULL) {
+        s->out_last = &s->out;
+        s->out_passed = NULL;
+    }
+}
+
+
+/*
+ * Closes a session from anywhere: queues the close frame (or ends the event
+ * stream) and lets the connection's write event finish the job, so nothing
+ * upstream in the call stack finds its session freed.
+ */
+
+void
+ngx_http_collab_session_close(ngx_http_collab_session_t *s, ngx_uint_t code,
+    const char *reason)
+{
+    if (s->closing) {
+        return;
+    }
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, s->connection->log, 0,
+                   "collab: closing session, %ui %s", code, reason);
+
+    s->closing = 1;
+    s->finalize = 1;
+
+    if (s->ping.timer_set) {
+        ngx_del_timer(&s->ping);
+    }
+
+    if (s->transport == NGX_HTTP_COLLAB_TRANSPORT_WS) {
+        ngx_http_collab_ws_fail(s, code, reason);
+    }
+
+    /* bounded, and keeps a quitting worker alive until the close went out */
+    ngx_add_timer(&s->linger, NGX_HTTP_COLLAB_LINGER);
+
+    ngx_http_collab_session_post_write(s);
+}
+
+
+void
+ngx_http_collab_session_finalize(ngx_http_collab_session_t *s)
+{
+    ngx_http_request_t  *r;
+
+    r = s->request;
+
+    /* the cleanup handler runs from here */
+    ngx_http_finalize_request(r, NGX_DONE);
+}
+
+
+static void
+ngx_http_collab_session_linger_handler(ngx_event_t *ev)
+{
+    ngx_connection_t           *c;
+    ngx_http_collab_session_t  *s;
+
+    s = ev->data;
+    c = s->connection;
+
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, c->log, 0,
+                   "collab: close timed out");
+
+    c->error = 1;
+    ngx_http_collab_session_finalize(s);
+    ngx_http_run_posted_requests(c);
+}
+
+
+static void
+ngx_http_collab_session_ping_handler(ngx_event_t *ev)
+{
+    ngx_connection_t           *c;
+    ngx_http_collab_session_t  *s;
+
+    s = ev->data;
+    c = s->connection;
+
+    if (s->closing) {
+        return;
+    }
+
+    if (s->transport == NGX_HTTP_COLLAB_TRANSPORT_WS) {
+        if (ngx_current_msec - s->last_recv >= 2 * s->conf->ping) {
+            ngx_log_error(NGX_LOG_INFO, c->log, 0,
+                          "collab: peer did not answer pings, dropping it");
+
+            c->error = 1;
+            ngx_http_collab_session_finalize(s);
+            ngx_http_run_posted_requests(c);
+            return;
+        }
+
+        (void) ngx_http_collab_ws_ping(s);
+
+    } else {
+        (void) ngx_http_collab_sse_heartbeat(s);
+    }
+
+    ngx_add_timer(&s->ping, s->conf->ping);
+}
+
+
+void
+ngx_http_collab_session_start_timers(ngx_http_collab_session_t *s)
+{
+    ngx_add_timer(&s->ping, s->conf->ping);
+}
+
+
+void
+ngx_http_collab_session_welcome(ngx_http_collab_session_t *s)
+{
+    ngx_str_t               sid;
+    ngx_http_collab_msg_t  *m;
+
+    sid.data = s->id;
+    sid.len = sizeof(s->id);
+
+    m = ngx_http_collab_msg_build("welcome", "session", 'S', &sid,
+                                  "user", 'S', &s->user,
+                                  "heartbeat", 'I',
+                                  (int64_t) (s->conf->ping / 1000), NULL);
+    if (m == NULL) {
+        return;
+    }
+
+    (void) ngx_http_collab_session_send(s, m);
+    ngx_http_collab_msg_release(m);
+}
+
+
+/* reload or quit: every client is told to reconnect to the new workers */
+
+void
+ngx_http_collab_session_shutdown_all(void)
+{
+    ngx_queue_t                *q, *next;
+    ngx_http_collab_session_t  *s;
+
+    for (q = ngx_queue_head(&ngx_http_collab_worker->sessions);
+         q != ngx_queue_sentinel(&ngx_http_collab_worker->sessions);
+         q = next)
+    {
+        next = ngx_queue_next(q);
+        s = ngx_queue_data(q, ngx_http_collab_session_t, link);
+
+        if (s->transport == NGX_HTTP_COLLAB_TRANSPORT_POST) {
+            continue;
+        }
+
+        s->shutdown = 1;
+        ngx_http_collab_session_close(s, 1001, "server shutting down");
+    }
+}

@@ -1,0 +1,258 @@
+
+/*
+ * Copyright (C) ngx_collab_module authors
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+#include "ngx_http_collab_module.h"
+
+
+/*
+ * Server-Sent Events: the server messages of one document as events, sent
+ * through the output filter chain (chunked over HTTP/1.1, framed by HTTP/2).
+ * The event id is the resume cursor "EPOCH:SEQ" that browsers send back as
+ * Last-Event-ID when they reconnect.
+ */
+
+
+static ngx_int_t ngx_http_collab_sse_cursor(ngx_http_request_t *r,
+    ngx_http_collab_session_t *s);
+static ngx_int_t ngx_http_collab_sse_header(ngx_http_request_t *r,
+    const char *key, const char *value);
+
+
+ngx_int_t
+ngx_http_collab_sse_start(ngx_http_request_t *r,
+    ngx_http_collab_loc_conf_t *lcf)
+{
+    ngx_int_t                   rc;
+    ngx_str_t                   doc;
+    ngx_http_collab_session_t  *s;
+
+    ngx_str_null(&doc);
+
+    if (lcf->doc) {
+        if (ngx_http_complex_value(r, lcf->doc, &doc) != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
+
+    if (!ngx_http_collab_doc_id_valid(doc.data, doc.len)) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "collab: an event stream needs a valid document id");
+        return NGX_HTTP_BAD_REQUEST;
+    }
+
+    if (ngx_http_discard_request_body(r) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    s = ngx_http_collab_session_create(r, lcf,
+                                       NGX_HTTP_COLLAB_TRANSPORT_SSE);
+    if (s == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (ngx_http_collab_sse_cursor(r, s) != NGX_OK) {
+        return NGX_HTTP_BAD_REQUEST;
+    }
+
+    r->headers_out.status = NGX_HTTP_OK;
+    r->headers_out.content_length_n = -1;
+    ngx_str_set(&r->headers_out.content_type, "text/event-stream");
+    r->headers_out.content_type_len = r->headers_out.content_type.len;
+    r->keepalive = 0;
+
+#if (NGX_HTTP_GZIP)
+    r->gzip_tested = 1;
+    r->gzip_ok = 0;
+#endif
+
+    if (ngx_http_collab_sse_header(r, "Cache-Control", "no-cache") != NGX_OK
+        || ngx_http_collab_sse_header(r, "X-Accel-Buffering", "no")
+           != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    rc = ngx_http_send_header(r);
+
+    if (rc == NGX_ERROR || rc > NGX_OK) {
+        return rc;
+    }
+
+    r->main->count++;
+
+    /* notices the client going away */
+    r->read_event_handler = ngx_http_test_reading;
+
+    ngx_http_collab_session_welcome(s);
+    ngx_http_collab_session_start_timers(s);
+
+    (void) ngx_http_collab_doc_subscribe(s, &doc, s->cursor_since,
+                                         &s->cursor_epoch);
+
+    ngx_http_collab_session_post_write(s);
+
+    return NGX_DONE;
+}
+
+
+/* Last-Event-ID "EPOCH:SEQ" (or "SEQ"), else ?since=SEQ&epoch=EPOCH */
+
+static ngx_int_t
+ngx_http_collab_sse_cursor(ngx_http_request_t *r,
+    ngx_http_collab_session_t *s)
+{
+    u_char           *colon;
+    ngx_int_t         n;
+    ngx_str_t         v, since;
+    ngx_uint_t        i;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+
+    s->cursor_since = -1;
+    ngx_str_null(&s->cursor_epoch);
+    ngx_str_null(&v);
+
+    part = &r->headers_in.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                break;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].key.len == 13
+            && ngx_strncasecmp(h[i].key.data, (u_char *) "Last-Event-ID", 13)
+               == 0)
+        {
+            v = h[i].value;
+            break;
+        }
+    }
+
+    if (v.len) {
+        colon = ngx_strlchr(v.data, v.data + v.len, ':');
+
+        if (colon) {
+            s->cursor_epoch.data = v.data;
+            s->cursor_epoch.len = colon - v.data;
+            since.data = colon + 1;
+            since.len = v.data + v.len - since.data;
+
+        } else {
+            since = v;
+        }
+
+        n = ngx_atoi(since.data, since.len);
+        if (n == NGX_ERROR || s->cursor_epoch.len > 64) {
+            return NGX_ERROR;
+        }
+
+        s->cursor_since = n;
+        return NGX_OK;
+    }
+
+    if (ngx_http_arg(r, (u_char *) "since", 5, &since) == NGX_OK) {
+        n = ngx_atoi(since.data, since.len);
+        if (n == NGX_ERROR) {
+            return NGX_ERROR;
+        }
+
+        s->cursor_since = n;
+
+        if (ngx_http_arg(r, (u_char *) "epoch", 5, &v) == NGX_OK) {
+            if (v.len > 64) {
+                return NGX_ERROR;
+            }
+
+            s->cursor_epoch = v;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_collab_sse_header(ngx_http_request_t *r, const char *key,
+    const char *value)
+{
+    ngx_table_elt_t  *h;
+
+    h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    h->hash = 1;
+    h->key.data = (u_char *) key;
+    h->key.len = ngx_strlen(key);
+    h->value.data = (u_char *) value;
+    h->value.len = ngx_strlen(value);
+
+    return NGX_OK;
+}
+
+
+/* encodes a message once as an event for all SSE sessions it goes to */
+
+u_char *
+ngx_http_collab_sse_event(ngx_http_collab_msg_t *m, size_t *len)
+{
+    u_char  *p;
+    size_t   n;
+
+    if (m->sse == NULL) {
+        n = sizeof("event: \nid: :\ndata: \n\n") + m->type.len
+            + m->epoch.len + NGX_INT64_LEN + m->len;
+
+        m->sse = ngx_alloc(n, ngx_cycle->log);
+        if (m->sse == NULL) {
+            return NULL;
+        }
+
+        p = ngx_sprintf(m->sse, "event: %V\n", &m->type);
+
+        if (m->epoch.len) {
+            p = ngx_sprintf(p, "id: %V:%uL\n", &m->epoch, m->seq);
+        }
+
+        p = ngx_cpymem(p, "data: ", 6);
+        p = ngx_cpymem(p, m->json, m->len);
+        *p++ = '\n';
+        *p++ = '\n';
+
+        m->sse_len = p - m->sse;
+    }
+
+    *len = m->sse_len;
+
+    return m->sse;
+}
+
+
+ngx_int_t
+ngx_http_collab_sse_heartbeat(ngx_http_collab_session_t *s)
+{
+    return ngx_http_collab_session_send_ctl(s, 0, (u_char *) ": ping\n\n",
+                                            8);
+}
+
+
+void
+ngx_http_collab_sse_end(ngx_http_collab_session_t *s)
+{
+    ngx_http_collab_session_close(s, 0, "end of stream");
+}

@@ -1,0 +1,570 @@
+
+/*
+ * Copyright (C) ngx_collab_module authors
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+#include <openssl/rand.h>
+#include "ngx_http_collab_module.h"
+
+
+/*
+ * The document store: a Redis function library, loaded on every command
+ * connection, does sequence assignment, the idempotency check, the append
+ * and the publish in one atomic step on the document's hash tag, so that any
+ * number of nginx instances never hand out the same seq.
+ */
+
+
+#define NGX_HTTP_COLLAB_KEY_MAX  (sizeof("collab:{}:state") + 128)
+
+
+static const char  ngx_http_collab_store_lua[] =
+"#!lua name=collab_v1\n"
+"local function epoch_of(state, new)\n"
+"  local e = redis.call('HGET', state, 'epoch')\n"
+"  if not e then\n"
+"    redis.call('HSET', state, 'epoch', new, 'seq', 0)\n"
+"    e = new\n"
+"  end\n"
+"  return e\n"
+"end\n"
+"local function head_of(state)\n"
+"  return tonumber(redis.call('HGET', state, 'seq') or '0')\n"
+"end\n"
+/* keys: state log ops; args: epoch user id data base reject doc channel */
+"local function append(keys, args)\n"
+"  local state, log, ops = keys[1], keys[2], keys[3]\n"
+"  local user, id, data = args[2], args[3], args[4]\n"
+"  local epoch = epoch_of(state, args[1])\n"
+"  local opk = user .. '\\n' .. id\n"
+"  local prev = redis.call('HGET', ops, opk)\n"
+"  if prev then return {0, tonumber(prev), epoch} end\n"
+"  local head = head_of(state)\n"
+"  if args[6] == '1' and args[5] ~= '' and tonumber(args[5]) < head then\n"
+"    return {-1, head, epoch}\n"
+"  end\n"
+"  local seq = head + 1\n"
+"  local t = redis.call('TIME')\n"
+"  local ts = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+"  local sts = string.format('%d', ts)\n"
+"  local sseq = string.format('%d', seq)\n"
+"  redis.call('XADD', log, sseq .. '-0', 'seq', sseq, 'id', id,\n"
+"             'user', user, 'ts', sts, 'data', data)\n"
+"  redis.call('HSET', state, 'seq', sseq, 'ts', sts)\n"
+"  redis.call('HSET', ops, opk, sseq)\n"
+"  redis.call('PUBLISH', args[8], '{\"type\":\"delta\",\"doc\":\"' ..\n"
+"    args[7] .. '\",\"seq\":' .. sseq .. ',\"id\":' .. cjson.encode(id) ..\n"
+"    ',\"user\":' .. cjson.encode(user) .. ',\"ts\":' .. sts ..\n"
+"    ',\"data\":' .. data .. '}')\n"
+"  return {1, seq, epoch}\n"
+"end\n"
+/* keys: state log; args: epoch since count client_epoch */
+"local function read(keys, args)\n"
+"  local state, log = keys[1], keys[2]\n"
+"  local epoch = epoch_of(state, args[1])\n"
+"  local since = tonumber(args[2])\n"
+"  local count = tonumber(args[3])\n"
+"  local head = head_of(state)\n"
+"  local mode = 0\n"
+"  local snap_seq, snap_data = 0, false\n"
+"  if since < 0 or since > head or (args[4] ~= '' and args[4] ~= epoch)\n"
+"  then\n"
+"    mode = 1\n"
+"  elseif since < head then\n"
+"    local first = redis.call('XRANGE', log, '-', '+', 'COUNT', 1)\n"
+"    local fseq = head + 1\n"
+"    if first[1] then fseq = tonumber(string.match(first[1][1], '^%d+')) end\n"
+"    if since + 1 < fseq then mode = 1 end\n"
+"  end\n"
+"  if mode == 1 then\n"
+"    local s = redis.call('HMGET', state, 'data_seq', 'data')\n"
+"    if s[1] then snap_seq = tonumber(s[1]); snap_data = s[2] end\n"
+"    since = snap_seq\n"
+"  end\n"
+"  local res = {epoch, head, mode, snap_seq, snap_data}\n"
+"  if since < head then\n"
+"    local entries = redis.call('XRANGE', log,\n"
+"      string.format('%d', since + 1) .. '-0', '+', 'COUNT', count)\n"
+"    for _, e in ipairs(entries) do\n"
+"      local f, m = e[2], {}\n"
+"      for i = 1, #f, 2 do m[f[i]] = f[i + 1] end\n"
+"      res[#res + 1] = m['seq'] or ''\n"
+"      res[#res + 1] = m['id'] or ''\n"
+"      res[#res + 1] = m['user'] or ''\n"
+"      res[#res + 1] = m['ts'] or '0'\n"
+"      res[#res + 1] = m['data'] or 'null'\n"
+"    end\n"
+"  end\n"
+"  return res\n"
+"end\n"
+/* keys: state; args: epoch seq data */
+"local function setstate(keys, args)\n"
+"  local state = keys[1]\n"
+"  local epoch = epoch_of(state, args[1])\n"
+"  local seq = tonumber(args[2])\n"
+"  local head = head_of(state)\n"
+"  if seq > head then return {-1, head, epoch} end\n"
+"  local cur = tonumber(redis.call('HGET', state, 'data_seq') or '-1')\n"
+"  if seq < cur then return {0, cur, epoch} end\n"
+"  redis.call('HSET', state, 'data_seq', seq, 'data', args[3])\n"
+"  return {1, seq, epoch}\n"
+"end\n"
+"redis.register_function('collab_append', append)\n"
+"redis.register_function('collab_read', read)\n"
+"redis.register_function('collab_state', setstate)\n";
+
+
+static size_t ngx_http_collab_store_key(u_char *buf, ngx_str_t *doc,
+    const char *suffix);
+static void ngx_http_collab_store_setup_reply(redisAsyncContext *ac,
+    void *r, void *data);
+static void ngx_http_collab_store_append_reply(ngx_http_collab_cmd_t *cmd,
+    redisReply *reply);
+static void ngx_http_collab_store_state_reply(ngx_http_collab_cmd_t *cmd,
+    redisReply *reply);
+static void ngx_http_collab_store_read_reply(ngx_http_collab_cmd_t *cmd,
+    redisReply *reply);
+static ngx_int_t ngx_http_collab_store_triple(redisReply *reply,
+    ngx_int_t *status, int64_t *seq);
+
+
+ngx_int_t
+ngx_http_collab_store_setup(ngx_http_collab_redis_t *rc)
+{
+    const char  *argv[4];
+    size_t       argvlen[4];
+
+    argv[0] = "FUNCTION";
+    argvlen[0] = 8;
+    argv[1] = "LOAD";
+    argvlen[1] = 4;
+    argv[2] = "REPLACE";
+    argvlen[2] = 7;
+    argv[3] = ngx_http_collab_store_lua;
+    argvlen[3] = sizeof(ngx_http_collab_store_lua) - 1;
+
+    if (redisAsyncCommandArgv(rc->ac, ngx_http_collab_store_setup_reply,
+                              NULL, 4, argv, argvlen)
+        != REDIS_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    rc->setup_pending++;
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_collab_store_setup_reply(redisAsyncContext *ac, void *r, void *data)
+{
+    ngx_http_collab_redis_t  *rc;
+    redisReply               *reply;
+
+    rc = ac->data;
+    reply = r;
+
+    if (reply == NULL) {
+        return;
+    }
+
+    if (reply->type == REDIS_REPLY_ERROR) {
+        ngx_log_error(NGX_LOG_ERR, rc->log, 0,
+                      "collab: loading the Redis function library failed "
+                      "(Redis 7.0 or newer is required): %s", reply->str);
+        redisAsyncDisconnect(ac);
+        return;
+    }
+
+    if (--rc->setup_pending == 0) {
+        ngx_http_collab_redis_setup_done(rc);
+    }
+}
+
+
+static size_t
+ngx_http_collab_store_key(u_char *buf, ngx_str_t *doc, const char *suffix)
+{
+    u_char  *p;
+
+    p = ngx_sprintf(buf, "collab:{%V}%s", doc, suffix);
+
+    return p - buf;
+}
+
+
+void
+ngx_http_collab_store_epoch(u_char *epoch)
+{
+    ngx_msec_t  now;
+    u_char      raw[NGX_HTTP_COLLAB_EPOCH_LEN / 2];
+
+    if (RAND_bytes(raw, sizeof(raw)) != 1) {
+        now = ngx_current_msec;
+        ngx_memcpy(raw, &now, sizeof(ngx_msec_t));
+    }
+
+    ngx_hex_dump(epoch, raw, sizeof(raw));
+}
+
+
+ngx_int_t
+ngx_http_collab_store_append(ngx_http_collab_session_t *s, ngx_str_t *doc,
+    ngx_str_t *id, ngx_str_t *data, int64_t base, ngx_uint_t slot)
+{
+    u_char                  kstate[NGX_HTTP_COLLAB_KEY_MAX];
+    u_char                  klog[NGX_HTTP_COLLAB_KEY_MAX];
+    u_char                  kops[NGX_HTTP_COLLAB_KEY_MAX];
+    u_char                  chan[NGX_HTTP_COLLAB_KEY_MAX];
+    u_char                  epoch[NGX_HTTP_COLLAB_EPOCH_LEN];
+    u_char                  sbase[NGX_INT64_LEN];
+    const char             *argv[14];
+    size_t                  argvlen[14];
+    ngx_int_t               rc;
+    ngx_http_collab_cmd_t  *cmd;
+    ngx_http_collab_msg_t  *m;
+
+    cmd = ngx_http_collab_cmd_alloc(s, doc->len + id->len);
+    if (cmd == NULL) {
+        return NGX_ERROR;
+    }
+
+    cmd->handler = ngx_http_collab_store_append_reply;
+    cmd->delta = 1;
+    cmd->slot = slot;
+    cmd->doc.data = cmd->data;
+    cmd->doc.len = doc->len;
+    ngx_memcpy(cmd->doc.data, doc->data, doc->len);
+    cmd->id.data = cmd->data + doc->len;
+    cmd->id.len = id->len;
+    ngx_memcpy(cmd->id.data, id->data, id->len);
+
+    ngx_http_collab_store_epoch(epoch);
+
+    argv[0] = "FCALL";
+    argvlen[0] = 5;
+    argv[1] = "collab_append";
+    argvlen[1] = 13;
+    argv[2] = "3";
+    argvlen[2] = 1;
+    argv[3] = (char *) kstate;
+    argvlen[3] = ngx_http_collab_store_key(kstate, doc, ":state");
+    argv[4] = (char *) klog;
+    argvlen[4] = ngx_http_collab_store_key(klog, doc, ":log");
+    argv[5] = (char *) kops;
+    argvlen[5] = ngx_http_collab_store_key(kops, doc, ":ops");
+    argv[6] = (char *) epoch;
+    argvlen[6] = NGX_HTTP_COLLAB_EPOCH_LEN;
+    argv[7] = (char *) s->user.data;
+    argvlen[7] = s->user.len;
+    argv[8] = (char *) id->data;
+    argvlen[8] = id->len;
+    argv[9] = (char *) data->data;
+    argvlen[9] = data->len;
+    argv[10] = (char *) sbase;
+    argvlen[10] = base < 0 ? 0 : (size_t) (ngx_sprintf(sbase, "%L", base)
+                                           - sbase);
+    argv[11] = s->conf->conflict == NGX_HTTP_COLLAB_CONFLICT_REJECT
+               ? "1" : "0";
+    argvlen[11] = 1;
+    argv[12] = (char *) doc->data;
+    argvlen[12] = doc->len;
+    argv[13] = (char *) chan;
+    argvlen[13] = ngx_sprintf(chan, "collab:{%V}", doc) - chan;
+
+    s->inflight++;
+
+    rc = ngx_http_collab_redis_command(&ngx_http_collab_worker->cmd, cmd,
+                                       14, argv, argvlen);
+
+    if (rc == NGX_OK) {
+        return NGX_OK;
+    }
+
+    s->inflight--;
+
+    m = ngx_http_collab_msg_error("nack", "unavailable", doc, id,
+                                  "the document store is unavailable");
+    ngx_http_collab_reply(s, slot, m);
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_collab_store_triple(redisReply *reply, ngx_int_t *status,
+    int64_t *seq)
+{
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 3
+        || reply->element[0]->type != REDIS_REPLY_INTEGER
+        || reply->element[1]->type != REDIS_REPLY_INTEGER)
+    {
+        return NGX_ERROR;
+    }
+
+    *status = reply->element[0]->integer;
+    *seq = reply->element[1]->integer;
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_collab_store_append_reply(ngx_http_collab_cmd_t *cmd,
+    redisReply *reply)
+{
+    u_char                     *p;
+    int64_t                     seq;
+    ngx_int_t                   status;
+    ngx_http_collab_msg_t      *m;
+    ngx_http_collab_session_t  *s;
+
+    s = cmd->session;
+    s->inflight--;
+
+    if (reply == NULL) {
+        m = ngx_http_collab_msg_error("nack", "unavailable", &cmd->doc,
+                                      &cmd->id,
+                                      "the document store is unavailable");
+
+    } else if (reply->type == REDIS_REPLY_ERROR) {
+        ngx_log_error(NGX_LOG_ERR, s->connection->log, 0,
+                      "collab: storing a delta of \"%V\" failed: %s",
+                      &cmd->doc, reply->str);
+
+        m = ngx_http_collab_msg_error("nack", "internal", &cmd->doc,
+                                      &cmd->id, "the delta was not stored");
+
+    } else if (ngx_http_collab_store_triple(reply, &status, &seq) != NGX_OK)
+    {
+        ngx_log_error(NGX_LOG_ERR, s->connection->log, 0,
+                      "collab: unexpected reply to collab_append");
+
+        m = ngx_http_collab_msg_error("nack", "internal", &cmd->doc,
+                                      &cmd->id, "the delta was not stored");
+
+    } else if (status < 0) {
+        m = ngx_http_collab_msg_error("nack", "conflict", &cmd->doc,
+                                      &cmd->id,
+                                      "base is behind the document head %L",
+                                      seq);
+
+    } else {
+        m = ngx_http_collab_msg_alloc(cmd->doc.len + 2 * cmd->id.len
+                                      + 6 * cmd->id.len + NGX_INT64_LEN
+                                      + sizeof("{\"type\":\"ack\",\"id\":\"\","
+                                               "\"doc\":\"\",\"seq\":}"));
+        if (m != NULL) {
+            p = ngx_cpymem(m->json, "{\"type\":\"ack\",\"id\":\"",
+                           sizeof("{\"type\":\"ack\",\"id\":\"") - 1);
+            p = (u_char *) ngx_escape_json(p, cmd->id.data, cmd->id.len);
+            p = ngx_sprintf(p, "\",\"doc\":\"%V\",\"seq\":%L}",
+                            &cmd->doc, seq);
+            m->len = p - m->json;
+            ngx_str_set(&m->type, "ack");
+        }
+    }
+
+    ngx_http_collab_reply(s, cmd->slot, m);
+
+    ngx_http_collab_cmd_free(cmd);
+
+    if (s->read_blocked && s->inflight < s->conf->max_inflight) {
+        s->read_blocked = 0;
+        ngx_post_event(s->connection->read, &ngx_posted_events);
+    }
+}
+
+
+ngx_int_t
+ngx_http_collab_store_state(ngx_http_collab_session_t *s, ngx_str_t *doc,
+    uint64_t seq, ngx_str_t *data, ngx_uint_t slot)
+{
+    u_char                  kstate[NGX_HTTP_COLLAB_KEY_MAX];
+    u_char                  epoch[NGX_HTTP_COLLAB_EPOCH_LEN];
+    u_char                  sseq[NGX_INT64_LEN];
+    const char             *argv[7];
+    size_t                  argvlen[7];
+    ngx_http_collab_cmd_t  *cmd;
+    ngx_http_collab_msg_t  *m;
+
+    cmd = ngx_http_collab_cmd_alloc(s, doc->len);
+    if (cmd == NULL) {
+        return NGX_ERROR;
+    }
+
+    cmd->handler = ngx_http_collab_store_state_reply;
+    cmd->slot = slot;
+    cmd->doc.data = cmd->data;
+    cmd->doc.len = doc->len;
+    ngx_memcpy(cmd->doc.data, doc->data, doc->len);
+
+    ngx_http_collab_store_epoch(epoch);
+
+    argv[0] = "FCALL";
+    argvlen[0] = 5;
+    argv[1] = "collab_state";
+    argvlen[1] = 12;
+    argv[2] = "1";
+    argvlen[2] = 1;
+    argv[3] = (char *) kstate;
+    argvlen[3] = ngx_http_collab_store_key(kstate, doc, ":state");
+    argv[4] = (char *) epoch;
+    argvlen[4] = NGX_HTTP_COLLAB_EPOCH_LEN;
+    argv[5] = (char *) sseq;
+    argvlen[5] = ngx_sprintf(sseq, "%uL", seq) - sseq;
+    argv[6] = (char *) data->data;
+    argvlen[6] = data->len;
+
+    if (ngx_http_collab_redis_command(&ngx_http_collab_worker->cmd, cmd,
+                                      7, argv, argvlen)
+        == NGX_OK)
+    {
+        return NGX_OK;
+    }
+
+    m = ngx_http_collab_msg_error("error", "unavailable", doc, NULL,
+                                  "the document store is unavailable");
+    ngx_http_collab_reply(s, slot, m);
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_collab_store_state_reply(ngx_http_collab_cmd_t *cmd,
+    redisReply *reply)
+{
+    int64_t                     seq;
+    ngx_int_t                   status;
+    ngx_http_collab_msg_t      *m;
+    ngx_http_collab_session_t  *s;
+
+    s = cmd->session;
+
+    if (reply == NULL) {
+        m = ngx_http_collab_msg_error("error", "unavailable", &cmd->doc,
+                                      NULL,
+                                      "the document store is unavailable");
+
+    } else if (reply->type == REDIS_REPLY_ERROR
+               || ngx_http_collab_store_triple(reply, &status, &seq)
+                  != NGX_OK)
+    {
+        ngx_log_error(NGX_LOG_ERR, s->connection->log, 0,
+                      "collab: storing the state of \"%V\" failed: %s",
+                      &cmd->doc, reply->type == REDIS_REPLY_ERROR
+                                 ? reply->str : "unexpected reply");
+
+        m = ngx_http_collab_msg_error("error", "internal", &cmd->doc, NULL,
+                                      "the state was not stored");
+
+    } else if (status < 0) {
+        m = ngx_http_collab_msg_error("error", "invalid", &cmd->doc, NULL,
+                                      "seq is beyond the document head %L",
+                                      seq);
+
+    } else {
+        m = ngx_http_collab_msg_build("stored", "doc", 'S', &cmd->doc,
+                                      "seq", 'I', seq, NULL);
+    }
+
+    ngx_http_collab_reply(s, cmd->slot, m);
+
+    ngx_http_collab_cmd_free(cmd);
+}
+
+
+ngx_int_t
+ngx_http_collab_store_read(ngx_http_collab_sub_t *sub)
+{
+    u_char                  kstate[NGX_HTTP_COLLAB_KEY_MAX];
+    u_char                  klog[NGX_HTTP_COLLAB_KEY_MAX];
+    u_char                  epoch[NGX_HTTP_COLLAB_EPOCH_LEN];
+    u_char                  since[NGX_INT64_LEN + 1];
+    u_char                  count[NGX_INT_T_LEN];
+    const char             *argv[9];
+    size_t                  argvlen[9];
+    ngx_int_t               rc;
+    ngx_str_t              *doc;
+    ngx_http_collab_cmd_t  *cmd;
+
+    cmd = ngx_http_collab_cmd_alloc(sub->session, 0);
+    if (cmd == NULL) {
+        return NGX_ERROR;
+    }
+
+    cmd->handler = ngx_http_collab_store_read_reply;
+    cmd->sub = sub;
+    sub->read = cmd;
+    sub->stalled = 0;
+
+    doc = &sub->doc->node.str;
+
+    ngx_http_collab_store_epoch(epoch);
+
+    argv[0] = "FCALL";
+    argvlen[0] = 5;
+    argv[1] = "collab_read";
+    argvlen[1] = 11;
+    argv[2] = "2";
+    argvlen[2] = 1;
+    argv[3] = (char *) kstate;
+    argvlen[3] = ngx_http_collab_store_key(kstate, doc, ":state");
+    argv[4] = (char *) klog;
+    argvlen[4] = ngx_http_collab_store_key(klog, doc, ":log");
+    argv[5] = (char *) epoch;
+    argvlen[5] = NGX_HTTP_COLLAB_EPOCH_LEN;
+    argv[6] = (char *) since;
+
+    if (sub->state == NGX_HTTP_COLLAB_SUB_JOINING) {
+        argvlen[6] = ngx_sprintf(since, "%L", sub->since) - since;
+        argv[8] = (char *) sub->epoch;
+        argvlen[8] = sub->has_epoch ? NGX_HTTP_COLLAB_EPOCH_LEN : 0;
+
+    } else {
+        argvlen[6] = ngx_sprintf(since, "%uL", sub->pos) - since;
+        argv[8] = "";
+        argvlen[8] = 0;
+    }
+
+    argv[7] = (char *) count;
+    argvlen[7] = ngx_sprintf(count, "%ui", (ngx_uint_t)
+                             NGX_HTTP_COLLAB_READ_BATCH) - count;
+
+    rc = ngx_http_collab_redis_command(&ngx_http_collab_worker->cmd, cmd,
+                                       9, argv, argvlen);
+
+    if (rc != NGX_OK) {
+        /* retried when Redis is back */
+        sub->stalled = 1;
+        return NGX_DECLINED;
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_collab_store_read_reply(ngx_http_collab_cmd_t *cmd,
+    redisReply *reply)
+{
+    ngx_http_collab_sub_t  *sub;
+
+    sub = cmd->sub;
+
+    if (sub == NULL) {
+        /* unsubscribed while reading */
+        ngx_http_collab_cmd_free(cmd);
+        return;
+    }
+
+    ngx_http_collab_cmd_free(cmd);
+
+    ngx_http_collab_doc_read_done(sub, reply);
+}

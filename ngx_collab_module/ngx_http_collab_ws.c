@@ -1,0 +1,626 @@
+
+/*
+ * Copyright (C) ngx_collab_module authors
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+#include <ngx_sha1.h>
+#include "ngx_http_collab_module.h"
+
+
+/* the WebSocket transport: handshake, reading frames, framing messages */
+
+
+#define NGX_HTTP_COLLAB_WS_GUID  "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+/* read at most this much per event so that a flood cannot starve others */
+#define NGX_HTTP_COLLAB_WS_READ_BUDGET  (256 * 1024)
+
+
+static ngx_table_elt_t *ngx_http_collab_ws_header(ngx_http_request_t *r,
+    const char *name, size_t len);
+static ngx_int_t ngx_http_collab_ws_token(ngx_str_t *value,
+    const char *token, size_t len);
+static void ngx_http_collab_ws_read_handler(ngx_http_request_t *r);
+static void ngx_http_collab_ws_read(ngx_http_collab_session_t *s);
+static ngx_int_t ngx_http_collab_ws_process(ngx_http_collab_session_t *s,
+    u_char *pos, u_char *last);
+static ngx_int_t ngx_http_collab_ws_append(ngx_http_collab_session_t *s,
+    const u_char *data, size_t len);
+
+
+static ngx_table_elt_t *
+ngx_http_collab_ws_header(ngx_http_request_t *r, const char *name,
+    size_t len)
+{
+    ngx_uint_t        i;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+
+    part = &r->headers_in.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                return NULL;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].key.len == len
+            && ngx_strncasecmp(h[i].key.data, (u_char *) name, len) == 0)
+        {
+            return &h[i];
+        }
+    }
+}
+
+
+/* finds a token in a comma-separated header value, case-insensitively */
+
+static ngx_int_t
+ngx_http_collab_ws_token(ngx_str_t *value, const char *token, size_t len)
+{
+    u_char  *p, *last, *start, *end;
+
+    p = value->data;
+    last = p + value->len;
+
+    while (p < last) {
+
+        while (p < last && (*p == ' ' || *p == '\t' || *p == ',')) {
+            p++;
+        }
+
+        start = p;
+
+        while (p < last && *p != ',') {
+            p++;
+        }
+
+        end = p;
+
+        while (end > start && (end[-1] == ' ' || end[-1] == '\t')) {
+            end--;
+        }
+
+        if ((size_t) (end - start) == len
+            && ngx_strncasecmp(start, (u_char *) token, len) == 0)
+        {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+ngx_int_t
+ngx_http_collab_ws_handshake(ngx_http_request_t *r,
+    ngx_http_collab_loc_conf_t *lcf)
+{
+    u_char                      *p;
+    ngx_int_t                    rc;
+    ngx_str_t                    key, decoded, accept, doc, arg;
+    ngx_sha1_t                   sha1;
+    ngx_table_elt_t             *version, *hkey, *proto, *h;
+    ngx_connection_t            *c;
+    ngx_http_collab_session_t   *s;
+    u_char                       digest[20];
+    u_char                       raw[32];
+
+    c = r->connection;
+
+    /* nginx does not keep the Connection header for us */
+    h = ngx_http_collab_ws_header(r, "Connection", 10);
+
+    if (r->http_version != NGX_HTTP_VERSION_11
+        || !ngx_http_collab_ws_token(&r->headers_in.upgrade->value,
+                                     "websocket", 9)
+        || h == NULL
+        || !ngx_http_collab_ws_token(&h->value, "upgrade", 7))
+    {
+        ngx_log_error(NGX_LOG_INFO, c->log, 0,
+                      "collab: invalid WebSocket upgrade request");
+        return NGX_HTTP_BAD_REQUEST;
+    }
+
+    version = ngx_http_collab_ws_header(r, "Sec-WebSocket-Version", 21);
+
+    if (version == NULL || version->value.len != 2
+        || ngx_strncmp(version->value.data, "13", 2) != 0)
+    {
+        ngx_log_error(NGX_LOG_INFO, c->log, 0,
+                      "collab: unsupported WebSocket version");
+
+        h = ngx_list_push(&r->headers_out.headers);
+        if (h == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        h->hash = 1;
+        ngx_str_set(&h->key, "Sec-WebSocket-Version");
+        ngx_str_set(&h->value, "13");
+
+        return 426;
+    }
+
+    hkey = ngx_http_collab_ws_header(r, "Sec-WebSocket-Key", 17);
+
+    if (hkey == NULL || hkey->value.len != 24) {
+        ngx_log_error(NGX_LOG_INFO, c->log, 0,
+                      "collab: missing or invalid Sec-WebSocket-Key");
+        return NGX_HTTP_BAD_REQUEST;
+    }
+
+    key = hkey->value;
+    decoded.data = raw;
+
+    if (ngx_decode_base64(&decoded, &key) != NGX_OK || decoded.len != 16) {
+        ngx_log_error(NGX_LOG_INFO, c->log, 0,
+                      "collab: invalid Sec-WebSocket-Key");
+        return NGX_HTTP_BAD_REQUEST;
+    }
+
+    ngx_str_null(&doc);
+
+    if (lcf->doc) {
+        if (ngx_http_complex_value(r, lcf->doc, &doc) != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        if (doc.len && !ngx_http_collab_doc_id_valid(doc.data, doc.len)) {
+            ngx_log_error(NGX_LOG_INFO, c->log, 0,
+                          "collab: invalid document id");
+            return NGX_HTTP_BAD_REQUEST;
+        }
+    }
+
+    s = ngx_http_collab_session_create(r, lcf,
+                                       NGX_HTTP_COLLAB_TRANSPORT_WS);
+    if (s == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    s->parser = ngx_alloc(sizeof(ngx_http_collab_ws_parser_t), c->log);
+    if (s->parser == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_http_collab_ws_parser_init(s->parser, lcf->max_message);
+
+    /* Sec-WebSocket-Accept: base64(SHA-1(key + GUID)) */
+
+    ngx_sha1_init(&sha1);
+    ngx_sha1_update(&sha1, key.data, key.len);
+    ngx_sha1_update(&sha1, NGX_HTTP_COLLAB_WS_GUID,
+                    sizeof(NGX_HTTP_COLLAB_WS_GUID) - 1);
+    ngx_sha1_final(digest, &sha1);
+
+    accept.len = ngx_base64_encoded_length(20);
+    accept.data = ngx_pnalloc(r->pool, accept.len);
+    if (accept.data == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    decoded.data = digest;
+    decoded.len = 20;
+    ngx_encode_base64(&accept, &decoded);
+
+    r->headers_out.status = NGX_HTTP_SWITCHING_PROTOCOLS;
+    ngx_str_set(&r->headers_out.status_line, "101 Switching Protocols");
+    r->headers_out.content_length_n = -1;
+    r->header_only = 1;
+    r->keepalive = 0;
+    r->lingering_close = 0;
+
+    h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    h->hash = 1;
+    ngx_str_set(&h->key, "Upgrade");
+    ngx_str_set(&h->value, "websocket");
+
+    h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    h->hash = 1;
+    ngx_str_set(&h->key, "Sec-WebSocket-Accept");
+    h->value = accept;
+
+    proto = ngx_http_collab_ws_header(r, "Sec-WebSocket-Protocol", 22);
+
+    if (proto && ngx_http_collab_ws_token(&proto->value, "collab.v1", 9)) {
+        h = ngx_list_push(&r->headers_out.headers);
+        if (h == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        h->hash = 1;
+        ngx_str_set(&h->key, "Sec-WebSocket-Protocol");
+        ngx_str_set(&h->value, "collab.v1");
+    }
+
+    rc = ngx_http_send_header(r);
+
+    if (rc == NGX_ERROR || rc > NGX_OK) {
+        return rc;
+    }
+
+    r->main->count++;
+    r->read_event_handler = ngx_http_collab_ws_read_handler;
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, c->log, 0,
+                   "collab: websocket session %*s", (size_t) 16, s->id);
+
+    ngx_http_collab_session_welcome(s);
+    ngx_http_collab_session_start_timers(s);
+
+    if (doc.len) {
+        /* the document named in the URL, resumable with ?since=&epoch= */
+
+        s->cursor_since = -1;
+
+        if (ngx_http_arg(r, (u_char *) "since", 5, &arg) == NGX_OK) {
+            rc = ngx_atoi(arg.data, arg.len);
+            if (rc != NGX_ERROR) {
+                s->cursor_since = rc;
+            }
+        }
+
+        ngx_str_null(&s->cursor_epoch);
+
+        if (ngx_http_arg(r, (u_char *) "epoch", 5, &arg) == NGX_OK) {
+            s->cursor_epoch = arg;
+        }
+
+        (void) ngx_http_collab_doc_subscribe(s, &doc, s->cursor_since,
+                                             &s->cursor_epoch);
+    }
+
+    /* bytes that came with the handshake */
+
+    if (r->header_in->pos < r->header_in->last) {
+        p = r->header_in->pos;
+        r->header_in->pos = r->header_in->last;
+
+        s->last_recv = ngx_current_msec;
+
+        (void) ngx_http_collab_ws_process(s, p, r->header_in->last);
+    }
+
+    ngx_post_event(c->read, &ngx_posted_events);
+
+    return NGX_DONE;
+}
+
+
+static void
+ngx_http_collab_ws_read_handler(ngx_http_request_t *r)
+{
+    ngx_http_collab_session_t  *s;
+
+    s = ngx_http_get_module_ctx(r, ngx_http_collab_module);
+    if (s == NULL) {
+        return;
+    }
+
+    ngx_http_collab_ws_read(s);
+}
+
+
+static void
+ngx_http_collab_ws_read(ngx_http_collab_session_t *s)
+{
+    size_t                     total;
+    ssize_t                    n;
+    ngx_connection_t          *c;
+    ngx_http_collab_worker_t  *w;
+
+    c = s->connection;
+    w = ngx_http_collab_worker;
+    total = 0;
+
+    for ( ;; ) {
+
+        if (s->close_received) {
+            return;
+        }
+
+        /* ingress backpressure: TCP pushes back while Redis catches up */
+
+        if (s->inflight >= s->conf->max_inflight && !s->closing) {
+            s->read_blocked = 1;
+            return;
+        }
+
+        if (total >= NGX_HTTP_COLLAB_WS_READ_BUDGET) {
+            ngx_post_event(c->read, &ngx_posted_events);
+            return;
+        }
+
+        n = c->recv(c, w->recv_buf, w->recv_size);
+
+        if (n == NGX_AGAIN) {
+            if (ngx_handle_read_event(c->read, 0) != NGX_OK) {
+                c->error = 1;
+                ngx_http_collab_session_finalize(s);
+            }
+
+            return;
+        }
+
+        if (n == NGX_ERROR || n == 0) {
+            ngx_log_debug0(NGX_LOG_DEBUG_HTTP, c->log, 0,
+                           "collab: peer closed the connection");
+
+            c->error = 1;
+            ngx_http_collab_session_finalize(s);
+            return;
+        }
+
+        total += n;
+        s->last_recv = ngx_current_msec;
+
+        if (ngx_http_collab_ws_process(s, w->recv_buf, w->recv_buf + n)
+            == NGX_DONE)
+        {
+            return;
+        }
+    }
+}
+
+
+static ngx_int_t
+ngx_http_collab_ws_process(ngx_http_collab_session_t *s, u_char *pos,
+    u_char *last)
+{
+    u_char                       code[2];
+    ngx_http_collab_ws_parser_t  *p;
+
+    p = s->parser;
+
+    for ( ;; ) {
+
+        switch (ngx_http_collab_ws_parse(p, &pos, last)) {
+
+        case NGX_HTTP_COLLAB_WS_AGAIN:
+            return NGX_OK;
+
+        case NGX_HTTP_COLLAB_WS_MSG_START:
+            if (p->opcode == NGX_HTTP_COLLAB_WS_OP_BINARY && !s->closing) {
+                s->shutdown = 1;
+                ngx_http_collab_session_close(s, 1003,
+                                              "binary messages are not "
+                                              "supported");
+            }
+
+            s->msg_len = 0;
+            break;
+
+        case NGX_HTTP_COLLAB_WS_MSG_DATA:
+            if (s->closing) {
+                break;
+            }
+
+            if (ngx_http_collab_ws_append(s, p->data, p->len) != NGX_OK) {
+                s->shutdown = 1;
+                ngx_http_collab_session_close(s, 1011, "out of memory");
+            }
+
+            break;
+
+        case NGX_HTTP_COLLAB_WS_MSG_END:
+            if (s->closing) {
+                break;
+            }
+
+            ngx_http_collab_proto_handle(s, s->msg, s->msg_len,
+                                         NGX_HTTP_COLLAB_NO_SLOT);
+            s->msg_len = 0;
+
+            if (s->msg_size > 4096) {
+                /* idle sessions keep no large buffers */
+                ngx_free(s->msg);
+                s->msg = NULL;
+                s->msg_size = 0;
+            }
+
+            break;
+
+        case NGX_HTTP_COLLAB_WS_CONTROL:
+
+            if (p->opcode == NGX_HTTP_COLLAB_WS_OP_PING) {
+                (void) ngx_http_collab_session_send_ctl(s,
+                                                 NGX_HTTP_COLLAB_WS_OP_PONG,
+                                                 (u_char *) p->data, p->len);
+                break;
+            }
+
+            if (p->opcode != NGX_HTTP_COLLAB_WS_OP_CLOSE) {
+                break;
+            }
+
+            s->close_received = 1;
+
+            if (!s->close_sent) {
+                /* echo the status code, as RFC 6455 5.5.1 suggests */
+
+                s->closing = 1;
+                s->finalize = 1;
+
+                if (s->ping.timer_set) {
+                    ngx_del_timer(&s->ping);
+                }
+
+                if (p->len >= 2) {
+                    code[0] = p->data[0];
+                    code[1] = p->data[1];
+                    (void) ngx_http_collab_session_send_ctl(s,
+                                                NGX_HTTP_COLLAB_WS_OP_CLOSE,
+                                                code, 2);
+
+                } else {
+                    (void) ngx_http_collab_session_send_ctl(s,
+                                                NGX_HTTP_COLLAB_WS_OP_CLOSE,
+                                                NULL, 0);
+                }
+
+                if (!s->linger.timer_set) {
+                    ngx_add_timer(&s->linger, 2000);
+                }
+            }
+
+            ngx_http_collab_session_post_write(s);
+            return NGX_DONE;
+
+        default: /* NGX_HTTP_COLLAB_WS_ERROR */
+
+            ngx_log_error(NGX_LOG_INFO, s->connection->log, 0,
+                          "collab: WebSocket protocol error: %s",
+                          p->error ? p->error : "unknown");
+
+            if (s->closing) {
+                s->close_received = 1;
+                ngx_http_collab_session_post_write(s);
+                return NGX_DONE;
+            }
+
+            s->shutdown = 1;
+            ngx_http_collab_session_close(s, p->close_code, p->error);
+            return NGX_DONE;
+        }
+    }
+}
+
+
+static ngx_int_t
+ngx_http_collab_ws_append(ngx_http_collab_session_t *s, const u_char *data,
+    size_t len)
+{
+    u_char  *p;
+    size_t   size;
+
+    if (s->msg_len + len > s->msg_size) {
+        size = s->msg_size ? s->msg_size * 2 : 1024;
+
+        while (size < s->msg_len + len) {
+            size *= 2;
+        }
+
+        if (size > s->conf->max_message) {
+            size = s->conf->max_message;
+        }
+
+        if (size < s->msg_len + len) {
+            return NGX_ERROR;
+        }
+
+        p = ngx_alloc(size, s->connection->log);
+        if (p == NULL) {
+            return NGX_ERROR;
+        }
+
+        if (s->msg) {
+            ngx_memcpy(p, s->msg, s->msg_len);
+            ngx_free(s->msg);
+        }
+
+        s->msg = p;
+        s->msg_size = size;
+    }
+
+    ngx_memcpy(s->msg + s->msg_len, data, len);
+    s->msg_len += len;
+
+    return NGX_OK;
+}
+
+
+/* frames a message once for all WebSocket sessions it goes to */
+
+u_char *
+ngx_http_collab_ws_frame(ngx_http_collab_msg_t *m, size_t *len)
+{
+    u_char  *p;
+    size_t   n;
+
+    if (m->ws == NULL) {
+        n = m->len;
+
+        if (n < 126) {
+            p = m->json - 2;
+            p[1] = (u_char) n;
+
+        } else if (n < 65536) {
+            p = m->json - 4;
+            p[1] = 126;
+            p[2] = (u_char) (n >> 8);
+            p[3] = (u_char) n;
+
+        } else {
+            p = m->json - 10;
+            p[1] = 127;
+            p[2] = 0;
+            p[3] = 0;
+            p[4] = 0;
+            p[5] = 0;
+            p[6] = (u_char) (n >> 24);
+            p[7] = (u_char) (n >> 16);
+            p[8] = (u_char) (n >> 8);
+            p[9] = (u_char) n;
+        }
+
+        p[0] = 0x80 | NGX_HTTP_COLLAB_WS_OP_TEXT;
+
+        m->ws = p;
+        m->ws_len = (m->json - p) + n;
+    }
+
+    *len = m->ws_len;
+
+    return m->ws;
+}
+
+
+void
+ngx_http_collab_ws_fail(ngx_http_collab_session_t *s, ngx_uint_t code,
+    const char *reason)
+{
+    size_t  len;
+    u_char  payload[125];
+
+    payload[0] = (u_char) (code >> 8);
+    payload[1] = (u_char) code;
+
+    len = reason ? ngx_strlen(reason) : 0;
+
+    if (len > sizeof(payload) - 2) {
+        len = sizeof(payload) - 2;
+    }
+
+    ngx_memcpy(payload + 2, reason, len);
+
+    (void) ngx_http_collab_session_send_ctl(s, NGX_HTTP_COLLAB_WS_OP_CLOSE,
+                                            payload, len + 2);
+}
+
+
+ngx_int_t
+ngx_http_collab_ws_ping(ngx_http_collab_session_t *s)
+{
+    return ngx_http_collab_session_send_ctl(s, NGX_HTTP_COLLAB_WS_OP_PING,
+                                            (u_char *) "collab", 6);
+}
