@@ -41,7 +41,7 @@ RUN_DIR     := $(CURDIR)/run
 # DT_NEEDED libasan.so.8. The stock /usr/sbin/nginx is not instrumented, so the ASan runtime
 # must come first in the process: every nginx command that loads this .so (start, -t, -s ...)
 # needs
-#     LD_PRELOAD=$$(gcc -print-file-name=libasan.so)
+#     LD_PRELOAD=$(gcc -print-file-name=libasan.so)
 # (without it nginx dies with "ASan runtime does not come first in initial library list";
 # verify_asan_link_order=0 is NOT needed once it is preloaded) and
 #     ASAN_OPTIONS=detect_leaks=0
@@ -175,14 +175,14 @@ run: build stop
 	    fi; sleep 0.1; \
 	done; echo "redis-server did not start:" >&2; tail -n 5 $(RUN_DIR)/logs/redis.log >&2; exit 1
 	@$(NGINX_BIN) -p $(RUN_DIR)/ -c conf/nginx.conf \
-	  || { echo "nginx did not start (see above and run/logs/error.log)" >&2; exit 1; }
+	  || { echo "nginx did not start (see above and run/logs/error.log; make stop ends redis)" >&2; exit 1; }
 	@for i in $$(seq 50); do \
 	    if $(call pid_alive,$(RUN_DIR)/nginx.pid,nginx) \
 	       && (exec 3<>/dev/tcp/127.0.0.1/$(PORT)) 2>/dev/null; then \
 	        echo "nginx on 127.0.0.1:$(PORT) (pid $$pid, log run/logs/error.log)"; \
 	        echo; echo "Open http://127.0.0.1:$(PORT)/ in two browser tabs (make stop to end)"; exit 0; \
 	    fi; sleep 0.1; \
-	done; echo "nginx did not start:" >&2; tail -n 5 $(RUN_DIR)/logs/error.log >&2; exit 1
+	done; echo "nginx did not start (make stop ends redis):" >&2; tail -n 5 $(RUN_DIR)/logs/error.log >&2; exit 1
 
 # ---------------------------------------------------------------------------------------------
 

@@ -240,6 +240,7 @@ struct ngx_http_collab_session_s {
     unsigned                     shutdown:1;
     unsigned                     write_posted:1;
     unsigned                     finalize:1;
+    unsigned                     last_sent:1;
 };
 
 

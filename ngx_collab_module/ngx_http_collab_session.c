@@ -428,7 +428,7 @@ ngx_http_collab_session_flush(ngx_http_collab_session_t *s)
         return;
     }
 
-    if (s->out == NULL && s->finalize) {
+    if (rc == NGX_OK && s->out == NULL && s->finalize) {
         /* the close frame or the end of the stream went out */
 
         if (s->transport != NGX_HTTP_COLLAB_TRANSPORT_WS
@@ -507,12 +507,13 @@ ngx_http_collab_session_flush_ws(ngx_http_collab_session_t *s)
 static ngx_int_t
 ngx_http_collab_session_flush_sse(ngx_http_collab_session_t *s)
 {
-    ngx_int_t               rc;
-    ngx_chain_t            *in;
-    ngx_http_request_t     *r;
-    ngx_http_collab_out_t  *out;
+    ngx_int_t            rc;
+    ngx_chain_t         *in;
+    ngx_connection_t    *c;
+    ngx_http_request_t  *r;
 
     r = s->request;
+    c = r->connection;
 
     /* what the filters have not seen yet starts after out_passed */
 
@@ -529,47 +530,37 @@ ngx_http_collab_session_flush_sse(ngx_http_collab_session_t *s)
                              - offsetof(ngx_http_collab_out_t, next));
     }
 
-    if (in == NULL && r->out == NULL && !r->connection->buffered) {
-        rc = NGX_OK;
-
-    } else {
+    if (in || r->out || c->buffered) {
         rc = ngx_http_output_filter(r, in);
-    }
 
-    if (rc == NGX_ERROR) {
-        return NGX_ERROR;
-    }
-
-    ngx_http_collab_session_sent(s);
-
-    if (s->out == NULL) {
-        s->out_passed = NULL;
-    }
-
-    if (s->finalize && s->out == NULL) {
-        if (r->out || r->connection->buffered) {
-            return NGX_AGAIN;
-        }
-
-        /* the last chunk */
-        s->finalize = 0;
-
-        rc = ngx_http_send_special(r, NGX_HTTP_LAST|NGX_HTTP_FLUSH);
         if (rc == NGX_ERROR) {
             return NGX_ERROR;
         }
 
-        s->finalize = 1;
+        ngx_http_collab_session_sent(s);
+    }
 
-        if (r->out || r->connection->buffered) {
-            /* finalized when flushed: the next write event */
-            out = NULL;
-            (void) out;
-            return NGX_AGAIN;
+    if (s->out || r->out || c->buffered) {
+        return ngx_handle_write_event(c->write, 0) == NGX_OK
+               ? NGX_AGAIN : NGX_ERROR;
+    }
+
+    if (s->finalize && !s->last_sent) {
+        s->last_sent = 1;
+
+        rc = ngx_http_send_special(r, NGX_HTTP_LAST|NGX_HTTP_FLUSH);
+
+        if (rc == NGX_ERROR) {
+            return NGX_ERROR;
+        }
+
+        if (r->out || c->buffered) {
+            return ngx_handle_write_event(c->write, 0) == NGX_OK
+                   ? NGX_AGAIN : NGX_ERROR;
         }
     }
 
-    return rc == NGX_AGAIN ? NGX_AGAIN : NGX_OK;
+    return NGX_OK;
 }
 
 

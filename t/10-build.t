@@ -65,6 +65,11 @@ EOF2
 $t->start_nginx;
 my @pids = $t->nginx_pids;
 is(scalar @pids, 3, 'master + 2 workers');
+if ($ENV{COLLAB_ASAN}) {
+    open my $fh, '<', "/proc/$pids[1]/maps";
+    my $maps = do { local $/; <$fh> } // '';
+    like($maps, qr/libasan/, 'COLLAB_ASAN=1: the AddressSanitizer runtime is loaded in the workers');
+}
 my $ws = $t->ws;
 is($ws->status, 101, 'websocket handshake works') or diag $ws->status_line;
 $ws->drop;

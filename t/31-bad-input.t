@@ -88,8 +88,7 @@ my $long = join '', map { ('A' .. 'Z', 'a' .. 'z', 0 .. 9, '.', '_', ':', '-')[$
 my $m = $t->subscribe($a, $long);
 is($m && $m->{type}, 'subscribed', '128-char doc with every legal character accepted');
 $a->send_json({ type => 'unsubscribe', doc => $long });
-sleep 0.2;
-$a->clear_pending;
+$a->drain(0.2);
 
 bad('unsubscribe without doc', { type => 'unsubscribe' });
 bad('unsubscribe with bad doc', { type => 'unsubscribe', doc => 'a b' });
@@ -138,7 +137,7 @@ ok($m && (!defined $m->{doc} || $m->{doc} eq 'm3'), '... about m3');
 # a burst of garbage
 # ASSUMPTION: bad messages are answered one by one; they are not by
 # themselves a reason to close the session
-$a->clear_pending;
+$a->drain(0.2);
 $a->send_raw(join '', map { Collab::WS::build_frame(opcode => 1, payload => "garbage $_") } 1 .. 100);
 my $errors = 0;
 while (my $e = $a->wait_for('error', 2)) { last if ++$errors == 100 }
@@ -147,10 +146,9 @@ ok($a->is_open, 'session open after all the bad input');
 
 # the session and another session continue
 $a->send_json({ type => 'unsubscribe', doc => 'm1' });
-sleep 0.2;
-$a->clear_pending;
+$a->drain(0.2);
 is(($t->subscribe($a, 'ok-doc') // {})->{type}, 'subscribed', 'bad session subscribes ok-doc');
-$b->clear_pending;
+$b->drain(0.2);
 $a->send_json({ type => 'delta', doc => 'ok-doc', id => 'good', data => 'fine' });
 $m = $a->wait_for({ type => 'ack', id => 'good' }, 5);
 ok($m, 'bad session: delta acked');

@@ -66,6 +66,8 @@ sub new {
         }
         $self->{body} = $self->{raw};
         $self->{ended} = 1;
+    } else {
+        $self->_feed;    # events that came with the headers
     }
     return $self;
 }
@@ -127,13 +129,15 @@ sub next_event {
         }
         return undef if $self->{ended};
         my $left = $deadline - time;
-        return undef if $left < 0;
+        $left = 0 if $left < 0;
         my $n = Collab::HTTP::read_some($self->{sock}, \$self->{raw}, $left);
         if (defined $n && $n == 0) {
             $self->{eof} = 1;
             $self->{ended} = 1;
         }
         $self->_feed;
+        next if @{ $self->{events} } || $self->{ended};
+        return undef if !$n && time >= $deadline;
     }
 }
 

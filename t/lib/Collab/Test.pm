@@ -696,6 +696,7 @@ sub _cleanup {
 sub done {
     my ($self) = @_;
     return if $self->{done}++;
+    local $Test::Builder::Level = $Test::Builder::Level + 1;
     alarm 0;
     my $quit_ok = $self->_cleanup;
     Test::More::ok($quit_ok, 'nginx quit gracefully at the end');
@@ -766,6 +767,25 @@ sub wait_until {
         return undef if time >= $deadline;
         sleep($step // 0.05);
     }
+}
+
+# compare two lists of scalars; on failure show the first difference only
+sub is_list {
+    my ($got, $want, $name) = @_;
+    local $Test::Builder::Level = $Test::Builder::Level + 1;
+    my $i = 0;
+    $i++ while $i < @$got && $i < @$want && ($got->[$i] // '') eq ($want->[$i] // '');
+    my $ok = $i == @$got && $i == @$want;
+    Test::More::ok($ok, $name) and return 1;
+    my $from = $i > 3 ? $i - 3 : 0;
+    my $show = sub {
+        my ($l) = @_;
+        my $to = $i + 3 < $#$l ? $i + 3 : $#$l;
+        return '(' . scalar(@$l) . ' items) ... ' . join(',', map { $_ // 'undef' } @$l[$from .. $to]) . ' ...';
+    };
+    Test::More::diag("first difference at index $i\n   got: " . $show->($got)
+        . "\n  want: " . $show->($want));
+    return 0;
 }
 
 sub json_encode { $JSON->encode($_[0]) }

@@ -453,6 +453,13 @@ sub collect {
 }
 
 sub clear_pending { $_[0]{pending} = [] }
+
+# read and discard everything that arrives within $secs (and the queue)
+sub drain {
+    my ($self, $secs) = @_;
+    my @m = $self->collect($secs // 0.2);
+    return scalar @m;
+}
 sub pending { $_[0]{pending} }
 
 # wait for the server's close frame; returns its code (1005 when empty),
