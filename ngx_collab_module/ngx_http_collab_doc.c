@@ -34,7 +34,11 @@ static void ngx_http_collab_doc_message(redisAsyncContext *ac, void *r,
     void *data);
 static void ngx_http_collab_doc_fanout(ngx_http_collab_doc_t *doc,
     u_char *payload, size_t len);
+static void ngx_http_collab_doc_reset(ngx_http_collab_doc_t *doc,
+    const char *epoch);
 static void ngx_http_collab_doc_sub_read(ngx_http_collab_sub_t *sub);
+static void ngx_http_collab_doc_dropped(ngx_http_collab_session_t *s);
+static void ngx_http_collab_doc_broken(ngx_http_collab_sub_t *sub);
 static void ngx_http_collab_doc_resync(ngx_http_collab_sub_t *sub,
     uint64_t seq, const char *reason);
 static void ngx_http_collab_doc_publish_reply(ngx_http_collab_cmd_t *cmd,
@@ -244,6 +248,30 @@ ngx_http_collab_doc_subscribe(ngx_http_collab_session_t *s, ngx_str_t *name,
 
 
 ngx_int_t
+ngx_http_collab_doc_subscribed(ngx_http_collab_session_t *s, ngx_str_t *name)
+{
+    ngx_queue_t            *q;
+    ngx_http_collab_sub_t  *sub;
+
+    for (q = ngx_queue_head(&s->subs);
+         q != ngx_queue_sentinel(&s->subs);
+         q = ngx_queue_next(q))
+    {
+        sub = ngx_queue_data(q, ngx_http_collab_sub_t, session_link);
+
+        if (sub->doc->node.str.len == name->len
+            && ngx_memcmp(sub->doc->node.str.data, name->data, name->len)
+               == 0)
+        {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+ngx_int_t
 ngx_http_collab_doc_unsubscribe(ngx_http_collab_session_t *s,
     ngx_str_t *name)
 {
@@ -440,6 +468,7 @@ ngx_http_collab_doc_fanout(ngx_http_collab_doc_t *doc, u_char *payload,
     ngx_str_t                   sid;
     ngx_queue_t                *q, *next;
     json_t                     *obj;
+    const char                 *type;
     ngx_http_collab_sub_t      *sub;
     ngx_http_collab_msg_t      *m;
     ngx_http_collab_session_t  *s;
@@ -507,6 +536,24 @@ ngx_http_collab_doc_fanout(ngx_http_collab_doc_t *doc, u_char *payload,
         return;
     }
 
+    type = json_string_value(json_object_get(obj, "type"));
+
+    if (type && ngx_strcmp(type, "reset") == 0) {
+        ngx_http_collab_doc_reset(doc,
+                          json_string_value(json_object_get(obj, "epoch")));
+        json_decref(obj);
+        return;
+    }
+
+    if (type == NULL
+        || (ngx_strcmp(type, "intent") != 0
+            && ngx_strcmp(type, "presence") != 0))
+    {
+        /* only ephemera are relayed; anything else stays server-side */
+        json_decref(obj);
+        return;
+    }
+
     sid.data = (u_char *) json_string_value(json_object_get(obj, "session"));
     sid.len = sid.data ? ngx_strlen(sid.data) : 0;
 
@@ -539,22 +586,12 @@ ngx_http_collab_doc_fanout(ngx_http_collab_doc_t *doc, u_char *payload,
 
             ngx_memcpy(m->json, payload, len);
             m->len = len;
-            m->type.data = (u_char *) "message";
-            m->type.len = 7;
 
-            if (json_is_string(json_object_get(obj, "type"))) {
-                /* points into a static list for the SSE event name */
-                if (ngx_strcmp(json_string_value(json_object_get(obj, "type")),
-                               "intent") == 0)
-                {
-                    ngx_str_set(&m->type, "intent");
+            if (type[0] == 'i') {
+                ngx_str_set(&m->type, "intent");
 
-                } else if (ngx_strcmp(json_string_value(
-                                          json_object_get(obj, "type")),
-                                      "presence") == 0)
-                {
-                    ngx_str_set(&m->type, "presence");
-                }
+            } else {
+                ngx_str_set(&m->type, "presence");
             }
         }
 
@@ -563,6 +600,42 @@ ngx_http_collab_doc_fanout(ngx_http_collab_doc_t *doc, u_char *payload,
 
     ngx_http_collab_msg_release(m);
     json_decref(obj);
+}
+
+
+/* the log was created anew: whoever followed the old one starts over */
+
+static void
+ngx_http_collab_doc_reset(ngx_http_collab_doc_t *doc, const char *epoch)
+{
+    ngx_queue_t            *q, *next;
+    ngx_http_collab_sub_t  *sub;
+
+    if (epoch == NULL || ngx_strlen(epoch) != NGX_HTTP_COLLAB_EPOCH_LEN) {
+        return;
+    }
+
+    if (doc->has_epoch
+        && ngx_memcmp(doc->epoch, epoch, NGX_HTTP_COLLAB_EPOCH_LEN) == 0)
+    {
+        return;
+    }
+
+    ngx_memcpy(doc->epoch, epoch, NGX_HTTP_COLLAB_EPOCH_LEN);
+    doc->has_epoch = 1;
+    doc->seq = 0;
+
+    for (q = ngx_queue_head(&doc->subs);
+         q != ngx_queue_sentinel(&doc->subs);
+         q = next)
+    {
+        next = ngx_queue_next(q);
+        sub = ngx_queue_data(q, ngx_http_collab_sub_t, doc_link);
+
+        if (sub->state != NGX_HTTP_COLLAB_SUB_JOINING) {
+            ngx_http_collab_doc_resync(sub, 0, "epoch");
+        }
+    }
 }
 
 
@@ -586,7 +659,19 @@ ngx_http_collab_doc_sub_read(ngx_http_collab_sub_t *sub)
         return;
     }
 
-    (void) ngx_http_collab_store_read(sub);
+    if (ngx_http_collab_store_read(sub) == NGX_DECLINED) {
+        /* too many commands in flight: try again shortly */
+        if (!ngx_http_collab_worker->retry.timer_set) {
+            ngx_add_timer(&ngx_http_collab_worker->retry, 50);
+        }
+    }
+}
+
+
+void
+ngx_http_collab_doc_retry_handler(ngx_event_t *ev)
+{
+    ngx_http_collab_doc_redis_ready(&ngx_http_collab_worker->cmd);
 }
 
 
@@ -601,6 +686,7 @@ ngx_http_collab_doc_read_done(ngx_http_collab_sub_t *sub, redisReply *reply)
     u_char                     *p;
     size_t                      i, n;
     int64_t                     head, mode, snap_seq;
+    ngx_uint_t                  joined;
     uint64_t                    seq;
     ngx_str_t                   epoch, snap, id, user, ts, data, *doc;
     ngx_int_t                   v;
@@ -642,6 +728,7 @@ ngx_http_collab_doc_read_done(ngx_http_collab_sub_t *sub, redisReply *reply)
         ngx_http_collab_reply(s, NGX_HTTP_COLLAB_NO_SLOT, m);
 
         ngx_http_collab_doc_sub_free(sub);
+        ngx_http_collab_doc_dropped(s);
         return;
     }
 
@@ -665,7 +752,11 @@ ngx_http_collab_doc_read_done(ngx_http_collab_sub_t *sub, redisReply *reply)
         d->has_epoch = 1;
     }
 
+    joined = 0;
+
     if (sub->state == NGX_HTTP_COLLAB_SUB_JOINING) {
+
+        joined = (mode == 1);
 
         if (mode == 1) {
             sub->pos = snap_seq;
@@ -749,6 +840,12 @@ ngx_http_collab_doc_read_done(ngx_http_collab_sub_t *sub, redisReply *reply)
         }
 
         if (seq != sub->pos + 1) {
+            if (joined) {
+                /* re-subscribing would meet the same hole */
+                ngx_http_collab_doc_broken(sub);
+                return;
+            }
+
             ngx_http_collab_doc_resync(sub, head, "trimmed");
             return;
         }
@@ -780,21 +877,85 @@ ngx_http_collab_doc_read_done(ngx_http_collab_sub_t *sub, redisReply *reply)
         ngx_http_collab_msg_release(m);
     }
 
-    if (n == NGX_HTTP_COLLAB_READ_BATCH || d->seq > sub->pos
-        || (uint64_t) head > sub->pos)
-    {
-        if (n < NGX_HTTP_COLLAB_READ_BATCH && (uint64_t) head > sub->pos) {
-            /* the log ends before its head */
-            ngx_http_collab_doc_resync(sub, head, "trimmed");
-            return;
-        }
-
+    if (n == NGX_HTTP_COLLAB_READ_BATCH) {
+        sub->rereads = 0;
         ngx_http_collab_doc_sub_read(sub);
         return;
     }
 
+    if ((uint64_t) head > sub->pos) {
+        /* the log ends before its head */
+        if (joined) {
+            ngx_http_collab_doc_broken(sub);
+            return;
+        }
+
+        ngx_http_collab_doc_resync(sub, head, "trimmed");
+        return;
+    }
+
+    if (d->seq > sub->pos) {
+        /*
+         * Published after the read: read once more.  A seq that the log
+         * does not confirm after a few reads is not believed.
+         */
+
+        if (++sub->rereads <= 3) {
+            ngx_http_collab_doc_sub_read(sub);
+            return;
+        }
+
+        d->seq = sub->pos;
+    }
+
+    sub->rereads = 0;
     sub->state = NGX_HTTP_COLLAB_SUB_LIVE;
     sub->stalled = 0;
+}
+
+
+/* the log does not continue from the snapshot: nothing can be served */
+
+static void
+ngx_http_collab_doc_broken(ngx_http_collab_sub_t *sub)
+{
+    ngx_str_t                   name;
+    ngx_http_collab_msg_t      *m;
+    ngx_http_collab_session_t  *s;
+    u_char                      buf[NGX_HTTP_COLLAB_DOC_MAX];
+
+    s = sub->session;
+
+    name.len = sub->doc->node.str.len;
+    name.data = ngx_cpymem(buf, sub->doc->node.str.data, name.len) - name.len;
+
+    ngx_log_error(NGX_LOG_ERR, s->connection->log, 0,
+                  "collab: the log of \"%V\" was trimmed past its last "
+                  "state snapshot", &name);
+
+    ngx_http_collab_doc_sub_free(sub);
+
+    m = ngx_http_collab_msg_error("error", "internal", &name, NULL,
+                                  "the document log was trimmed past its "
+                                  "last state snapshot");
+    ngx_http_collab_reply(s, NGX_HTTP_COLLAB_NO_SLOT, m);
+
+    m = ngx_http_collab_msg_build("unsubscribed", "doc", 'S', &name,
+                                  "reason", 'C', "internal", NULL);
+    ngx_http_collab_reply(s, NGX_HTTP_COLLAB_NO_SLOT, m);
+
+    ngx_http_collab_doc_dropped(s);
+}
+
+
+/* an event stream carries one document: without it, the stream ends */
+
+static void
+ngx_http_collab_doc_dropped(ngx_http_collab_session_t *s)
+{
+    if (s->transport == NGX_HTTP_COLLAB_TRANSPORT_SSE && s->nsubs == 0) {
+        ngx_http_collab_session_close(s, 0, "document dropped");
+    }
 }
 
 
@@ -820,6 +981,8 @@ ngx_http_collab_doc_resync(ngx_http_collab_sub_t *sub, uint64_t seq,
                                   "seq", 'I', (int64_t) seq,
                                   "reason", 'C', reason, NULL);
     ngx_http_collab_reply(s, NGX_HTTP_COLLAB_NO_SLOT, m);
+
+    ngx_http_collab_doc_dropped(s);
 }
 
 

@@ -214,12 +214,25 @@ ngx_http_collab_jwt_key_add(ngx_http_collab_jwt_keys_t *keys,
 
     if (a->type == NGX_HTTP_COLLAB_JWT_HMAC) {
 
-        /* the file as written by "echo secret > file" */
+        /*
+         * the newline of "echo secret > file" is not part of a text
+         * secret; a binary secret may end in 0x0a and is kept as it is
+         */
         if (len && data[len - 1] == '\n') {
-            len--;
+            n = len - 1;
 
-            if (len && data[len - 1] == '\r') {
-                len--;
+            if (n && data[n - 1] == '\r') {
+                n--;
+            }
+
+            for (i = 0; i < n; i++) {
+                if (data[i] < 0x20 || data[i] > 0x7e) {
+                    break;
+                }
+            }
+
+            if (i == n) {
+                len = n;
             }
         }
 

@@ -83,10 +83,11 @@ void ngx_http_collab_jwt_keys_free(ngx_http_collab_jwt_keys_t *keys);
  * kid: NULL for a key without a kid; kids are unique within a set, and an
  * algorithm has at most one key without a kid.
  *
- * hs*: data is the secret, one trailing "\n" or "\r\n" stripped; it must
- * be at least as long as the hash output (RFC 7518 3.2: 32, 48, 64 bytes)
- * and must not be a PEM object (a public key used as an HMAC secret lets
- * anybody sign).  rs256, es256, eddsa: data holds a PEM public key
+ * hs*: data is the secret.  A text secret (printable ASCII) loses one
+ * trailing "\n" or "\r\n"; any other secret is used byte for byte.  It
+ * must be at least as long as the hash output (RFC 7518 3.2: 32, 48, 64
+ * bytes) and must not be a PEM object (a public key used as an HMAC
+ * secret lets anybody sign).  rs256, es256, eddsa: data holds a PEM public key
  * ("BEGIN PUBLIC KEY") or a certificate, whose key is used as is (its
  * validity is not checked); it must be RSA of 2048 bits or more, EC on
  * P-256, or Ed25519/Ed448 respectively.

@@ -313,15 +313,13 @@ ngx_http_collab_origin_allowed(ngx_http_request_t *r,
 
         if (pat[i].len > 2 && pat[i].data[0] == '*' && pat[i].data[1] == '.')
         {
-            /* "*.example.com" matches "https://a.example.com" */
+            /* "*.example.com" matches "https://a.b.example.com" */
 
             n = pat[i].len - 1;
 
             if (origin.len > n
                 && ngx_strncasecmp(origin.data + origin.len - n,
                                    pat[i].data + 1, n) == 0
-                && ngx_strlchr(origin.data, origin.data + origin.len - n,
-                               '.') == NULL
                 && ngx_strlchr(origin.data, origin.data + origin.len - n,
                                '/') != NULL)
             {
@@ -879,6 +877,11 @@ ngx_http_collab_init_process(ngx_cycle_t *cycle)
     c->data = w;
     w->watcher = c;
 
+    w->retry.handler = ngx_http_collab_doc_retry_handler;
+    w->retry.data = w;
+    w->retry.log = cycle->log;
+    w->retry.cancelable = 1;
+
     ngx_http_collab_worker = w;
 
     if (ngx_http_collab_redis_init(cycle, &w->cmd, mcf, 0, "command")
@@ -905,6 +908,10 @@ ngx_http_collab_exit_process(ngx_cycle_t *cycle)
     w = ngx_http_collab_worker;
     if (w == NULL) {
         return;
+    }
+
+    if (w->retry.timer_set) {
+        ngx_del_timer(&w->retry);
     }
 
     ngx_http_collab_redis_exit(&w->cmd);

@@ -137,6 +137,7 @@ struct ngx_http_collab_sub_s {
     ngx_uint_t                   state;
     unsigned                     has_epoch:1;
     unsigned                     stalled:1;      /* waits for drain/Redis */
+    unsigned                     rereads:3;
 };
 
 
@@ -251,6 +252,7 @@ typedef struct {
     ngx_http_collab_redis_t      cmd;
     ngx_http_collab_redis_t      sub;
     ngx_connection_t            *watcher;
+    ngx_event_t                  retry;
     ngx_http_collab_out_t       *free_out;
     ngx_uint_t                   nfree_out;
     ngx_http_collab_main_conf_t *mcf;
@@ -329,12 +331,15 @@ void ngx_http_collab_session_start_timers(ngx_http_collab_session_t *s);
 /* documents */
 ngx_int_t ngx_http_collab_doc_subscribe(ngx_http_collab_session_t *s,
     ngx_str_t *name, int64_t since, ngx_str_t *epoch);
+ngx_int_t ngx_http_collab_doc_subscribed(ngx_http_collab_session_t *s,
+    ngx_str_t *name);
 ngx_int_t ngx_http_collab_doc_unsubscribe(ngx_http_collab_session_t *s,
     ngx_str_t *name);
 void ngx_http_collab_doc_sub_free(ngx_http_collab_sub_t *sub);
 void ngx_http_collab_doc_resume(ngx_http_collab_session_t *s);
 void ngx_http_collab_doc_redis_ready(ngx_http_collab_redis_t *rc);
 void ngx_http_collab_doc_redis_lost(ngx_http_collab_redis_t *rc);
+void ngx_http_collab_doc_retry_handler(ngx_event_t *ev);
 ngx_int_t ngx_http_collab_doc_publish(ngx_http_collab_session_t *s,
     ngx_str_t *doc, ngx_http_collab_msg_t *m);
 void ngx_http_collab_doc_read_done(ngx_http_collab_sub_t *sub,

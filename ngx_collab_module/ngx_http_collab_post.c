@@ -21,6 +21,7 @@
 
 
 static void ngx_http_collab_post_body(ngx_http_request_t *r);
+static void ngx_http_collab_post_empty(ngx_http_request_t *r);
 static ngx_int_t ngx_http_collab_post_read(ngx_http_request_t *r,
     ngx_str_t *body);
 static void ngx_http_collab_post_done(ngx_http_collab_session_t *s);
@@ -64,6 +65,13 @@ ngx_http_collab_post_body(ngx_http_request_t *r)
         return;
     }
 
+    if (body.len > lcf->max_message) {
+        ngx_http_collab_post_error(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
+                                   "too_large", "the request body is larger "
+                                   "than collab_max_message");
+        return;
+    }
+
     if (body.len == 0) {
         ngx_http_collab_post_error(r, NGX_HTTP_BAD_REQUEST, "invalid",
                                    "the request body is empty");
@@ -83,10 +91,16 @@ ngx_http_collab_post_body(ngx_http_request_t *r)
 
     n = json_is_array(root) ? json_array_size(root) : 1;
 
-    if (n == 0 || n > NGX_HTTP_COLLAB_POST_MAX_MESSAGES) {
+    if (n == 0 && json_is_array(root)) {
         json_decref(root);
-        ngx_http_collab_post_error(r, NGX_HTTP_BAD_REQUEST, "invalid",
-                                   "the body must hold 1 to 1000 messages");
+        ngx_http_collab_post_empty(r);
+        return;
+    }
+
+    if (n > NGX_HTTP_COLLAB_POST_MAX_MESSAGES) {
+        json_decref(root);
+        ngx_http_collab_post_error(r, NGX_HTTP_BAD_REQUEST, "too_large",
+                                   "the body holds more than 1000 messages");
         return;
     }
 
@@ -282,6 +296,32 @@ ngx_http_collab_post_respond(ngx_http_request_t *r, ngx_uint_t status,
     }
 
     return ngx_http_output_filter(r, out);
+}
+
+
+static void
+ngx_http_collab_post_empty(ngx_http_request_t *r)
+{
+    ngx_buf_t    *b;
+    ngx_chain_t   out;
+
+    b = ngx_calloc_buf(r->pool);
+    if (b == NULL) {
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    b->pos = (u_char *) "[]";
+    b->last = b->pos + 2;
+    b->memory = 1;
+    b->last_buf = 1;
+    b->last_in_chain = 1;
+
+    out.buf = b;
+    out.next = NULL;
+
+    ngx_http_finalize_request(r, ngx_http_collab_post_respond(r, NGX_HTTP_OK,
+                                                              &out, 2));
 }
 
 

@@ -700,6 +700,16 @@ ngx_http_collab_proto_ephemeral(ngx_http_collab_session_t *s, json_t *obj,
         return;
     }
 
+    if (s->transport != NGX_HTTP_COLLAB_TRANSPORT_POST
+        && !ngx_http_collab_doc_subscribed(s, &doc))
+    {
+        ngx_http_collab_reply(s, slot,
+                              ngx_http_collab_msg_error("error", "invalid",
+                                  &doc, NULL, "not subscribed to this "
+                                  "document"));
+        return;
+    }
+
     v = json_object_get(obj, "data");
 
     if (v == NULL) {

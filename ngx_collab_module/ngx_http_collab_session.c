@@ -714,7 +714,8 @@ ngx_http_collab_session_welcome(ngx_http_collab_session_t *s)
     m = ngx_http_collab_msg_build("welcome", "session", 'S', &sid,
                                   "user", 'S', &s->user,
                                   "heartbeat", 'I',
-                                  (int64_t) (s->conf->ping / 1000), NULL);
+                                  (int64_t) ((s->conf->ping + 999) / 1000),
+                                  NULL);
     if (m == NULL) {
         return;
     }
@@ -730,6 +731,7 @@ void
 ngx_http_collab_session_shutdown_all(void)
 {
     ngx_queue_t                *q, *next;
+    ngx_connection_t           *c;
     ngx_http_collab_session_t  *s;
 
     for (q = ngx_queue_head(&ngx_http_collab_worker->sessions);
@@ -745,5 +747,14 @@ ngx_http_collab_session_shutdown_all(void)
 
         s->shutdown = 1;
         ngx_http_collab_session_close(s, 1001, "server shutting down");
+
+        /*
+         * Posted events would wait for the next epoll wakeup, up to the
+         * linger timer: write the close frame now.
+         */
+
+        c = s->connection;
+        ngx_http_collab_session_flush(s);
+        ngx_http_run_posted_requests(c);
     }
 }

@@ -46,6 +46,13 @@ ngx_http_collab_sse_start(ngx_http_request_t *r,
         return NGX_HTTP_BAD_REQUEST;
     }
 
+    if (ngx_http_collab_worker->cmd.state != NGX_HTTP_COLLAB_REDIS_READY
+        || ngx_http_collab_worker->sub.state != NGX_HTTP_COLLAB_REDIS_READY)
+    {
+        /* EventSource retries by itself */
+        return NGX_HTTP_SERVICE_UNAVAILABLE;
+    }
+
     if (ngx_http_discard_request_body(r) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
@@ -92,8 +99,12 @@ ngx_http_collab_sse_start(ngx_http_request_t *r,
     ngx_http_collab_session_welcome(s);
     ngx_http_collab_session_start_timers(s);
 
-    (void) ngx_http_collab_doc_subscribe(s, &doc, s->cursor_since,
-                                         &s->cursor_epoch);
+    if (ngx_http_collab_doc_subscribe(s, &doc, s->cursor_since,
+                                      &s->cursor_epoch)
+        != NGX_OK)
+    {
+        ngx_http_collab_session_close(s, 0, "subscribe failed");
+    }
 
     ngx_http_collab_session_post_write(s);
 

@@ -24,10 +24,13 @@
 
 static const char  ngx_http_collab_store_lua[] =
 "#!lua name=collab_v1\n"
+/* a new log: every worker that knew the old one resyncs its sessions */
 "local function epoch_of(state, new)\n"
 "  local e = redis.call('HGET', state, 'epoch')\n"
 "  if not e then\n"
 "    redis.call('HSET', state, 'epoch', new, 'seq', 0)\n"
+"    redis.call('PUBLISH', string.sub(state, 1, #state - 6),\n"
+"               '{\"type\":\"reset\",\"epoch\":\"' .. new .. '\"}')\n"
 "    e = new\n"
 "  end\n"
 "  return e\n"
@@ -469,8 +472,13 @@ ngx_http_collab_store_state_reply(ngx_http_collab_cmd_t *cmd,
                                       "seq is beyond the document head %L",
                                       seq);
 
+    } else if (status == 0) {
+        m = ngx_http_collab_msg_error("error", "conflict", &cmd->doc, NULL,
+                                      "a newer state is stored (seq %L)",
+                                      seq);
+
     } else {
-        m = ngx_http_collab_msg_build("stored", "doc", 'S', &cmd->doc,
+        m = ngx_http_collab_msg_build("ok", "doc", 'S', &cmd->doc,
                                       "seq", 'I', seq, NULL);
     }
 

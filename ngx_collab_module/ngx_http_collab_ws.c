@@ -24,6 +24,7 @@ static ngx_table_elt_t *ngx_http_collab_ws_header(ngx_http_request_t *r,
     const char *name, size_t len);
 static ngx_int_t ngx_http_collab_ws_token(ngx_str_t *value,
     const char *token, size_t len);
+static ngx_int_t ngx_http_collab_ws_refuse_version(ngx_http_request_t *r);
 static void ngx_http_collab_ws_read_handler(ngx_http_request_t *r);
 static void ngx_http_collab_ws_read(ngx_http_collab_session_t *s);
 static ngx_int_t ngx_http_collab_ws_process(ngx_http_collab_session_t *s,
@@ -108,8 +109,8 @@ ngx_http_collab_ws_handshake(ngx_http_request_t *r,
     ngx_http_collab_loc_conf_t *lcf)
 {
     u_char                      *p;
-    ngx_int_t                    rc;
-    ngx_str_t                    key, decoded, accept, doc, arg;
+    ngx_int_t                    rc, since;
+    ngx_str_t                    key, decoded, accept, doc, arg, epoch;
     ngx_sha1_t                   sha1;
     ngx_table_elt_t             *version, *hkey, *proto, *h;
     ngx_connection_t            *c;
@@ -141,16 +142,7 @@ ngx_http_collab_ws_handshake(ngx_http_request_t *r,
         ngx_log_error(NGX_LOG_INFO, c->log, 0,
                       "collab: unsupported WebSocket version");
 
-        h = ngx_list_push(&r->headers_out.headers);
-        if (h == NULL) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
-        h->hash = 1;
-        ngx_str_set(&h->key, "Sec-WebSocket-Version");
-        ngx_str_set(&h->value, "13");
-
-        return 426;
+        return ngx_http_collab_ws_refuse_version(r);
     }
 
     hkey = ngx_http_collab_ws_header(r, "Sec-WebSocket-Key", 17);
@@ -182,6 +174,22 @@ ngx_http_collab_ws_handshake(ngx_http_request_t *r,
                           "collab: invalid document id");
             return NGX_HTTP_BAD_REQUEST;
         }
+    }
+
+    since = -1;
+    ngx_str_null(&epoch);
+
+    if (ngx_http_arg(r, (u_char *) "since", 5, &arg) == NGX_OK) {
+        since = ngx_atoi(arg.data, arg.len);
+        if (since == NGX_ERROR) {
+            ngx_log_error(NGX_LOG_INFO, c->log, 0,
+                          "collab: invalid \"since\" argument");
+            return NGX_HTTP_BAD_REQUEST;
+        }
+    }
+
+    if (ngx_http_arg(r, (u_char *) "epoch", 5, &arg) == NGX_OK) {
+        epoch = arg;
     }
 
     s = ngx_http_collab_session_create(r, lcf,
@@ -271,23 +279,10 @@ ngx_http_collab_ws_handshake(ngx_http_request_t *r,
     if (doc.len) {
         /* the document named in the URL, resumable with ?since=&epoch= */
 
-        s->cursor_since = -1;
+        s->cursor_since = since;
+        s->cursor_epoch = epoch;
 
-        if (ngx_http_arg(r, (u_char *) "since", 5, &arg) == NGX_OK) {
-            rc = ngx_atoi(arg.data, arg.len);
-            if (rc != NGX_ERROR) {
-                s->cursor_since = rc;
-            }
-        }
-
-        ngx_str_null(&s->cursor_epoch);
-
-        if (ngx_http_arg(r, (u_char *) "epoch", 5, &arg) == NGX_OK) {
-            s->cursor_epoch = arg;
-        }
-
-        (void) ngx_http_collab_doc_subscribe(s, &doc, s->cursor_since,
-                                             &s->cursor_epoch);
+        (void) ngx_http_collab_doc_subscribe(s, &doc, since, &epoch);
     }
 
     /* bytes that came with the handshake */
@@ -304,6 +299,60 @@ ngx_http_collab_ws_handshake(ngx_http_request_t *r,
     ngx_post_event(c->read, &ngx_posted_events);
 
     return NGX_DONE;
+}
+
+
+/* 426 has no reason phrase in nginx's table: answer it ourselves */
+
+static ngx_int_t
+ngx_http_collab_ws_refuse_version(ngx_http_request_t *r)
+{
+    ngx_int_t         rc;
+    ngx_buf_t        *b;
+    ngx_chain_t       out;
+    ngx_table_elt_t  *h;
+
+    static u_char  text[] = "unsupported WebSocket version, use 13\n";
+
+    if (ngx_http_discard_request_body(r) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    h->hash = 1;
+    ngx_str_set(&h->key, "Sec-WebSocket-Version");
+    ngx_str_set(&h->value, "13");
+
+    b = ngx_calloc_buf(r->pool);
+    if (b == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    b->pos = text;
+    b->last = text + sizeof(text) - 1;
+    b->memory = 1;
+    b->last_buf = 1;
+
+    r->headers_out.status = 426;
+    ngx_str_set(&r->headers_out.status_line, "426 Upgrade Required");
+    r->headers_out.content_length_n = b->last - b->pos;
+    ngx_str_set(&r->headers_out.content_type, "text/plain");
+    r->headers_out.content_type_len = r->headers_out.content_type.len;
+
+    rc = ngx_http_send_header(r);
+
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+        return rc;
+    }
+
+    out.buf = b;
+    out.next = NULL;
+
+    return ngx_http_output_filter(r, &out);
 }
 
 

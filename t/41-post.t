@@ -133,7 +133,8 @@ $r = post('[]');
 is($r->{status}, 200, 'empty array: 200');
 is_deeply($r->{json}, [], 'empty array: []');
 
-# a single message over collab_max_message (8k) is refused and not stored
+# ASSUMPTION: collab_max_message applies to POST too: a single message over
+# it (8k) is refused (413, or a too_large reply) and not stored
 $r = post([delta('toobig', 'huge', 'y' x 9000)]);
 ok($r->{status} == 413
     || ($r->{status} == 200 && ref $r->{json} eq 'ARRAY'

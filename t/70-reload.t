@@ -125,6 +125,24 @@ is(join(',', map { $_->expect_close(4) // 'none' } @idle, $re), '1001,1001,1001,
 ok($rsse->wait_end(4), 'second reload: SSE ended');
 ok(Collab::Test::wait_until(sub { !grep { $t->pid_alive($_) } @old }, 5), 'second reload: old workers exited');
 
+# --- clients that reconnect while the new workers are still connecting to
+# Redis (the thundering herd after a reload) are served, not refused.
+# Redis is frozen for 0.3s so that the window is wide enough to hit.
+# ASSUMPTION: commands issued before a worker's Redis connection is ready wait
+# for it (within the connect/command timeouts) instead of failing `unavailable`
+$t->freeze_redis;
+@old = $t->reload_nginx;
+my $early = $t->ws_session;
+$early->send_json({ type => 'subscribe', doc => $DOC });
+select undef, undef, undef, 0.3;
+$t->thaw_redis;
+my $es = $early->wait_for(sub { $_[0]{type} =~ /^(subscribed|error)$/ }, 5);
+is($es && $es->{type}, 'subscribed', 'subscribe sent before the new worker reached Redis is served')
+    or diag explain $es;
+is(write_delta('d10'), 10, 'and writes work');
+$early->close;
+Collab::Test::wait_until(sub { !grep { $t->pid_alive($_) } @old }, 5);
+
 # --- quit
 my $q = $t->ws_session;
 $t->subscribe($q, $DOC);
@@ -140,7 +158,7 @@ ok($t->quit_nginx(timeout => 5), 'quit: master exited within 5s');
 ok(!grep({ $t->pid_alive($_) } @workers), 'quit: workers gone');
 
 # nothing acked was lost
-is($t->log_len($DOC), 9, 'log holds the 9 deltas');
+is($t->log_len($DOC), 10, 'log holds the 10 deltas');
 
 $t->done;
 done_testing;

@@ -36,6 +36,8 @@ sub good {
     like($out, qr/test is successful/, "valid: $name: test is successful") if $rc == 0;
 }
 
+# ASSUMPTION: "clear" = [emerg] + nginx.conf:LINE + the directive or the
+# offending value.
 # @re: what the message must mention besides [emerg]: the directive or the
 # offending value (nginx's stock slot messages, e.g. `invalid value "x" in
 # FILE:LINE`, name only the value; with the line that is clear enough), and

@@ -470,7 +470,7 @@ sub start_nginx {
     my $inst = $self->_inst($o{name});
     my $http = delete $o{conf};
     my %wo = %o;
-    delete $wo{name};
+    delete @wo{qw(name settle)};
     if (defined $http || %wo || !-f "$inst->{dir}/nginx.conf") {
         $http //= $inst->{http} // $self->{nginx}{main}{http}
             // die "start_nginx: no configuration written";
@@ -478,6 +478,7 @@ sub start_nginx {
         $self->write_nginx_conf($http, %mo, name => $inst->{name});
     }
     unlink "$inst->{dir}/nginx.pid";
+    $inst->{log_off} = -s "$inst->{dir}/error.log" // 0;
     my $rc = $self->_run_nginx($inst);
     if ($rc != 0) {
         my $out = _slurp("$inst->{dir}/nginx.out");
@@ -500,6 +501,23 @@ sub start_nginx {
         sleep 0.02;
     }
     $inst->{running} = 1;
+
+    # let the workers connect to Redis before the test talks to them (up to
+    # 1s, by the module's info line); tests of the start-up window itself
+    # pass settle => 0
+    if ($o{settle} // 1) {
+        my $log = "$inst->{dir}/error.log";
+        my $off = $inst->{log_off} // 0;
+        my $end = time + 1;
+        while (time < $end) {
+            my $text = _slurp($log);
+            my $n = () = substr($text, $off > length $text ? 0 : $off)
+                =~ /collab: redis command connection ready/g;
+            last if $n >= $want;
+            sleep 0.02;
+        }
+    }
+    $inst->{log_off} = -s "$inst->{dir}/error.log";
     return $self;
 }
 
@@ -520,6 +538,17 @@ sub reload_nginx {
         last if @new >= $want;
         sleep 0.02;
     }
+    # and until the old workers stopped accepting: they retitle themselves
+    # "worker process is shutting down" right before closing the listeners
+    while (time < $deadline) {
+        my $busy = grep {
+            my $c = _slurp("/proc/$_/cmdline");
+            length $c && $c !~ /shutting down/
+        } keys %old;
+        last unless $busy;
+        sleep 0.02;
+    }
+    sleep 0.05;
     return sort keys %old;
 }
 
