@@ -167,8 +167,10 @@ ngx_http_collab_doc_subscribe(ngx_http_collab_session_t *s, ngx_str_t *name,
         return NGX_DECLINED;
     }
 
-    if (ngx_http_collab_worker->cmd.state != NGX_HTTP_COLLAB_REDIS_READY
-        || ngx_http_collab_worker->sub.state != NGX_HTTP_COLLAB_REDIS_READY)
+    /* a worker that is still connecting serves the subscribe when ready */
+
+    if (ngx_http_collab_worker->cmd.state == NGX_HTTP_COLLAB_REDIS_DOWN
+        || ngx_http_collab_worker->sub.state == NGX_HTTP_COLLAB_REDIS_DOWN)
     {
         m = ngx_http_collab_msg_error("error", "unavailable", name, NULL,
                                       "the document store is unavailable");

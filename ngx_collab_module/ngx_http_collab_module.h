@@ -183,6 +183,7 @@ struct ngx_http_collab_redis_s {
     ngx_connection_t            *connection;
     ngx_event_t                  reconnect;
     ngx_event_t                  watchdog;
+    ngx_event_t                  heartbeat;
     ngx_msec_t                   backoff;
     ngx_uint_t                   state;
     ngx_queue_t                  inflight;
@@ -192,6 +193,7 @@ struct ngx_http_collab_redis_s {
     ngx_http_collab_main_conf_t *mcf;
     unsigned                     subscriber:1;
     unsigned                     exiting:1;
+    unsigned                     heartbeat_pending:1;
     const char                  *name;
 };
 

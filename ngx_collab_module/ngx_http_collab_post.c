@@ -51,7 +51,7 @@ static void
 ngx_http_collab_post_body(ngx_http_request_t *r)
 {
     size_t                       n, i;
-    json_t                      *root;
+    json_t                      *root, *msg;
     ngx_str_t                    body;
     json_error_t                 err;
     ngx_http_collab_session_t   *s;
@@ -62,13 +62,6 @@ ngx_http_collab_post_body(ngx_http_request_t *r)
 
     if (ngx_http_collab_post_read(r, &body) != NGX_OK) {
         ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
-        return;
-    }
-
-    if (body.len > lcf->max_message) {
-        ngx_http_collab_post_error(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
-                                   "too_large", "the request body is larger "
-                                   "than collab_max_message");
         return;
     }
 
@@ -90,6 +83,14 @@ ngx_http_collab_post_body(ngx_http_request_t *r)
     }
 
     n = json_is_array(root) ? json_array_size(root) : 1;
+
+    if (!json_is_array(root) && body.len > lcf->max_message) {
+        json_decref(root);
+        ngx_http_collab_post_error(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
+                                   "too_large", "the message is larger than "
+                                   "collab_max_message");
+        return;
+    }
 
     if (n == 0 && json_is_array(root)) {
         json_decref(root);
@@ -124,14 +125,22 @@ ngx_http_collab_post_body(ngx_http_request_t *r)
     /* one more than the messages: nothing is sent before the loop ends */
     s->pending = n + 1;
 
-    if (json_is_array(root)) {
-        for (i = 0; i < n; i++) {
-            (void) ngx_http_collab_proto_handle_json(s,
-                                                json_array_get(root, i), i);
+    for (i = 0; i < n; i++) {
+        msg = json_is_array(root) ? json_array_get(root, i) : root;
+
+        /* the limit of a WebSocket message holds for each message here */
+
+        if (json_is_array(root)
+            && json_dumpb(msg, NULL, 0, JSON_COMPACT) > lcf->max_message)
+        {
+            ngx_http_collab_post_reply(s, i,
+                ngx_http_collab_msg_error("error", "too_large", NULL, NULL,
+                                          "the message is larger than "
+                                          "collab_max_message"));
+            continue;
         }
 
-    } else {
-        (void) ngx_http_collab_proto_handle_json(s, root, 0);
+        (void) ngx_http_collab_proto_handle_json(s, msg, i);
     }
 
     json_decref(root);

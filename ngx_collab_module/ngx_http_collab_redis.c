@@ -47,6 +47,9 @@ static void ngx_http_collab_redis_setup_reply(redisAsyncContext *ac,
     void *r, void *data);
 static void ngx_http_collab_redis_reply(redisAsyncContext *ac, void *r,
     void *data);
+static void ngx_http_collab_redis_heartbeat_handler(ngx_event_t *ev);
+static void ngx_http_collab_redis_heartbeat_reply(redisAsyncContext *ac,
+    void *r, void *data);
 
 
 ngx_int_t
@@ -76,6 +79,11 @@ ngx_http_collab_redis_init(ngx_cycle_t *cycle, ngx_http_collab_redis_t *rc,
     rc->watchdog.data = rc;
     rc->watchdog.log = cycle->log;
 
+    rc->heartbeat.handler = ngx_http_collab_redis_heartbeat_handler;
+    rc->heartbeat.data = rc;
+    rc->heartbeat.log = cycle->log;
+    rc->heartbeat.cancelable = 1;
+
     ngx_http_collab_redis_connect(rc);
 
     return NGX_OK;
@@ -93,6 +101,10 @@ ngx_http_collab_redis_exit(ngx_http_collab_redis_t *rc)
 
     if (rc->watchdog.timer_set) {
         ngx_del_timer(&rc->watchdog);
+    }
+
+    if (rc->heartbeat.timer_set) {
+        ngx_del_timer(&rc->heartbeat);
     }
 
     if (rc->ac) {
@@ -539,7 +551,78 @@ ngx_http_collab_redis_setup_done(ngx_http_collab_redis_t *rc)
     ngx_log_error(NGX_LOG_INFO, rc->log, 0,
                   "collab: redis %s connection ready", rc->name);
 
+    if (rc->subscriber) {
+        rc->heartbeat_pending = 0;
+
+        if (!rc->heartbeat.timer_set) {
+            ngx_add_timer(&rc->heartbeat, rc->mcf->redis_timeout);
+        }
+    }
+
     ngx_http_collab_doc_redis_ready(rc);
+}
+
+
+/*
+ * A subscribed connection gets no replies of its own, so a Redis that hangs
+ * would go unnoticed: it re-subscribes to a private channel every timeout
+ * and expects the confirmation before the next round.
+ */
+
+static void
+ngx_http_collab_redis_heartbeat_handler(ngx_event_t *ev)
+{
+    const char               *argv[2];
+    size_t                    argvlen[2];
+    ngx_http_collab_redis_t  *rc;
+
+    rc = ev->data;
+
+    if (rc->ac == NULL || rc->state != NGX_HTTP_COLLAB_REDIS_READY) {
+        return;
+    }
+
+    if (rc->heartbeat_pending) {
+        ngx_http_collab_redis_drop(rc, "heartbeat timed out");
+        return;
+    }
+
+    argv[0] = "SUBSCRIBE";
+    argvlen[0] = 9;
+    argv[1] = "collab:__heartbeat__";
+    argvlen[1] = sizeof("collab:__heartbeat__") - 1;
+
+    if (ngx_http_collab_redis_raw(rc, ngx_http_collab_redis_heartbeat_reply,
+                                  rc, 2, argv, argvlen)
+        == NGX_OK)
+    {
+        rc->heartbeat_pending = 1;
+    }
+
+    ngx_add_timer(&rc->heartbeat, rc->mcf->redis_timeout);
+}
+
+
+static void
+ngx_http_collab_redis_heartbeat_reply(redisAsyncContext *ac, void *r,
+    void *data)
+{
+    ngx_http_collab_redis_t *rc = data;
+
+    redisReply  *reply;
+
+    reply = r;
+
+    if (reply == NULL || reply->type != REDIS_REPLY_ARRAY
+        || reply->elements < 1
+        || reply->element[0]->type != REDIS_REPLY_STRING)
+    {
+        return;
+    }
+
+    if (ngx_strcmp(reply->element[0]->str, "subscribe") == 0) {
+        rc->heartbeat_pending = 0;
+    }
 }
 
 
@@ -592,6 +675,10 @@ ngx_http_collab_redis_on_disconnect(const redisAsyncContext *ac, int status)
 
     if (rc->watchdog.timer_set) {
         ngx_del_timer(&rc->watchdog);
+    }
+
+    if (rc->heartbeat.timer_set) {
+        ngx_del_timer(&rc->heartbeat);
     }
 
     ngx_http_collab_redis_schedule(rc);

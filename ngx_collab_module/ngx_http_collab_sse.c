@@ -46,8 +46,8 @@ ngx_http_collab_sse_start(ngx_http_request_t *r,
         return NGX_HTTP_BAD_REQUEST;
     }
 
-    if (ngx_http_collab_worker->cmd.state != NGX_HTTP_COLLAB_REDIS_READY
-        || ngx_http_collab_worker->sub.state != NGX_HTTP_COLLAB_REDIS_READY)
+    if (ngx_http_collab_worker->cmd.state == NGX_HTTP_COLLAB_REDIS_DOWN
+        || ngx_http_collab_worker->sub.state == NGX_HTTP_COLLAB_REDIS_DOWN)
     {
         /* EventSource retries by itself */
         return NGX_HTTP_SERVICE_UNAVAILABLE;
