@@ -39,6 +39,7 @@ static void ngx_http_collab_doc_reset(ngx_http_collab_doc_t *doc,
 static void ngx_http_collab_doc_sub_read(ngx_http_collab_sub_t *sub);
 static void ngx_http_collab_doc_dropped(ngx_http_collab_session_t *s);
 static void ngx_http_collab_doc_broken(ngx_http_collab_sub_t *sub);
+static void ngx_http_collab_doc_refuse(ngx_http_collab_sub_t *sub);
 static void ngx_http_collab_doc_resync(ngx_http_collab_sub_t *sub,
     uint64_t seq, const char *reason);
 static void ngx_http_collab_doc_publish_reply(ngx_http_collab_cmd_t *cmd,
@@ -98,6 +99,15 @@ ngx_http_collab_doc_get(ngx_str_t *name, ngx_log_t *log)
 static void
 ngx_http_collab_doc_free(ngx_http_collab_doc_t *doc)
 {
+    if (doc->acl_cmd) {
+        /* the ACL reply finds no document and only frees the command */
+        doc->acl_cmd->doc_owner = NULL;
+    }
+
+    if (doc->acl) {
+        json_decref(doc->acl);
+    }
+
     ngx_rbtree_delete(&ngx_http_collab_worker->docs, &doc->node.node);
     ngx_free(doc);
 }
@@ -249,8 +259,8 @@ ngx_http_collab_doc_subscribe(ngx_http_collab_session_t *s, ngx_str_t *name,
 }
 
 
-ngx_int_t
-ngx_http_collab_doc_subscribed(ngx_http_collab_session_t *s, ngx_str_t *name)
+ngx_http_collab_sub_t *
+ngx_http_collab_doc_find(ngx_http_collab_session_t *s, ngx_str_t *name)
 {
     ngx_queue_t            *q;
     ngx_http_collab_sub_t  *sub;
@@ -265,11 +275,71 @@ ngx_http_collab_doc_subscribed(ngx_http_collab_session_t *s, ngx_str_t *name)
             && ngx_memcmp(sub->doc->node.str.data, name->data, name->len)
                == 0)
         {
-            return 1;
+            return sub;
         }
     }
 
-    return 0;
+    return NULL;
+}
+
+
+ngx_int_t
+ngx_http_collab_doc_subscribed(ngx_http_collab_session_t *s, ngx_str_t *name)
+{
+    return ngx_http_collab_doc_find(s, name) != NULL;
+}
+
+
+/* the role went to none while subscribed */
+
+void
+ngx_http_collab_doc_revoke(ngx_http_collab_sub_t *sub)
+{
+    ngx_str_t                   name;
+    ngx_http_collab_msg_t      *m;
+    ngx_http_collab_session_t  *s;
+    u_char                      buf[NGX_HTTP_COLLAB_DOC_MAX];
+
+    s = sub->session;
+
+    name.len = sub->doc->node.str.len;
+    name.data = ngx_cpymem(buf, sub->doc->node.str.data, name.len) - name.len;
+
+    ngx_log_error(NGX_LOG_INFO, s->connection->log, 0,
+                  "collab: \"%V\" lost access to \"%V\"", &s->user, &name);
+
+    ngx_http_collab_doc_sub_free(sub);
+
+    m = ngx_http_collab_msg_build("unsubscribed", "doc", 'S', &name,
+                                  "reason", 'C', "forbidden", NULL);
+    ngx_http_collab_reply(s, NGX_HTTP_COLLAB_NO_SLOT, m);
+
+    ngx_http_collab_doc_dropped(s);
+}
+
+
+/* a subscribe without a role */
+
+static void
+ngx_http_collab_doc_refuse(ngx_http_collab_sub_t *sub)
+{
+    ngx_str_t                   name;
+    ngx_http_collab_msg_t      *m;
+    ngx_http_collab_session_t  *s;
+    u_char                      buf[NGX_HTTP_COLLAB_DOC_MAX];
+
+    s = sub->session;
+
+    name.len = sub->doc->node.str.len;
+    name.data = ngx_cpymem(buf, sub->doc->node.str.data, name.len) - name.len;
+
+    ngx_http_collab_doc_sub_free(sub);
+
+    m = ngx_http_collab_msg_error("error", "forbidden", &name, NULL,
+                                  "not allowed to access this document");
+    ngx_http_collab_reply(s, NGX_HTTP_COLLAB_NO_SLOT, m);
+
+    ngx_http_collab_doc_dropped(s);
 }
 
 
@@ -540,6 +610,12 @@ ngx_http_collab_doc_fanout(ngx_http_collab_doc_t *doc, u_char *payload,
 
     type = json_string_value(json_object_get(obj, "type"));
 
+    if (type && ngx_strcmp(type, "acl") == 0) {
+        json_decref(obj);
+        ngx_http_collab_acl_changed(doc);
+        return;
+    }
+
     if (type && ngx_strcmp(type, "reset") == 0) {
         ngx_http_collab_doc_reset(doc,
                           json_string_value(json_object_get(obj, "epoch")));
@@ -688,7 +764,8 @@ ngx_http_collab_doc_read_done(ngx_http_collab_sub_t *sub, redisReply *reply)
     u_char                     *p;
     size_t                      i, n;
     int64_t                     head, mode, snap_seq;
-    ngx_uint_t                  joined;
+    ngx_str_t                  *rname;
+    ngx_uint_t                  joined, role;
     uint64_t                    seq;
     ngx_str_t                   epoch, snap, id, user, ts, data, *doc;
     ngx_int_t                   v;
@@ -709,12 +786,28 @@ ngx_http_collab_doc_read_done(ngx_http_collab_sub_t *sub, redisReply *reply)
 
     e = reply->element;
 
-    if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 5
-        || (reply->elements - 5) % 5 != 0
+    if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 1
+        && e[0]->type == REDIS_REPLY_INTEGER && e[0]->integer == -2)
+    {
+        /* no role on the document: the same answer whether it exists */
+
+        if (sub->state == NGX_HTTP_COLLAB_SUB_JOINING) {
+            ngx_http_collab_doc_refuse(sub);
+
+        } else {
+            ngx_http_collab_doc_revoke(sub);
+        }
+
+        return;
+    }
+
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 7
+        || (reply->elements - 7) % 5 != 0
         || e[0]->type != REDIS_REPLY_STRING
         || e[1]->type != REDIS_REPLY_INTEGER
         || e[2]->type != REDIS_REPLY_INTEGER
-        || e[3]->type != REDIS_REPLY_INTEGER)
+        || e[3]->type != REDIS_REPLY_INTEGER
+        || e[5]->type != REDIS_REPLY_INTEGER)
     {
         ngx_log_error(NGX_LOG_ERR, s->connection->log, 0,
                       "collab: reading the log of \"%V\" failed: %s", doc,
@@ -733,6 +826,30 @@ ngx_http_collab_doc_read_done(ngx_http_collab_sub_t *sub, redisReply *reply)
         ngx_http_collab_doc_dropped(s);
         return;
     }
+
+    /* the ACL came with the read: the cache of every session here */
+
+    if (e[6]->type == REDIS_REPLY_STRING) {
+        ngx_http_collab_acl_set(d, (u_char *) e[6]->str, e[6]->len);
+
+    } else {
+        ngx_http_collab_acl_set(d, NULL, 0);
+    }
+
+    d->acl_known = 1;
+
+    role = (ngx_uint_t) e[5]->integer;
+
+    if (sub->state != NGX_HTTP_COLLAB_SUB_JOINING && role != sub->role) {
+        sub->role = role;
+
+        m = ngx_http_collab_msg_build("role", "doc", 'S', doc, "role", 'S',
+                                      ngx_http_collab_role_name(role), NULL);
+        ngx_http_collab_reply(s, NGX_HTTP_COLLAB_NO_SLOT, m);
+    }
+
+    sub->role = role;
+    rname = ngx_http_collab_role_name(role);
 
     epoch.data = (u_char *) e[0]->str;
     epoch.len = e[0]->len;
@@ -766,14 +883,14 @@ ngx_http_collab_doc_read_done(ngx_http_collab_sub_t *sub, redisReply *reply)
             snap.data = (u_char *) e[4]->str;
             snap.len = e[4]->len;
 
-            m = ngx_http_collab_msg_alloc(256 + doc->len + s->role.len
+            m = ngx_http_collab_msg_alloc(256 + doc->len + rname->len
                                           + snap.len);
             if (m) {
                 p = ngx_sprintf(m->json, "{\"type\":\"subscribed\","
                                 "\"doc\":\"%V\",\"role\":\"%V\","
                                 "\"epoch\":\"%V\",\"seq\":%L,"
                                 "\"state\":{\"seq\":%L,\"data\":",
-                                doc, &s->role, &epoch, head, snap_seq);
+                                doc, rname, &epoch, head, snap_seq);
 
                 if (e[4]->type == REDIS_REPLY_STRING) {
                     p = ngx_cpymem(p, snap.data, snap.len);
@@ -796,7 +913,7 @@ ngx_http_collab_doc_read_done(ngx_http_collab_sub_t *sub, redisReply *reply)
             sub->pos = sub->since;
 
             m = ngx_http_collab_msg_build("subscribed", "doc", 'S', doc,
-                                          "role", 'S', &s->role,
+                                          "role", 'S', rname,
                                           "epoch", 'S', &epoch,
                                           "seq", 'I', head, NULL);
             if (m) {
@@ -821,10 +938,10 @@ ngx_http_collab_doc_read_done(ngx_http_collab_sub_t *sub, redisReply *reply)
         return;
     }
 
-    n = (reply->elements - 5) / 5;
+    n = (reply->elements - 7) / 5;
 
     for (i = 0; i < n; i++) {
-        e = &reply->element[5 + i * 5];
+        e = &reply->element[7 + i * 5];
 
         if (e[0]->type != REDIS_REPLY_STRING) {
             continue;

@@ -105,6 +105,9 @@ static const ngx_http_collab_jwt_alg_t  ngx_http_collab_jwt_algs[] = {
     { "EdDSA", NGX_HTTP_COLLAB_JWT_EDDSA, NULL, 0, NULL }
 };
 
+#define NGX_HTTP_COLLAB_JWT_NALGS                                             \
+    (sizeof(ngx_http_collab_jwt_algs) / sizeof(ngx_http_collab_jwt_alg_t))
+
 
 ngx_http_collab_jwt_keys_t *
 ngx_http_collab_jwt_keys_create(void)
@@ -324,11 +327,7 @@ ngx_http_collab_jwt_alg(const char *name, int config)
 {
     size_t  i;
 
-    for (i = 0;
-         i < sizeof(ngx_http_collab_jwt_algs)
-             / sizeof(ngx_http_collab_jwt_alg_t);
-         i++)
-    {
+    for (i = 0; i < NGX_HTTP_COLLAB_JWT_NALGS; i++) {
         if (config ? strcasecmp(ngx_http_collab_jwt_algs[i].name, name) == 0
                    : strcmp(ngx_http_collab_jwt_algs[i].name, name) == 0)
         {

@@ -52,6 +52,16 @@ static ngx_conf_enum_t  ngx_http_collab_conflict_modes[] = {
 };
 
 
+static ngx_conf_enum_t  ngx_http_collab_roles[] = {
+    { ngx_string("none"), NGX_HTTP_COLLAB_ROLE_NONE },
+    { ngx_string("viewer"), NGX_HTTP_COLLAB_ROLE_VIEWER },
+    { ngx_string("commenter"), NGX_HTTP_COLLAB_ROLE_COMMENTER },
+    { ngx_string("editor"), NGX_HTTP_COLLAB_ROLE_EDITOR },
+    { ngx_string("owner"), NGX_HTTP_COLLAB_ROLE_OWNER },
+    { ngx_null_string, 0 }
+};
+
+
 static ngx_conf_num_bounds_t  ngx_http_collab_max_docs_bounds = {
     ngx_conf_check_num_bounds, 1, 1024
 };
@@ -93,6 +103,55 @@ static ngx_command_t  ngx_http_collab_commands[] = {
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_collab_loc_conf_t, auth),
       &ngx_http_collab_auth_modes },
+
+    { ngx_string("collab_jwt_key"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE23,
+      ngx_http_collab_auth_jwt_key,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("collab_jwt_cookie"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_collab_loc_conf_t, jwt_cookie),
+      NULL },
+
+    { ngx_string("collab_jwt_leeway"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_collab_loc_conf_t, jwt_leeway),
+      NULL },
+
+    { ngx_string("collab_jwt_issuer"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_collab_loc_conf_t, jwt_issuer),
+      NULL },
+
+    { ngx_string("collab_jwt_audience"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_collab_loc_conf_t, jwt_audience),
+      NULL },
+
+    { ngx_string("collab_auth_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_collab_loc_conf_t, auth_timeout),
+      NULL },
+
+    { ngx_string("collab_default_role"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_enum_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_collab_loc_conf_t, default_role),
+      &ngx_http_collab_roles },
 
     { ngx_string("collab_allow_origin"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
@@ -198,7 +257,6 @@ ngx_http_collab_worker_t  *ngx_http_collab_worker;
 static ngx_int_t
 ngx_http_collab_handler(ngx_http_request_t *r)
 {
-    ngx_str_t                    user;
     ngx_http_collab_loc_conf_t  *lcf;
 
     lcf = ngx_http_get_module_loc_conf(r, ngx_http_collab_module);
@@ -209,18 +267,6 @@ ngx_http_collab_handler(ngx_http_request_t *r)
 
     if (ngx_http_collab_worker == NULL) {
         return NGX_HTTP_SERVICE_UNAVAILABLE;
-    }
-
-    if (lcf->auth == NGX_HTTP_COLLAB_AUTH_VARIABLE) {
-        if (ngx_http_complex_value(r, lcf->user, &user) != NGX_OK) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
-        if (user.len == 0) {
-            ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                          "collab: no identity in \"collab_user\"");
-            return NGX_HTTP_UNAUTHORIZED;
-        }
     }
 
     if (!ngx_http_collab_origin_allowed(r, lcf)) {
@@ -729,6 +775,10 @@ ngx_http_collab_create_loc_conf(ngx_conf_t *cf)
     lcf->rate = NGX_CONF_UNSET_UINT;
     lcf->burst = NGX_CONF_UNSET_UINT;
     lcf->max_inflight = NGX_CONF_UNSET_UINT;
+    lcf->default_role = NGX_CONF_UNSET_UINT;
+    lcf->jwt_keys = NGX_CONF_UNSET_PTR;
+    lcf->jwt_leeway = NGX_CONF_UNSET_MSEC;
+    lcf->auth_timeout = NGX_CONF_UNSET_MSEC;
 
     return lcf;
 }
@@ -768,6 +818,17 @@ ngx_http_collab_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_uint_value(conf->rate, prev->rate, 0);
     ngx_conf_merge_uint_value(conf->burst, prev->burst, 0);
     ngx_conf_merge_uint_value(conf->max_inflight, prev->max_inflight, 64);
+    ngx_conf_merge_uint_value(conf->default_role, prev->default_role,
+                              conf->auth == NGX_HTTP_COLLAB_AUTH_OFF
+                              ? NGX_HTTP_COLLAB_ROLE_EDITOR
+                              : NGX_HTTP_COLLAB_ROLE_NONE);
+    ngx_conf_merge_ptr_value(conf->jwt_keys, prev->jwt_keys, NULL);
+    ngx_conf_merge_str_value(conf->jwt_cookie, prev->jwt_cookie,
+                             "collab_token");
+    ngx_conf_merge_msec_value(conf->jwt_leeway, prev->jwt_leeway, 30000);
+    ngx_conf_merge_str_value(conf->jwt_issuer, prev->jwt_issuer, "");
+    ngx_conf_merge_str_value(conf->jwt_audience, prev->jwt_audience, "");
+    ngx_conf_merge_msec_value(conf->auth_timeout, prev->auth_timeout, 5000);
 
     if (conf->max_message < 128) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
@@ -803,9 +864,12 @@ ngx_http_collab_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         return NGX_CONF_ERROR;
     }
 
-    if (conf->auth == NGX_HTTP_COLLAB_AUTH_JWT && conf->enable == 1) {
+    if (conf->auth == NGX_HTTP_COLLAB_AUTH_JWT && conf->enable == 1
+        && conf->jwt_keys == NULL)
+    {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"collab_auth jwt\" is not supported yet");
+                           "\"collab_auth jwt\" requires "
+                           "\"collab_jwt_key\"");
         return NGX_CONF_ERROR;
     }
 

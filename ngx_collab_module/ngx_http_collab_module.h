@@ -36,6 +36,12 @@
 #define NGX_HTTP_COLLAB_AUTH_JWT          1
 #define NGX_HTTP_COLLAB_AUTH_VARIABLE     2
 
+#define NGX_HTTP_COLLAB_ROLE_NONE         0
+#define NGX_HTTP_COLLAB_ROLE_VIEWER       1
+#define NGX_HTTP_COLLAB_ROLE_COMMENTER    2
+#define NGX_HTTP_COLLAB_ROLE_EDITOR       3
+#define NGX_HTTP_COLLAB_ROLE_OWNER        4
+
 #define NGX_HTTP_COLLAB_MERGE_NONE        0
 #define NGX_HTTP_COLLAB_MERGE_JSON        1
 
@@ -93,6 +99,13 @@ struct ngx_http_collab_loc_conf_s {
     ngx_uint_t                   rate;           /* per 1000 s */
     ngx_uint_t                   burst;
     ngx_uint_t                   max_inflight;   /* deltas per session */
+    ngx_uint_t                   default_role;
+    void                        *jwt_keys;       /* jwt_keys_t */
+    ngx_str_t                    jwt_cookie;
+    ngx_msec_t                   jwt_leeway;
+    ngx_str_t                    jwt_issuer;     /* NUL-ended */
+    ngx_str_t                    jwt_audience;   /* NUL-ended */
+    ngx_msec_t                   auth_timeout;
 };
 
 
@@ -135,6 +148,7 @@ struct ngx_http_collab_sub_s {
     int64_t                      since;          /* -1: snapshot wanted */
     u_char                       epoch[NGX_HTTP_COLLAB_EPOCH_LEN];
     ngx_uint_t                   state;
+    ngx_uint_t                   role;
     unsigned                     has_epoch:1;
     unsigned                     stalled:1;      /* waits for drain/Redis */
     unsigned                     rereads:3;
@@ -152,6 +166,10 @@ struct ngx_http_collab_doc_s {
     unsigned                     unsubscribing:1;
     u_char                       epoch[NGX_HTTP_COLLAB_EPOCH_LEN];
     unsigned                     has_epoch:1;
+    unsigned                     acl_known:1;
+    unsigned                     acl_again:1;
+    json_t                      *acl;            /* NULL: no ACL document */
+    ngx_http_collab_cmd_t       *acl_cmd;
 };
 
 
@@ -168,6 +186,7 @@ struct ngx_http_collab_cmd_s {
     ngx_queue_t                  redis_link;
     ngx_http_collab_session_t   *session;
     ngx_http_collab_sub_t       *sub;
+    ngx_http_collab_doc_t       *doc_owner;      /* NULL = cut */
     ngx_http_collab_cmd_handler_pt  handler;
     ngx_msec_t                   sent;
     ngx_uint_t                   slot;           /* POST reply index */
@@ -207,7 +226,9 @@ struct ngx_http_collab_session_s {
 
     u_char                       id[16];
     ngx_str_t                    user;
-    ngx_str_t                    role;
+    ngx_str_t                    groups;         /* comma-separated */
+    json_t                      *claims;
+    ngx_str_t                    pending_doc;    /* subscribe after auth */
 
     ngx_queue_t                  subs;
     ngx_uint_t                   nsubs;
@@ -226,6 +247,7 @@ struct ngx_http_collab_session_s {
 
     ngx_event_t                  ping;
     ngx_event_t                  linger;
+    ngx_event_t                  expire;         /* auth timeout, exp */
     ngx_msec_t                   last_recv;
 
     ngx_str_t                    cursor_epoch;   /* SSE resume */
@@ -244,6 +266,7 @@ struct ngx_http_collab_session_s {
     unsigned                     write_posted:1;
     unsigned                     finalize:1;
     unsigned                     last_sent:1;
+    unsigned                     authenticated:1;
 };
 
 
@@ -255,6 +278,8 @@ typedef struct {
     ngx_http_collab_redis_t      sub;
     ngx_connection_t            *watcher;
     ngx_event_t                  retry;
+    time_t                       deny_sec;
+    ngx_uint_t                   deny_count;
     ngx_http_collab_out_t       *free_out;
     ngx_uint_t                   nfree_out;
     ngx_http_collab_main_conf_t *mcf;
@@ -315,7 +340,7 @@ ngx_int_t ngx_http_collab_msg_parse_delta(u_char *p, size_t len,
 /* sessions */
 ngx_http_collab_session_t *ngx_http_collab_session_create(
     ngx_http_request_t *r, ngx_http_collab_loc_conf_t *lcf,
-    ngx_uint_t transport);
+    ngx_uint_t transport, ngx_int_t *status);
 ngx_int_t ngx_http_collab_session_send(ngx_http_collab_session_t *s,
     ngx_http_collab_msg_t *m);
 ngx_int_t ngx_http_collab_session_send_ctl(ngx_http_collab_session_t *s,
@@ -346,6 +371,40 @@ ngx_int_t ngx_http_collab_doc_publish(ngx_http_collab_session_t *s,
     ngx_str_t *doc, ngx_http_collab_msg_t *m);
 void ngx_http_collab_doc_read_done(ngx_http_collab_sub_t *sub,
     redisReply *reply);
+
+ngx_http_collab_sub_t *ngx_http_collab_doc_find(ngx_http_collab_session_t *s,
+    ngx_str_t *name);
+void ngx_http_collab_doc_revoke(ngx_http_collab_sub_t *sub);
+
+/* identity */
+char *ngx_http_collab_auth_jwt_key(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+ngx_int_t ngx_http_collab_auth_request(ngx_http_request_t *r,
+    ngx_http_collab_loc_conf_t *lcf, json_t **claims);
+ngx_int_t ngx_http_collab_auth_verify(ngx_http_collab_loc_conf_t *lcf,
+    u_char *token, size_t len, json_t **claims, const char **err);
+ngx_int_t ngx_http_collab_auth_apply(ngx_http_collab_session_t *s,
+    json_t *claims);
+void ngx_http_collab_auth_wait(ngx_http_collab_session_t *s);
+void ngx_http_collab_auth_message(ngx_http_collab_session_t *s, json_t *obj,
+    ngx_uint_t slot);
+void ngx_http_collab_session_authenticated(ngx_http_collab_session_t *s);
+
+/* roles */
+ngx_str_t *ngx_http_collab_role_name(ngx_uint_t role);
+ngx_int_t ngx_http_collab_role_parse(u_char *p, size_t len);
+ngx_uint_t ngx_http_collab_acl_grant(ngx_http_collab_session_t *s,
+    ngx_str_t *doc);
+ngx_uint_t ngx_http_collab_acl_role(ngx_http_collab_session_t *s,
+    ngx_http_collab_doc_t *doc);
+void ngx_http_collab_acl_set(ngx_http_collab_doc_t *doc, u_char *raw,
+    size_t len);
+void ngx_http_collab_acl_changed(ngx_http_collab_doc_t *doc);
+void ngx_http_collab_acl_reevaluate_session(ngx_http_collab_session_t *s);
+ngx_int_t ngx_http_collab_acl_check(ngx_http_collab_session_t *s,
+    ngx_str_t *doc, ngx_uint_t need, const char *action);
+void ngx_http_collab_acl_deny(ngx_http_collab_session_t *s, ngx_str_t *doc,
+    const char *action);
 
 /* Redis adapter */
 ngx_int_t ngx_http_collab_redis_init(ngx_cycle_t *cycle,

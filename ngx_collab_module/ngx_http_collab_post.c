@@ -52,6 +52,7 @@ ngx_http_collab_post_body(ngx_http_request_t *r)
 {
     size_t                       n, i;
     json_t                      *root, *msg;
+    ngx_int_t                    status;
     ngx_str_t                    body;
     json_error_t                 err;
     ngx_http_collab_session_t   *s;
@@ -106,10 +107,11 @@ ngx_http_collab_post_body(ngx_http_request_t *r)
     }
 
     s = ngx_http_collab_session_create(r, lcf,
-                                       NGX_HTTP_COLLAB_TRANSPORT_POST);
+                                       NGX_HTTP_COLLAB_TRANSPORT_POST,
+                                       &status);
     if (s == NULL) {
         json_decref(root);
-        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        ngx_http_finalize_request(r, status);
         return;
     }
 

@@ -401,6 +401,19 @@ ngx_http_collab_proto_handle_json(ngx_http_collab_session_t *s, json_t *obj,
         return NGX_OK;
     }
 
+    if (ngx_strcmp(type, "auth") == 0) {
+        ngx_http_collab_auth_message(s, obj, slot);
+        return NGX_OK;
+    }
+
+    if (!s->authenticated) {
+        ngx_http_collab_reply(s, slot,
+                              ngx_http_collab_msg_error("error",
+                                  "unauthorized", NULL, NULL,
+                                  "send \"auth\" first"));
+        return NGX_OK;
+    }
+
     if (ngx_strcmp(type, "delta") == 0) {
         ngx_http_collab_proto_delta(s, obj, slot);
 
@@ -417,13 +430,6 @@ ngx_http_collab_proto_handle_json(ngx_http_collab_session_t *s, json_t *obj,
                || ngx_strcmp(type, "presence") == 0)
     {
         ngx_http_collab_proto_ephemeral(s, obj, slot, type);
-
-    } else if (ngx_strcmp(type, "auth") == 0) {
-        /* identity comes from the request while collab_auth is not jwt */
-        ngx_http_collab_reply(s, slot,
-                              ngx_http_collab_msg_error("error", "invalid",
-                                  NULL, NULL, "\"auth\" is not expected: "
-                                  "this endpoint takes no tokens"));
 
     } else {
         ngx_http_collab_reply(s, slot,
@@ -630,6 +636,17 @@ ngx_http_collab_proto_delta(ngx_http_collab_session_t *s, json_t *obj,
         return;
     }
 
+    if (ngx_http_collab_acl_check(s, &doc, NGX_HTTP_COLLAB_ROLE_EDITOR,
+                                  "delta")
+        != NGX_OK)
+    {
+        ngx_http_collab_reply(s, slot,
+                              ngx_http_collab_msg_error("nack", "forbidden",
+                                  &doc, &id, "editing this document is "
+                                  "not allowed"));
+        return;
+    }
+
     if (ngx_http_collab_proto_dump(s, v, &data) != NGX_OK) {
         ngx_http_collab_reply(s, slot,
                               ngx_http_collab_msg_error("nack", "internal",
@@ -674,6 +691,17 @@ ngx_http_collab_proto_state(ngx_http_collab_session_t *s, json_t *obj,
         return;
     }
 
+    if (ngx_http_collab_acl_check(s, &doc, NGX_HTTP_COLLAB_ROLE_EDITOR,
+                                  "state")
+        != NGX_OK)
+    {
+        ngx_http_collab_reply(s, slot,
+                              ngx_http_collab_msg_error("error", "forbidden",
+                                  &doc, NULL, "storing a state of this "
+                                  "document is not allowed"));
+        return;
+    }
+
     if (ngx_http_collab_proto_dump(s, v, &data) != NGX_OK) {
         return;
     }
@@ -692,6 +720,8 @@ ngx_http_collab_proto_ephemeral(ngx_http_collab_session_t *s, json_t *obj,
 {
     json_t                 *v;
     ngx_str_t               doc, data, sid;
+    ngx_uint_t              need;
+    ngx_http_collab_sub_t  *sub;
     ngx_http_collab_msg_t  *m;
 
     if (ngx_http_collab_proto_doc(s, obj, &doc, slot, "error", NULL)
@@ -700,13 +730,27 @@ ngx_http_collab_proto_ephemeral(ngx_http_collab_session_t *s, json_t *obj,
         return;
     }
 
-    if (s->transport != NGX_HTTP_COLLAB_TRANSPORT_POST
-        && !ngx_http_collab_doc_subscribed(s, &doc))
-    {
+    /* ephemera go only where the sender is a member with a known role */
+
+    sub = ngx_http_collab_doc_find(s, &doc);
+
+    if (sub == NULL || sub->state == NGX_HTTP_COLLAB_SUB_JOINING) {
         ngx_http_collab_reply(s, slot,
                               ngx_http_collab_msg_error("error", "invalid",
                                   &doc, NULL, "not subscribed to this "
                                   "document"));
+        return;
+    }
+
+    need = (type[0] == 'i') ? NGX_HTTP_COLLAB_ROLE_COMMENTER
+                            : NGX_HTTP_COLLAB_ROLE_VIEWER;
+
+    if (sub->role < need) {
+        ngx_http_collab_acl_deny(s, &doc, type);
+        ngx_http_collab_reply(s, slot,
+                              ngx_http_collab_msg_error("error", "forbidden",
+                                  &doc, NULL, "\"%s\" is not allowed on "
+                                  "this document", type));
         return;
     }
 

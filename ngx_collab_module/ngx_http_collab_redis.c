@@ -811,7 +811,7 @@ ngx_http_collab_redis_reply(redisAsyncContext *ac, void *r, void *data)
         ngx_del_timer(&rc->watchdog);
     }
 
-    if (cmd->session == NULL || rc->exiting) {
+    if ((cmd->session == NULL && cmd->doc_owner == NULL) || rc->exiting) {
         /* the session left while the command was in flight */
         ngx_http_collab_cmd_free(cmd);
         return;

@@ -45,21 +45,67 @@ static void ngx_http_collab_session_sent(ngx_http_collab_session_t *s);
 
 ngx_http_collab_session_t *
 ngx_http_collab_session_create(ngx_http_request_t *r,
-    ngx_http_collab_loc_conf_t *lcf, ngx_uint_t transport)
+    ngx_http_collab_loc_conf_t *lcf, ngx_uint_t transport, ngx_int_t *status)
 {
     u_char                      raw[sizeof(((ngx_http_collab_session_t *)
                                             NULL)->id) / 2];
+    json_t                     *claims;
+    ngx_int_t                   rc;
     ngx_str_t                   user;
     ngx_http_cleanup_t         *cln;
     ngx_http_collab_session_t  *s;
 
+    *status = NGX_HTTP_INTERNAL_SERVER_ERROR;
+
+    rc = ngx_http_collab_auth_request(r, lcf, &claims);
+
+    if (rc == NGX_HTTP_UNAUTHORIZED
+        || (rc == NGX_DECLINED
+            && transport == NGX_HTTP_COLLAB_TRANSPORT_SSE))
+    {
+        *status = NGX_HTTP_UNAUTHORIZED;
+        return NULL;
+    }
+
+    ngx_str_null(&user);
+
+    if (lcf->auth != NGX_HTTP_COLLAB_AUTH_JWT && lcf->user) {
+        if (ngx_http_complex_value(r, lcf->user, &user) != NGX_OK) {
+            return NULL;
+        }
+
+        if (user.len > 256 || !ngx_http_collab_utf8_valid(user.data,
+                                                          user.len))
+        {
+            ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                          "collab: the identity is not valid UTF-8 or too "
+                          "long");
+            *status = NGX_HTTP_BAD_REQUEST;
+            return NULL;
+        }
+    }
+
+    if (user.len == 0 && lcf->auth == NGX_HTTP_COLLAB_AUTH_VARIABLE) {
+        /* an identity was required and none came with the request */
+        *status = NGX_HTTP_UNAUTHORIZED;
+        return NULL;
+    }
+
     s = ngx_pcalloc(r->pool, sizeof(ngx_http_collab_session_t));
     if (s == NULL) {
+        if (claims) {
+            json_decref(claims);
+        }
+
         return NULL;
     }
 
     cln = ngx_http_cleanup_add(r, 0);
     if (cln == NULL) {
+        if (claims) {
+            json_decref(claims);
+        }
+
         return NULL;
     }
 
@@ -70,32 +116,38 @@ ngx_http_collab_session_create(ngx_http_request_t *r,
     s->cursor_since = -1;
 
     if (RAND_bytes(raw, sizeof(raw)) != 1) {
+        if (claims) {
+            json_decref(claims);
+        }
+
         return NULL;
     }
 
     ngx_hex_dump(s->id, raw, sizeof(raw));
 
-    ngx_str_null(&user);
+    s->expire.data = s;
+    s->expire.log = r->connection->log;
+    s->expire.cancelable = 1;
 
-    if (lcf->user) {
-        if (ngx_http_complex_value(r, lcf->user, &user) != NGX_OK) {
+    if (lcf->auth != NGX_HTTP_COLLAB_AUTH_JWT) {
+        if (user.len == 0) {
+            ngx_str_set(&s->user, "anonymous");
+
+        } else {
+            s->user = user;
+        }
+
+        s->authenticated = 1;
+
+    } else if (claims) {
+        if (ngx_http_collab_auth_apply(s, claims) != NGX_OK) {
             return NULL;
         }
-    }
-
-    if (user.len == 0 && lcf->auth == NGX_HTTP_COLLAB_AUTH_VARIABLE) {
-        /* an identity was required and none came with the request */
-        return NULL;
-    }
-
-    if (user.len == 0) {
-        ngx_str_set(&s->user, "anonymous");
 
     } else {
-        s->user = user;
+        /* the first message must be "auth" */
+        ngx_str_null(&s->user);
     }
-
-    ngx_str_set(&s->role, "editor");
 
     ngx_queue_init(&s->subs);
     ngx_queue_init(&s->cmds);
@@ -155,6 +207,15 @@ ngx_http_collab_session_cleanup(void *data)
 
     if (s->linger.timer_set) {
         ngx_del_timer(&s->linger);
+    }
+
+    if (s->expire.timer_set) {
+        ngx_del_timer(&s->expire);
+    }
+
+    if (s->claims) {
+        json_decref(s->claims);
+        s->claims = NULL;
     }
 
     if (s->ping.posted) {
@@ -699,6 +760,23 @@ void
 ngx_http_collab_session_start_timers(ngx_http_collab_session_t *s)
 {
     ngx_add_timer(&s->ping, s->conf->ping);
+}
+
+
+/* the identity is known: what waited for it goes on */
+
+void
+ngx_http_collab_session_authenticated(ngx_http_collab_session_t *s)
+{
+    ngx_str_t  epoch;
+
+    if (s->pending_doc.len) {
+        epoch = s->cursor_epoch;
+
+        (void) ngx_http_collab_doc_subscribe(s, &s->pending_doc,
+                                             s->cursor_since, &epoch);
+        ngx_str_null(&s->pending_doc);
+    }
 }
 
 

@@ -58,9 +58,9 @@ ngx_http_collab_sse_start(ngx_http_request_t *r,
     }
 
     s = ngx_http_collab_session_create(r, lcf,
-                                       NGX_HTTP_COLLAB_TRANSPORT_SSE);
+                                       NGX_HTTP_COLLAB_TRANSPORT_SSE, &rc);
     if (s == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        return rc;
     }
 
     if (ngx_http_collab_sse_cursor(r, s) != NGX_OK) {

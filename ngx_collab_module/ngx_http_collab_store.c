@@ -24,6 +24,43 @@
 
 static const char  ngx_http_collab_store_lua[] =
 "#!lua name=collab_v1\n"
+"local ranks = {none = 0, viewer = 1, commenter = 2, editor = 3, owner = 4}\n"
+"local function rank(v)\n"
+"  return ranks[v] or 0\n"
+"end\n"
+/* the effective role: the token's grant, then the ACL document (or the
+ * configured default when there is none) */
+"local function role_of(acl_key, user, groups, grant, default)\n"
+"  local r = tonumber(grant) or 0\n"
+"  local raw = redis.call('GET', acl_key)\n"
+"  if not raw then\n"
+"    return math.max(r, tonumber(default) or 0), false\n"
+"  end\n"
+"  local ok, acl = pcall(cjson.decode, raw)\n"
+"  if not ok or type(acl) ~= 'table' then\n"
+"    return r, raw\n"
+"  end\n"
+"  r = math.max(r, rank(acl.default))\n"
+"  if type(acl.users) == 'table' then\n"
+"    r = math.max(r, rank(acl.users[user]))\n"
+"  end\n"
+"  if type(acl.groups) == 'table' and groups ~= '' then\n"
+"    for g in string.gmatch(groups, '[^,]+') do\n"
+"      r = math.max(r, rank(acl.groups[g]))\n"
+"    end\n"
+"  end\n"
+"  return r, raw\n"
+"end\n"
+/* at most one denial a second per document reaches the audit stream */
+"local function deny(audit, user, action)\n"
+"  if redis.call('SET', audit .. ':limit', '1', 'NX', 'PX', 1000) then\n"
+"    local t = redis.call('TIME')\n"
+"    redis.call('XADD', audit, 'MAXLEN', '~', 10000, '*', 'event', 'denied',\n"
+"               'user', user, 'action', action, 'ts',\n"
+"               string.format('%d', tonumber(t[1]) * 1000\n"
+"                                   + math.floor(tonumber(t[2]) / 1000)))\n"
+"  end\n"
+"end\n"
 /* a new log: every worker that knew the old one resyncs its sessions */
 "local function epoch_of(state, new)\n"
 "  local e = redis.call('HGET', state, 'epoch')\n"
@@ -38,10 +75,16 @@ static const char  ngx_http_collab_store_lua[] =
 "local function head_of(state)\n"
 "  return tonumber(redis.call('HGET', state, 'head') or '0')\n"
 "end\n"
-/* keys: state log ops; args: epoch user id data base reject doc channel */
+/* keys: state log ops acl audit
+ * args: epoch user id data base reject doc channel groups grant default */
 "local function append(keys, args)\n"
 "  local state, log, ops = keys[1], keys[2], keys[3]\n"
 "  local user, id, data = args[2], args[3], args[4]\n"
+"  local role = role_of(keys[4], user, args[9], args[10], args[11])\n"
+"  if role < 3 then\n"
+"    deny(keys[5], user, 'delta')\n"
+"    return {-2, role, ''}\n"
+"  end\n"
 "  local epoch = epoch_of(state, args[1])\n"
 "  local opk = user .. '\\n' .. id\n"
 "  local prev = redis.call('HGET', ops, opk)\n"
@@ -65,9 +108,16 @@ static const char  ngx_http_collab_store_lua[] =
 "    ',\"data\":' .. data .. '}')\n"
 "  return {1, seq, epoch}\n"
 "end\n"
-/* keys: state log; args: epoch since count client_epoch */
+/* keys: state log acl audit
+ * args: epoch since count client_epoch user groups grant default
+ * a user without a role learns nothing, not even whether the log exists */
 "local function read(keys, args)\n"
 "  local state, log = keys[1], keys[2]\n"
+"  local role, acl = role_of(keys[3], args[5], args[6], args[7], args[8])\n"
+"  if role < 1 then\n"
+"    deny(keys[4], args[5], 'subscribe')\n"
+"    return {-2}\n"
+"  end\n"
 "  local epoch = epoch_of(state, args[1])\n"
 "  local since = tonumber(args[2])\n"
 "  local count = tonumber(args[3])\n"
@@ -88,7 +138,7 @@ static const char  ngx_http_collab_store_lua[] =
 "    if s[1] then snap_seq = tonumber(s[1]); snap_data = s[2] end\n"
 "    since = snap_seq\n"
 "  end\n"
-"  local res = {epoch, head, mode, snap_seq, snap_data}\n"
+"  local res = {epoch, head, mode, snap_seq, snap_data, role, acl}\n"
 "  if since < head then\n"
 "    local entries = redis.call('XRANGE', log,\n"
 "      string.format('%d', since + 1) .. '-0', '+', 'COUNT', count)\n"
@@ -104,9 +154,14 @@ static const char  ngx_http_collab_store_lua[] =
 "  end\n"
 "  return res\n"
 "end\n"
-/* keys: state; args: epoch seq data */
+/* keys: state acl audit; args: epoch seq data user groups grant default */
 "local function setstate(keys, args)\n"
 "  local state = keys[1]\n"
+"  local role = role_of(keys[2], args[4], args[5], args[6], args[7])\n"
+"  if role < 3 then\n"
+"    deny(keys[3], args[4], 'state')\n"
+"    return {-2, role, ''}\n"
+"  end\n"
 "  local epoch = epoch_of(state, args[1])\n"
 "  local seq = tonumber(args[2])\n"
 "  local head = head_of(state)\n"
@@ -116,9 +171,39 @@ static const char  ngx_http_collab_store_lua[] =
 "  redis.call('HSET', state, 'seq', seq, 'data', args[3])\n"
 "  return {1, seq, epoch}\n"
 "end\n"
+/* keys: acl audit state: the ACL for a worker that was told it changed;
+ * the first worker to see a new version writes the audit entry */
+"local function acl(keys, args)\n"
+"  local raw = redis.call('GET', keys[1])\n"
+"  local v, by = '', 'application'\n"
+"  if raw then\n"
+"    local ok, a = pcall(cjson.decode, raw)\n"
+"    if ok and type(a) == 'table' then\n"
+"      v = tostring(a.version or '')\n"
+"      if type(a.updated_by) == 'string' then by = a.updated_by end\n"
+"    end\n"
+"  end\n"
+"  local old = redis.call('HGET', keys[3], 'acl_version') or ''\n"
+"  if raw and v ~= old then\n"
+"    redis.call('HSET', keys[3], 'acl_version', v)\n"
+"    local t = redis.call('TIME')\n"
+"    redis.call('XADD', keys[2], 'MAXLEN', '~', 10000, '*', 'event', 'acl',\n"
+"               'by', by, 'old', old, 'new', v, 'ts',\n"
+"               string.format('%d', tonumber(t[1]) * 1000\n"
+"                                   + math.floor(tonumber(t[2]) / 1000)))\n"
+"  end\n"
+"  return raw or false\n"
+"end\n"
+/* keys: audit; args: user action */
+"local function denied(keys, args)\n"
+"  deny(keys[1], args[1], args[2])\n"
+"  return 1\n"
+"end\n"
 "redis.register_function('collab_append', append)\n"
 "redis.register_function('collab_read', read)\n"
-"redis.register_function('collab_state', setstate)\n";
+"redis.register_function('collab_state', setstate)\n"
+"redis.register_function('collab_acl', acl)\n"
+"redis.register_function('collab_deny', denied)\n";
 
 
 static size_t ngx_http_collab_store_key(u_char *buf, ngx_str_t *doc,
@@ -223,11 +308,14 @@ ngx_http_collab_store_append(ngx_http_collab_session_t *s, ngx_str_t *doc,
     u_char                  kstate[NGX_HTTP_COLLAB_KEY_MAX];
     u_char                  klog[NGX_HTTP_COLLAB_KEY_MAX];
     u_char                  kops[NGX_HTTP_COLLAB_KEY_MAX];
+    u_char                  kacl[NGX_HTTP_COLLAB_KEY_MAX];
+    u_char                  kaudit[NGX_HTTP_COLLAB_KEY_MAX];
     u_char                  chan[NGX_HTTP_COLLAB_KEY_MAX];
     u_char                  epoch[NGX_HTTP_COLLAB_EPOCH_LEN];
     u_char                  sbase[NGX_INT64_LEN];
-    const char             *argv[14];
-    size_t                  argvlen[14];
+    u_char                  grant[2], deflt[2];
+    const char             *argv[19];
+    size_t                  argvlen[19];
     ngx_int_t               rc;
     ngx_http_collab_cmd_t  *cmd;
     ngx_http_collab_msg_t  *m;
@@ -253,7 +341,7 @@ ngx_http_collab_store_append(ngx_http_collab_session_t *s, ngx_str_t *doc,
     argvlen[0] = 5;
     argv[1] = "collab_append";
     argvlen[1] = 13;
-    argv[2] = "3";
+    argv[2] = "5";
     argvlen[2] = 1;
     argv[3] = (char *) kstate;
     argvlen[3] = ngx_http_collab_store_key(kstate, doc, ":state");
@@ -261,29 +349,40 @@ ngx_http_collab_store_append(ngx_http_collab_session_t *s, ngx_str_t *doc,
     argvlen[4] = ngx_http_collab_store_key(klog, doc, ":log");
     argv[5] = (char *) kops;
     argvlen[5] = ngx_http_collab_store_key(kops, doc, ":ops");
-    argv[6] = (char *) epoch;
-    argvlen[6] = NGX_HTTP_COLLAB_EPOCH_LEN;
-    argv[7] = (char *) s->user.data;
-    argvlen[7] = s->user.len;
-    argv[8] = (char *) id->data;
-    argvlen[8] = id->len;
-    argv[9] = (char *) data->data;
-    argvlen[9] = data->len;
-    argv[10] = (char *) sbase;
-    argvlen[10] = base < 0 ? 0 : (size_t) (ngx_sprintf(sbase, "%L", base)
+    argv[6] = (char *) kacl;
+    argvlen[6] = ngx_http_collab_store_key(kacl, doc, ":acl");
+    argv[7] = (char *) kaudit;
+    argvlen[7] = ngx_http_collab_store_key(kaudit, doc, ":audit");
+    argv[8] = (char *) epoch;
+    argvlen[8] = NGX_HTTP_COLLAB_EPOCH_LEN;
+    argv[9] = (char *) s->user.data;
+    argvlen[9] = s->user.len;
+    argv[10] = (char *) id->data;
+    argvlen[10] = id->len;
+    argv[11] = (char *) data->data;
+    argvlen[11] = data->len;
+    argv[12] = (char *) sbase;
+    argvlen[12] = base < 0 ? 0 : (size_t) (ngx_sprintf(sbase, "%L", base)
                                            - sbase);
-    argv[11] = s->conf->conflict == NGX_HTTP_COLLAB_CONFLICT_REJECT
+    argv[13] = s->conf->conflict == NGX_HTTP_COLLAB_CONFLICT_REJECT
                ? "1" : "0";
-    argvlen[11] = 1;
-    argv[12] = (char *) doc->data;
-    argvlen[12] = doc->len;
-    argv[13] = (char *) chan;
-    argvlen[13] = ngx_sprintf(chan, "collab:{%V}", doc) - chan;
+    argvlen[13] = 1;
+    argv[14] = (char *) doc->data;
+    argvlen[14] = doc->len;
+    argv[15] = (char *) chan;
+    argvlen[15] = ngx_sprintf(chan, "collab:{%V}", doc) - chan;
+    argv[16] = s->groups.len ? (char *) s->groups.data : "";
+    argvlen[16] = s->groups.len;
+    argv[17] = (char *) grant;
+    argvlen[17] = ngx_sprintf(grant, "%ui",
+                              ngx_http_collab_acl_grant(s, doc)) - grant;
+    argv[18] = (char *) deflt;
+    argvlen[18] = ngx_sprintf(deflt, "%ui", s->conf->default_role) - deflt;
 
     s->inflight++;
 
     rc = ngx_http_collab_redis_command(&ngx_http_collab_worker->cmd, cmd,
-                                       14, argv, argvlen);
+                                       19, argv, argvlen);
 
     if (rc == NGX_OK) {
         return NGX_OK;
@@ -351,6 +450,11 @@ ngx_http_collab_store_append_reply(ngx_http_collab_cmd_t *cmd,
         m = ngx_http_collab_msg_error("nack", "internal", &cmd->doc,
                                       &cmd->id, "the delta was not stored");
 
+    } else if (status == -2) {
+        m = ngx_http_collab_msg_error("nack", "forbidden", &cmd->doc,
+                                      &cmd->id, "editing this document is "
+                                      "not allowed");
+
     } else if (status < 0) {
         m = ngx_http_collab_msg_error("nack", "conflict", &cmd->doc,
                                       &cmd->id,
@@ -389,10 +493,13 @@ ngx_http_collab_store_state(ngx_http_collab_session_t *s, ngx_str_t *doc,
     uint64_t seq, ngx_str_t *data, ngx_uint_t slot)
 {
     u_char                  kstate[NGX_HTTP_COLLAB_KEY_MAX];
+    u_char                  kacl[NGX_HTTP_COLLAB_KEY_MAX];
+    u_char                  kaudit[NGX_HTTP_COLLAB_KEY_MAX];
     u_char                  epoch[NGX_HTTP_COLLAB_EPOCH_LEN];
     u_char                  sseq[NGX_INT64_LEN];
-    const char             *argv[7];
-    size_t                  argvlen[7];
+    u_char                  grant[2], deflt[2];
+    const char             *argv[13];
+    size_t                  argvlen[13];
     ngx_http_collab_cmd_t  *cmd;
     ngx_http_collab_msg_t  *m;
 
@@ -413,19 +520,32 @@ ngx_http_collab_store_state(ngx_http_collab_session_t *s, ngx_str_t *doc,
     argvlen[0] = 5;
     argv[1] = "collab_state";
     argvlen[1] = 12;
-    argv[2] = "1";
+    argv[2] = "3";
     argvlen[2] = 1;
     argv[3] = (char *) kstate;
     argvlen[3] = ngx_http_collab_store_key(kstate, doc, ":state");
-    argv[4] = (char *) epoch;
-    argvlen[4] = NGX_HTTP_COLLAB_EPOCH_LEN;
-    argv[5] = (char *) sseq;
-    argvlen[5] = ngx_sprintf(sseq, "%uL", seq) - sseq;
-    argv[6] = (char *) data->data;
-    argvlen[6] = data->len;
+    argv[4] = (char *) kacl;
+    argvlen[4] = ngx_http_collab_store_key(kacl, doc, ":acl");
+    argv[5] = (char *) kaudit;
+    argvlen[5] = ngx_http_collab_store_key(kaudit, doc, ":audit");
+    argv[6] = (char *) epoch;
+    argvlen[6] = NGX_HTTP_COLLAB_EPOCH_LEN;
+    argv[7] = (char *) sseq;
+    argvlen[7] = ngx_sprintf(sseq, "%uL", seq) - sseq;
+    argv[8] = (char *) data->data;
+    argvlen[8] = data->len;
+    argv[9] = (char *) s->user.data;
+    argvlen[9] = s->user.len;
+    argv[10] = s->groups.len ? (char *) s->groups.data : "";
+    argvlen[10] = s->groups.len;
+    argv[11] = (char *) grant;
+    argvlen[11] = ngx_sprintf(grant, "%ui",
+                              ngx_http_collab_acl_grant(s, doc)) - grant;
+    argv[12] = (char *) deflt;
+    argvlen[12] = ngx_sprintf(deflt, "%ui", s->conf->default_role) - deflt;
 
     if (ngx_http_collab_redis_command(&ngx_http_collab_worker->cmd, cmd,
-                                      7, argv, argvlen)
+                                      13, argv, argvlen)
         == NGX_OK)
     {
         return NGX_OK;
@@ -467,6 +587,11 @@ ngx_http_collab_store_state_reply(ngx_http_collab_cmd_t *cmd,
         m = ngx_http_collab_msg_error("error", "internal", &cmd->doc, NULL,
                                       "the state was not stored");
 
+    } else if (status == -2) {
+        m = ngx_http_collab_msg_error("error", "forbidden", &cmd->doc, NULL,
+                                      "storing a state of this document is "
+                                      "not allowed");
+
     } else if (status < 0) {
         m = ngx_http_collab_msg_error("error", "invalid", &cmd->doc, NULL,
                                       "seq is beyond the document head %L",
@@ -491,18 +616,24 @@ ngx_http_collab_store_state_reply(ngx_http_collab_cmd_t *cmd,
 ngx_int_t
 ngx_http_collab_store_read(ngx_http_collab_sub_t *sub)
 {
-    u_char                  kstate[NGX_HTTP_COLLAB_KEY_MAX];
-    u_char                  klog[NGX_HTTP_COLLAB_KEY_MAX];
-    u_char                  epoch[NGX_HTTP_COLLAB_EPOCH_LEN];
-    u_char                  since[NGX_INT64_LEN + 1];
-    u_char                  count[NGX_INT_T_LEN];
-    const char             *argv[9];
-    size_t                  argvlen[9];
-    ngx_int_t               rc;
-    ngx_str_t              *doc;
-    ngx_http_collab_cmd_t  *cmd;
+    u_char                      kstate[NGX_HTTP_COLLAB_KEY_MAX];
+    u_char                      klog[NGX_HTTP_COLLAB_KEY_MAX];
+    u_char                      kacl[NGX_HTTP_COLLAB_KEY_MAX];
+    u_char                      kaudit[NGX_HTTP_COLLAB_KEY_MAX];
+    u_char                      epoch[NGX_HTTP_COLLAB_EPOCH_LEN];
+    u_char                      since[NGX_INT64_LEN + 1];
+    u_char                      count[NGX_INT_T_LEN];
+    u_char                      grant[2], deflt[2];
+    const char                 *argv[15];
+    size_t                      argvlen[15];
+    ngx_int_t                   rc;
+    ngx_str_t                  *doc;
+    ngx_http_collab_cmd_t      *cmd;
+    ngx_http_collab_session_t  *s;
 
-    cmd = ngx_http_collab_cmd_alloc(sub->session, 0);
+    s = sub->session;
+
+    cmd = ngx_http_collab_cmd_alloc(s, 0);
     if (cmd == NULL) {
         return NGX_ERROR;
     }
@@ -520,33 +651,46 @@ ngx_http_collab_store_read(ngx_http_collab_sub_t *sub)
     argvlen[0] = 5;
     argv[1] = "collab_read";
     argvlen[1] = 11;
-    argv[2] = "2";
+    argv[2] = "4";
     argvlen[2] = 1;
     argv[3] = (char *) kstate;
     argvlen[3] = ngx_http_collab_store_key(kstate, doc, ":state");
     argv[4] = (char *) klog;
     argvlen[4] = ngx_http_collab_store_key(klog, doc, ":log");
-    argv[5] = (char *) epoch;
-    argvlen[5] = NGX_HTTP_COLLAB_EPOCH_LEN;
-    argv[6] = (char *) since;
+    argv[5] = (char *) kacl;
+    argvlen[5] = ngx_http_collab_store_key(kacl, doc, ":acl");
+    argv[6] = (char *) kaudit;
+    argvlen[6] = ngx_http_collab_store_key(kaudit, doc, ":audit");
+    argv[7] = (char *) epoch;
+    argvlen[7] = NGX_HTTP_COLLAB_EPOCH_LEN;
+    argv[8] = (char *) since;
 
     if (sub->state == NGX_HTTP_COLLAB_SUB_JOINING) {
-        argvlen[6] = ngx_sprintf(since, "%L", sub->since) - since;
-        argv[8] = (char *) sub->epoch;
-        argvlen[8] = sub->has_epoch ? NGX_HTTP_COLLAB_EPOCH_LEN : 0;
+        argvlen[8] = ngx_sprintf(since, "%L", sub->since) - since;
+        argv[10] = (char *) sub->epoch;
+        argvlen[10] = sub->has_epoch ? NGX_HTTP_COLLAB_EPOCH_LEN : 0;
 
     } else {
-        argvlen[6] = ngx_sprintf(since, "%uL", sub->pos) - since;
-        argv[8] = "";
-        argvlen[8] = 0;
+        argvlen[8] = ngx_sprintf(since, "%uL", sub->pos) - since;
+        argv[10] = "";
+        argvlen[10] = 0;
     }
 
-    argv[7] = (char *) count;
-    argvlen[7] = ngx_sprintf(count, "%ui", (ngx_uint_t)
+    argv[9] = (char *) count;
+    argvlen[9] = ngx_sprintf(count, "%ui", (ngx_uint_t)
                              NGX_HTTP_COLLAB_READ_BATCH) - count;
+    argv[11] = (char *) s->user.data;
+    argvlen[11] = s->user.len;
+    argv[12] = s->groups.len ? (char *) s->groups.data : "";
+    argvlen[12] = s->groups.len;
+    argv[13] = (char *) grant;
+    argvlen[13] = ngx_sprintf(grant, "%ui",
+                              ngx_http_collab_acl_grant(s, doc)) - grant;
+    argv[14] = (char *) deflt;
+    argvlen[14] = ngx_sprintf(deflt, "%ui", s->conf->default_role) - deflt;
 
     rc = ngx_http_collab_redis_command(&ngx_http_collab_worker->cmd, cmd,
-                                       9, argv, argvlen);
+                                       15, argv, argvlen);
 
     if (rc != NGX_OK) {
         /* retried when Redis is back */

@@ -193,9 +193,9 @@ ngx_http_collab_ws_handshake(ngx_http_request_t *r,
     }
 
     s = ngx_http_collab_session_create(r, lcf,
-                                       NGX_HTTP_COLLAB_TRANSPORT_WS);
+                                       NGX_HTTP_COLLAB_TRANSPORT_WS, &rc);
     if (s == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        return rc;
     }
 
     s->parser = ngx_alloc(sizeof(ngx_http_collab_ws_parser_t), c->log);
@@ -273,16 +273,20 @@ ngx_http_collab_ws_handshake(ngx_http_request_t *r,
     ngx_log_debug2(NGX_LOG_DEBUG_HTTP, c->log, 0,
                    "collab: websocket session %*s", (size_t) 16, s->id);
 
-    ngx_http_collab_session_welcome(s);
     ngx_http_collab_session_start_timers(s);
 
-    if (doc.len) {
-        /* the document named in the URL, resumable with ?since=&epoch= */
+    /* the document named in the URL, resumable with ?since=&epoch= */
 
-        s->cursor_since = since;
-        s->cursor_epoch = epoch;
+    s->cursor_since = since;
+    s->cursor_epoch = epoch;
+    s->pending_doc = doc;
 
-        (void) ngx_http_collab_doc_subscribe(s, &doc, since, &epoch);
+    if (s->authenticated) {
+        ngx_http_collab_session_welcome(s);
+        ngx_http_collab_session_authenticated(s);
+
+    } else {
+        ngx_http_collab_auth_wait(s);
     }
 
     /* bytes that came with the handshake */

@@ -1,0 +1,474 @@
+
+/*
+ * Copyright (C) ngx_collab_module authors
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+#include "ngx_http_collab_module.h"
+
+
+/*
+ * Roles.  The effective role on a document is the highest of the token's
+ * grant for it and, from the ACL document, the entries of the user and of
+ * the user's groups and the ACL's default; without an ACL document,
+ * collab_default_role stands in for it.  The store functions compute the
+ * same in Redis for every read and write, which is what makes a revoked
+ * user's edit impossible to store; the copy here serves the quick "nack
+ * forbidden" and the re-evaluation of live sessions when an ACL changes.
+ */
+
+
+#define NGX_HTTP_COLLAB_DENY_PER_SEC  10
+
+
+static ngx_str_t  ngx_http_collab_role_names[] = {
+    ngx_string("none"),
+    ngx_string("viewer"),
+    ngx_string("commenter"),
+    ngx_string("editor"),
+    ngx_string("owner")
+};
+
+
+static ngx_uint_t ngx_http_collab_acl_rank(json_t *v);
+static ngx_int_t ngx_http_collab_acl_match(const char *pattern,
+    ngx_str_t *doc);
+static void ngx_http_collab_acl_reply(ngx_http_collab_cmd_t *cmd,
+    redisReply *reply);
+static void ngx_http_collab_acl_sub_update(ngx_http_collab_sub_t *sub);
+static void ngx_http_collab_acl_deny_reply(ngx_http_collab_cmd_t *cmd,
+    redisReply *reply);
+
+
+ngx_str_t *
+ngx_http_collab_role_name(ngx_uint_t role)
+{
+    if (role > NGX_HTTP_COLLAB_ROLE_OWNER) {
+        role = NGX_HTTP_COLLAB_ROLE_OWNER;
+    }
+
+    return &ngx_http_collab_role_names[role];
+}
+
+
+ngx_int_t
+ngx_http_collab_role_parse(u_char *p, size_t len)
+{
+    ngx_uint_t  i;
+
+    for (i = 0; i <= NGX_HTTP_COLLAB_ROLE_OWNER; i++) {
+        if (ngx_http_collab_role_names[i].len == len
+            && ngx_strncmp(ngx_http_collab_role_names[i].data, p, len) == 0)
+        {
+            return i;
+        }
+    }
+
+    return NGX_ERROR;
+}
+
+
+static ngx_uint_t
+ngx_http_collab_acl_rank(json_t *v)
+{
+    ngx_int_t  r;
+
+    if (!json_is_string(v)) {
+        return NGX_HTTP_COLLAB_ROLE_NONE;
+    }
+
+    r = ngx_http_collab_role_parse((u_char *) json_string_value(v),
+                                   json_string_length(v));
+
+    return r == NGX_ERROR ? NGX_HTTP_COLLAB_ROLE_NONE : (ngx_uint_t) r;
+}
+
+
+/* "doc", "prefix*" or "*" */
+
+static ngx_int_t
+ngx_http_collab_acl_match(const char *pattern, ngx_str_t *doc)
+{
+    size_t  len;
+
+    len = ngx_strlen(pattern);
+
+    if (len && pattern[len - 1] == '*') {
+        return doc->len >= len - 1
+               && ngx_strncmp(doc->data, pattern, len - 1) == 0;
+    }
+
+    return len == doc->len && ngx_strncmp(doc->data, pattern, len) == 0;
+}
+
+
+/* the token's "collab" claim: {"pattern": "role", ...} */
+
+ngx_uint_t
+ngx_http_collab_acl_grant(ngx_http_collab_session_t *s, ngx_str_t *doc)
+{
+    json_t      *grants, *v;
+    ngx_uint_t   role, r;
+    const char  *pattern;
+
+    if (s->claims == NULL) {
+        return NGX_HTTP_COLLAB_ROLE_NONE;
+    }
+
+    grants = json_object_get(s->claims, "collab");
+    if (!json_is_object(grants)) {
+        return NGX_HTTP_COLLAB_ROLE_NONE;
+    }
+
+    role = NGX_HTTP_COLLAB_ROLE_NONE;
+
+    json_object_foreach(grants, pattern, v) {
+        if (ngx_http_collab_acl_match(pattern, doc)) {
+            r = ngx_http_collab_acl_rank(v);
+
+            if (r > role) {
+                role = r;
+            }
+        }
+    }
+
+    return role;
+}
+
+
+ngx_uint_t
+ngx_http_collab_acl_role(ngx_http_collab_session_t *s,
+    ngx_http_collab_doc_t *doc)
+{
+    u_char      *p, *last, *start;
+    json_t      *users, *groups, *v;
+    ngx_str_t    name;
+    ngx_uint_t   role, r;
+
+    role = ngx_http_collab_acl_grant(s, &doc->node.str);
+
+    if (doc->acl == NULL) {
+        r = s->conf->default_role;
+        return r > role ? r : role;
+    }
+
+    if (!json_is_object(doc->acl)) {
+        /* a broken ACL document grants nothing */
+        return role;
+    }
+
+    r = ngx_http_collab_acl_rank(json_object_get(doc->acl, "default"));
+    role = r > role ? r : role;
+
+    users = json_object_get(doc->acl, "users");
+
+    if (json_is_object(users)) {
+        v = json_object_getn(users, (char *) s->user.data, s->user.len);
+        r = ngx_http_collab_acl_rank(v);
+        role = r > role ? r : role;
+    }
+
+    groups = json_object_get(doc->acl, "groups");
+
+    if (json_is_object(groups) && s->groups.len) {
+        p = s->groups.data;
+        last = p + s->groups.len;
+
+        while (p < last) {
+            start = p;
+
+            while (p < last && *p != ',') {
+                p++;
+            }
+
+            name.data = start;
+            name.len = p - start;
+            p++;
+
+            v = json_object_getn(groups, (char *) name.data, name.len);
+            r = ngx_http_collab_acl_rank(v);
+            role = r > role ? r : role;
+        }
+    }
+
+    return role;
+}
+
+
+/* the raw ACL as the store returned it: NULL for none */
+
+void
+ngx_http_collab_acl_set(ngx_http_collab_doc_t *doc, u_char *raw, size_t len)
+{
+    json_t  *acl;
+
+    if (doc->acl) {
+        json_decref(doc->acl);
+        doc->acl = NULL;
+    }
+
+    if (raw == NULL) {
+        return;
+    }
+
+    acl = json_loadb((char *) raw, len, 0, NULL);
+
+    if (acl == NULL || !json_is_object(acl)) {
+        /* kept as a non-object: nothing but token grants count */
+
+        if (acl) {
+            json_decref(acl);
+        }
+
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "collab: the ACL of \"%V\" is not a JSON object",
+                      &doc->node.str);
+
+        acl = json_null();
+    }
+
+    doc->acl = acl;
+}
+
+
+/* {"type":"acl"} on the channel: reload the ACL and re-evaluate sessions */
+
+void
+ngx_http_collab_acl_changed(ngx_http_collab_doc_t *doc)
+{
+    u_char                  kacl[sizeof("collab:{}:audit") + 128];
+    u_char                  kaudit[sizeof("collab:{}:audit") + 128];
+    u_char                  kstate[sizeof("collab:{}:audit") + 128];
+    const char             *argv[6];
+    size_t                  argvlen[6];
+    ngx_http_collab_cmd_t  *cmd;
+
+    if (doc->acl_cmd) {
+        /* a load is on its way; load again when it is back */
+        doc->acl_again = 1;
+        return;
+    }
+
+    cmd = ngx_http_collab_cmd_alloc(NULL, 0);
+    if (cmd == NULL) {
+        return;
+    }
+
+    cmd->doc_owner = doc;
+    cmd->handler = ngx_http_collab_acl_reply;
+    doc->acl_cmd = cmd;
+
+    argv[0] = "FCALL";
+    argvlen[0] = 5;
+    argv[1] = "collab_acl";
+    argvlen[1] = 10;
+    argv[2] = "3";
+    argvlen[2] = 1;
+    argv[3] = (char *) kacl;
+    argvlen[3] = ngx_sprintf(kacl, "collab:{%V}:acl", &doc->node.str)
+                 - kacl;
+    argv[4] = (char *) kaudit;
+    argvlen[4] = ngx_sprintf(kaudit, "collab:{%V}:audit", &doc->node.str)
+                 - kaudit;
+    argv[5] = (char *) kstate;
+    argvlen[5] = ngx_sprintf(kstate, "collab:{%V}:state", &doc->node.str)
+                 - kstate;
+
+    if (ngx_http_collab_redis_command(&ngx_http_collab_worker->cmd, cmd, 6,
+                                      argv, argvlen)
+        != NGX_OK)
+    {
+        /* freed already; the next read of each session checks roles */
+        doc->acl_cmd = NULL;
+    }
+}
+
+
+static void
+ngx_http_collab_acl_reply(ngx_http_collab_cmd_t *cmd, redisReply *reply)
+{
+    ngx_queue_t            *q, *next;
+    ngx_http_collab_doc_t  *doc;
+    ngx_http_collab_sub_t  *sub;
+
+    doc = cmd->doc_owner;
+    doc->acl_cmd = NULL;
+    cmd->doc_owner = NULL;
+
+    ngx_http_collab_cmd_free(cmd);
+
+    if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
+        if (reply) {
+            ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                          "collab: loading the ACL of \"%V\" failed: %s",
+                          &doc->node.str, reply->str);
+        }
+
+        doc->acl_again = 0;
+        return;
+    }
+
+    if (reply->type == REDIS_REPLY_STRING) {
+        ngx_http_collab_acl_set(doc, (u_char *) reply->str, reply->len);
+
+    } else {
+        ngx_http_collab_acl_set(doc, NULL, 0);
+    }
+
+    doc->acl_known = 1;
+
+    for (q = ngx_queue_head(&doc->subs);
+         q != ngx_queue_sentinel(&doc->subs);
+         q = next)
+    {
+        next = ngx_queue_next(q);
+        sub = ngx_queue_data(q, ngx_http_collab_sub_t, doc_link);
+
+        ngx_http_collab_acl_sub_update(sub);
+    }
+
+    if (doc->acl_again) {
+        doc->acl_again = 0;
+        ngx_http_collab_acl_changed(doc);
+    }
+}
+
+
+void
+ngx_http_collab_acl_reevaluate_session(ngx_http_collab_session_t *s)
+{
+    ngx_queue_t            *q, *next;
+    ngx_http_collab_sub_t  *sub;
+
+    for (q = ngx_queue_head(&s->subs);
+         q != ngx_queue_sentinel(&s->subs);
+         q = next)
+    {
+        next = ngx_queue_next(q);
+        sub = ngx_queue_data(q, ngx_http_collab_sub_t, session_link);
+
+        ngx_http_collab_acl_sub_update(sub);
+    }
+}
+
+
+static void
+ngx_http_collab_acl_sub_update(ngx_http_collab_sub_t *sub)
+{
+    ngx_uint_t                  role;
+    ngx_http_collab_msg_t      *m;
+    ngx_http_collab_session_t  *s;
+
+    if (sub->state == NGX_HTTP_COLLAB_SUB_JOINING || !sub->doc->acl_known) {
+        /* the read on its way computes the role in Redis */
+        return;
+    }
+
+    s = sub->session;
+    role = ngx_http_collab_acl_role(s, sub->doc);
+
+    if (role == sub->role) {
+        return;
+    }
+
+    sub->role = role;
+
+    if (role == NGX_HTTP_COLLAB_ROLE_NONE) {
+        ngx_http_collab_doc_revoke(sub);
+        return;
+    }
+
+    m = ngx_http_collab_msg_build("role", "doc", 'S', &sub->doc->node.str,
+                                  "role", 'S',
+                                  ngx_http_collab_role_name(role), NULL);
+    ngx_http_collab_reply(s, NGX_HTTP_COLLAB_NO_SLOT, m);
+}
+
+
+/* the role a session has on a document it is subscribed to, if any */
+
+ngx_int_t
+ngx_http_collab_acl_check(ngx_http_collab_session_t *s, ngx_str_t *doc,
+    ngx_uint_t need, const char *action)
+{
+    ngx_http_collab_sub_t  *sub;
+
+    sub = ngx_http_collab_doc_find(s, doc);
+
+    if (sub == NULL || sub->state == NGX_HTTP_COLLAB_SUB_JOINING
+        || sub->role >= need)
+    {
+        /* not known here: the store function decides */
+        return NGX_OK;
+    }
+
+    ngx_http_collab_acl_deny(s, doc, action);
+
+    return NGX_DECLINED;
+}
+
+
+/*
+ * Appends a denial to collab:{doc}:audit.  A worker writes at most
+ * NGX_HTTP_COLLAB_DENY_PER_SEC of them a second, and the store function
+ * one a second per document, so a flood of forbidden edits stays a flood
+ * of nacks and not of Redis writes.
+ */
+
+void
+ngx_http_collab_acl_deny(ngx_http_collab_session_t *s, ngx_str_t *doc,
+    const char *action)
+{
+    u_char                     kaudit[sizeof("collab:{}:audit") + 128];
+    const char                *argv[6];
+    size_t                     argvlen[6];
+    ngx_http_collab_cmd_t     *cmd;
+    ngx_http_collab_worker_t  *w;
+
+    w = ngx_http_collab_worker;
+
+    if (w->deny_sec != ngx_time()) {
+        w->deny_sec = ngx_time();
+        w->deny_count = 0;
+    }
+
+    if (w->deny_count++ >= NGX_HTTP_COLLAB_DENY_PER_SEC) {
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_INFO, s->connection->log, 0,
+                  "collab: \"%V\" denied %s on \"%V\"", &s->user, action,
+                  doc);
+
+    cmd = ngx_http_collab_cmd_alloc(NULL, 0);
+    if (cmd == NULL) {
+        return;
+    }
+
+    cmd->handler = ngx_http_collab_acl_deny_reply;
+
+    argv[0] = "FCALL";
+    argvlen[0] = 5;
+    argv[1] = "collab_deny";
+    argvlen[1] = 11;
+    argv[2] = "1";
+    argvlen[2] = 1;
+    argv[3] = (char *) kaudit;
+    argvlen[3] = ngx_sprintf(kaudit, "collab:{%V}:audit", doc) - kaudit;
+    argv[4] = (char *) s->user.data;
+    argvlen[4] = s->user.len;
+    argv[5] = action;
+    argvlen[5] = ngx_strlen(action);
+
+    (void) ngx_http_collab_redis_command(&w->cmd, cmd, 6, argv, argvlen);
+}
+
+
+static void
+ngx_http_collab_acl_deny_reply(ngx_http_collab_cmd_t *cmd, redisReply *reply)
+{
+    ngx_http_collab_cmd_free(cmd);
+}
