@@ -31,6 +31,7 @@
 #define NGX_HTTP_COLLAB_TRANSPORT_WS      1
 #define NGX_HTTP_COLLAB_TRANSPORT_SSE     2
 #define NGX_HTTP_COLLAB_TRANSPORT_POST    3
+#define NGX_HTTP_COLLAB_TRANSPORT_ADMIN   4   /* POST without a token */
 
 #define NGX_HTTP_COLLAB_AUTH_OFF          0
 #define NGX_HTTP_COLLAB_AUTH_JWT          1
@@ -106,6 +107,7 @@ struct ngx_http_collab_loc_conf_s {
     ngx_str_t                    jwt_issuer;     /* NUL-ended */
     ngx_str_t                    jwt_audience;   /* NUL-ended */
     ngx_msec_t                   auth_timeout;
+    ngx_str_t                    admin_key;
 };
 
 
@@ -389,6 +391,11 @@ void ngx_http_collab_auth_wait(ngx_http_collab_session_t *s);
 void ngx_http_collab_auth_message(ngx_http_collab_session_t *s, json_t *obj,
     ngx_uint_t slot);
 void ngx_http_collab_session_authenticated(ngx_http_collab_session_t *s);
+
+/* ACL admin endpoint */
+char *ngx_http_collab_admin(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+char *ngx_http_collab_admin_key(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 
 /* roles */
 ngx_str_t *ngx_http_collab_role_name(ngx_uint_t role);

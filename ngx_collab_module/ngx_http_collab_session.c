@@ -57,7 +57,13 @@ ngx_http_collab_session_create(ngx_http_request_t *r,
 
     *status = NGX_HTTP_INTERNAL_SERVER_ERROR;
 
-    rc = ngx_http_collab_auth_request(r, lcf, &claims);
+    if (transport == NGX_HTTP_COLLAB_TRANSPORT_ADMIN) {
+        rc = NGX_OK;
+        claims = NULL;
+
+    } else {
+        rc = ngx_http_collab_auth_request(r, lcf, &claims);
+    }
 
     if (rc == NGX_HTTP_UNAUTHORIZED
         || (rc == NGX_DECLINED
@@ -69,7 +75,9 @@ ngx_http_collab_session_create(ngx_http_request_t *r,
 
     ngx_str_null(&user);
 
-    if (lcf->auth != NGX_HTTP_COLLAB_AUTH_JWT && lcf->user) {
+    if (lcf->auth != NGX_HTTP_COLLAB_AUTH_JWT && lcf->user
+        && transport != NGX_HTTP_COLLAB_TRANSPORT_ADMIN)
+    {
         if (ngx_http_complex_value(r, lcf->user, &user) != NGX_OK) {
             return NULL;
         }
@@ -85,7 +93,9 @@ ngx_http_collab_session_create(ngx_http_request_t *r,
         }
     }
 
-    if (user.len == 0 && lcf->auth == NGX_HTTP_COLLAB_AUTH_VARIABLE) {
+    if (user.len == 0 && lcf->auth == NGX_HTTP_COLLAB_AUTH_VARIABLE
+        && transport != NGX_HTTP_COLLAB_TRANSPORT_ADMIN)
+    {
         /* an identity was required and none came with the request */
         *status = NGX_HTTP_UNAUTHORIZED;
         return NULL;
@@ -129,7 +139,12 @@ ngx_http_collab_session_create(ngx_http_request_t *r,
     s->expire.log = r->connection->log;
     s->expire.cancelable = 1;
 
-    if (lcf->auth != NGX_HTTP_COLLAB_AUTH_JWT) {
+    if (transport == NGX_HTTP_COLLAB_TRANSPORT_ADMIN) {
+        ngx_str_set(&s->user, "admin");
+        s->authenticated = 1;
+        s->transport = NGX_HTTP_COLLAB_TRANSPORT_POST;
+
+    } else if (lcf->auth != NGX_HTTP_COLLAB_AUTH_JWT) {
         if (user.len == 0) {
             ngx_str_set(&s->user, "anonymous");
 

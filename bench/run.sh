@@ -1,0 +1,428 @@
+#!/usr/bin/env bash
+# bench/run.sh: the standard benchmark suite (`make bench`), ngx_http_collab_module side by
+# side with nchan (Debian's libnginx-mod-nchan, Redis storage) on one Redis, in one run.
+#
+#   bench/run.sh              full suite: W1..W4, 3 runs each, medians -> docs/benchmarks.md
+#   BENCH_QUICK=1 bench/run.sh  1 run each, 3 s workloads, short saturation search (~3 min)
+#
+# Environment:
+#   BENCH_QUICK=1          shortened suite
+#   BENCH_RUNS=N           repetitions per workload and target (default 3, quick 1)
+#   BENCH_WORKLOADS="W1 W2 W3 W4"   subset to run
+#   BENCH_TARGETS="collab nchan"    subset to run
+#   BENCH_WORKERS=N        worker_processes of both nginx instances (default 2)
+#   BENCH_PROFILE=0        skip the perf profile (default: on when perf works)
+#   BENCH_OUT=dir          results, configs, logs (default bench/out)
+#   BENCH_DOC=file         report (default docs/benchmarks.md; the plot goes next to it)
+#   COLLAB_MODULE, NGINX_BIN, REDIS_SERVER   as for the tests
+#
+# Everything listens on 127.0.0.1; the load generator connects from 127.0.0.2.. (loopback).
+# One redis-server and at most one nginx run at a time; all of them are stopped on exit.
+
+set -u -o pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+QUICK=${BENCH_QUICK:-0}
+[ "$QUICK" = 0 ] && QUICK=""
+RUNS=${BENCH_RUNS:-$([ -n "$QUICK" ] && echo 1 || echo 3)}
+WORKLOADS=${BENCH_WORKLOADS:-"W1 W2 W3 W4"}
+TARGETS=${BENCH_TARGETS:-"collab nchan"}
+WORKERS=${BENCH_WORKERS:-2}
+OUT=${BENCH_OUT:-$ROOT/bench/out}
+DOC=${BENCH_DOC:-$ROOT/docs/benchmarks.md}
+PLOT=${DOC%.md}.png
+MODULE=${COLLAB_MODULE:-$ROOT/build/ngx_http_collab_module.so}
+NGINX_BIN=${NGINX_BIN:-/usr/sbin/nginx}
+REDIS_SERVER=${REDIS_SERVER:-redis-server}
+NCHAN_MODULE=""
+BENCH=$ROOT/bench/collab-bench
+RESULTS=$OUT/results.jsonl
+
+log() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
+fail() { log "ERROR: $*"; exit 1; }
+
+# ------------------------------------------------------------------------------------------
+# packages
+
+ensure_packages() {
+    local missing="" p
+    for p in libnginx-mod-nchan gnuplot-nox redis-server nginx perl; do
+        dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null | grep -qx installed \
+            || missing="$missing $p"
+    done
+    # nginx-core/nginx: either is fine
+    if [ -n "$missing" ]; then
+        local sudo=""
+        [ "$(id -u)" = 0 ] || sudo=sudo
+        log "installing:$missing"
+        $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $missing \
+            || { $sudo apt-get update && $sudo env DEBIAN_FRONTEND=noninteractive \
+                 apt-get install -y --no-install-recommends $missing; } \
+            || fail "apt-get install$missing failed"
+    fi
+    NCHAN_MODULE=$(dpkg -L libnginx-mod-nchan 2>/dev/null | grep '/ngx_nchan_module\.so$' | head -n1)
+    [ -n "$NCHAN_MODULE" ] && [ -f "$NCHAN_MODULE" ] || fail "ngx_nchan_module.so not found"
+    [ -f "$MODULE" ] || fail "$MODULE not built (make build)"
+    [ -x "$BENCH" ] || fail "$BENCH not built"
+}
+
+# ------------------------------------------------------------------------------------------
+# processes: everything started here is recorded and stopped by the trap
+
+REDIS_PID=""
+NGINX_PREFIX=""
+NGINX_TARGET=""
+PERF_PID=""
+
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+free_port() {
+    local p i
+    for i in $(seq 100); do
+        p=$((20000 + RANDOM % 10000))
+        port_busy "$p" || { echo "$p"; return 0; }
+    done
+    fail "no free port"
+}
+
+redis_cli() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@"; }
+
+start_redis() {
+    REDIS_PORT=$(free_port)
+    mkdir -p "$OUT/redis"
+    "$REDIS_SERVER" --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$OUT/redis" --save '' \
+        --appendonly no --protected-mode no --daemonize no --maxclients 10000 \
+        --logfile "$OUT/redis/redis.log" </dev/null >/dev/null 2>&1 &
+    REDIS_PID=$!
+    local i
+    for i in $(seq 100); do
+        [ "$(redis_cli ping 2>/dev/null)" = PONG ] && { log "redis-server on 127.0.0.1:$REDIS_PORT (pid $REDIS_PID)"; return 0; }
+        kill -0 "$REDIS_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    fail "redis-server did not start (see $OUT/redis/redis.log)"
+}
+
+stop_redis() {
+    [ -n "$REDIS_PID" ] || return 0
+    kill -TERM "$REDIS_PID" 2>/dev/null
+    local i
+    for i in $(seq 50); do kill -0 "$REDIS_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$REDIS_PID" 2>/dev/null
+    wait "$REDIS_PID" 2>/dev/null
+    REDIS_PID=""
+}
+
+# the open-file limit for nginx and the generator: the hard limit (raising it needs
+# CAP_SYS_RESOURCE); nginx workers get a little less than that
+ulimit -n "$(ulimit -Hn)" 2>/dev/null
+NOFILE=$(ulimit -n)
+[ "$NOFILE" = unlimited ] && NOFILE=1048576
+WORKER_NOFILE=$(( NOFILE > 200000 ? 200000 : NOFILE ))
+WORKER_CONN=$(( WORKER_NOFILE - 100 ))
+
+write_conf() {  # $1 = collab|nchan, $2 = prefix dir, $3 = port
+    local t=$1 dir=$2 port=$3
+    mkdir -p "$dir/logs" "$dir/tmp"
+    {
+        if [ "$t" = collab ]; then echo "load_module $MODULE;"; else echo "load_module $NCHAN_MODULE;"; fi
+        cat <<EOF
+worker_processes $WORKERS;
+worker_rlimit_nofile $WORKER_NOFILE;
+error_log logs/error.log notice;
+pid nginx.pid;
+events {
+    worker_connections $WORKER_CONN;
+}
+http {
+    access_log off;
+    client_body_temp_path tmp/client_body;
+    proxy_temp_path       tmp/proxy;
+    fastcgi_temp_path     tmp/fastcgi;
+    uwsgi_temp_path       tmp/uwsgi;
+    scgi_temp_path        tmp/scgi;
+EOF
+        if [ "$t" = collab ]; then
+            cat <<EOF
+    collab_redis 127.0.0.1:$REDIS_PORT;
+    server {
+        listen 127.0.0.1:$port reuseport backlog=4096;
+        location = /collab {
+            collab;
+        }
+    }
+}
+EOF
+        else
+            cat <<EOF
+    upstream nchan_redis {
+        nchan_redis_server redis://127.0.0.1:$REDIS_PORT;
+    }
+    server {
+        listen 127.0.0.1:$port reuseport backlog=4096;
+        # subscribers: WebSocket pub/sub endpoint, one channel per document
+        location ~ ^/ps/([A-Za-z0-9_-]+)\$ {
+            nchan_pubsub websocket;
+            nchan_channel_id \$1;
+            nchan_redis_pass nchan_redis;
+            nchan_subscriber_first_message newest;
+        }
+        # publishers: WebSocket publisher endpoint on the same channels (a publisher on the
+        # pub/sub location would also receive every message it sends)
+        location ~ ^/pub/([A-Za-z0-9_-]+)\$ {
+            nchan_publisher websocket;
+            nchan_channel_id \$1;
+            nchan_redis_pass nchan_redis;
+        }
+    }
+}
+EOF
+        fi
+    } > "$dir/nginx.conf"
+}
+
+start_nginx() {  # $1 = collab|nchan; sets NGINX_PORT, NGINX_PREFIX
+    local t=$1
+    NGINX_TARGET=$t
+    NGINX_PREFIX=$OUT/$t
+    NGINX_PORT=$(free_port)
+    rm -rf "$NGINX_PREFIX"
+    write_conf "$t" "$NGINX_PREFIX" "$NGINX_PORT"
+    "$NGINX_BIN" -p "$NGINX_PREFIX/" -c nginx.conf -e logs/error.log \
+        || fail "nginx ($t) did not start: $(tail -n 5 "$NGINX_PREFIX/logs/error.log")"
+    local i
+    for i in $(seq 100); do
+        if [ -s "$NGINX_PREFIX/nginx.pid" ] && port_busy "$NGINX_PORT"; then
+            # let the workers connect to Redis
+            sleep 0.5
+            return 0
+        fi
+        sleep 0.1
+    done
+    fail "nginx ($t) did not listen on $NGINX_PORT"
+}
+
+nginx_pid() { cat "$NGINX_PREFIX/nginx.pid" 2>/dev/null; }
+
+stop_nginx() {
+    [ -n "$NGINX_PREFIX" ] || return 0
+    local pid
+    pid=$(nginx_pid)
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+        kill -TERM "$pid" 2>/dev/null
+        local i
+        for i in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -0 "$pid" 2>/dev/null && { log "nginx $pid still running: KILL"; kill -KILL "$pid"; }
+        # workers that outlived the master
+        for i in $(seq 50); do pgrep -P "$pid" >/dev/null 2>&1 || break; sleep 0.1; done
+    fi
+    NGINX_PREFIX=""
+}
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    [ -n "$PERF_PID" ] && kill -INT "$PERF_PID" 2>/dev/null
+    [ -n "${BENCH_PID:-}" ] && kill -TERM "$BENCH_PID" 2>/dev/null
+    stop_nginx
+    stop_redis
+    exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# error.log lines that show a module problem (crash, alert), counted per run
+log_problems() {
+    local f=$NGINX_PREFIX/logs/error.log
+    [ -f "$f" ] || { echo 0; return; }
+    grep -cE '\[(alert|emerg|crit)\]|exited on signal|core dumped|AddressSanitizer' "$f"
+}
+
+# ------------------------------------------------------------------------------------------
+# one measurement
+
+SRC_BASE=2
+run_bench() {  # $1 target, $2 workload, $3 run number, rest = generator arguments
+    local t=$1 w=$2 r=$3
+    shift 3
+    local path_args
+    if [ "$t" = collab ]; then path_args=(--mode collab --path /collab)
+    else path_args=(--mode nchan --sub-path /ps/ --pub-path /pub/); fi
+    # rotate the source addresses (127.0.0.2..) so that TIME_WAIT of one run does not
+    # limit the next one
+    local args=(--port "$NGINX_PORT" "${path_args[@]}" --pid-file "$NGINX_PREFIX/nginx.pid"
+                --src-base "$SRC_BASE" --src-ips 4 --label "$w" "$@")
+    SRC_BASE=$(( SRC_BASE + 4 )); [ $SRC_BASE -gt 240 ] && SRC_BASE=2
+    local before after line
+    before=$(log_problems)
+    log "$t $w run $r: collab-bench ${args[*]}"
+    "$BENCH" "${args[@]}" > "$OUT/last.txt" 2> "$OUT/last.err" &
+    BENCH_PID=$!
+    wait "$BENCH_PID"
+    local rc=$?
+    BENCH_PID=""
+    sed 's/^/    /' "$OUT/last.txt" | grep -v '^    {' >&2
+    after=$(log_problems)
+    line=$(grep '^{' "$OUT/last.txt" | tail -n 1)
+    if [ $rc -ne 0 ] || [ -z "$line" ]; then
+        log "collab-bench failed (rc=$rc): $(tail -n 3 "$OUT/last.err")"
+        line='{"failed":true}'
+    fi
+    local nlog=$(( after - before ))
+    if [ $nlog -gt 0 ]; then
+        log "nginx error.log: $nlog alert/crit/crash lines, e.g.:"
+        grep -E '\[(alert|emerg|crit)\]|exited on signal|core dumped|AddressSanitizer' \
+            "$NGINX_PREFIX/logs/error.log" | tail -n 3 | sed 's/^/    /' >&2
+        grep -E '\[(alert|emerg|crit)\]|exited on signal|core dumped|AddressSanitizer' \
+            "$NGINX_PREFIX/logs/error.log" | tail -n 20 >> "$OUT/problems-$t.log"
+    fi
+    local cmd="collab-bench ${args[*]}"
+    cmd=${cmd//\"/\\\"}
+    LAST_JSON=$(printf '%s' "$line" | sed "s|^{|{\"target\":\"$t\",\"workload\":\"$w\",\"run\":$r,\"log_problems\":$nlog,\"workers\":$WORKERS,\"cmd\":\"$cmd\",|")
+    printf '%s\n' "$LAST_JSON" >> "$RESULTS"
+}
+
+jget() {  # $1 json, $2 key -> value
+    printf '%s' "$1" | perl -MJSON::PP -e 'local $/; my $j = eval { decode_json(<STDIN>) } || {}; my $v = $j->{$ARGV[0]}; print defined $v ? (ref $v ? ($$v ? 1 : 0) : $v) : ""' "$2"
+}
+
+# ------------------------------------------------------------------------------------------
+# workloads
+
+if [ -n "$QUICK" ]; then D12=3; D3=3; HOLD=1; else D12=10; D3=5; HOLD=2; fi
+
+workload_args() {  # $1 workload -> generator arguments
+    case $1 in
+        W1) echo "-S 1000 -K 100 -P 10 -R 200 -D $D12 -B 256" ;;
+        W2) echo "-S 10000 -K 1000 -P 20 -R 1000 -D $D12 -B 256" ;;
+        W4) echo "-S 10000 -K 1000 -P 0 -R 0 --hold $HOLD" ;;
+    esac
+}
+
+run_simple() {  # $1 workload, $2 run
+    local w=$1 r=$2 t
+    for t in $TARGETS; do
+        start_nginx "$t"
+        # shellcheck disable=SC2046
+        run_bench "$t" "$w" "$r" $(workload_args "$w")
+        stop_nginx
+        sleep 1
+    done
+}
+
+# W3: 100 subscribers over 10 documents, 10 publishers; the highest paced rate with
+# p99 <= 50 ms, no loss, no duplicates, no order violation, no connect failure (and, for
+# collab, every delta acked): doubling from 1,000 deltas/s until a rate fails, then
+# bisection. Reported: delivered deltas/s of the best passing rate.
+w3_pass() {  # $1 json
+    local j=$1
+    [ "$(jget "$j" failed)" = 1 ] && return 1
+    local p99 lost dups ov cf nacks sent acks t
+    p99=$(jget "$j" p99_us); lost=$(jget "$j" lost); dups=$(jget "$j" dups)
+    ov=$(jget "$j" order_violations); cf=$(jget "$j" connect_fail); nacks=$(jget "$j" nacks)
+    sent=$(jget "$j" sent); acks=$(jget "$j" acks); t=$(jget "$j" mode)
+    [ -n "$p99" ] || return 1
+    [ "$p99" -le 50000 ] && [ "$lost" = 0 ] && [ "$dups" = 0 ] && [ "$ov" = 0 ] && [ "$cf" = 0 ] || return 1
+    if [ "$t" = collab ]; then [ "$nacks" = 0 ] && [ "$acks" = "$sent" ] || return 1; fi
+    return 0
+}
+
+run_w3() {  # $1 run
+    local r=$1 t rate lo hi best bestj steps maxsteps
+    if [ -n "$QUICK" ]; then maxsteps=2; else maxsteps=4; fi
+    for t in $TARGETS; do
+        start_nginx "$t"
+        lo=0; hi=0; rate=1000; best=""
+        # doubling
+        while :; do
+            run_bench "$t" W3-probe "$r" -S 100 -K 10 -P 10 -R "$rate" -D "$D3" -B 256 --drain 3
+            if w3_pass "$LAST_JSON"; then
+                lo=$rate; best=$LAST_JSON
+                rate=$(( rate * 2 ))
+                [ $rate -gt 512000 ] && break
+            else
+                hi=$rate; break
+            fi
+            # the server may be left unhealthy by an overload: restart between probes
+            stop_nginx; sleep 1; start_nginx "$t"
+        done
+        # bisection
+        steps=0
+        while [ $hi -gt 0 ] && [ $steps -lt $maxsteps ] && [ $(( hi - lo )) -gt $(( hi / 20 )) ]; do
+            stop_nginx; sleep 1; start_nginx "$t"
+            rate=$(( (lo + hi) / 2 ))
+            [ $lo -eq 0 ] && rate=$(( hi / 2 ))
+            run_bench "$t" W3-probe "$r" -S 100 -K 10 -P 10 -R "$rate" -D "$D3" -B 256 --drain 3
+            if w3_pass "$LAST_JSON"; then lo=$rate; best=$LAST_JSON; else hi=$rate; fi
+            steps=$(( steps + 1 ))
+        done
+        stop_nginx
+        if [ -n "$best" ]; then
+            log "W3 $t run $r: highest passing rate $lo deltas/s -> $(jget "$best" delivered_per_s) delivered/s"
+            printf '%s\n' "$best" | sed 's/"workload":"W3-probe"/"workload":"W3"/' >> "$RESULTS"
+        else
+            log "W3 $t run $r: no rate passed"
+            printf '{"target":"%s","workload":"W3","run":%s,"failed":true}\n' "$t" "$r" >> "$RESULTS"
+        fi
+        sleep 1
+    done
+}
+
+# ------------------------------------------------------------------------------------------
+# profile: perf on the nginx workers at a fixed W3-like load (not part of the figures)
+
+PROFILE_RATE=${BENCH_PROFILE_RATE:-4000}
+run_profile() {
+    [ "${BENCH_PROFILE:-1}" = 1 ] || return 0
+    command -v perf >/dev/null || { log "perf not installed: no profile"; return 0; }
+    perf record -o /dev/null -q -- true >/dev/null 2>&1 || { log "perf does not work here: no profile"; return 0; }
+    local t pids dur
+    dur=$([ -n "$QUICK" ] && echo 3 || echo 6)
+    for t in $TARGETS; do
+        start_nginx "$t"
+        pids=$(pgrep -d, -P "$(nginx_pid)")
+        perf record -F 999 -g -p "$pids" -o "$OUT/perf-$t.data" -- sleep $(( dur + 1 )) \
+            > "$OUT/perf-$t.out" 2>&1 &
+        PERF_PID=$!
+        run_bench "$t" profile 1 -S 100 -K 10 -P 10 -R "$PROFILE_RATE" -D "$dur" -B 256 --drain 3
+        wait "$PERF_PID"; PERF_PID=""
+        perf report -i "$OUT/perf-$t.data" --no-children --sort dso,symbol --stdio 2>/dev/null \
+            | grep -E '^ +[0-9]' | head -n 25 > "$OUT/profile-$t.txt"
+        perf report -i "$OUT/perf-$t.data" --no-children --sort dso --stdio 2>/dev/null \
+            | grep -E '^ +[0-9]' | head -n 12 > "$OUT/profile-dso-$t.txt"
+        stop_nginx
+        sleep 1
+    done
+}
+
+# ------------------------------------------------------------------------------------------
+
+main() {
+    ensure_packages
+    mkdir -p "$OUT"
+    rm -f "$RESULTS" "$OUT"/problems-*.log "$OUT"/profile-*.txt
+    local t0=$SECONDS
+    start_redis
+    local r w
+    for r in $(seq "$RUNS"); do
+        for w in $WORKLOADS; do
+            case $w in
+                W3) run_w3 "$r" ;;
+                W1|W2|W4) run_simple "$w" "$r" ;;
+                *) fail "unknown workload $w" ;;
+            esac
+        done
+    done
+    run_profile
+    stop_redis
+    log "measurements took $(( SECONDS - t0 )) s"
+    perl "$ROOT/bench/report.pl" --results "$RESULTS" --out "$OUT" --doc "$DOC" --plot "$PLOT" \
+        --quick "${QUICK:-0}" --runs "$RUNS" --workers "$WORKERS" --module "$MODULE" \
+        --nchan "$NCHAN_MODULE" --nginx "$NGINX_BIN" --redis "$REDIS_SERVER" \
+        --seconds $(( SECONDS - t0 )) || fail "report failed"
+    log "wrote $DOC and $PLOT"
+}
+
+main "$@"

@@ -1,0 +1,576 @@
+
+/*
+ * Copyright (C) ngx_collab_module authors
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+#include <openssl/crypto.h>
+#include "ngx_http_collab_module.h"
+
+
+/*
+ * The ACL admin endpoint: GET and PUT of collab:{doc}:acl, by the holder
+ * of the admin key or by an owner of the document (a token of the
+ * location's collab_jwt_key set).  A PUT bumps the version, records who
+ * made it in the audit stream and tells every worker of every instance.
+ */
+
+
+static ngx_int_t ngx_http_collab_admin_handler(ngx_http_request_t *r);
+static void ngx_http_collab_admin_body(ngx_http_request_t *r);
+static ngx_int_t ngx_http_collab_admin_is_admin(ngx_http_request_t *r,
+    ngx_http_collab_loc_conf_t *lcf);
+static ngx_int_t ngx_http_collab_admin_validate(json_t *acl,
+    const char **err);
+static ngx_int_t ngx_http_collab_admin_run(ngx_http_request_t *r,
+    ngx_str_t *body);
+static void ngx_http_collab_admin_reply(ngx_http_collab_cmd_t *cmd,
+    redisReply *reply);
+static void ngx_http_collab_admin_respond(ngx_http_request_t *r,
+    ngx_uint_t status, u_char *json, size_t len);
+
+
+char *
+ngx_http_collab_admin(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_core_loc_conf_t     *clcf;
+    ngx_http_collab_main_conf_t  *mcf;
+
+    mcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_collab_module);
+    mcf->enabled = 1;
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+    clcf->handler = ngx_http_collab_admin_handler;
+
+    return NGX_CONF_OK;
+}
+
+
+/* collab_admin_key file=PATH */
+
+char *
+ngx_http_collab_admin_key(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_collab_loc_conf_t *lcf = conf;
+
+    u_char           *p;
+    ssize_t           n;
+    ngx_str_t        *value, file;
+    ngx_file_t        f;
+    ngx_file_info_t   fi;
+
+    value = cf->args->elts;
+
+    if (lcf->admin_key.data) {
+        return "is duplicate";
+    }
+
+    if (ngx_strncmp(value[1].data, "file=", 5) != 0 || value[1].len == 5) {
+        return "expects \"file=PATH\"";
+    }
+
+    file.data = value[1].data + 5;
+    file.len = value[1].len - 5;
+
+    if (ngx_conf_full_name(cf->cycle, &file, 1) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_memzero(&f, sizeof(ngx_file_t));
+
+    f.name = file;
+    f.log = cf->log;
+    f.fd = ngx_open_file(file.data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+
+    if (f.fd == NGX_INVALID_FILE) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
+                           ngx_open_file_n " \"%V\" failed", &file);
+        return NGX_CONF_ERROR;
+    }
+
+    if (ngx_fd_info(f.fd, &fi) == NGX_FILE_ERROR
+        || ngx_file_size(&fi) > 4096)
+    {
+        ngx_close_file(f.fd);
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "admin key file \"%V\" is too large", &file);
+        return NGX_CONF_ERROR;
+    }
+
+    p = ngx_pnalloc(cf->pool, ngx_file_size(&fi) + 1);
+    if (p == NULL) {
+        ngx_close_file(f.fd);
+        return NGX_CONF_ERROR;
+    }
+
+    n = ngx_read_file(&f, p, ngx_file_size(&fi), 0);
+
+    ngx_close_file(f.fd);
+
+    if (n != ngx_file_size(&fi)) {
+        return NGX_CONF_ERROR;
+    }
+
+    while (n && (p[n - 1] == '\n' || p[n - 1] == '\r')) {
+        n--;
+    }
+
+    if (n < 16) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "admin key in \"%V\" is shorter than 16 bytes",
+                           &file);
+        return NGX_CONF_ERROR;
+    }
+
+    lcf->admin_key.data = p;
+    lcf->admin_key.len = n;
+
+    return NGX_CONF_OK;
+}
+
+
+static ngx_int_t
+ngx_http_collab_admin_handler(ngx_http_request_t *r)
+{
+    ngx_int_t                    rc;
+    ngx_http_collab_loc_conf_t  *lcf;
+
+    if (ngx_http_collab_worker == NULL) {
+        return NGX_HTTP_SERVICE_UNAVAILABLE;
+    }
+
+    lcf = ngx_http_get_module_loc_conf(r, ngx_http_collab_module);
+
+    if (r->method == NGX_HTTP_GET) {
+        if (ngx_http_discard_request_body(r) != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        r->main->count++;
+
+        rc = ngx_http_collab_admin_run(r, NULL);
+
+        if (rc != NGX_OK) {
+            ngx_http_finalize_request(r, rc);
+        }
+
+        return NGX_DONE;
+    }
+
+    if (r->method != NGX_HTTP_PUT) {
+        return NGX_HTTP_NOT_ALLOWED;
+    }
+
+    if (lcf->admin_key.len == 0 && lcf->auth != NGX_HTTP_COLLAB_AUTH_JWT) {
+        return NGX_HTTP_FORBIDDEN;
+    }
+
+    rc = ngx_http_read_client_request_body(r, ngx_http_collab_admin_body);
+
+    if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
+        return rc;
+    }
+
+    return NGX_DONE;
+}
+
+
+static void
+ngx_http_collab_admin_body(ngx_http_request_t *r)
+{
+    u_char       *p;
+    size_t        len;
+    ngx_int_t     rc;
+    ngx_str_t     body;
+    ngx_chain_t  *cl;
+
+    if (r->request_body == NULL || r->request_body->bufs == NULL
+        || r->request_body->temp_file)
+    {
+        ngx_http_finalize_request(r, r->request_body
+                                     && r->request_body->temp_file
+                                     ? NGX_HTTP_REQUEST_ENTITY_TOO_LARGE
+                                     : NGX_HTTP_BAD_REQUEST);
+        return;
+    }
+
+    len = 0;
+
+    for (cl = r->request_body->bufs; cl; cl = cl->next) {
+        len += cl->buf->last - cl->buf->pos;
+    }
+
+    body.data = ngx_pnalloc(r->pool, len + 1);
+    if (body.data == NULL) {
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    p = body.data;
+
+    for (cl = r->request_body->bufs; cl; cl = cl->next) {
+        p = ngx_cpymem(p, cl->buf->pos, cl->buf->last - cl->buf->pos);
+    }
+
+    body.len = len;
+
+    rc = ngx_http_collab_admin_run(r, &body);
+
+    if (rc != NGX_OK) {
+        ngx_http_finalize_request(r, rc);
+    }
+}
+
+
+static ngx_int_t
+ngx_http_collab_admin_is_admin(ngx_http_request_t *r,
+    ngx_http_collab_loc_conf_t *lcf)
+{
+    ngx_str_t         key;
+    ngx_table_elt_t  *h;
+
+    h = r->headers_in.authorization;
+
+    if (lcf->admin_key.len == 0 || h == NULL || h->value.len < 7
+        || ngx_strncasecmp(h->value.data, (u_char *) "Bearer ", 7) != 0)
+    {
+        return 0;
+    }
+
+    key.data = h->value.data + 7;
+    key.len = h->value.len - 7;
+
+    return key.len == lcf->admin_key.len
+           && CRYPTO_memcmp(key.data, lcf->admin_key.data, key.len) == 0;
+}
+
+
+static ngx_int_t
+ngx_http_collab_admin_validate(json_t *acl, const char **err)
+{
+    json_t      *v, *map, *role;
+    const char  *name, *key;
+
+    if (!json_is_object(acl)) {
+        *err = "the ACL must be a JSON object";
+        return NGX_ERROR;
+    }
+
+    v = json_object_get(acl, "default");
+
+    if (v && (!json_is_string(v)
+              || ngx_http_collab_role_parse((u_char *) json_string_value(v),
+                                            json_string_length(v))
+                 == NGX_ERROR))
+    {
+        *err = "\"default\" must be a role";
+        return NGX_ERROR;
+    }
+
+    v = json_object_get(acl, "version");
+
+    if (v && !json_is_integer(v)) {
+        *err = "\"version\" must be an integer";
+        return NGX_ERROR;
+    }
+
+    for (name = "users"; name; name = (name[0] == 'u') ? "groups" : NULL) {
+        map = json_object_get(acl, name);
+
+        if (map == NULL) {
+            continue;
+        }
+
+        if (!json_is_object(map)) {
+            *err = "\"users\" and \"groups\" must be objects";
+            return NGX_ERROR;
+        }
+
+        json_object_foreach(map, key, role) {
+            if (!json_is_string(role)
+                || ngx_http_collab_role_parse((u_char *)
+                                              json_string_value(role),
+                                              json_string_length(role))
+                   == NGX_ERROR)
+            {
+                *err = "every entry must be one of none, viewer, "
+                       "commenter, editor, owner";
+                return NGX_ERROR;
+            }
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+/* body NULL: GET */
+
+static ngx_int_t
+ngx_http_collab_admin_run(ngx_http_request_t *r, ngx_str_t *body)
+{
+    u_char                       kacl[sizeof("collab:{}:state") + 128];
+    u_char                       kaudit[sizeof("collab:{}:state") + 128];
+    u_char                       kstate[sizeof("collab:{}:state") + 128];
+    u_char                       chan[sizeof("collab:{}:state") + 128];
+    u_char                       version[NGX_INT64_LEN];
+    u_char                       grant[2], deflt[2];
+    char                        *who;
+    json_t                      *acl, *v;
+    ngx_int_t                    status, admin;
+    ngx_str_t                    doc;
+    const char                  *argv[16], *err;
+    size_t                       argvlen[16];
+    ngx_uint_t                   n;
+    ngx_http_collab_cmd_t       *cmd;
+    ngx_http_collab_session_t   *s;
+    ngx_http_collab_loc_conf_t  *lcf;
+
+    lcf = ngx_http_get_module_loc_conf(r, ngx_http_collab_module);
+
+    if (ngx_http_arg(r, (u_char *) "doc", 3, &doc) != NGX_OK
+        || !ngx_http_collab_doc_id_valid(doc.data, doc.len))
+    {
+        ngx_http_collab_admin_respond(r, NGX_HTTP_BAD_REQUEST,
+                                      (u_char *) "{\"error\":\"invalid\","
+                                      "\"message\":\"?doc= must be a "
+                                      "document id\"}", 0);
+        return NGX_OK;
+    }
+
+    admin = ngx_http_collab_admin_is_admin(r, lcf);
+
+    if (!admin && lcf->auth != NGX_HTTP_COLLAB_AUTH_JWT) {
+        return NGX_HTTP_UNAUTHORIZED;
+    }
+
+    /* the admin key is no token: its session skips the token check */
+
+    s = ngx_http_collab_session_create(r, lcf,
+                                       admin ? NGX_HTTP_COLLAB_TRANSPORT_ADMIN
+                                             : NGX_HTTP_COLLAB_TRANSPORT_POST,
+                                       &status);
+    if (s == NULL) {
+        return status;
+    }
+
+    if (!s->authenticated) {
+        return NGX_HTTP_UNAUTHORIZED;
+    }
+
+    who = admin ? "admin" : NULL;
+    n = 0;
+
+    argv[n] = "FCALL";
+    argvlen[n++] = 5;
+
+    if (body) {
+        acl = json_loadb((char *) body->data, body->len,
+                         JSON_REJECT_DUPLICATES, NULL);
+
+        if (acl == NULL
+            || ngx_http_collab_admin_validate(acl, &err) != NGX_OK)
+        {
+            if (acl == NULL) {
+                err = "the body is not JSON";
+
+            } else {
+                json_decref(acl);
+            }
+
+            ngx_http_collab_admin_respond(r, NGX_HTTP_BAD_REQUEST,
+                                          (u_char *) err, 0);
+            return NGX_OK;
+        }
+
+        v = json_object_get(acl, "version");
+
+        if (v) {
+            argvlen[11] = ngx_sprintf(version, "%L",
+                                      (int64_t) json_integer_value(v))
+                          - version;
+
+        } else {
+            argvlen[11] = 0;
+        }
+
+        json_decref(acl);
+
+        argv[n] = "collab_acl_put";
+        argvlen[n++] = 14;
+        argv[n] = "4";
+        argvlen[n++] = 1;
+
+    } else {
+        argv[n] = "collab_acl_get";
+        argvlen[n++] = 14;
+        argv[n] = "4";
+        argvlen[n++] = 1;
+        argvlen[11] = 0;
+    }
+
+    argv[3] = (char *) kacl;
+    argvlen[3] = ngx_sprintf(kacl, "collab:{%V}:acl", &doc) - kacl;
+    argv[4] = (char *) kaudit;
+    argvlen[4] = ngx_sprintf(kaudit, "collab:{%V}:audit", &doc) - kaudit;
+    argv[5] = (char *) kstate;
+    argvlen[5] = ngx_sprintf(kstate, "collab:{%V}:state", &doc) - kstate;
+    argv[6] = (char *) chan;
+    argvlen[6] = ngx_sprintf(chan, "collab:{%V}", &doc) - chan;
+
+    argv[7] = admin ? "1" : "0";
+    argvlen[7] = 1;
+    argv[8] = who ? who : (char *) s->user.data;
+    argvlen[8] = who ? ngx_strlen(who) : s->user.len;
+    argv[9] = s->groups.len ? (char *) s->groups.data : "";
+    argvlen[9] = s->groups.len;
+    argv[10] = (char *) grant;
+    argvlen[10] = ngx_sprintf(grant, "%ui",
+                              ngx_http_collab_acl_grant(s, &doc)) - grant;
+    argv[11] = (char *) version;
+    argv[12] = (char *) deflt;
+    argvlen[12] = ngx_sprintf(deflt, "%ui", lcf->default_role) - deflt;
+    argv[13] = body ? (char *) body->data : "";
+    argvlen[13] = body ? body->len : 0;
+
+    cmd = ngx_http_collab_cmd_alloc(s, 0);
+    if (cmd == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    cmd->handler = ngx_http_collab_admin_reply;
+
+    if (ngx_http_collab_redis_command(&ngx_http_collab_worker->cmd, cmd, 14,
+                                      argv, argvlen)
+        != NGX_OK)
+    {
+        return NGX_HTTP_SERVICE_UNAVAILABLE;
+    }
+
+    return NGX_OK;
+}
+
+
+/* {status, version, raw}: 1 ok, -1 version conflict, -2 forbidden */
+
+static void
+ngx_http_collab_admin_reply(ngx_http_collab_cmd_t *cmd, redisReply *reply)
+{
+    ngx_connection_t    *c;
+    ngx_http_request_t  *r;
+
+    r = cmd->session->request;
+    c = r->connection;
+
+    ngx_http_collab_cmd_free(cmd);
+
+    if (reply == NULL) {
+        ngx_http_finalize_request(r, NGX_HTTP_SERVICE_UNAVAILABLE);
+        ngx_http_run_posted_requests(c);
+        return;
+    }
+
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 1
+        || reply->element[0]->type != REDIS_REPLY_INTEGER)
+    {
+        ngx_log_error(NGX_LOG_ERR, c->log, 0,
+                      "collab: ACL admin command failed: %s",
+                      reply->type == REDIS_REPLY_ERROR ? reply->str
+                                                       : "unexpected reply");
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        ngx_http_run_posted_requests(c);
+        return;
+    }
+
+    switch (reply->element[0]->integer) {
+
+    case 1:
+        if (reply->elements == 3
+            && reply->element[2]->type == REDIS_REPLY_STRING)
+        {
+            ngx_http_collab_admin_respond(r, NGX_HTTP_OK,
+                                          (u_char *) reply->element[2]->str,
+                                          reply->element[2]->len);
+
+        } else {
+            ngx_http_collab_admin_respond(r, NGX_HTTP_NOT_FOUND,
+                                          (u_char *) "{\"error\":"
+                                          "\"not_found\"}", 0);
+        }
+
+        break;
+
+    case -1:
+        ngx_http_collab_admin_respond(r, NGX_HTTP_CONFLICT,
+                                      (u_char *) "{\"error\":\"conflict\","
+                                      "\"message\":\"the ACL changed: GET "
+                                      "it and retry\"}", 0);
+        break;
+
+    default:
+        ngx_http_collab_admin_respond(r, NGX_HTTP_FORBIDDEN,
+                                      (u_char *) "{\"error\":\"forbidden\"}",
+                                      0);
+        break;
+    }
+
+    ngx_http_run_posted_requests(c);
+}
+
+
+/* len 0: a NUL-ended text; not JSON yet when it does not start with "{" */
+
+static void
+ngx_http_collab_admin_respond(ngx_http_request_t *r, ngx_uint_t status,
+    u_char *json, size_t len)
+{
+    ngx_int_t     rc;
+    ngx_buf_t    *b;
+    ngx_chain_t   out;
+
+    if (len == 0) {
+        len = ngx_strlen(json);
+    }
+
+    b = ngx_create_temp_buf(r->pool, 6 * len + 64);
+    if (b == NULL) {
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    if (json[0] == '{') {
+        b->last = ngx_cpymem(b->last, json, len);
+
+    } else {
+        b->last = ngx_cpymem(b->last, "{\"error\":\"invalid\",\"message\":\"",
+                             sizeof("{\"error\":\"invalid\",\"message\":\"")
+                             - 1);
+        b->last = (u_char *) ngx_escape_json(b->last, json, len);
+        *b->last++ = '"';
+        *b->last++ = '}';
+    }
+
+    *b->last++ = '\n';
+    b->last_buf = 1;
+    b->last_in_chain = 1;
+
+    r->headers_out.status = status;
+    r->headers_out.content_length_n = b->last - b->pos;
+    ngx_str_set(&r->headers_out.content_type, "application/json");
+    r->headers_out.content_type_len = r->headers_out.content_type.len;
+
+    rc = ngx_http_send_header(r);
+
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+        ngx_http_finalize_request(r, rc);
+        return;
+    }
+
+    out.buf = b;
+    out.next = NULL;
+
+    ngx_http_finalize_request(r, ngx_http_output_filter(r, &out));
+}
