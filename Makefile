@@ -186,8 +186,12 @@ run: build stop
 
 # ---------------------------------------------------------------------------------------------
 
-bench:
-	@echo "bench: not yet"
+# bench: the load generator (bench/collab-bench.c) and the suite against this module and nchan
+# (bench/run.sh: installs libnginx-mod-nchan and gnuplot-nox when missing, writes
+# docs/benchmarks.md and docs/benchmarks.png). BENCH_QUICK=1 for a short run.
+bench: build
+	+$(MAKE) --no-print-directory -C bench
+	COLLAB_MODULE=$(MODULE) NGINX_BIN=$(NGINX_BIN) REDIS_SERVER=$(REDIS_SERVER) bash bench/run.sh
 
 ifneq ($(wildcard fuzz/Makefile.fuzz),)
 include fuzz/Makefile.fuzz

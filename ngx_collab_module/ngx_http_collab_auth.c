@@ -542,6 +542,15 @@ ngx_http_collab_auth_message(ngx_http_collab_session_t *s, json_t *obj,
         return;
     }
 
+    if (first) {
+        if (ngx_http_collab_limit_acquire(s, NULL) != NGX_OK) {
+            ngx_http_collab_session_close(s, 4429, "too many sessions");
+            return;
+        }
+
+        s->counted = 1;
+    }
+
     ngx_http_collab_session_welcome(s);
 
     if (first) {

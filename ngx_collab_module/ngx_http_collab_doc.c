@@ -204,8 +204,22 @@ ngx_http_collab_doc_subscribe(ngx_http_collab_session_t *s, ngx_str_t *name,
             return NGX_ERROR;
         }
 
+        if (ngx_http_collab_limit_acquire(s, name) != NGX_OK) {
+            if (doc->nsubs == 0 && !doc->in_redis) {
+                ngx_http_collab_doc_free(doc);
+            }
+
+            m = ngx_http_collab_msg_error("error", "rate_limited", name, NULL,
+                                          "too many sessions on this "
+                                          "document");
+            ngx_http_collab_reply(s, NGX_HTTP_COLLAB_NO_SLOT, m);
+            return NGX_DECLINED;
+        }
+
         sub = ngx_alloc(sizeof(ngx_http_collab_sub_t), s->connection->log);
         if (sub == NULL) {
+            ngx_http_collab_limit_release(s, name);
+
             if (doc->nsubs == 0 && !doc->in_redis) {
                 ngx_http_collab_doc_free(doc);
             }
@@ -214,6 +228,7 @@ ngx_http_collab_doc_subscribe(ngx_http_collab_session_t *s, ngx_str_t *name,
         }
 
         ngx_memzero(sub, sizeof(ngx_http_collab_sub_t));
+        sub->counted = 1;
 
         sub->doc = doc;
         sub->session = s;
@@ -394,6 +409,10 @@ ngx_http_collab_doc_sub_free(ngx_http_collab_sub_t *sub)
 
     doc = sub->doc;
 
+    if (sub->counted) {
+        ngx_http_collab_limit_release(sub->session, &doc->node.str);
+    }
+
     ngx_queue_remove(&sub->doc_link);
     doc->nsubs--;
 
@@ -566,10 +585,19 @@ ngx_http_collab_doc_fanout(ngx_http_collab_doc_t *doc, u_char *payload,
                 continue;
             }
 
-            if (seq > sub->pos + 1
-                || s->out_bytes + len > s->conf->send_queue)
-            {
-                /* a gap, or a slow reader: continue from the log */
+            if (s->out_bytes + len > s->conf->send_queue) {
+                /*
+                 * A reader that cannot keep up gets no more live deltas:
+                 * "resync" tells it to come back with since = pos, and the
+                 * log serves it at its own pace.
+                 */
+                ngx_http_collab_worker->stats.lagging++;
+                ngx_http_collab_doc_resync(sub, sub->pos, "lagging");
+                continue;
+            }
+
+            if (seq > sub->pos + 1) {
+                /* a gap: continue from the log */
                 sub->state = NGX_HTTP_COLLAB_SUB_CATCHUP;
                 ngx_http_collab_doc_sub_read(sub);
                 continue;

@@ -217,10 +217,45 @@ static ngx_command_t  ngx_http_collab_commands[] = {
       &ngx_http_collab_conflict_modes },
 
     { ngx_string("collab_rate"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE123,
+      ngx_http_collab_rate,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("collab_user_rate"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE12,
       ngx_http_collab_rate,
       NGX_HTTP_LOC_CONF_OFFSET,
       0,
+      NULL },
+
+    { ngx_string("collab_limit_zone"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_collab_limit_zone,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("collab_max_sessions_per_user"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_collab_loc_conf_t, max_user_sessions),
+      NULL },
+
+    { ngx_string("collab_max_sessions_per_doc"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_collab_loc_conf_t, max_doc_sessions),
+      NULL },
+
+    { ngx_string("collab_send_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_collab_loc_conf_t, send_timeout),
       NULL },
 
     { ngx_string("collab_max_inflight"),
@@ -597,17 +632,25 @@ invalid:
 }
 
 
+/* collab_rate Nr/s [burst=M] [bytes=SIZE]; collab_user_rate Nr/s [burst=M] */
+
 static char *
 ngx_http_collab_rate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_collab_loc_conf_t *lcf = conf;
 
-    u_char     *p;
-    size_t      len;
-    ngx_int_t   rate, scale, burst;
-    ngx_str_t  *value;
+    u_char      *p;
+    size_t       len;
+    ssize_t      bytes;
+    ngx_int_t    rate, scale, burst;
+    ngx_str_t   *value, s;
+    ngx_uint_t   i, user, *prate, *pburst;
 
-    if (lcf->rate != NGX_CONF_UNSET_UINT) {
+    user = (cmd->name.len == sizeof("collab_user_rate") - 1);
+    prate = user ? &lcf->user_rate : &lcf->rate;
+    pburst = user ? &lcf->user_burst : &lcf->burst;
+
+    if (*prate != NGX_CONF_UNSET_UINT) {
         return "is duplicate";
     }
 
@@ -616,8 +659,13 @@ ngx_http_collab_rate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     if (value[1].len == 3 && ngx_strcmp(value[1].data, "off") == 0
         && cf->args->nelts == 2)
     {
-        lcf->rate = 0;
-        lcf->burst = 0;
+        *prate = 0;
+        *pburst = 0;
+
+        if (!user) {
+            lcf->rate_bytes = 0;
+        }
+
         return NGX_CONF_OK;
     }
 
@@ -647,24 +695,46 @@ ngx_http_collab_rate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     burst = rate * 2 / scale;
+    bytes = 0;
 
-    if (cf->args->nelts == 3) {
-        if (ngx_strncmp(value[2].data, "burst=", 6) != 0) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "invalid parameter \"%V\"", &value[2]);
-            return NGX_CONF_ERROR;
+    for (i = 2; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "burst=", 6) == 0) {
+            burst = ngx_atoi(value[i].data + 6, value[i].len - 6);
+            if (burst <= 0) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid burst value \"%V\"", &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
+            continue;
         }
 
-        burst = ngx_atoi(value[2].data + 6, value[2].len - 6);
-        if (burst <= 0) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "invalid burst value \"%V\"", &value[2]);
-            return NGX_CONF_ERROR;
+        if (!user && ngx_strncmp(value[i].data, "bytes=", 6) == 0) {
+            s.data = value[i].data + 6;
+            s.len = value[i].len - 6;
+
+            bytes = ngx_parse_size(&s);
+            if (bytes <= 0) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid bytes value \"%V\"", &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
+            continue;
         }
+
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid parameter \"%V\"", &value[i]);
+        return NGX_CONF_ERROR;
     }
 
-    lcf->rate = rate * 1000 / scale;
-    lcf->burst = burst ? burst : 1;
+    *prate = rate * 1000 / scale;
+    *pburst = burst ? burst : 1;
+
+    if (!user) {
+        lcf->rate_bytes = bytes;
+    }
 
     return NGX_CONF_OK;
 }
@@ -790,6 +860,12 @@ ngx_http_collab_create_loc_conf(ngx_conf_t *cf)
     lcf->burst = NGX_CONF_UNSET_UINT;
     lcf->max_inflight = NGX_CONF_UNSET_UINT;
     lcf->default_role = NGX_CONF_UNSET_UINT;
+    lcf->rate_bytes = NGX_CONF_UNSET_SIZE;
+    lcf->user_rate = NGX_CONF_UNSET_UINT;
+    lcf->user_burst = NGX_CONF_UNSET_UINT;
+    lcf->max_user_sessions = NGX_CONF_UNSET_UINT;
+    lcf->max_doc_sessions = NGX_CONF_UNSET_UINT;
+    lcf->send_timeout = NGX_CONF_UNSET_MSEC;
     lcf->jwt_keys = NGX_CONF_UNSET_PTR;
     lcf->jwt_leeway = NGX_CONF_UNSET_MSEC;
     lcf->auth_timeout = NGX_CONF_UNSET_MSEC;
@@ -829,8 +905,32 @@ ngx_http_collab_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                               NGX_HTTP_COLLAB_MERGE_NONE);
     ngx_conf_merge_uint_value(conf->conflict, prev->conflict,
                               NGX_HTTP_COLLAB_CONFLICT_ACCEPT);
-    ngx_conf_merge_uint_value(conf->rate, prev->rate, 0);
-    ngx_conf_merge_uint_value(conf->burst, prev->burst, 0);
+    if (conf->rate == NGX_CONF_UNSET_UINT) {
+        conf->rate = prev->rate;
+        conf->burst = prev->burst;
+        conf->rate_bytes = prev->rate_bytes;
+    }
+
+    /* safe for an internet-facing edge unless told otherwise */
+    ngx_conf_merge_uint_value(conf->rate, prev->rate, 50000);
+    ngx_conf_merge_uint_value(conf->burst, prev->burst, 100);
+    ngx_conf_merge_size_value(conf->rate_bytes, prev->rate_bytes,
+                              1024 * 1024);
+
+    if (conf->user_rate == NGX_CONF_UNSET_UINT) {
+        conf->user_rate = prev->user_rate;
+        conf->user_burst = prev->user_burst;
+    }
+
+    ngx_conf_merge_uint_value(conf->user_rate, prev->user_rate, 0);
+    ngx_conf_merge_uint_value(conf->user_burst, prev->user_burst, 0);
+    ngx_conf_merge_uint_value(conf->max_user_sessions,
+                              prev->max_user_sessions, 0);
+    ngx_conf_merge_uint_value(conf->max_doc_sessions,
+                              prev->max_doc_sessions, 0);
+    ngx_conf_merge_msec_value(conf->send_timeout, prev->send_timeout, 30000);
+
+    conf->rate_bytes_burst = ngx_max(2 * conf->rate_bytes, conf->max_message);
     ngx_conf_merge_uint_value(conf->max_inflight, prev->max_inflight, 64);
     ngx_conf_merge_uint_value(conf->default_role, prev->default_role,
                               conf->auth == NGX_HTTP_COLLAB_AUTH_OFF
@@ -888,8 +988,20 @@ ngx_http_collab_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         return NGX_CONF_ERROR;
     }
 
+    mcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_collab_module);
+
+    if ((conf->user_rate || conf->max_user_sessions
+         || conf->max_doc_sessions)
+        && conf->enable == 1 && mcf->limit_zone == NULL)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"collab_user_rate\" and "
+                           "\"collab_max_sessions_per_*\" require "
+                           "\"collab_limit_zone\" in the http block");
+        return NGX_CONF_ERROR;
+    }
+
     if (conf->enable == 1) {
-        mcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_collab_module);
 
         if (mcf->redis_addr.data == NULL) {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,

@@ -82,6 +82,8 @@ struct ngx_http_collab_main_conf_s {
     ngx_msec_t                   redis_connect_timeout;
     ngx_uint_t                   redis_max_inflight;
     ngx_uint_t                   enabled;        /* any collab location */
+    ngx_shm_zone_t              *limit_zone;
+    void                        *limit_sh;
 };
 
 
@@ -99,6 +101,13 @@ struct ngx_http_collab_loc_conf_s {
     ngx_uint_t                   conflict;
     ngx_uint_t                   rate;           /* per 1000 s */
     ngx_uint_t                   burst;
+    size_t                       rate_bytes;     /* per second */
+    size_t                       rate_bytes_burst;
+    ngx_uint_t                   user_rate;      /* per 1000 s */
+    ngx_uint_t                   user_burst;
+    ngx_uint_t                   max_user_sessions;
+    ngx_uint_t                   max_doc_sessions;
+    ngx_msec_t                   send_timeout;
     ngx_uint_t                   max_inflight;   /* deltas per session */
     ngx_uint_t                   default_role;
     void                        *jwt_keys;       /* jwt_keys_t */
@@ -154,6 +163,7 @@ struct ngx_http_collab_sub_s {
     unsigned                     has_epoch:1;
     unsigned                     stalled:1;      /* waits for drain/Redis */
     unsigned                     rereads:3;
+    unsigned                     counted:1;      /* in the doc limit */
 };
 
 
@@ -250,6 +260,15 @@ struct ngx_http_collab_session_s {
     ngx_event_t                  ping;
     ngx_event_t                  linger;
     ngx_event_t                  expire;         /* auth timeout, exp */
+    ngx_event_t                  drain;          /* slow consumer */
+
+    uint64_t                     limit_excess;
+    ngx_msec_t                   limit_last;
+    uint64_t                     limit_bytes_excess;
+    ngx_msec_t                   limit_bytes_last;
+    ngx_msec_t                   strike_start;
+    ngx_uint_t                   strikes;
+    size_t                       cur_len;        /* of the message */
     ngx_msec_t                   last_recv;
 
     ngx_str_t                    cursor_epoch;   /* SSE resume */
@@ -269,7 +288,19 @@ struct ngx_http_collab_session_s {
     unsigned                     finalize:1;
     unsigned                     last_sent:1;
     unsigned                     authenticated:1;
+    unsigned                     counted:1;      /* in the user limit */
 };
+
+
+typedef struct {
+    ngx_atomic_uint_t            rate_limited;
+    ngx_atomic_uint_t            flood_closed;
+    ngx_atomic_uint_t            sessions_refused;
+    ngx_atomic_uint_t            lagging;
+    ngx_atomic_uint_t            slow_closed;
+    ngx_atomic_uint_t            ephemera_dropped;
+    ngx_atomic_uint_t            unavailable;
+} ngx_http_collab_stats_t;
 
 
 typedef struct {
@@ -280,6 +311,7 @@ typedef struct {
     ngx_http_collab_redis_t      sub;
     ngx_connection_t            *watcher;
     ngx_event_t                  retry;
+    ngx_http_collab_stats_t      stats;
     time_t                       deny_sec;
     ngx_uint_t                   deny_count;
     ngx_http_collab_out_t       *free_out;
@@ -391,6 +423,16 @@ void ngx_http_collab_auth_wait(ngx_http_collab_session_t *s);
 void ngx_http_collab_auth_message(ngx_http_collab_session_t *s, json_t *obj,
     ngx_uint_t slot);
 void ngx_http_collab_session_authenticated(ngx_http_collab_session_t *s);
+
+/* limits */
+char *ngx_http_collab_limit_zone(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+ngx_int_t ngx_http_collab_limit_message(ngx_http_collab_session_t *s,
+    size_t len, ngx_msec_t *retry);
+ngx_int_t ngx_http_collab_limit_acquire(ngx_http_collab_session_t *s,
+    ngx_str_t *doc);
+void ngx_http_collab_limit_release(ngx_http_collab_session_t *s,
+    ngx_str_t *doc);
 
 /* ACL admin endpoint */
 char *ngx_http_collab_admin(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);

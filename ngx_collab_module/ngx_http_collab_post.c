@@ -142,6 +142,7 @@ ngx_http_collab_post_body(ngx_http_request_t *r)
             continue;
         }
 
+        s->cur_len = 0;
         (void) ngx_http_collab_proto_handle_json(s, msg, i);
     }
 

@@ -361,6 +361,8 @@ ngx_http_collab_proto_handle(ngx_http_collab_session_t *s, u_char *text,
     json_t        *obj;
     json_error_t   err;
 
+    s->cur_len = len;
+
     obj = json_loadb((char *) text, len, JSON_REJECT_DUPLICATES, &err);
 
     if (obj == NULL) {
@@ -585,9 +587,10 @@ static void
 ngx_http_collab_proto_delta(ngx_http_collab_session_t *s, json_t *obj,
     ngx_uint_t slot)
 {
-    json_t     *v;
-    int64_t     base;
-    ngx_int_t   rc;
+    json_t      *v;
+    int64_t      base;
+    ngx_int_t    rc;
+    ngx_msec_t   retry;
     ngx_str_t   doc, id, data;
 
     ngx_str_null(&id);
@@ -633,6 +636,25 @@ ngx_http_collab_proto_delta(ngx_http_collab_session_t *s, json_t *obj,
         ngx_http_collab_reply(s, slot,
                               ngx_http_collab_msg_error("nack", "invalid",
                                   &doc, &id, "\"data\" is missing"));
+        return;
+    }
+
+    switch (ngx_http_collab_limit_message(s, s->cur_len, &retry)) {
+
+    case NGX_OK:
+        break;
+
+    case NGX_BUSY:
+        ngx_http_collab_reply(s, slot,
+                              ngx_http_collab_msg_build("nack",
+                                  "id", 'S', &id, "doc", 'S', &doc,
+                                  "code", 'C', "rate_limited",
+                                  "message", 'C', "too many deltas: slow "
+                                  "down", "retry_after_ms", 'I',
+                                  (int64_t) retry, NULL));
+        return;
+
+    default: /* NGX_DONE: closed for flooding */
         return;
     }
 
@@ -720,6 +742,7 @@ ngx_http_collab_proto_ephemeral(ngx_http_collab_session_t *s, json_t *obj,
 {
     json_t                 *v;
     ngx_str_t               doc, data, sid;
+    ngx_msec_t              retry;
     ngx_uint_t              need;
     ngx_http_collab_sub_t  *sub;
     ngx_http_collab_msg_t  *m;
@@ -760,6 +783,14 @@ ngx_http_collab_proto_ephemeral(ngx_http_collab_session_t *s, json_t *obj,
         ngx_http_collab_reply(s, slot,
                               ngx_http_collab_msg_error("error", "invalid",
                                   &doc, NULL, "\"data\" is missing"));
+        return;
+    }
+
+    if (type[0] == 'i'
+        && ngx_http_collab_limit_message(s, s->cur_len, &retry) != NGX_OK)
+    {
+        /* intents over the limit are dropped: the next one supersedes */
+        ngx_http_collab_worker->stats.ephemera_dropped++;
         return;
     }
 

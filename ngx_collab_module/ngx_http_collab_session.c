@@ -35,6 +35,7 @@ static void ngx_http_collab_session_append(ngx_http_collab_session_t *s,
     ngx_http_collab_out_t *out, size_t len);
 static void ngx_http_collab_session_ping_handler(ngx_event_t *ev);
 static void ngx_http_collab_session_linger_handler(ngx_event_t *ev);
+static void ngx_http_collab_session_drain_handler(ngx_event_t *ev);
 static void ngx_http_collab_session_write_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_collab_session_flush_ws(
     ngx_http_collab_session_t *s);
@@ -177,7 +178,28 @@ ngx_http_collab_session_create(ngx_http_request_t *r,
     s->linger.data = s;
     s->linger.log = r->connection->log;
 
+    s->drain.handler = ngx_http_collab_session_drain_handler;
+    s->drain.data = s;
+    s->drain.log = r->connection->log;
+    s->drain.cancelable = 1;
+
     s->last_recv = ngx_current_msec;
+
+    if (s->authenticated
+        && transport != NGX_HTTP_COLLAB_TRANSPORT_POST
+        && transport != NGX_HTTP_COLLAB_TRANSPORT_ADMIN)
+    {
+        if (ngx_http_collab_limit_acquire(s, NULL) != NGX_OK) {
+            if (s->claims) {
+                json_decref(s->claims);
+            }
+
+            *status = 429;
+            return NULL;
+        }
+
+        s->counted = 1;
+    }
 
     ngx_queue_insert_tail(&ngx_http_collab_worker->sessions, &s->link);
 
@@ -226,6 +248,15 @@ ngx_http_collab_session_cleanup(void *data)
 
     if (s->expire.timer_set) {
         ngx_del_timer(&s->expire);
+    }
+
+    if (s->drain.timer_set) {
+        ngx_del_timer(&s->drain);
+    }
+
+    if (s->counted) {
+        ngx_http_collab_limit_release(s, NULL);
+        s->counted = 0;
     }
 
     if (s->claims) {
@@ -398,6 +429,11 @@ ngx_http_collab_session_send(ngx_http_collab_session_t *s,
         return NGX_ERROR;
     }
 
+    if (s->out_bytes + len > s->conf->send_queue && !s->drain.timer_set) {
+        /* behind: it must drain within collab_send_timeout */
+        ngx_add_timer(&s->drain, s->conf->send_timeout);
+    }
+
     out->msg = m;
     m->refs++;
 
@@ -521,11 +557,37 @@ ngx_http_collab_session_flush(ngx_http_collab_session_t *s)
         return;
     }
 
+    if (s->drain.timer_set && s->out_bytes <= s->conf->send_queue) {
+        ngx_del_timer(&s->drain);
+    }
+
     if (before > s->conf->send_queue / 2
         && s->out_bytes <= s->conf->send_queue / 2)
     {
         ngx_http_collab_doc_resume(s);
     }
+}
+
+
+static void
+ngx_http_collab_session_drain_handler(ngx_event_t *ev)
+{
+    ngx_connection_t           *c;
+    ngx_http_collab_session_t  *s;
+
+    s = ev->data;
+    c = s->connection;
+
+    ngx_log_error(NGX_LOG_WARN, c->log, 0,
+                  "collab: session %*s did not drain its send queue in "
+                  "time, closing it", (size_t) 16, s->id);
+
+    ngx_http_collab_worker->stats.slow_closed++;
+
+    /* a close frame would wait behind what does not drain */
+    c->error = 1;
+    ngx_http_collab_session_finalize(s);
+    ngx_http_run_posted_requests(c);
 }
 
 

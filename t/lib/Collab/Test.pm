@@ -820,4 +820,130 @@ sub is_list {
 sub json_encode { $JSON->encode($_[0]) }
 sub json_decode { $JSON->decode($_[0]) }
 
+###########################################################################
+# JWTs for the auth tests, made with the openssl CLI
+#
+#   my $k = $t->jwt_keys;        # {hs256 => path, hs256b, hs384, hs512, rsa, rsa2,
+#                                #  ec, ed (public keys: "$k->{rsa}.pub" ...)}
+#   my $tok = $t->jwt(key => 'rsa', claims => {sub => 'alice', exp => time + 60},
+#                     kid => 'r1', header => {alg => 'RS256'}, secret => $bytes);
+#
+# key: hs256 hs256b hs384 hs512 (HMAC with the secret file), rsa rsa2 (RS256),
+# ec (ES256, DER signature turned into R||S), ed (EdDSA); header.alg defaults
+# to the key's; secret => BYTES signs with HMAC over those bytes instead.
+
+sub _openssl {
+    my ($self, @args) = @_;
+    my $log = "$self->{dir}/openssl.log";
+    my $pid = fork;
+    die "fork: $!" unless defined $pid;
+    if (!$pid) {
+        open STDIN, '<', '/dev/null';
+        open STDOUT, '>>', $log;
+        open STDERR, '>&', \*STDOUT;
+        exec('openssl', @args) or POSIX::_exit(127);
+    }
+    waitpid($pid, 0);
+    die "openssl @args failed (see $log)\n" if $?;
+}
+
+sub jwt_keys {
+    my ($self) = @_;
+    return $self->{jwt_keys} if $self->{jwt_keys};
+    my $d = "$self->{dir}/keys";
+    mkdir $d;
+    my %k;
+    for my $h ([hs256 => 32], [hs256b => 32], [hs384 => 48], [hs512 => 64]) {
+        $k{ $h->[0] } = "$d/$h->[0].key";
+        $self->_openssl('rand', '-out', $k{ $h->[0] }, $h->[1]);
+    }
+    my %gen = (
+        rsa => ['-algorithm', 'RSA', '-pkeyopt', 'rsa_keygen_bits:2048'],
+        rsa2 => ['-algorithm', 'RSA', '-pkeyopt', 'rsa_keygen_bits:2048'],
+        ec => ['-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:P-256'],
+        ed => ['-algorithm', 'ed25519'],
+    );
+    for my $n (sort keys %gen) {
+        $k{$n} = "$d/$n.key";
+        $self->_openssl('genpkey', @{ $gen{$n} }, '-out', $k{$n});
+        $self->_openssl('pkey', '-in', $k{$n}, '-pubout', '-out', "$k{$n}.pub");
+    }
+    return $self->{jwt_keys} = \%k;
+}
+
+sub b64url {
+    my ($s) = @_;
+    require MIME::Base64;
+    $s = MIME::Base64::encode_base64($s, '');
+    $s =~ tr{+/}{-_};
+    $s =~ s/=+$//;
+    return $s;
+}
+
+# DER ECDSA-Sig-Value => R||S of 32 bytes each
+sub _der_to_raw {
+    my ($der) = @_;
+    my $p = 0;
+    my $len = sub {
+        my $l = ord substr($der, $p++, 1);
+        return $l if $l < 0x80;
+        my $n = $l & 0x7f;
+        my $v = 0;
+        $v = ($v << 8) | ord substr($der, $p++, 1) for 1 .. $n;
+        return $v;
+    };
+    die "not a DER SEQUENCE\n" unless ord(substr($der, $p++, 1)) == 0x30;
+    $len->();
+    my $out = '';
+    for (1 .. 2) {
+        die "not a DER INTEGER\n" unless ord(substr($der, $p++, 1)) == 0x02;
+        my $l = $len->();
+        my $i = substr($der, $p, $l);
+        $p += $l;
+        $i =~ s/^\x00+//;
+        die "INTEGER longer than 32 bytes\n" if length $i > 32;
+        $out .= ("\x00" x (32 - length $i)) . $i;
+    }
+    return $out;
+}
+
+my %JWT_ALG = (hs256 => 'HS256', hs256b => 'HS256', hs384 => 'HS384', hs512 => 'HS512',
+               rsa => 'RS256', rsa2 => 'RS256', ec => 'ES256', ed => 'EdDSA');
+
+sub jwt {
+    my ($self, %o) = @_;
+    my $key = $o{key} // 'hs256';
+    my $k = $self->jwt_keys;
+    my %h = (alg => $JWT_ALG{$key} // die("unknown key $key\n"), typ => 'JWT');
+    $h{kid} = $o{kid} if defined $o{kid};
+    %h = (%h, %{ $o{header} || {} });
+    delete @h{ grep { !defined $h{$_} } keys %h };
+    my $input = b64url($JSON->encode(\%h)) . '.'
+        . b64url(ref $o{claims} ? $JSON->encode($o{claims}) : $o{claims} // '{}');
+    my $f = "$self->{dir}/keys/input." . ++$self->{jwt_n};
+    open my $fh, '>', $f or die "$f: $!";
+    binmode $fh;
+    print $fh $input;
+    close $fh;
+    my $sig;
+    if (defined $o{secret} || $key =~ /^hs/) {
+        my $secret = $o{secret} // _slurp($k->{$key});
+        my $md = defined $o{secret} ? 'sha256' : { hs256 => 'sha256', hs256b => 'sha256',
+            hs384 => 'sha384', hs512 => 'sha512' }->{$key};
+        $self->_openssl('dgst', "-$md", '-mac', 'HMAC', '-macopt',
+            'hexkey:' . unpack('H*', $secret), '-binary', '-out', "$f.sig", $f);
+        $sig = _slurp("$f.sig");
+    } elsif ($key eq 'ed') {
+        $self->_openssl('pkeyutl', '-sign', '-inkey', $k->{$key}, '-rawin', '-in', $f,
+            '-out', "$f.sig");
+        $sig = _slurp("$f.sig");
+    } else {
+        $self->_openssl('dgst', '-sha256', '-sign', $k->{$key}, '-out', "$f.sig", $f);
+        $sig = _slurp("$f.sig");
+        $sig = _der_to_raw($sig) if $key eq 'ec';
+    }
+    unlink $f, "$f.sig";
+    return "$input." . b64url($sig);
+}
+
 1;
