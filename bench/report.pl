@@ -99,13 +99,16 @@ p 'the same two cores, so absolute figures are low and noisy; the ratios are the
 p '';
 p '## Setup';
 p '';
-p '- **collab**: `location = /collab { collab; }`, `collab_redis 127.0.0.1:PORT`, all other';
-p '  directives at their defaults. Subscribers send `{"type":"subscribe","doc":D}` and wait for';
+p '- **collab**: `location = /collab { collab; collab_rate off; }`, `collab_redis 127.0.0.1:PORT`,';
+p '  all other directives at their defaults (`collab_rate off`: the generator\'s few publishers send';
+p '  hundreds of deltas/s each, far above the default per-session limit of 50/s). Subscribers send `{"type":"subscribe","doc":D}` and wait for';
 p '  `subscribed`; publishers send `{"type":"delta","doc":D,"id":UNIQUE,"data":{"t":SEND_US,"p":"xx…"}}`';
 p '  and get an `ack` each. Order is checked with the `seq` of each delivered delta.';
 p '- **nchan**: Redis storage (`upstream { nchan_redis_server redis://127.0.0.1:PORT; }` +';
 p '  `nchan_redis_pass`, default `distributed` storage mode), subscribers on a';
-p '  `nchan_pubsub websocket` location `/ps/<channel>` (`nchan_subscriber_first_message newest`),';
+p '  `nchan_pubsub websocket` location `/ps/<channel>` (`nchan_subscriber_first_message newest`,';
+p '  `nchan_message_buffer_length 1000`: with the default of 10, subscribers that fall behind';
+p '  near saturation lose messages, which lowered nchan\'s W3 figure),';
 p '  publishers on a `nchan_publisher websocket` location `/pub/<channel>` of the same channel';
 p '  (publishing on the pub/sub location would echo every message back to its publisher, an extra';
 p '  delivery nchan would be charged for); nchan answers each published message with channel info,';
@@ -254,7 +257,7 @@ if ($o{plot}) {
     my $gp = "$o{out}/plot.gp";
     open my $g, '>', $gp or die;
     print $g <<"EOF";
-set terminal pngcairo size 1500,480 font "DejaVu Sans,10"
+set terminal pngcairo size 1500,480 font "DejaVu Sans,10" noenhanced
 set output "$o{plot}"
 set multiplot layout 1,3 title "ngx_http_collab_module vs nchan (Redis storage), medians of $o{runs} run(s), $nproc cores"
 set style data histograms

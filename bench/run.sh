@@ -14,6 +14,7 @@
 #   BENCH_PROFILE=0        skip the perf profile (default: on when perf works)
 #   BENCH_OUT=dir          results, configs, logs (default bench/out)
 #   BENCH_DOC=file         report (default docs/benchmarks.md; the plot goes next to it)
+#   BENCH_COLLAB_EXTRA / BENCH_NCHAN_EXTRA   directives added to the collab / nchan locations
 #   COLLAB_MODULE, NGINX_BIN, REDIS_SERVER   as for the tests
 #
 # Everything listens on 127.0.0.1; the load generator connects from 127.0.0.2.. (loopback).
@@ -39,6 +40,8 @@ REDIS_SERVER=${REDIS_SERVER:-redis-server}
 NCHAN_MODULE=""
 BENCH=$ROOT/bench/collab-bench
 RESULTS=$OUT/results.jsonl
+COLLAB_EXTRA=${BENCH_COLLAB_EXTRA:-}
+NCHAN_EXTRA=${BENCH_NCHAN_EXTRA:-}
 
 log() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
 fail() { log "ERROR: $*"; exit 1; }
@@ -151,6 +154,9 @@ EOF
         listen 127.0.0.1:$port reuseport backlog=4096;
         location = /collab {
             collab;
+            # the generator's publishers send hundreds of deltas/s each: no per-session limit
+            collab_rate off;
+            $COLLAB_EXTRA
         }
     }
 }
@@ -168,6 +174,10 @@ EOF
             nchan_channel_id \$1;
             nchan_redis_pass nchan_redis;
             nchan_subscriber_first_message newest;
+            # default 10: subscribers that fall behind under load lose messages; 1000 is
+            # nchan's better configuration for this workload (closer to collab's full log)
+            nchan_message_buffer_length 1000;
+            $NCHAN_EXTRA
         }
         # publishers: WebSocket publisher endpoint on the same channels (a publisher on the
         # pub/sub location would also receive every message it sends)
@@ -175,6 +185,7 @@ EOF
             nchan_publisher websocket;
             nchan_channel_id \$1;
             nchan_redis_pass nchan_redis;
+            nchan_message_buffer_length 1000;
         }
     }
 }
@@ -388,9 +399,9 @@ run_profile() {
         PERF_PID=$!
         run_bench "$t" profile 1 -S 100 -K 10 -P 10 -R "$PROFILE_RATE" -D "$dur" -B 256 --drain 3
         wait "$PERF_PID"; PERF_PID=""
-        perf report -i "$OUT/perf-$t.data" --no-children --sort dso,symbol --stdio 2>/dev/null \
+        perf report -i "$OUT/perf-$t.data" --no-children -g none --sort dso,symbol --stdio 2>/dev/null \
             | grep -E '^ +[0-9]' | head -n 25 > "$OUT/profile-$t.txt"
-        perf report -i "$OUT/perf-$t.data" --no-children --sort dso --stdio 2>/dev/null \
+        perf report -i "$OUT/perf-$t.data" --no-children -g none --sort dso --stdio 2>/dev/null \
             | grep -E '^ +[0-9]' | head -n 12 > "$OUT/profile-dso-$t.txt"
         stop_nginx
         sleep 1

@@ -964,6 +964,14 @@ ngx_http_collab_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         return NGX_CONF_ERROR;
     }
 
+    if (conf->merge == NGX_HTTP_COLLAB_MERGE_JSON && conf->enable == 1) {
+        /* better refused than silently ignored */
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"collab_merge json-merge\" is not supported "
+                           "yet");
+        return NGX_CONF_ERROR;
+    }
+
     if (conf->max_inflight == 0) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"collab_max_inflight\" must be at least 1");
