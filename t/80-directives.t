@@ -67,7 +67,7 @@ good('every directive', conf('', <<'EOF', 'collab_redis 127.0.0.1:6379 password=
             collab_max_docs 32;
             collab_send_queue 1m;
             collab_ping 10s;
-            collab_merge json-merge;
+            collab_merge none;
             collab_conflict reject-stale;
             collab_rate 50r/s burst=100;
 EOF
@@ -83,6 +83,7 @@ good('collab_redis without any collab location', <<'EOF');
 EOF
 
 # --- collab_auth
+bad('json-merge refused until implemented', conf('', 'collab_merge json-merge;'), qr/json-merge.*not supported yet/);
 bad('unknown collab_auth mode', conf('', 'collab_auth magic;'), qr/collab_auth|"magic"/);
 
 # --- sizes and numbers
