@@ -592,6 +592,12 @@ ngx_http_collab_doc_fanout(ngx_http_collab_doc_t *doc, u_char *payload,
                  * log serves it at its own pace.
                  */
                 ngx_http_collab_worker->stats.lagging++;
+
+                ngx_log_error(NGX_LOG_INFO, s->connection->log, 0,
+                              "collab: session %*s fell behind on \"%V\" "
+                              "at seq %uL, sending resync", (size_t) 16,
+                              s->id, &doc->node.str, sub->pos);
+
                 ngx_http_collab_doc_resync(sub, sub->pos, "lagging");
                 continue;
             }
@@ -675,6 +681,14 @@ ngx_http_collab_doc_fanout(ngx_http_collab_doc_t *doc, u_char *payload,
             || s->out_bytes + len > s->conf->send_queue / 2)
         {
             /* ephemera are the first to go when a reader is behind */
+            if (sub->state == NGX_HTTP_COLLAB_SUB_LIVE) {
+                ngx_http_collab_worker->stats.ephemera_dropped++;
+
+                ngx_log_debug1(NGX_LOG_DEBUG_HTTP, s->connection->log, 0,
+                               "collab: ephemeral message dropped for "
+                               "\"%V\"", &doc->node.str);
+            }
+
             continue;
         }
 

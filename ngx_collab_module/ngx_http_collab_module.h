@@ -220,6 +220,7 @@ struct ngx_http_collab_redis_s {
     ngx_queue_t                  inflight;
     ngx_uint_t                   ninflight;
     ngx_uint_t                   setup_pending;
+    time_t                       full_logged;
     ngx_log_t                   *log;
     ngx_http_collab_main_conf_t *mcf;
     unsigned                     subscriber:1;

@@ -768,6 +768,19 @@ ngx_http_collab_redis_command(ngx_http_collab_redis_t *rc,
     if (rc->ac == NULL || rc->state != NGX_HTTP_COLLAB_REDIS_READY
         || rc->ninflight >= rc->mcf->redis_max_inflight)
     {
+        ngx_http_collab_worker->stats.unavailable++;
+
+        if (rc->ac && rc->ninflight >= rc->mcf->redis_max_inflight
+            && rc->full_logged != ngx_time())
+        {
+            /* once a second at most: this is the flood it protects from */
+            rc->full_logged = ngx_time();
+
+            ngx_log_error(NGX_LOG_WARN, rc->log, 0,
+                          "collab: %ui Redis commands in flight, refusing "
+                          "more", rc->ninflight);
+        }
+
         ngx_http_collab_cmd_free(cmd);
         return NGX_DECLINED;
     }
