@@ -15,7 +15,8 @@ SHELL := /bin/bash
 # Debian packages needed to build, test and run. "a|b" = either one installed is enough
 # (the first is installed when none is). Add what new tests need here, and only here.
 DEB_PACKAGES := nginx|nginx-core nginx-dev libhiredis-dev libjansson-dev libssl-dev \
-                redis-server redis-tools make gcc libc6-dev binutils perl file curl
+                redis-server redis-tools make gcc libc6-dev binutils perl file curl \
+                chromium npm|nodejs
 
 NGX_SRC      ?= /usr/share/nginx/src
 NGINX_BIN    ?= /usr/sbin/nginx
@@ -130,8 +131,14 @@ define prove
 	prove -r -It/lib $(PROVE_FLAGS) $(TEST)
 endef
 
-test: build
+test: build t/browser/node_modules
 	$(call prove,$(MODULE),0)
+
+# t/99-browser.t drives Debian's chromium with playwright-core (t/browser/package-lock.json).
+# "npm|nodejs" above: NodeSource's nodejs (on these machines) ships npm and conflicts with
+# Debian's npm package; without any nodejs, Debian's npm brings its nodejs along.
+t/browser/node_modules: t/browser/package.json t/browser/package-lock.json | deps
+	cd t/browser && npm ci --no-audit --no-fund --loglevel=error && touch node_modules
 
 test-asan: build-asan
 	$(call prove,$(ASAN_MODULE),1)

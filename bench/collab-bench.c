@@ -87,6 +87,7 @@ static struct {
     double connect_timeout, drain, hold, settle;
     int quiet;
     int json_only;
+    int connect_only;
 } opt = {
     .mode = MODE_COLLAB, .host = "127.0.0.1", .port = 8080, .path = "/collab",
     .sub_path = "/ps/", .pub_path = "/pub/",
@@ -381,7 +382,7 @@ static void session_ready(conn_t *c)
     ws->sessions_ok++;
     pending_ready--;
     inflight--;
-    if (c->role == ROLE_SUB) __atomic_fetch_add(&doc_subs[c->doc], 1, __ATOMIC_RELAXED);
+    if (c->role == ROLE_SUB && !opt.connect_only) __atomic_fetch_add(&doc_subs[c->doc], 1, __ATOMIC_RELAXED);
 }
 
 static void session_failed(conn_t *c, const char *why)
@@ -520,7 +521,7 @@ static void on_message(conn_t *c, const char *m, size_t n, int64_t now)
             c->last = sseq;
         }
     } else if (IS("welcome")) {
-        if (c->role == ROLE_PUB && c->state == ST_OPEN) session_ready(c);
+        if ((c->role == ROLE_PUB || opt.connect_only) && c->state == ST_OPEN) session_ready(c);
     } else if (IS("resync")) {
         ws->resyncs++;
         send_subscribe(c, 1);
@@ -633,7 +634,7 @@ static void on_handshake(conn_t *c, int64_t now)
     memmove(c->rbuf, c->rbuf + hl, rest);
     c->rlen = rest;
     if (opt.mode == MODE_COLLAB) {
-        if (c->role == ROLE_SUB) send_subscribe(c, 0);
+        if (c->role == ROLE_SUB && !opt.connect_only) send_subscribe(c, 0);
     } else {
         session_ready(c);     /* nchan subscribes on the upgrade itself; the probe confirms */
     }
@@ -984,6 +985,7 @@ static void usage(void)
 "  --src-ips N --src-base B   bind to 127.0.0.B..B+N-1 (0 = no bind; default 4, 2)\n"
 "  --conc N                concurrent handshakes (256)\n"
 "  --connect-timeout s (60)  --drain s (5)  --hold s (idle hold when R=0, 1)  --settle s (1)\n"
+"  --connect-only          collab: sessions do not subscribe (ready at `welcome`; with -R 0)\n"
 "  --label STR             copied into the JSON line\n"
 "  --json                  print only the JSON line\n");
     exit(2);
@@ -996,7 +998,8 @@ int main(int argc, char **argv)
         {"sub-path", 1, 0, 2}, {"pub-path", 1, 0, 3}, {"prefix", 1, 0, 4}, {"nginx-pid", 1, 0, 5},
         {"pid-file", 1, 0, 6}, {"procs", 1, 0, 7}, {"src-ips", 1, 0, 8}, {"src-base", 1, 0, 9},
         {"conc", 1, 0, 10}, {"connect-timeout", 1, 0, 11}, {"drain", 1, 0, 12}, {"hold", 1, 0, 13},
-        {"label", 1, 0, 14}, {"json", 0, 0, 15}, {"settle", 1, 0, 16}, {"help", 0, 0, 'H'},
+        {"label", 1, 0, 14}, {"json", 0, 0, 15}, {"settle", 1, 0, 16}, {"connect-only", 0, 0, 17},
+        {"help", 0, 0, 'H'},
         {0, 0, 0, 0}};
     int c;
     while ((c = getopt_long(argc, argv, "S:K:P:R:D:B:", lo, NULL)) != -1) {
@@ -1024,6 +1027,7 @@ int main(int argc, char **argv)
         case 14: opt.label = optarg; break;
         case 15: opt.json_only = 1; break;
         case 16: opt.settle = atof(optarg); break;
+        case 17: opt.connect_only = 1; break;
         case 'S': opt.subs = atoi(optarg); break;
         case 'K': opt.docs = atoi(optarg); break;
         case 'P': opt.pubs = atoi(optarg); break;
@@ -1037,6 +1041,7 @@ int main(int argc, char **argv)
     if (opt.pubs > opt.docs) opt.pubs = opt.docs;
     if (opt.rate <= 0 || opt.duration <= 0) { opt.rate = 0; opt.duration = 0; }
     if (opt.rate > 0 && opt.pubs == 0) die("-R needs publishers (-P)");
+    if (opt.connect_only && opt.rate > 0) die("--connect-only is for idle sessions (-R 0)");
     if (opt.src_ips < 0 || opt.src_base + opt.src_ips > 256) die("bad --src-ips/--src-base");
     if (opt.conc < 1) opt.conc = 1;
     char pfx[40];

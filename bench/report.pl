@@ -95,7 +95,9 @@ p "| load generator | bench/collab-bench.c ($gccv, -O2), one process, epoll |";
 p "| duration of the suite | $o{seconds} s |";
 p '';
 p 'The machine is a shared 2-core VM: nginx (2 workers), Redis and the load generator compete for';
-p 'the same two cores, so absolute figures are low and noisy; the ratios are the point.';
+p 'the same two cores, and other jobs may run on it too, so absolute figures are low and noisy;';
+p 'the ratios are the point. Before each measurement the runner waits (bounded) until other';
+p 'processes use at most ' . ($ENV{BENCH_QUIET_MAX} // 25) . '% of the CPUs; the load it saw is listed with the results.';
 p '';
 p '## Setup';
 p '';
@@ -164,7 +166,9 @@ my @integrity = (['delivered / s', 'delivered_per_s', 'n'], ['expected deliverie
                  ['nacks', 'nacks', 'n', 1], ['connect failures', 'connect_fail', 'n', 1],
                  ['disconnects', 'disconnects', 'n', 1],
                  ['nginx RSS per session', 'rss_per_session_b', 'B'],
-                 ['error.log alert/crit/crash lines', 'log_problems', 'n', 1]);
+                 ['error.log alert/crit/crash lines', 'log_problems', 'n', 1],
+                 ['CPU used by other processes before the run (%)', 'bg_busy', 'n', 1],
+                 ['generator pacing lag max', 'pace_lag_max_us', 'ms', 1]);
 
 for my $w (qw(W1 W2)) {
     next unless $by{$w};
@@ -176,24 +180,24 @@ for my $w (qw(W1 W2)) {
 if ($by{W3}) {
     p '### W3: saturation, 100 subscribers over 10 documents';
     p '';
-    p 'Doubling from 1,000 deltas/s until a step fails, then bisection (' . ($o{quick} ? 2 : 4) . ' steps); the';
+    p 'Doubling from 1,000 deltas/s until a step fails, then bisection (' . ($o{quick} ? 2 : 4) . ' steps' . ($o{quick} ? '' : '; a failed step is tried once more before it counts as failed') . '); the';
     p 'figure is the delivered deltas/s measured at the highest passing rate (each delta reaches 10 subscribers).';
     p '';
     metric_rows('W3', ['**delivered / s**', 'delivered_per_s', 'n'], ['paced rate (deltas/s)', 'rate', 'n'],
                 ['latency p50 at that rate', 'p50_us', 'ms'], ['latency p99 at that rate', 'p99_us', 'ms'],
-                ['latency max at that rate', 'max_us', 'ms']);
+                ['latency max at that rate', 'max_us', 'ms'], ['CPU used by other processes before (%)', 'bg_busy', 'n', 1]);
     # every probe of the search
     my @probes = grep { ($_->{workload} // '') eq 'W3-probe' && !$_->{failed} } @rows;
     if (@probes) {
         p '<details><summary>every step of the search</summary>';
         p '';
-        p '| target | run | rate | delivered/s | p99 | lost | order violations | nacks | pass |';
-        p '|---|---|---|---|---|---|---|---|---|';
+        p '| target | run | rate | delivered/s | p99 | lost | order violations | nacks | other CPU load before | pass |';
+        p '|---|---|---|---|---|---|---|---|---|---|';
         for my $j (@probes) {
             my $pass = ($j->{p99_us} <= 50000 && !$j->{lost} && !$j->{dups} && !$j->{order_violations}
                         && !$j->{connect_fail} && ($j->{mode} ne 'collab' || (!$j->{nacks} && $j->{acks} == $j->{sent}))) ? 'yes' : 'no';
             p "| $j->{target} | $j->{run} | " . fmt($j->{rate}, 'n') . ' | ' . fmt($j->{delivered_per_s}, 'n') . ' | '
-              . fmt($j->{p99_us}, 'ms') . " | $j->{lost} | $j->{order_violations} | $j->{nacks} | $pass |";
+              . fmt($j->{p99_us}, 'ms') . " | $j->{lost} | $j->{order_violations} | $j->{nacks} | " . ($j->{bg_busy} // '–') . "% | $pass |";
         }
         p '';
         p '</details>';

@@ -43,6 +43,23 @@ static void ngx_http_collab_acl_deny_reply(ngx_http_collab_cmd_t *cmd,
     redisReply *reply);
 
 
+/*
+ * Unset, it depends on the collab_auth of the location itself, which a
+ * merge at an outer level cannot know.
+ */
+
+ngx_uint_t
+ngx_http_collab_default_role(ngx_http_collab_loc_conf_t *lcf)
+{
+    if (lcf->default_role != NGX_CONF_UNSET_UINT) {
+        return lcf->default_role;
+    }
+
+    return lcf->auth == NGX_HTTP_COLLAB_AUTH_OFF ? NGX_HTTP_COLLAB_ROLE_EDITOR
+                                                 : NGX_HTTP_COLLAB_ROLE_NONE;
+}
+
+
 ngx_str_t *
 ngx_http_collab_role_name(ngx_uint_t role)
 {
@@ -151,7 +168,7 @@ ngx_http_collab_acl_role(ngx_http_collab_session_t *s,
     role = ngx_http_collab_acl_grant(s, &doc->node.str);
 
     if (doc->acl == NULL) {
-        r = s->conf->default_role;
+        r = ngx_http_collab_default_role(s->conf);
         return r > role ? r : role;
     }
 

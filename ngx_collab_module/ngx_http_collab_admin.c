@@ -36,8 +36,16 @@ static void ngx_http_collab_admin_respond(ngx_http_request_t *r,
 char *
 ngx_http_collab_admin(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
+    ngx_http_collab_loc_conf_t *lcf = conf;
+
     ngx_http_core_loc_conf_t     *clcf;
     ngx_http_collab_main_conf_t  *mcf;
+
+    if (lcf->admin) {
+        return "is duplicate";
+    }
+
+    lcf->admin = 1;
 
     mcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_collab_module);
     mcf->enabled = 1;
@@ -143,6 +151,10 @@ ngx_http_collab_admin_handler(ngx_http_request_t *r)
     }
 
     lcf = ngx_http_get_module_loc_conf(r, ngx_http_collab_module);
+
+    if (ngx_http_collab_auth_early(r) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
 
     if (r->method == NGX_HTTP_GET) {
         if (ngx_http_discard_request_body(r) != NGX_OK) {
@@ -432,7 +444,7 @@ ngx_http_collab_admin_run(ngx_http_request_t *r, ngx_str_t *body)
                               ngx_http_collab_acl_grant(s, &doc)) - grant;
     argv[11] = (char *) version;
     argv[12] = (char *) deflt;
-    argvlen[12] = ngx_sprintf(deflt, "%ui", lcf->default_role) - deflt;
+    argvlen[12] = ngx_sprintf(deflt, "%ui", ngx_http_collab_default_role(lcf)) - deflt;
     argv[13] = body ? (char *) body->data : "";
     argvlen[13] = body ? body->len : 0;
 

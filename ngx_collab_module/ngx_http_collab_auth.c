@@ -161,8 +161,9 @@ static ngx_int_t
 ngx_http_collab_auth_token(ngx_http_request_t *r,
     ngx_http_collab_loc_conf_t *lcf, ngx_str_t *token)
 {
-    ngx_str_t         v;
-    ngx_table_elt_t  *h;
+    ngx_str_t                 v;
+    ngx_table_elt_t          *h;
+    ngx_http_collab_early_t  *early;
 
     h = r->headers_in.authorization;
 
@@ -189,15 +190,56 @@ ngx_http_collab_auth_token(ngx_http_request_t *r,
         return NGX_OK;
     }
 
-    if (ngx_http_arg(r, (u_char *) "access_token", 12, &v) == NGX_OK
-        && v.len)
-    {
-        *token = v;
-        ngx_http_collab_auth_mask(r);
+    /* taken out of the arguments by ngx_http_collab_auth_early() */
+
+    early = ngx_http_get_module_ctx(r, ngx_http_collab_module);
+
+    if (early && early->token.len) {
+        *token = early->token;
         return NGX_OK;
     }
 
     return NGX_DECLINED;
+}
+
+
+/*
+ * The first thing a collab location does with a request: the access_token
+ * argument is copied aside and masked in the request line and arguments,
+ * whatever happens next, so that neither the error log's "request:" nor
+ * the access log ever shows it.
+ */
+
+ngx_int_t
+ngx_http_collab_auth_early(ngx_http_request_t *r)
+{
+    ngx_str_t                 v;
+    ngx_http_collab_early_t  *early;
+
+    if (r->args.len == 0
+        || ngx_http_arg(r, (u_char *) "access_token", 12, &v) != NGX_OK)
+    {
+        return NGX_OK;
+    }
+
+    early = ngx_pcalloc(r->pool, sizeof(ngx_http_collab_early_t));
+    if (early == NULL) {
+        return NGX_ERROR;
+    }
+
+    early->token.data = ngx_pnalloc(r->pool, v.len + 1);
+    if (early->token.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(early->token.data, v.data, v.len);
+    early->token.len = v.len;
+
+    ngx_http_set_ctx(r, early, ngx_http_collab_module);
+
+    ngx_http_collab_auth_mask(r);
+
+    return NGX_OK;
 }
 
 

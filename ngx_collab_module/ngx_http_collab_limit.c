@@ -114,7 +114,8 @@ ngx_http_collab_limit_init_zone(ngx_shm_zone_t *shm_zone, void *data)
         return NGX_OK;
     }
 
-    n = (shm_zone->shm.size - 4 * ngx_pagesize)
+    /* the slab allocator keeps a descriptor per page: leave it room */
+    n = (shm_zone->shm.size - shm_zone->shm.size / 32 - 8 * ngx_pagesize)
         / sizeof(ngx_http_collab_limit_slot_t);
 
     sh = ngx_slab_alloc(shpool, sizeof(ngx_http_collab_limit_sh_t)

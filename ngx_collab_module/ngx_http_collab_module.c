@@ -310,6 +310,10 @@ ngx_http_collab_handler(ngx_http_request_t *r)
 
     lcf = ngx_http_get_module_loc_conf(r, ngx_http_collab_module);
 
+    if (ngx_http_collab_auth_early(r) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
     if (r != r->main) {
         return NGX_HTTP_NOT_ALLOWED;
     }
@@ -733,7 +737,8 @@ ngx_http_collab_rate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     *pburst = burst ? burst : 1;
 
     if (!user) {
-        lcf->rate_bytes = bytes;
+        /* the byte limit stays on unless the rate is "off" */
+        lcf->rate_bytes = bytes ? (size_t) bytes : 1024 * 1024;
     }
 
     return NGX_CONF_OK;
@@ -932,10 +937,10 @@ ngx_http_collab_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 
     conf->rate_bytes_burst = ngx_max(2 * conf->rate_bytes, conf->max_message);
     ngx_conf_merge_uint_value(conf->max_inflight, prev->max_inflight, 64);
-    ngx_conf_merge_uint_value(conf->default_role, prev->default_role,
-                              conf->auth == NGX_HTTP_COLLAB_AUTH_OFF
-                              ? NGX_HTTP_COLLAB_ROLE_EDITOR
-                              : NGX_HTTP_COLLAB_ROLE_NONE);
+    /* left unset: see ngx_http_collab_default_role() */
+    if (conf->default_role == NGX_CONF_UNSET_UINT) {
+        conf->default_role = prev->default_role;
+    }
     ngx_conf_merge_ptr_value(conf->jwt_keys, prev->jwt_keys, NULL);
     ngx_conf_merge_str_value(conf->jwt_cookie, prev->jwt_cookie,
                              "collab_token");
@@ -1009,12 +1014,13 @@ ngx_http_collab_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         return NGX_CONF_ERROR;
     }
 
-    if (conf->enable == 1) {
+    if (conf->enable == 1 || conf->admin) {
 
         if (mcf->redis_addr.data == NULL) {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "\"collab\" requires \"collab_redis\" "
-                               "in the http block");
+                               "\"%s\" requires \"collab_redis\" "
+                               "in the http block",
+                               conf->admin ? "collab_admin" : "collab");
             return NGX_CONF_ERROR;
         }
     }

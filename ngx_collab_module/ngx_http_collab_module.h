@@ -117,6 +117,7 @@ struct ngx_http_collab_loc_conf_s {
     ngx_str_t                    jwt_audience;   /* NUL-ended */
     ngx_msec_t                   auth_timeout;
     ngx_str_t                    admin_key;
+    ngx_flag_t                   admin;
 };
 
 
@@ -304,6 +305,12 @@ typedef struct {
 } ngx_http_collab_stats_t;
 
 
+/* the request context until a session replaces it */
+typedef struct {
+    ngx_str_t                    token;
+} ngx_http_collab_early_t;
+
+
 typedef struct {
     ngx_queue_t                  sessions;
     ngx_rbtree_t                 docs;
@@ -414,6 +421,7 @@ void ngx_http_collab_doc_revoke(ngx_http_collab_sub_t *sub);
 /* identity */
 char *ngx_http_collab_auth_jwt_key(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+ngx_int_t ngx_http_collab_auth_early(ngx_http_request_t *r);
 ngx_int_t ngx_http_collab_auth_request(ngx_http_request_t *r,
     ngx_http_collab_loc_conf_t *lcf, json_t **claims);
 ngx_int_t ngx_http_collab_auth_verify(ngx_http_collab_loc_conf_t *lcf,
@@ -441,6 +449,7 @@ char *ngx_http_collab_admin_key(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 
 /* roles */
+ngx_uint_t ngx_http_collab_default_role(ngx_http_collab_loc_conf_t *lcf);
 ngx_str_t *ngx_http_collab_role_name(ngx_uint_t role);
 ngx_int_t ngx_http_collab_role_parse(u_char *p, size_t len);
 ngx_uint_t ngx_http_collab_acl_grant(ngx_http_collab_session_t *s,

@@ -120,51 +120,18 @@ ngx_http_collab_session_create(ngx_http_request_t *r,
         return NULL;
     }
 
+    /*
+     * From here on the cleanup owns whatever the session takes (timers,
+     * claims, counts), including on the failure paths below.
+     */
+
     s->request = r;
     s->connection = r->connection;
     s->conf = lcf;
     s->transport = transport;
     s->cursor_since = -1;
 
-    if (RAND_bytes(raw, sizeof(raw)) != 1) {
-        if (claims) {
-            json_decref(claims);
-        }
-
-        return NULL;
-    }
-
-    ngx_hex_dump(s->id, raw, sizeof(raw));
-
-    s->expire.data = s;
-    s->expire.log = r->connection->log;
-    s->expire.cancelable = 1;
-
-    if (transport == NGX_HTTP_COLLAB_TRANSPORT_ADMIN) {
-        ngx_str_set(&s->user, "admin");
-        s->authenticated = 1;
-        s->transport = NGX_HTTP_COLLAB_TRANSPORT_POST;
-
-    } else if (lcf->auth != NGX_HTTP_COLLAB_AUTH_JWT) {
-        if (user.len == 0) {
-            ngx_str_set(&s->user, "anonymous");
-
-        } else {
-            s->user = user;
-        }
-
-        s->authenticated = 1;
-
-    } else if (claims) {
-        if (ngx_http_collab_auth_apply(s, claims) != NGX_OK) {
-            return NULL;
-        }
-
-    } else {
-        /* the first message must be "auth" */
-        ngx_str_null(&s->user);
-    }
-
+    ngx_queue_init(&s->link);
     ngx_queue_init(&s->subs);
     ngx_queue_init(&s->cmds);
     s->out_last = &s->out;
@@ -183,17 +150,56 @@ ngx_http_collab_session_create(ngx_http_request_t *r,
     s->drain.log = r->connection->log;
     s->drain.cancelable = 1;
 
+    s->expire.data = s;
+    s->expire.log = r->connection->log;
+    s->expire.cancelable = 1;
+
     s->last_recv = ngx_current_msec;
+
+    cln->handler = ngx_http_collab_session_cleanup;
+    cln->data = s;
+
+    if (RAND_bytes(raw, sizeof(raw)) != 1) {
+        if (claims) {
+            json_decref(claims);
+        }
+
+        return NULL;
+    }
+
+    ngx_hex_dump(s->id, raw, sizeof(raw));
+
+    if (transport == NGX_HTTP_COLLAB_TRANSPORT_ADMIN) {
+        ngx_str_set(&s->user, "admin");
+        s->authenticated = 1;
+        s->transport = NGX_HTTP_COLLAB_TRANSPORT_POST;
+
+    } else if (lcf->auth != NGX_HTTP_COLLAB_AUTH_JWT) {
+        if (user.len == 0) {
+            ngx_str_set(&s->user, "anonymous");
+
+        } else {
+            s->user = user;
+        }
+
+        s->authenticated = 1;
+
+    } else if (claims) {
+        /* the claims are the session's now, even when this fails */
+        if (ngx_http_collab_auth_apply(s, claims) != NGX_OK) {
+            return NULL;
+        }
+
+    } else {
+        /* the first message must be "auth" */
+        ngx_str_null(&s->user);
+    }
 
     if (s->authenticated
         && transport != NGX_HTTP_COLLAB_TRANSPORT_POST
         && transport != NGX_HTTP_COLLAB_TRANSPORT_ADMIN)
     {
         if (ngx_http_collab_limit_acquire(s, NULL) != NGX_OK) {
-            if (s->claims) {
-                json_decref(s->claims);
-            }
-
             *status = 429;
             return NULL;
         }
@@ -202,9 +208,6 @@ ngx_http_collab_session_create(ngx_http_request_t *r,
     }
 
     ngx_queue_insert_tail(&ngx_http_collab_worker->sessions, &s->link);
-
-    cln->handler = ngx_http_collab_session_cleanup;
-    cln->data = s;
 
     ngx_http_set_ctx(r, s, ngx_http_collab_module);
 

@@ -52,7 +52,13 @@ static const char  ngx_http_collab_store_lua[] =
 "  return r, raw\n"
 "end\n"
 /* at most one denial a second per document reaches the audit stream */
+/* documents that do not exist get no audit stream: probing for names
+ * cannot create keys */
 "local function deny(audit, user, action)\n"
+"  local base = string.sub(audit, 1, #audit - 5)\n"
+"  if redis.call('EXISTS', base .. 'state', base .. 'acl') == 0 then\n"
+"    return\n"
+"  end\n"
 "  if redis.call('SET', audit .. ':limit', '1', 'NX', 'PX', 1000) then\n"
 "    local t = redis.call('TIME')\n"
 "    redis.call('XADD', audit, 'MAXLEN', '~', 10000, '*', 'event', 'denied',\n"
@@ -420,7 +426,7 @@ ngx_http_collab_store_append(ngx_http_collab_session_t *s, ngx_str_t *doc,
     argvlen[17] = ngx_sprintf(grant, "%ui",
                               ngx_http_collab_acl_grant(s, doc)) - grant;
     argv[18] = (char *) deflt;
-    argvlen[18] = ngx_sprintf(deflt, "%ui", s->conf->default_role) - deflt;
+    argvlen[18] = ngx_sprintf(deflt, "%ui", ngx_http_collab_default_role(s->conf)) - deflt;
 
     s->inflight++;
 
@@ -585,7 +591,7 @@ ngx_http_collab_store_state(ngx_http_collab_session_t *s, ngx_str_t *doc,
     argvlen[11] = ngx_sprintf(grant, "%ui",
                               ngx_http_collab_acl_grant(s, doc)) - grant;
     argv[12] = (char *) deflt;
-    argvlen[12] = ngx_sprintf(deflt, "%ui", s->conf->default_role) - deflt;
+    argvlen[12] = ngx_sprintf(deflt, "%ui", ngx_http_collab_default_role(s->conf)) - deflt;
 
     if (ngx_http_collab_redis_command(&ngx_http_collab_worker->cmd, cmd,
                                       13, argv, argvlen)
@@ -730,7 +736,7 @@ ngx_http_collab_store_read(ngx_http_collab_sub_t *sub)
     argvlen[13] = ngx_sprintf(grant, "%ui",
                               ngx_http_collab_acl_grant(s, doc)) - grant;
     argv[14] = (char *) deflt;
-    argvlen[14] = ngx_sprintf(deflt, "%ui", s->conf->default_role) - deflt;
+    argvlen[14] = ngx_sprintf(deflt, "%ui", ngx_http_collab_default_role(s->conf)) - deflt;
 
     rc = ngx_http_collab_redis_command(&ngx_http_collab_worker->cmd, cmd,
                                        15, argv, argvlen);

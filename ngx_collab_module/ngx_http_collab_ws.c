@@ -189,6 +189,12 @@ ngx_http_collab_ws_handshake(ngx_http_request_t *r,
     }
 
     if (ngx_http_arg(r, (u_char *) "epoch", 5, &arg) == NGX_OK) {
+        if (arg.len > 64) {
+            ngx_log_error(NGX_LOG_INFO, c->log, 0,
+                          "collab: invalid \"epoch\" argument");
+            return NGX_HTTP_BAD_REQUEST;
+        }
+
         epoch = arg;
     }
 

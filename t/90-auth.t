@@ -22,8 +22,10 @@ my $k = $t->jwt_keys;
 $t->start_redis;
 
 my $D = $t->testdir;
+$t->_openssl('rand', '-out', "$D/keys/rot-a.key", 32);
+$t->_openssl('rand', '-out', "$D/keys/rot-b.key", 32);
 
-$t->write_nginx_conf(<<'EOF');
+my $CONF = <<'EOF';
     log_format leak '$request | $args | $request_uri';
     collab_redis 127.0.0.1:%%REDIS_PORT%%;
     server {
@@ -82,11 +84,23 @@ $t->write_nginx_conf(<<'EOF');
             collab_jwt_leeway 0s;
             collab_jwt_key hs256 file=%%TESTDIR%%/keys/hs256.key;
         }
+        location = /collab-rot {
+            collab;
+            collab_auth jwt;
+            __ROT__
+        }
     }
 EOF
+sub rot_conf {
+    my $keys = join ' ', map { "collab_jwt_key hs256 file=%%TESTDIR%%/keys/rot-$_.key kid=$_;" } @_;
+    (my $c = $CONF) =~ s/__ROT__/$keys/;
+    return $c;
+}
+$t->write_nginx_conf(rot_conf('a'));
 $t->start_nginx;
 
 my @TOKENS;                      # every token this test sent
+my @SECRETS_EXTRA;               # secrets made on the way
 my %SPECIAL;                     # signature => case with an assertion of its own
 sub sig_of { (split /\./, $_[0])[2] // '' }
 sub tok {
@@ -592,6 +606,36 @@ EOF
     is($t->log_len('post-doc'), 2, 'nothing stored from unauthenticated POSTs');
 }
 
+# --- key rotation: kids, and nginx -s reload re-reads the key files
+
+{
+    my %p = (path => '/collab-rot');
+    my $sec = sub { Collab::Test::_slurp("$D/keys/rot-$_[0].key") };
+    my $ta = tok(secret => $sec->('a'), kid => 'a', claims => claims('rot'));
+    my $tb = tok(secret => $sec->('b'), kid => 'b', claims => claims('rot'));
+    accepted('header', $ta, 'rot', 'rotation: key a', %p);
+    rejected('header', $tb, qr/unknown kid/, 'rotation: key b before it is configured', %p);
+
+    $t->reload_nginx(conf => rot_conf('a', 'b'));
+    accepted('header', $ta, 'rot', 'rotation: a and b configured, token of a', %p);
+    accepted('header', $tb, 'rot', 'rotation: a and b configured, token of b', %p);
+    my $live = accepted('header', $ta, 'rot', 'rotation: a session with key a', %p, keep => 1);
+
+    $t->reload_nginx(conf => rot_conf('b'));
+    is($live && $live->expect_close(3), 1001, 'reload: the session of key a is closed with 1001');
+    rejected('header', $ta, qr/unknown kid/, 'rotation: key a removed, its tokens are refused', %p);
+    accepted('header', $tb, 'rot', 'rotation: key b only', %p);
+
+    # the same file with new content: re-read on reload
+    my $old_b = $sec->('b');
+    $t->_openssl('rand', '-out', "$D/keys/rot-b.key", 32);
+    $t->reload_nginx;
+    rejected('header', $tb, qr/bad signature/, 'key file b rewritten: the old secret is refused', %p);
+    my $tb2 = tok(secret => $sec->('b'), kid => 'b', claims => claims('rot2'));
+    accepted('header', $tb2, 'rot2', 'key file b rewritten: the new secret is used', %p);
+    push @SECRETS_EXTRA, unpack('H*', $old_b), unpack('H*', $sec->('b')), unpack('H*', $sec->('a'));
+}
+
 # --- token leakage
 
 # a token in the URL of a request refused before authentication (bad Origin,
@@ -616,6 +660,7 @@ my @SECRETS = (unpack('H*', $sec), encode_base64($sec, ''), Collab::Test::b64url
 for my $n (qw(hs256b hs384 hs512)) {
     push @SECRETS, unpack('H*', Collab::Test::_slurp($k->{$n}));
 }
+push @SECRETS, @SECRETS_EXTRA;
 for my $n (qw(rsa ec ed)) {
     my ($line) = Collab::Test::_slurp("$k->{$n}.pub") =~ /\n([A-Za-z0-9+\/=]{20,})/;
     push @SECRETS, $line if $line;
