@@ -93,6 +93,9 @@ ngx_http_collab_sse_start(ngx_http_request_t *r,
 
     r->main->count++;
 
+    /* events are small and must not wait for Nagle and delayed ACKs */
+    (void) ngx_tcp_nodelay(r->connection);
+
     /* notices the client going away */
     r->read_event_handler = ngx_http_test_reading;
 

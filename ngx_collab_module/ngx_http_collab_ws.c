@@ -276,6 +276,9 @@ ngx_http_collab_ws_handshake(ngx_http_request_t *r,
     r->main->count++;
     r->read_event_handler = ngx_http_collab_ws_read_handler;
 
+    /* small frames must not wait for Nagle and delayed ACKs */
+    (void) ngx_tcp_nodelay(c);
+
     ngx_log_debug2(NGX_LOG_DEBUG_HTTP, c->log, 0,
                    "collab: websocket session %*s", (size_t) 16, s->id);
 

@@ -50,6 +50,13 @@ $t->write_nginx_conf(<<'EOF');
             collab_max_message 1k;
             collab_rate 1000r/s burst=1000 bytes=2k;
         }
+        location = /defaults {
+            collab;
+        }
+        location = /explicit {
+            collab;
+            collab_rate 50r/s burst=100;
+        }
         location = /sessions {
             collab;
             collab_doc $arg_doc;
@@ -81,6 +88,7 @@ sub poll {
 }
 
 sub client { my ($path) = @_; return { ws => $t->ws_session(path => $path), in => [] } }
+sub what { my $m = shift; $m ? $m->{type} . ($m->{code} ? ":$m->{code}" : '') : 'nothing' }
 sub of_type { my ($c, $type, $code) = @_; grep { $_->{type} eq $type && (!$code || ($_->{code} // '') eq $code) } @{ $c->{in} } }
 
 ###########################################################################
@@ -108,8 +116,8 @@ sub of_type { my ($c, $type, $code) = @_; grep { $_->{type} eq $type && (!$code 
         }
         poll(0.004, $watch, $good, $bad);
     }
-    my $elapsed = time - $start;
     Collab::Test::wait_until(sub { poll(0.05, $good, $bad, $watch); @{ $good->{in} } >= $ngood && @{ $bad->{in} } >= $nbad }, 5);
+    my $elapsed = time - $start;    # the last reply: an upper bound of the time the bucket drained
 
     my @gacks = of_type($good, 'ack');
     is(scalar @{ $good->{in} }, $ngood, "well-behaved client: one reply per delta ($ngood)");
@@ -150,6 +158,7 @@ sub of_type { my ($c, $type, $code) = @_; grep { $_->{type} eq $type && (!$code 
     }
     my $code = $bad->{ws}->expect_close(3);
     is($code, 4429, 'a flooder that ignores the nacks is closed with 4429');
+    is($bad->{ws}->close_reason, 'rate limited', 'reason "rate limited"');
     poll(0, $bad);
     push @{ $bad->{in} }, @{ $bad->{ws}->pending };
     my $n = grep { $_->{type} eq 'nack' && $_->{code} eq 'rate_limited' } @{ $bad->{in} };
@@ -225,6 +234,30 @@ sub of_type { my ($c, $type, $code) = @_; grep { $_->{type} eq $type && (!$code 
 }
 
 ###########################################################################
+# 3b. the defaults: 50r/s burst=100 bytes=1m (byte burst max(2 x 1m, 64k))
+
+{
+    my $ws = $t->ws_session(path => '/defaults?user=dc');
+    $ws->send_json(delta('defaults', "n$_")) for 1 .. 150;
+    my @r = map { $ws->wait_for({ id => "n$_" }, 5) } 1 .. 150;
+    my $acks = grep { $_ && $_->{type} eq 'ack' } @r;
+    ok($acks >= 101 && $acks <= 110, "default collab_rate: 101 of 150 at once pass ($acks)");
+    is(scalar(grep { what($_) eq 'nack:rate_limited' } @r), 150 - $acks, 'the rest: nack rate_limited');
+    $ws->close(1000);
+
+    my $big = 'B' x 60000;
+    for my $loc ('defaults', 'explicit') {
+        my $b = $t->ws_session(path => "/$loc?user=db-$loc");
+        $b->send_json(delta('defaults', "$loc-$_", $big)) for 1 .. 40;
+        my @rb = map { $b->wait_for({ id => "$loc-$_" }, 10) } 1 .. 40;
+        my $n = grep { $_ && $_->{type} eq 'ack' } @rb;
+        ok($n >= 33 && $n <= 37, ($loc eq 'defaults' ? 'default bytes=1m' : 'collab_rate 50r/s burst=100 written out keeps bytes=1m')
+            . ": 2 MB of 60 KB deltas at once pass ($n of 40)");
+        $b->close(1000);
+    }
+}
+
+###########################################################################
 # 4. sessions per user and per document
 
 {
@@ -250,6 +283,16 @@ sub of_type { my ($c, $type, $code) = @_; grep { $_->{type} eq $type && (!$code 
     $again->close(1000) if $again;
     $_->close(1000) for $a[1], $other;
 
+    # sessions in a location without the limit (same zone) must not free
+    # places in the limited one
+    my @b = map { $t->ws(path => '/sessions?user=uz') } 1 .. 2;
+    is(join(',', map { $_->status } @b), '101,101', 'uz: two sessions of max 2');
+    for (1 .. 3) { my $f = $t->ws_session(path => '/collab?user=uz'); $f->close(1000) }
+    sleep 0.2;
+    my $third = $t->ws(path => '/sessions?user=uz');
+    is($third->status, 429, 'sessions of the user opened and closed elsewhere do not free places: still 429');
+    $_->close(1000) for grep { $_->ok } @b, $third;
+
     # per document
     my @s = map { $t->ws_session(path => "/sessions?user=d$_") } 1 .. 3;
     is($t->subscribe($s[0], 'pd')->{type}, 'subscribed', 'per doc: 1st subscribe');
@@ -271,7 +314,16 @@ sub of_type { my ($c, $type, $code) = @_; grep { $_->{type} eq $type && (!$code 
     my $s4 = $t->ws_session(path => '/sessions?user=d5&doc=pd');
     my $sub = $s4->wait_for(sub { $_[0]{type} eq 'subscribed' || $_[0]{type} eq 'error' }, 3);
     is($sub && $sub->{type}, 'subscribed', 'a closed session frees its place on the document');
-    $_->close(1000) for @s[1, 2], $s4;
+    # pd is full again (s[2], s4): memberships elsewhere must not free places
+    my $f = $t->ws_session(path => '/collab?user=elsewhere');
+    for (1 .. 3) {
+        $t->subscribe($f, 'pd');
+        $f->send_json({ type => 'unsubscribe', doc => 'pd' });
+        $f->wait_for('unsubscribed', 3);
+    }
+    my $e2 = $t->subscribe($s[1], 'pd');
+    is($e2 && ($e2->{code} // $e2->{type}), 'rate_limited', 'memberships opened and closed in another location do not free places');
+    $_->close(1000) for @s[1, 2], $s4, $f;
     ok($t->grep_error_log(qr/\[info\].*collab: too many sessions for document "pd"/), 'info: too many sessions for document');
 }
 
@@ -361,7 +413,18 @@ EOF
     my $r = $t->post('/collab?user=ur', [map { delta('ur', "p$_") } 1 .. 5], instance => 'b');
     my @types = map { $_->{type} . ':' . ($_->{code} // '') } @{ $r->{json} || [] };
     ok(@types == 5 && (grep { $_ eq 'nack:rate_limited' } @types), 'POST of the same user: nack rate_limited (' . join(',', @types) . ')');
-    $_->close(1000) for @ur, $other;
+
+    # the user's bucket drains while the user is idle, also across a new session
+    my $c1 = $t->ws_session(instance => 'b', path => '/collab?user=uc');
+    $c1->send_json(delta('uc', "c$_")) for 1 .. 12;
+    my @c = map { $c1->wait_for({ id => "c$_" }, 3) } 1 .. 12;
+    ok((grep { $_ && $_->{type} eq 'nack' } @c), 'uc: over its burst');
+    sleep 1.5;    # 10r/s: the burst of 10 drains in 1 s
+    my $c2 = $t->ws_session(instance => 'b', path => '/collab?user=uc');
+    $c2->send_json(delta('uc', 'c-new'));
+    my $cm = $c2->wait_for({ id => 'c-new' }, 3);
+    is(what($cm), 'ack', '1.5 s later a new session of the user gets its delta acked');
+    $_->close(1000) for @ur, $other, $c1, $c2;
     $t->stop_nginx(name => 'b');
 }
 
@@ -382,6 +445,24 @@ EOF
     server { listen 127.0.0.1:%%PORT%%; location = /c { collab; collab_rate 5r/x; } }
 EOF
     isnt($rc, 0, 'nginx -t: collab_rate 5r/x fails');
+}
+# the smallest zone the directive accepts (8 pages) and a large one work
+for my $z ('32k', '10m') {
+    my ($rc, $out) = $t->check_nginx_conf(<<"EOF");
+    collab_redis 127.0.0.1:%%REDIS_PORT%%;
+    collab_limit_zone $z;
+    server { listen 127.0.0.1:%%PORT%%; location = /c { collab; collab_max_sessions_per_user 3; } }
+EOF
+    is($rc, 0, "nginx -t: collab_limit_zone $z") or diag $out;
+}
+{
+    my ($rc, $out) = $t->check_nginx_conf(<<"EOF");
+    collab_redis 127.0.0.1:%%REDIS_PORT%%;
+    collab_limit_zone 16k;
+    server { listen 127.0.0.1:%%PORT%%; location = /c { collab; } }
+EOF
+    isnt($rc, 0, 'nginx -t: collab_limit_zone 16k is too small');
+    like($out, qr/invalid zone size/, '... invalid zone size');
 }
 
 ###########################################################################

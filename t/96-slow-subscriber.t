@@ -78,24 +78,22 @@ sub slow_ws {
     return $t->ws_session(@_);
 }
 
-# reads and discards until EOF or a reset: 1 if the server closed the
-# connection within $secs
-sub conn_closed {
-    my ($ws, $secs) = @_;
-    my $sock = $ws->socket;
-    my $sel = IO::Select->new($sock);
+# reads and discards until EOF or a reset: how many of the clients the server
+# closed within $secs
+sub conns_closed {
+    my ($secs, @ws) = @_;
+    my %open = map { fileno($_->socket) => $_->socket } @ws;
     my $deadline = time + $secs;
-    while (time < $deadline) {
-        next unless $sel->can_read(0.2);
-        my $n = sysread($sock, my $buf, 65536);
-        return 1 if defined $n && $n == 0;
-        return 1 if !defined $n && $!{ECONNRESET};
+    while (%open && time < $deadline) {
+        my $sel = IO::Select->new(values %open);
+        for my $sock ($sel->can_read(0.2)) {
+            my $n = sysread($sock, my $buf, 65536);
+            delete $open{ fileno $sock } if (defined $n && $n == 0) || (!defined $n && $!{ECONNRESET});
+        }
     }
-    return 0;
+    return @ws - keys %open;
 }
 
-# reads every complete frame a client has, without JSON::PP (too slow to keep
-# up with thousands of deltas a second): $on->({type, seq, doc})
 sub drain_frames {
     my ($ws, $on) = @_;
     while (my $f = $ws->read_frame(0)) {
@@ -281,6 +279,33 @@ my $PAD = 'p' x 250;    # a delta frame is ~330 bytes: 10,000 of them ~3.3 MB
 }
 
 ###########################################################################
+# 1b. intents are dropped for a session whose queue is above half
+
+{
+    my $slow = slow_ws(path => '/collab');
+    my $sender = $t->ws_session(path => '/collab');
+    my $reader = $t->ws_session(path => '/collab');
+    is($t->subscribe($slow, $_)->{type}, 'subscribed', "slow subscriber: $_") for 'fill', 'eph';
+    is($t->subscribe($sender, 'eph')->{type}, 'subscribed', 'sender subscribed');
+    is($t->subscribe($reader, 'eph')->{type}, 'subscribed', 'reader subscribed');
+    # 500 deltas of ~330 bytes fill the slow one's queue (and make it lag on "fill")
+    is(post_deltas('/collab', 'fill', 1, 500, $PAD), 500, 'filler deltas acked');
+    Collab::Test::wait_until(sub { $t->grep_error_log(qr/fell behind on "fill"/) }, 3);
+    $sender->send_json({ type => 'intent', doc => 'eph', data => { i => $_ } }) for 1 .. 20;
+    my @got = grep { $_->{type} eq 'intent' } $reader->collect(1);
+    is(scalar @got, 20, 'a reader gets all 20 intents');
+    my @slow = $slow->collect(2);
+    my @fill = grep { $_->{type} eq 'delta' } @slow;
+    my ($rs) = grep { $_->{type} eq 'resync' } @slow;
+    ok($rs && $rs->{doc} eq 'fill' && @fill && $fill[-1]{seq} == $rs->{seq}, 'the slow one: deltas of "fill", then resync');
+    is(scalar(grep { $_->{type} eq 'intent' } @slow), 0, 'no intent reached it while its queue was full');
+    $sender->send_json({ type => 'intent', doc => 'eph', data => { i => 'after' } });
+    my $after = $slow->wait_for('intent', 2);
+    is($after && $after->{data}{i}, 'after', 'once it has read its queue, intents reach it again');
+    $_->close(1000) for $slow, $sender, $reader;
+}
+
+###########################################################################
 # 2. subscribers that never read are dropped after collab_send_timeout (2s)
 
 {
@@ -296,12 +321,12 @@ my $PAD = 'p' x 250;    # a delta frame is ~330 bytes: 10,000 of them ~3.3 MB
     my $drops = sub { my @l = substr($t->error_log, $off) =~ /did not drain its send queue in time/g; scalar @l };
     my $early = $drops->();
     is($early, 0, 'not dropped before collab_send_timeout');
-    my $n = Collab::Test::wait_until(sub { $drops->() >= 3 }, 6);
+    my $n = Collab::Test::wait_until(sub { $drops->() >= 3 }, 5);
     my $dt = time - $t0;
     ok($n, sprintf('all 3 never-readers dropped within collab_send_timeout + slack (%d after %.1f s)', $drops->(), $dt));
     ok(scalar($t->grep_error_log(qr/\[warn\].*did not drain its send queue in time/)), 'logged at warn');
     # reading now: what the kernel holds, then the end of the connection
-    my $gone = grep { conn_closed($_, 3) } @never;
+    my $gone = conns_closed(3, @never);
     is($gone, 3, 'their connections are closed');
 }
 
