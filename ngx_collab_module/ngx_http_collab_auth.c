@@ -585,12 +585,14 @@ ngx_http_collab_auth_message(ngx_http_collab_session_t *s, json_t *obj,
     }
 
     if (first) {
-        if (ngx_http_collab_limit_acquire(s, NULL) != NGX_OK) {
+        rc = ngx_http_collab_limit_acquire(s, NULL);
+
+        if (rc == NGX_DECLINED) {
             ngx_http_collab_session_close(s, 4429, "too many sessions");
             return;
         }
 
-        s->counted = 1;
+        s->counted = (rc == NGX_OK);
     }
 
     ngx_http_collab_session_welcome(s);

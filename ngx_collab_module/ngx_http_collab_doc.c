@@ -145,6 +145,7 @@ ngx_int_t
 ngx_http_collab_doc_subscribe(ngx_http_collab_session_t *s, ngx_str_t *name,
     int64_t since, ngx_str_t *epoch)
 {
+    ngx_int_t               rc;
     ngx_queue_t            *q;
     ngx_http_collab_doc_t  *doc;
     ngx_http_collab_sub_t  *sub;
@@ -204,7 +205,9 @@ ngx_http_collab_doc_subscribe(ngx_http_collab_session_t *s, ngx_str_t *name,
             return NGX_ERROR;
         }
 
-        if (ngx_http_collab_limit_acquire(s, name) != NGX_OK) {
+        rc = ngx_http_collab_limit_acquire(s, name);
+
+        if (rc == NGX_DECLINED) {
             if (doc->nsubs == 0 && !doc->in_redis) {
                 ngx_http_collab_doc_free(doc);
             }
@@ -218,7 +221,9 @@ ngx_http_collab_doc_subscribe(ngx_http_collab_session_t *s, ngx_str_t *name,
 
         sub = ngx_alloc(sizeof(ngx_http_collab_sub_t), s->connection->log);
         if (sub == NULL) {
-            ngx_http_collab_limit_release(s, name);
+            if (rc == NGX_OK) {
+                ngx_http_collab_limit_release(s, name);
+            }
 
             if (doc->nsubs == 0 && !doc->in_redis) {
                 ngx_http_collab_doc_free(doc);
@@ -228,7 +233,7 @@ ngx_http_collab_doc_subscribe(ngx_http_collab_session_t *s, ngx_str_t *name,
         }
 
         ngx_memzero(sub, sizeof(ngx_http_collab_sub_t));
-        sub->counted = 1;
+        sub->counted = (rc == NGX_OK);
 
         sub->doc = doc;
         sub->session = s;
@@ -599,6 +604,12 @@ ngx_http_collab_doc_fanout(ngx_http_collab_doc_t *doc, u_char *payload,
                               s->id, &doc->node.str, sub->pos);
 
                 ngx_http_collab_doc_resync(sub, sub->pos, "lagging");
+
+                if (!s->drain.timer_set && !s->closing) {
+                    /* it must read within collab_send_timeout */
+                    ngx_add_timer(&s->drain, s->conf->send_timeout);
+                }
+
                 continue;
             }
 
@@ -1008,6 +1019,15 @@ ngx_http_collab_doc_read_done(ngx_http_collab_sub_t *sub, redisReply *reply)
             }
 
             ngx_http_collab_doc_resync(sub, head, "trimmed");
+            return;
+        }
+
+        if (s->out_bytes
+            && s->out_bytes + e[4]->len + e[1]->len + e[2]->len + 256
+               > s->conf->send_queue)
+        {
+            /* the rest is read again from pos once the queue drained */
+            sub->stalled = 1;
             return;
         }
 

@@ -30,7 +30,8 @@
 typedef struct {
     uint32_t                     key;
     uint32_t                     sessions;
-    ngx_msec_t                   last;
+    ngx_msec_t                   last;           /* the bucket's clock */
+    ngx_msec_t                   seen;           /* for reuse of the slot */
     uint64_t                     excess;
 } ngx_http_collab_limit_slot_t;
 
@@ -115,7 +116,7 @@ ngx_http_collab_limit_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     }
 
     /* the slab allocator keeps a descriptor per page: leave it room */
-    n = (shm_zone->shm.size - shm_zone->shm.size / 32 - 8 * ngx_pagesize)
+    n = (shm_zone->shm.size - shm_zone->shm.size / 32 - 4 * ngx_pagesize)
         / sizeof(ngx_http_collab_limit_slot_t);
 
     sh = ngx_slab_alloc(shpool, sizeof(ngx_http_collab_limit_sh_t)
@@ -170,7 +171,7 @@ ngx_http_collab_limit_slot(ngx_http_collab_limit_sh_t *sh, uint32_t key,
         if (free == NULL
             && (slot->key == 0
                 || (slot->sessions == 0
-                    && ngx_current_msec - slot->last
+                    && ngx_current_msec - slot->seen
                        > NGX_HTTP_COLLAB_LIMIT_IDLE)))
         {
             free = slot;
@@ -190,6 +191,7 @@ ngx_http_collab_limit_slot(ngx_http_collab_limit_sh_t *sh, uint32_t key,
     free->sessions = 0;
     free->excess = 0;
     free->last = ngx_current_msec;
+    free->seen = ngx_current_msec;
 
     return free;
 }
@@ -278,6 +280,8 @@ ngx_http_collab_limit_message(ngx_http_collab_session_t *s, size_t len,
                                                                 &s->user),
                                           1);
 
+        slot->seen = ngx_current_msec;
+
         rc = ngx_http_collab_limit_bucket(&slot->excess, &slot->last,
                                           lcf->user_rate, lcf->user_burst,
                                           1000, &t);
@@ -326,7 +330,8 @@ ngx_http_collab_limit_message(ngx_http_collab_session_t *s, size_t len,
 
 /*
  * Counts a session of a user (doc NULL) or a membership of a document.
- * NGX_DECLINED: over the limit, not counted.
+ * NGX_OK: counted; NGX_DONE: no limit applies, not counted; NGX_DECLINED:
+ * over the limit, not counted.
  */
 
 ngx_int_t
@@ -342,7 +347,8 @@ ngx_http_collab_limit_acquire(ngx_http_collab_session_t *s, ngx_str_t *doc)
     max = doc ? s->conf->max_doc_sessions : s->conf->max_user_sessions;
 
     if (max == 0 || mcf->limit_sh == NULL) {
-        return NGX_OK;
+        /* not limited here: not counted either */
+        return NGX_DONE;
     }
 
     shpool = (ngx_slab_pool_t *) mcf->limit_zone->shm.addr;
@@ -360,7 +366,7 @@ ngx_http_collab_limit_acquire(ngx_http_collab_session_t *s, ngx_str_t *doc)
 
     } else {
         slot->sessions++;
-        slot->last = ngx_current_msec;
+        slot->seen = ngx_current_msec;
         rc = NGX_OK;
     }
 
@@ -416,7 +422,7 @@ ngx_http_collab_limit_release(ngx_http_collab_session_t *s, ngx_str_t *doc)
         slot->sessions--;
     }
 
-    slot->last = ngx_current_msec;
+    slot->seen = ngx_current_msec;
 
     ngx_shmtx_unlock(&shpool->mutex);
 }

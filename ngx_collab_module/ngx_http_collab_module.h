@@ -255,6 +255,8 @@ struct ngx_http_collab_session_s {
     size_t                       out_bytes;
 
     ngx_http_collab_ws_parser_t *parser;
+    u_char                      *rest;           /* unparsed, blocked */
+    size_t                       rest_len;
     u_char                      *msg;
     size_t                       msg_len;
     size_t                       msg_size;

@@ -199,12 +199,14 @@ ngx_http_collab_session_create(ngx_http_request_t *r,
         && transport != NGX_HTTP_COLLAB_TRANSPORT_POST
         && transport != NGX_HTTP_COLLAB_TRANSPORT_ADMIN)
     {
-        if (ngx_http_collab_limit_acquire(s, NULL) != NGX_OK) {
+        rc = ngx_http_collab_limit_acquire(s, NULL);
+
+        if (rc == NGX_DECLINED) {
             *status = 429;
             return NULL;
         }
 
-        s->counted = 1;
+        s->counted = (rc == NGX_OK);
     }
 
     ngx_queue_insert_tail(&ngx_http_collab_worker->sessions, &s->link);
@@ -306,6 +308,11 @@ ngx_http_collab_session_cleanup(void *data)
     if (s->msg) {
         ngx_free(s->msg);
         s->msg = NULL;
+    }
+
+    if (s->rest) {
+        ngx_free(s->rest);
+        s->rest = NULL;
     }
 
     if (s->replies) {
@@ -560,7 +567,8 @@ ngx_http_collab_session_flush(ngx_http_collab_session_t *s)
         return;
     }
 
-    if (s->drain.timer_set && s->out_bytes <= s->conf->send_queue) {
+    if (s->drain.timer_set && s->out_bytes <= s->conf->send_queue / 2) {
+        /* it reads: no longer a candidate for the slow consumer timeout */
         ngx_del_timer(&s->drain);
     }
 

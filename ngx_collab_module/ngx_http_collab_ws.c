@@ -386,8 +386,10 @@ ngx_http_collab_ws_read_handler(ngx_http_request_t *r)
 static void
 ngx_http_collab_ws_read(ngx_http_collab_session_t *s)
 {
+    u_char                    *p;
     size_t                     total;
     ssize_t                    n;
+    ngx_int_t                  rc;
     ngx_connection_t          *c;
     ngx_http_collab_worker_t  *w;
 
@@ -406,6 +408,24 @@ ngx_http_collab_ws_read(ngx_http_collab_session_t *s)
         if (s->inflight >= s->conf->max_inflight && !s->closing) {
             s->read_blocked = 1;
             return;
+        }
+
+        if (s->rest) {
+            /* what was left of the last read when the limit was reached */
+
+            p = s->rest;
+            n = s->rest_len;
+            s->rest = NULL;
+
+            rc = ngx_http_collab_ws_process(s, p, p + n);
+
+            ngx_free(p);
+
+            if (rc == NGX_DONE) {
+                return;
+            }
+
+            continue;
         }
 
         if (total >= NGX_HTTP_COLLAB_WS_READ_BUDGET) {
@@ -498,6 +518,28 @@ ngx_http_collab_ws_process(ngx_http_collab_session_t *s, u_char *pos,
                 ngx_free(s->msg);
                 s->msg = NULL;
                 s->msg_size = 0;
+            }
+
+            if (s->inflight >= s->conf->max_inflight && pos < last
+                && !s->closing)
+            {
+                /*
+                 * Enough deltas in flight: the rest of this read waits,
+                 * and nothing more is read until acks come back.
+                 */
+
+                s->rest = ngx_alloc(last - pos, s->connection->log);
+                if (s->rest == NULL) {
+                    s->shutdown = 1;
+                    ngx_http_collab_session_close(s, 1011, "out of memory");
+                    return NGX_DONE;
+                }
+
+                s->rest_len = last - pos;
+                ngx_memcpy(s->rest, pos, s->rest_len);
+                s->read_blocked = 1;
+
+                return NGX_DONE;
             }
 
             break;

@@ -6,12 +6,17 @@
 #   getting every delta acked and delivered in seq order; a flooder that
 #   ignores the nacks is closed with 4429 after max(100, 2*burst) of them;
 #   intents over the limit are dropped silently; Nr/m rates; bytes=.
+#   The defaults (50r/s burst=100 bytes=1m), also when collab_rate is
+#   written out without bytes=.
 #   collab_user_rate: one bucket for all sessions of a user, across the
-#   workers of an instance, POST included.
+#   workers of an instance, POST included; it drains while the user is idle,
+#   whatever sessions come and go.
 #   collab_max_sessions_per_user: HTTP 429 (WS and SSE), close 4429 for a
 #   WebSocket that authenticates by message; collab_max_sessions_per_doc:
-#   `error rate_limited` for the subscribe over the limit.
-#   collab_limit_zone is required by the shared limits (nginx -t).
+#   `error rate_limited` for the subscribe over the limit; places are freed by
+#   the sessions that held them, not by sessions of locations without limits.
+#   collab_limit_zone is required by the shared limits (nginx -t), from its
+#   smallest accepted size up.
 
 use strict;
 use warnings;
@@ -380,8 +385,8 @@ EOF
     my (@ur, %seen);
     for (1 .. 40) {
         my $w = $t->ws_session(instance => 'b', path => '/collab?user=ur');
-        my $pid = worker_of($w, 'b') // 'unknown';
-        if (!$seen{$pid}++) { push @ur, $w } else { $w->close(1000) }
+        my $pid = worker_of($w, 'b');
+        if (defined $pid && !$seen{$pid}++) { push @ur, $w } else { $w->close(1000) }
         last if @ur == 2;
     }
     is(scalar @ur, 2, 'two sessions of one user on two different workers') or diag explain \%seen;

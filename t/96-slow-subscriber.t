@@ -6,8 +6,9 @@
 # `resync` (reason lagging, seq = the last delta it was given), subscribes
 # again with `since` and ends with exactly seq 1..10000.  A subscriber that
 # never reads is dropped after collab_send_timeout.  Catching up from the log
-# respects the send queue whatever the size of the deltas.  A message over
-# twice the queue closes the session with 1008.
+# respects the send queue whatever the size of the deltas.  Intents are
+# dropped for a session whose queue is above half.  A message over twice the
+# queue closes the session with 1008.
 #
 # The server's kernel send buffer is capped (listen ... sndbuf=32k) and the
 # slow clients' receive buffer is 4096 bytes (SO_RCVBUF before connect), so
@@ -288,8 +289,8 @@ my $PAD = 'p' x 250;    # a delta frame is ~330 bytes: 10,000 of them ~3.3 MB
     is($t->subscribe($slow, $_)->{type}, 'subscribed', "slow subscriber: $_") for 'fill', 'eph';
     is($t->subscribe($sender, 'eph')->{type}, 'subscribed', 'sender subscribed');
     is($t->subscribe($reader, 'eph')->{type}, 'subscribed', 'reader subscribed');
-    # 500 deltas of ~330 bytes fill the slow one's queue (and make it lag on "fill")
-    is(post_deltas('/collab', 'fill', 1, 500, $PAD), 500, 'filler deltas acked');
+    # 800 deltas of ~330 bytes fill the slow one's queue (and make it lag on "fill")
+    is(post_deltas('/collab', 'fill', 1, 800, $PAD), 800, 'filler deltas acked');
     Collab::Test::wait_until(sub { $t->grep_error_log(qr/fell behind on "fill"/) }, 3);
     $sender->send_json({ type => 'intent', doc => 'eph', data => { i => $_ } }) for 1 .. 20;
     my @got = grep { $_->{type} eq 'intent' } $reader->collect(1);
