@@ -405,13 +405,14 @@ ngx_http_collab_auth_apply(ngx_http_collab_session_t *s, json_t *claims)
         }
 
     } else {
-        s->user.data = ngx_pnalloc(s->request->pool, len);
-        if (s->user.data == NULL) {
+        s->strings = ngx_alloc(len, s->connection->log);
+        if (s->strings == NULL) {
             json_decref(claims);
             return NGX_ERROR;
         }
 
-        ngx_memcpy(s->user.data, json_string_value(sub), len);
+        ngx_memcpy(s->strings, json_string_value(sub), len);
+        s->user.data = s->strings;
         s->user.len = len;
     }
 
@@ -435,11 +436,15 @@ ngx_http_collab_auth_apply(ngx_http_collab_session_t *s, json_t *claims)
         }
     }
 
+    if (s->groups.data) {
+        ngx_free(s->groups.data);
+    }
+
     s->groups.len = 0;
     s->groups.data = NULL;
 
     if (len && len < 8192) {
-        s->groups.data = ngx_pnalloc(s->request->pool, len);
+        s->groups.data = ngx_alloc(len, s->connection->log);
 
         if (s->groups.data) {
             p = s->groups.data;

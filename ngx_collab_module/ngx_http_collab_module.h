@@ -232,7 +232,8 @@ struct ngx_http_collab_redis_s {
 
 
 struct ngx_http_collab_session_s {
-    ngx_http_request_t          *request;
+    ngx_http_request_t          *request;        /* NULL once detached */
+    ngx_http_cleanup_t          *cln;
     ngx_connection_t            *connection;
     ngx_http_collab_loc_conf_t  *conf;
     ngx_queue_t                  link;           /* worker's sessions */
@@ -265,6 +266,9 @@ struct ngx_http_collab_session_s {
     ngx_event_t                  linger;
     ngx_event_t                  expire;         /* auth timeout, exp */
     ngx_event_t                  drain;          /* slow consumer */
+    ngx_event_t                  detach;         /* WS: drop the request */
+    u_char                      *strings;        /* user */
+    u_char                      *pending_buf;    /* pending doc, epoch */
 
     uint64_t                     limit_excess;
     ngx_msec_t                   limit_last;
@@ -385,6 +389,8 @@ ngx_int_t ngx_http_collab_msg_parse_delta(u_char *p, size_t len,
 ngx_http_collab_session_t *ngx_http_collab_session_create(
     ngx_http_request_t *r, ngx_http_collab_loc_conf_t *lcf,
     ngx_uint_t transport, ngx_int_t *status);
+void ngx_http_collab_session_end(ngx_http_collab_session_t *s);
+void ngx_http_collab_session_cleanup(void *data);
 ngx_int_t ngx_http_collab_session_send(ngx_http_collab_session_t *s,
     ngx_http_collab_msg_t *m);
 ngx_int_t ngx_http_collab_session_send_ctl(ngx_http_collab_session_t *s,

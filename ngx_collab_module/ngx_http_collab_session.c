@@ -28,7 +28,6 @@
 #define NGX_HTTP_COLLAB_LINGER        2000
 
 
-static void ngx_http_collab_session_cleanup(void *data);
 static ngx_http_collab_out_t *ngx_http_collab_out_get(ngx_log_t *log);
 static void ngx_http_collab_out_put(ngx_http_collab_out_t *out);
 static void ngx_http_collab_session_append(ngx_http_collab_session_t *s,
@@ -102,7 +101,12 @@ ngx_http_collab_session_create(ngx_http_request_t *r,
         return NULL;
     }
 
-    s = ngx_pcalloc(r->pool, sizeof(ngx_http_collab_session_t));
+    /*
+     * Not from the request pool: a WebSocket session outlives its request
+     * (see ngx_http_collab_ws_detach()).
+     */
+
+    s = ngx_calloc(sizeof(ngx_http_collab_session_t), r->connection->log);
     if (s == NULL) {
         if (claims) {
             json_decref(claims);
@@ -113,12 +117,16 @@ ngx_http_collab_session_create(ngx_http_request_t *r,
 
     cln = ngx_http_cleanup_add(r, 0);
     if (cln == NULL) {
+        ngx_free(s);
+
         if (claims) {
             json_decref(claims);
         }
 
         return NULL;
     }
+
+    s->cln = cln;
 
     /*
      * From here on the cleanup owns whatever the session takes (timers,
@@ -179,7 +187,14 @@ ngx_http_collab_session_create(ngx_http_request_t *r,
             ngx_str_set(&s->user, "anonymous");
 
         } else {
-            s->user = user;
+            s->strings = ngx_alloc(user.len, r->connection->log);
+            if (s->strings == NULL) {
+                return NULL;
+            }
+
+            s->user.data = ngx_cpymem(s->strings, user.data, user.len)
+                           - user.len;
+            s->user.len = user.len;
         }
 
         s->authenticated = 1;
@@ -221,7 +236,7 @@ ngx_http_collab_session_create(ngx_http_request_t *r,
 }
 
 
-static void
+void
 ngx_http_collab_session_cleanup(void *data)
 {
     ngx_http_collab_session_t *s = data;
@@ -237,11 +252,17 @@ ngx_http_collab_session_cleanup(void *data)
 
     r = s->request;
 
-    ngx_http_set_ctx(r, NULL, ngx_http_collab_module);
-    r->read_event_handler = ngx_http_block_reading;
-    r->write_event_handler = ngx_http_request_empty_handler;
+    if (r) {
+        ngx_http_set_ctx(r, NULL, ngx_http_collab_module);
+        r->read_event_handler = ngx_http_block_reading;
+        r->write_event_handler = ngx_http_request_empty_handler;
+    }
 
     ngx_queue_remove(&s->link);
+
+    if (s->detach.posted) {
+        ngx_delete_posted_event(&s->detach);
+    }
 
     if (s->ping.timer_set) {
         ngx_del_timer(&s->ping);
@@ -322,6 +343,20 @@ ngx_http_collab_session_cleanup(void *data)
 
         s->replies = NULL;
     }
+
+    if (s->strings) {
+        ngx_free(s->strings);
+    }
+
+    if (s->pending_buf) {
+        ngx_free(s->pending_buf);
+    }
+
+    if (s->groups.data) {
+        ngx_free(s->groups.data);
+    }
+
+    ngx_free(s);
 }
 
 
@@ -597,8 +632,7 @@ ngx_http_collab_session_drain_handler(ngx_event_t *ev)
 
     /* a close frame would wait behind what does not drain */
     c->error = 1;
-    ngx_http_collab_session_finalize(s);
-    ngx_http_run_posted_requests(c);
+    ngx_http_collab_session_end(s);
 }
 
 
@@ -612,7 +646,7 @@ ngx_http_collab_session_flush_ws(ngx_http_collab_session_t *s)
     c = s->connection;
     r = s->request;
 
-    if (r->out || c->buffered) {
+    if (r && (r->out || c->buffered)) {
         /* the rest of the 101 response */
 
         if (ngx_http_output_filter(r, NULL) == NGX_ERROR) {
@@ -783,12 +817,41 @@ ngx_http_collab_session_close(ngx_http_collab_session_t *s, ngx_uint_t code,
 void
 ngx_http_collab_session_finalize(ngx_http_collab_session_t *s)
 {
+    ngx_connection_t    *c;
     ngx_http_request_t  *r;
 
     r = s->request;
 
-    /* the cleanup handler runs from here */
-    ngx_http_finalize_request(r, NGX_DONE);
+    if (r) {
+        /* the cleanup handler runs from here */
+        ngx_http_finalize_request(r, NGX_DONE);
+        return;
+    }
+
+    /* a detached WebSocket: the connection is ours alone */
+
+    c = s->connection;
+    ngx_http_collab_session_cleanup(s);
+    ngx_http_close_connection(c);
+}
+
+
+/* finalizes from outside the connection's own request handler */
+
+void
+ngx_http_collab_session_end(ngx_http_collab_session_t *s)
+{
+    ngx_uint_t         bound;
+    ngx_connection_t  *c;
+
+    c = s->connection;
+    bound = (s->request != NULL);
+
+    ngx_http_collab_session_finalize(s);
+
+    if (bound) {
+        ngx_http_run_posted_requests(c);
+    }
 }
 
 
@@ -805,8 +868,7 @@ ngx_http_collab_session_linger_handler(ngx_event_t *ev)
                    "collab: close timed out");
 
     c->error = 1;
-    ngx_http_collab_session_finalize(s);
-    ngx_http_run_posted_requests(c);
+    ngx_http_collab_session_end(s);
 }
 
 
@@ -829,8 +891,7 @@ ngx_http_collab_session_ping_handler(ngx_event_t *ev)
                           "collab: peer did not answer pings, dropping it");
 
             c->error = 1;
-            ngx_http_collab_session_finalize(s);
-            ngx_http_run_posted_requests(c);
+            ngx_http_collab_session_end(s);
             return;
         }
 
@@ -896,6 +957,7 @@ ngx_http_collab_session_welcome(ngx_http_collab_session_t *s)
 void
 ngx_http_collab_session_shutdown_all(void)
 {
+    ngx_uint_t                  bound;
     ngx_queue_t                *q, *next;
     ngx_connection_t           *c;
     ngx_http_collab_session_t  *s;
@@ -920,7 +982,12 @@ ngx_http_collab_session_shutdown_all(void)
          */
 
         c = s->connection;
+        bound = (s->request != NULL);
+
         ngx_http_collab_session_flush(s);
-        ngx_http_run_posted_requests(c);
+
+        if (bound) {
+            ngx_http_run_posted_requests(c);
+        }
     }
 }

@@ -26,6 +26,9 @@ static ngx_int_t ngx_http_collab_ws_token(ngx_str_t *value,
     const char *token, size_t len);
 static ngx_int_t ngx_http_collab_ws_refuse_version(ngx_http_request_t *r);
 static void ngx_http_collab_ws_read_handler(ngx_http_request_t *r);
+static void ngx_http_collab_ws_detach(ngx_event_t *ev);
+static void ngx_http_collab_ws_conn_read(ngx_event_t *ev);
+static void ngx_http_collab_ws_conn_write(ngx_event_t *ev);
 static void ngx_http_collab_ws_read(ngx_http_collab_session_t *s);
 static ngx_int_t ngx_http_collab_ws_process(ngx_http_collab_session_t *s,
     u_char *pos, u_char *last);
@@ -284,11 +287,27 @@ ngx_http_collab_ws_handshake(ngx_http_request_t *r,
 
     ngx_http_collab_session_start_timers(s);
 
-    /* the document named in the URL, resumable with ?since=&epoch= */
+    /*
+     * The document named in the URL, resumable with ?since=&epoch=; kept
+     * out of the request pool for a session that authenticates later.
+     */
 
     s->cursor_since = since;
-    s->cursor_epoch = epoch;
-    s->pending_doc = doc;
+
+    if (doc.len || epoch.len) {
+        s->pending_buf = ngx_alloc(doc.len + epoch.len, c->log);
+        if (s->pending_buf == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        s->pending_doc.data = s->pending_buf;
+        s->pending_doc.len = doc.len;
+        ngx_memcpy(s->pending_doc.data, doc.data, doc.len);
+
+        s->cursor_epoch.data = s->pending_buf + doc.len;
+        s->cursor_epoch.len = epoch.len;
+        ngx_memcpy(s->cursor_epoch.data, epoch.data, epoch.len);
+    }
 
     if (s->authenticated) {
         ngx_http_collab_session_welcome(s);
@@ -311,7 +330,116 @@ ngx_http_collab_ws_handshake(ngx_http_request_t *r,
 
     ngx_post_event(c->read, &ngx_posted_events);
 
+    /* outside the request handler: it must not see the request go */
+    s->detach.handler = ngx_http_collab_ws_detach;
+    s->detach.data = s;
+    s->detach.log = c->log;
+    ngx_post_event(&s->detach, &ngx_posted_events);
+
     return NGX_DONE;
+}
+
+
+/*
+ * Once the 101 is out, the HTTP request is of no further use: it is freed
+ * and the session keeps the connection alone.  What an idle WebSocket
+ * costs is then the session, its parser and the connection's own pool,
+ * not the request's pool with its headers.
+ */
+
+static void
+ngx_http_collab_ws_detach(ngx_event_t *ev)
+{
+    ngx_connection_t           *c;
+    ngx_http_request_t         *r;
+    ngx_http_collab_session_t  *s;
+
+    s = ev->data;
+    r = s->request;
+    c = s->connection;
+
+    if (r == NULL || s->closing || r->main->count != 1
+        || r->main->posted_requests)
+    {
+        return;
+    }
+
+    if (r->out || c->buffered) {
+        if (ngx_http_output_filter(r, NULL) == NGX_ERROR
+            || r->out || c->buffered)
+        {
+            /* a 101 that did not go out at once: it stays a request */
+            return;
+        }
+    }
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, c->log, 0,
+                   "collab: session %*s detached from its request",
+                   (size_t) 16, s->id);
+
+    /* the request's cleanup no longer applies to the session */
+    s->cln->handler = NULL;
+
+    if (c->buffer && c->buffer == r->header_in) {
+        /* the handshake's bytes were consumed: its buffer is free */
+        if (ngx_pfree(c->pool, c->buffer->start) == NGX_OK) {
+            c->buffer = NULL;
+        }
+    }
+
+    ngx_http_free_request(r, 0);
+
+    s->request = NULL;
+    c->destroyed = 0;
+    c->data = s;
+    c->log->action = NULL;
+
+    c->read->handler = ngx_http_collab_ws_conn_read;
+    c->write->handler = ngx_http_collab_ws_conn_write;
+
+    if (c->read->ready || s->rest) {
+        ngx_post_event(c->read, &ngx_posted_events);
+    }
+
+    if (s->out) {
+        ngx_post_event(c->write, &ngx_posted_events);
+    }
+}
+
+
+static void
+ngx_http_collab_ws_conn_read(ngx_event_t *ev)
+{
+    ngx_connection_t           *c;
+    ngx_http_collab_session_t  *s;
+
+    c = ev->data;
+    s = c->data;
+
+    if (c->close) {
+        /* worker_shutdown_timeout */
+        ngx_http_collab_session_finalize(s);
+        return;
+    }
+
+    ngx_http_collab_ws_read(s);
+}
+
+
+static void
+ngx_http_collab_ws_conn_write(ngx_event_t *ev)
+{
+    ngx_connection_t           *c;
+    ngx_http_collab_session_t  *s;
+
+    c = ev->data;
+    s = c->data;
+
+    if (ev->timedout) {
+        ev->timedout = 0;
+    }
+
+    ngx_http_collab_session_flush(s);
 }
 
 
