@@ -210,12 +210,17 @@ ngx_http_collab_limit_bucket(uint64_t *excess, ngx_msec_t *last,
     ngx_msec_t  now, elapsed;
 
     now = ngx_current_msec;
-    elapsed = now - *last;
+
+    /* the workers' clocks differ a little: one may be behind the bucket */
+    elapsed = ((ngx_msec_int_t) (now - *last) > 0) ? now - *last : 0;
 
     drained = (uint64_t) rate * elapsed / 1000;
     e = (*excess > drained) ? *excess - drained : 0;
 
-    *last = now;
+    if (elapsed) {
+        *last = now;
+    }
+
     *excess = e;
 
     limit = (uint64_t) burst * 1000;

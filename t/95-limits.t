@@ -253,10 +253,13 @@ sub of_type { my ($c, $type, $code) = @_; grep { $_->{type} eq $type && (!$code 
     my $big = 'B' x 60000;
     for my $loc ('defaults', 'explicit') {
         my $b = $t->ws_session(path => "/$loc?user=db-$loc");
+        my $t0 = time;
         $b->send_json(delta('defaults', "$loc-$_", $big)) for 1 .. 40;
         my @rb = map { $b->wait_for({ id => "$loc-$_" }, 10) } 1 .. 40;
+        # the bucket refills at 1 MB/s while the 2.4 MB go through (slowly under ASan)
+        my $refill = int((time - $t0) * 1_000_000 / 60_000) + 1;
         my $n = grep { $_ && $_->{type} eq 'ack' } @rb;
-        ok($n >= 33 && $n <= 37, ($loc eq 'defaults' ? 'default bytes=1m' : 'collab_rate 50r/s burst=100 written out keeps bytes=1m')
+        ok($n >= 33 && $n <= 37 + $refill, ($loc eq 'defaults' ? 'default bytes=1m' : 'collab_rate 50r/s burst=100 written out keeps bytes=1m')
             . ": 2 MB of 60 KB deltas at once pass ($n of 40)");
         $b->close(1000);
     }
