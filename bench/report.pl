@@ -13,7 +13,7 @@ use Cwd qw(abs_path);
 
 my %o = (quick => 0, runs => 3, workers => 2, seconds => 0);
 GetOptions(\%o, 'results=s', 'out=s', 'doc=s', 'plot=s', 'quick=s', 'runs=i', 'workers=i',
-           'module=s', 'nchan=s', 'nginx=s', 'redis=s', 'seconds=i') or die "bad options\n";
+           'module=s', 'module-rev=s', 'module-sha=s', 'nchan=s', 'nginx=s', 'redis=s', 'seconds=i') or die "bad options\n";
 
 my $json = JSON::PP->new->canonical;
 my (@rows, %by);
@@ -67,8 +67,8 @@ my $nginxv = sh("$o{nginx} -v 2>&1 | sed 's/.*: //'");
 my $redisv = sh("$o{redis} --version | sed 's/ sha=.*//'");
 my $nchanv = sh(q{dpkg-query -W -f='${Version}' libnginx-mod-nchan});
 my $gccv = sh('cc --version | head -n1');
-my $rev = sh('git rev-parse --short HEAD');
-my $dirty = sh('git status --porcelain -- ngx_collab_module config | head -n1') ne '' ? ' (with uncommitted changes to the module)' : '';
+my $rev = $o{'module-rev'} // sh('git rev-parse --short HEAD');
+my $sha = $o{'module-sha'} ? ", sha256 $o{'module-sha'}…" : '';
 my $date = strftime('%Y-%m-%d %H:%M UTC', gmtime);
 
 my @T = qw(collab nchan);
@@ -88,7 +88,7 @@ p "| CPU | $cpu, $nproc cores (`nproc`) |";
 p "| memory | $mem |";
 p "| OS, kernel | $os, $kernel |";
 p "| nginx | $nginxv (Debian's `/usr/sbin/nginx`), `worker_processes $o{workers}` for both |";
-p "| collab module | `build/ngx_http_collab_module.so` at commit $rev$dirty |";
+p "| collab module | `build/ngx_http_collab_module.so` built from commit $rev$sha (copied when the suite started) |";
 p "| nchan | Debian libnginx-mod-nchan $nchanv (`$o{nchan}`) |";
 p "| Redis | $redisv, one instance on 127.0.0.1, no persistence (`--save '' --appendonly no`) |";
 p "| load generator | bench/collab-bench.c ($gccv, -O2), one process, epoll |";

@@ -76,6 +76,21 @@ ensure_packages() {
     [ -x "$BENCH" ] || fail "$BENCH not built"
 }
 
+# the module is measured from a copy taken at the start: a rebuild of build/ during the suite
+# (other work on the tree) must not change the module between runs
+snapshot_module() {
+    mkdir -p "$OUT"
+    cp "$MODULE" "$OUT/ngx_http_collab_module.so" || fail "cannot copy $MODULE"
+    MODULE_SRC=$MODULE
+    MODULE=$OUT/ngx_http_collab_module.so
+    MODULE_SHA=$(sha256sum "$MODULE" | cut -c1-12)
+    MODULE_REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+    if [ -n "$(git -C "$ROOT" status --porcelain -- ngx_collab_module config 2>/dev/null | head -n1)" ]; then
+        MODULE_REV="$MODULE_REV + uncommitted changes"
+    fi
+    log "module: $MODULE_SRC (commit $MODULE_REV, sha256 $MODULE_SHA...) copied to $MODULE"
+}
+
 # ------------------------------------------------------------------------------------------
 # processes: everything started here is recorded and stopped by the trap
 
@@ -459,6 +474,7 @@ run_profile() {
 
 main() {
     ensure_packages
+    snapshot_module
     mkdir -p "$OUT"
     rm -f "$RESULTS" "$OUT"/problems-*.log "$OUT"/profile-*.txt
     local t0=$SECONDS
@@ -477,7 +493,8 @@ main() {
     stop_redis
     log "measurements took $(( SECONDS - t0 )) s"
     perl "$ROOT/bench/report.pl" --results "$RESULTS" --out "$OUT" --doc "$DOC" --plot "$PLOT" \
-        --quick "${QUICK:-0}" --runs "$RUNS" --workers "$WORKERS" --module "$MODULE" \
+        --quick "${QUICK:-0}" --runs "$RUNS" --workers "$WORKERS" --module "$MODULE_SRC" \
+        --module-rev "$MODULE_REV" --module-sha "$MODULE_SHA" \
         --nchan "$NCHAN_MODULE" --nginx "$NGINX_BIN" --redis "$REDIS_SERVER" \
         --seconds $(( SECONDS - t0 )) || fail "report failed"
     log "wrote $DOC and $PLOT"

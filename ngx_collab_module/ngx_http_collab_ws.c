@@ -350,6 +350,7 @@ ngx_http_collab_ws_handshake(ngx_http_request_t *r,
 static void
 ngx_http_collab_ws_detach(ngx_event_t *ev)
 {
+    ngx_buf_t                  *b;
     ngx_connection_t           *c;
     ngx_http_request_t         *r;
     ngx_http_collab_session_t  *s;
@@ -380,14 +381,15 @@ ngx_http_collab_ws_detach(ngx_event_t *ev)
     /* the request's cleanup no longer applies to the session */
     s->cln->handler = NULL;
 
-    if (c->buffer && c->buffer == r->header_in) {
-        /* the handshake's bytes were consumed: its buffer is free */
-        if (ngx_pfree(c->pool, c->buffer->start) == NGX_OK) {
-            c->buffer = NULL;
-        }
-    }
+    /* the request line and headers live in it until the request is logged */
+    b = (c->buffer && c->buffer == r->header_in) ? c->buffer : NULL;
 
     ngx_http_free_request(r, 0);
+
+    if (b && ngx_pfree(c->pool, b->start) == NGX_OK) {
+        /* the handshake's bytes were consumed: its buffer is free */
+        c->buffer = NULL;
+    }
 
     s->request = NULL;
     c->destroyed = 0;
