@@ -188,21 +188,39 @@ if ($by{W3}) {
                 ['latency max at that rate', 'max_us', 'ms'], ['CPU used by other processes before (%)', 'bg_busy', 'n', 1]);
     # every probe of the search
     my @probes = grep { ($_->{workload} // '') eq 'W3-probe' && !$_->{failed} } @rows;
+    $_->{wk} = $_->{workers} // $o{workers} for @probes;
     if (@probes) {
         p '<details><summary>every step of the search</summary>';
         p '';
-        p '| target | run | rate | delivered/s | p99 | lost | order violations | nacks | other CPU load before | pass |';
-        p '|---|---|---|---|---|---|---|---|---|---|';
+        p '| target | workers | run | rate | delivered/s | p99 | lost | order violations | nacks | other CPU load before | pass |';
+        p '|---|---|---|---|---|---|---|---|---|---|---|';
         for my $j (@probes) {
             my $pass = ($j->{p99_us} <= 50000 && !$j->{lost} && !$j->{dups} && !$j->{order_violations}
                         && !$j->{connect_fail} && ($j->{mode} ne 'collab' || (!$j->{nacks} && $j->{acks} == $j->{sent}))) ? 'yes' : 'no';
-            p "| $j->{target} | $j->{run} | " . fmt($j->{rate}, 'n') . ' | ' . fmt($j->{delivered_per_s}, 'n') . ' | '
+            p "| $j->{target} | $j->{wk} | $j->{run} | " . fmt($j->{rate}, 'n') . ' | ' . fmt($j->{delivered_per_s}, 'n') . ' | '
               . fmt($j->{p99_us}, 'ms') . " | $j->{lost} | $j->{order_violations} | $j->{nacks} | " . ($j->{bg_busy} // '–') . "% | $pass |";
         }
         p '';
         p '</details>';
         p '';
     }
+}
+
+if ($by{W3w1}) {
+    my $one = med('W3w1', 'collab', 'delivered_per_s');
+    my $two = med('W3', 'collab', 'delivered_per_s');
+    my ($r1) = grep { $_->{run} == 1 } @{ $by{W3}{collab} || [] };
+    p '### W3 with `worker_processes 1` (collab, first run only)';
+    p '';
+    p 'Does throughput grow with the workers? The same search with one nginx worker, right after the';
+    p 'first W3 run. On a 2-core machine the second core is also needed by Redis and the generator.';
+    p '';
+    p '| worker_processes | delivered/s | p99 at that rate |';
+    p '|---|---|---|';
+    p '| 1 | ' . fmt($one, 'n') . ' | ' . fmt(med('W3w1', 'collab', 'p99_us'), 'ms') . ' |';
+    p "| $o{workers} (run 1) | " . fmt($r1 ? $r1->{delivered_per_s} : undef, 'n') . ' | ' . fmt($r1 ? $r1->{p99_us} : undef, 'ms') . ' |';
+    p "| $o{workers} (median of the W3 runs) | " . fmt($two, 'n') . ' | ' . fmt(med('W3', 'collab', 'p99_us'), 'ms') . ' |';
+    p '';
 }
 
 if ($by{W4}) {

@@ -4,11 +4,13 @@
 #
 #   bench/run.sh              full suite: W1..W4, 3 runs each, medians -> docs/benchmarks.md
 #   BENCH_QUICK=1 bench/run.sh  1 run each, 3 s workloads, short saturation search (~3 min)
+#   bench/run.sh report       only rewrite the report from the results of the last suite
 #
 # Environment:
 #   BENCH_QUICK=1          shortened suite
 #   BENCH_RUNS=N           repetitions per workload and target (default 3, quick 1)
-#   BENCH_WORKLOADS="W1 W2 W3 W4"   subset to run
+#   BENCH_WORKLOADS="W1 W2 W3 W4 W3w1"   subset to run (W3w1: W3 with worker_processes 1,
+#                          collab only, first run only: does throughput grow with workers?)
 #   BENCH_TARGETS="collab nchan"    subset to run
 #   BENCH_WORKERS=N        worker_processes of both nginx instances (default 2)
 #   BENCH_PROFILE=0        skip the perf profile (default: on when perf works)
@@ -33,7 +35,7 @@ cd "$ROOT"
 QUICK=${BENCH_QUICK:-0}
 [ "$QUICK" = 0 ] && QUICK=""
 RUNS=${BENCH_RUNS:-$([ -n "$QUICK" ] && echo 1 || echo 3)}
-WORKLOADS=${BENCH_WORKLOADS:-"W1 W2 W3 W4"}
+WORKLOADS=${BENCH_WORKLOADS:-"W1 W2 W3 W4 W3w1"}
 TARGETS=${BENCH_TARGETS:-"collab nchan"}
 WORKERS=${BENCH_WORKERS:-2}
 OUT=${BENCH_OUT:-$ROOT/bench/out}
@@ -404,8 +406,8 @@ w3_step() {  # $1 target, $2 run, $3 rate -> 0 = pass (LAST_JSON = the passing a
     w3_pass "$LAST_JSON"
 }
 
-run_w3() {  # $1 run
-    local r=$1 t rate lo hi best bestj steps maxsteps
+run_w3() {  # $1 run [$2 label, default W3]
+    local r=$1 label=${2:-W3} t rate lo hi best bestj steps maxsteps
     if [ -n "$QUICK" ]; then maxsteps=2; else maxsteps=4; fi
     for t in $TARGETS; do
         start_nginx "$t"
@@ -434,10 +436,10 @@ run_w3() {  # $1 run
         stop_nginx
         if [ -n "$best" ]; then
             log "W3 $t run $r: highest passing rate $lo deltas/s -> $(jget "$best" delivered_per_s) delivered/s"
-            printf '%s\n' "$best" | sed 's/"workload":"W3-probe"/"workload":"W3"/' >> "$RESULTS"
+            printf '%s\n' "$best" | sed "s/\"workload\":\"W3-probe\"/\"workload\":\"$label\"/" >> "$RESULTS"
         else
             log "W3 $t run $r: no rate passed"
-            printf '{"target":"%s","workload":"W3","run":%s,"failed":true}\n' "$t" "$r" >> "$RESULTS"
+            printf '{"target":"%s","workload":"%s","run":%s,"failed":true}\n' "$t" "$label" "$r" >> "$RESULTS"
         fi
         sleep 1
     done
@@ -484,6 +486,13 @@ main() {
         for w in $WORKLOADS; do
             case $w in
                 W3) run_w3 "$r" ;;
+                W3w1)
+                    if [ "$r" = 1 ] && [ "$WORKERS" != 1 ] && [[ " $TARGETS " == *" collab "* ]]; then
+                        local saved_w=$WORKERS saved_t=$TARGETS
+                        WORKERS=1; TARGETS=collab
+                        run_w3 "$r" W3w1
+                        WORKERS=$saved_w; TARGETS=$saved_t
+                    fi ;;
                 W1|W2|W4) run_simple "$w" "$r" ;;
                 *) fail "unknown workload $w" ;;
             esac
@@ -492,12 +501,23 @@ main() {
     run_profile
     stop_redis
     log "measurements took $(( SECONDS - t0 )) s"
-    perl "$ROOT/bench/report.pl" --results "$RESULTS" --out "$OUT" --doc "$DOC" --plot "$PLOT" \
-        --quick "${QUICK:-0}" --runs "$RUNS" --workers "$WORKERS" --module "$MODULE_SRC" \
-        --module-rev "$MODULE_REV" --module-sha "$MODULE_SHA" \
-        --nchan "$NCHAN_MODULE" --nginx "$NGINX_BIN" --redis "$REDIS_SERVER" \
-        --seconds $(( SECONDS - t0 )) || fail "report failed"
+    local rargs=(--results "$RESULTS" --out "$OUT" --doc "$DOC" --plot "$PLOT"
+        --quick "${QUICK:-0}" --runs "$RUNS" --workers "$WORKERS" --module "$MODULE_SRC"
+        --module-rev "$MODULE_REV" --module-sha "$MODULE_SHA"
+        --nchan "$NCHAN_MODULE" --nginx "$NGINX_BIN" --redis "$REDIS_SERVER"
+        --seconds $(( SECONDS - t0 )))
+    printf '%q ' "${rargs[@]}" > "$OUT/report.args"
+    report
+}
+
+report() {
+    [ -s "$OUT/report.args" ] || fail "no results in $OUT (run the suite first)"
+    eval "perl \"\$ROOT/bench/report.pl\" $(cat "$OUT/report.args")" || fail "report failed"
     log "wrote $DOC and $PLOT"
 }
 
-main "$@"
+case ${1:-} in
+    report) report ;;
+    "") main ;;
+    *) fail "usage: bench/run.sh [report]" ;;
+esac

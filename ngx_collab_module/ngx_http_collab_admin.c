@@ -65,10 +65,8 @@ ngx_http_collab_admin_key(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     ngx_http_collab_loc_conf_t *lcf = conf;
 
     u_char           *p;
-    ssize_t           n;
-    ngx_str_t        *value, file;
-    ngx_file_t        f;
-    ngx_file_info_t   fi;
+    size_t            n;
+    ngx_str_t        *value, file, key;
 
     value = cf->args->elts;
 
@@ -83,44 +81,14 @@ ngx_http_collab_admin_key(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     file.data = value[1].data + 5;
     file.len = value[1].len - 5;
 
-    if (ngx_conf_full_name(cf->cycle, &file, 1) != NGX_OK) {
-        return NGX_CONF_ERROR;
-    }
-
-    ngx_memzero(&f, sizeof(ngx_file_t));
-
-    f.name = file;
-    f.log = cf->log;
-    f.fd = ngx_open_file(file.data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
-
-    if (f.fd == NGX_INVALID_FILE) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
-                           ngx_open_file_n " \"%V\" failed", &file);
-        return NGX_CONF_ERROR;
-    }
-
-    if (ngx_fd_info(f.fd, &fi) == NGX_FILE_ERROR
-        || ngx_file_size(&fi) > 4096)
+    if (ngx_http_collab_conf_read_file(cf, &file, 4096, cf->pool, &key)
+        != NGX_OK)
     {
-        ngx_close_file(f.fd);
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "admin key file \"%V\" is too large", &file);
         return NGX_CONF_ERROR;
     }
 
-    p = ngx_pnalloc(cf->pool, ngx_file_size(&fi) + 1);
-    if (p == NULL) {
-        ngx_close_file(f.fd);
-        return NGX_CONF_ERROR;
-    }
-
-    n = ngx_read_file(&f, p, ngx_file_size(&fi), 0);
-
-    ngx_close_file(f.fd);
-
-    if (n != ngx_file_size(&fi)) {
-        return NGX_CONF_ERROR;
-    }
+    p = key.data;
+    n = key.len;
 
     while (n && (p[n - 1] == '\n' || p[n - 1] == '\r')) {
         n--;

@@ -35,11 +35,9 @@ ngx_http_collab_auth_jwt_key(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     u_char              *buf;
     char                *kid, *alg;
-    ssize_t              n;
-    ngx_str_t           *value, file;
+    size_t               n;
+    ngx_str_t           *value, file, key;
     ngx_uint_t           i;
-    ngx_file_t           f;
-    ngx_file_info_t      fi;
     const char          *err;
     ngx_pool_cleanup_t  *cln;
 
@@ -91,46 +89,15 @@ ngx_http_collab_auth_jwt_key(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
-    if (ngx_conf_full_name(cf->cycle, &file, 1) != NGX_OK) {
-        return NGX_CONF_ERROR;
-    }
-
-    ngx_memzero(&f, sizeof(ngx_file_t));
-
-    f.name = file;
-    f.log = cf->log;
-    f.fd = ngx_open_file(file.data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
-
-    if (f.fd == NGX_INVALID_FILE) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
-                           ngx_open_file_n " \"%V\" failed", &file);
-        return NGX_CONF_ERROR;
-    }
-
-    if (ngx_fd_info(f.fd, &fi) == NGX_FILE_ERROR
-        || ngx_file_size(&fi) == 0 || ngx_file_size(&fi) > 1024 * 1024)
+    if (ngx_http_collab_conf_read_file(cf, &file, 1024 * 1024,
+                                       cf->temp_pool, &key)
+        != NGX_OK)
     {
-        ngx_close_file(f.fd);
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "key file \"%V\" is empty or too large", &file);
         return NGX_CONF_ERROR;
     }
 
-    buf = ngx_pnalloc(cf->temp_pool, ngx_file_size(&fi));
-    if (buf == NULL) {
-        ngx_close_file(f.fd);
-        return NGX_CONF_ERROR;
-    }
-
-    n = ngx_read_file(&f, buf, ngx_file_size(&fi), 0);
-
-    ngx_close_file(f.fd);
-
-    if (n != ngx_file_size(&fi)) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "cannot read key file \"%V\"", &file);
-        return NGX_CONF_ERROR;
-    }
+    buf = key.data;
+    n = key.len;
 
     if (ngx_http_collab_jwt_key_add(lcf->jwt_keys, alg, kid, buf, n, &err)
         != 0)

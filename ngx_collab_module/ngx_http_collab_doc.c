@@ -40,6 +40,8 @@ static void ngx_http_collab_doc_sub_read(ngx_http_collab_sub_t *sub);
 static void ngx_http_collab_doc_dropped(ngx_http_collab_session_t *s);
 static void ngx_http_collab_doc_broken(ngx_http_collab_sub_t *sub);
 static void ngx_http_collab_doc_refuse(ngx_http_collab_sub_t *sub);
+static void ngx_http_collab_doc_drop(ngx_http_collab_sub_t *sub,
+    ngx_http_collab_msg_t *m1, ngx_http_collab_msg_t *m2);
 static void ngx_http_collab_doc_resync(ngx_http_collab_sub_t *sub,
     uint64_t seq, const char *reason);
 static void ngx_http_collab_doc_publish_reply(ngx_http_collab_cmd_t *cmd,
@@ -315,26 +317,18 @@ ngx_http_collab_doc_subscribed(ngx_http_collab_session_t *s, ngx_str_t *name)
 void
 ngx_http_collab_doc_revoke(ngx_http_collab_sub_t *sub)
 {
-    ngx_str_t                   name;
-    ngx_http_collab_msg_t      *m;
-    ngx_http_collab_session_t  *s;
-    u_char                      buf[NGX_HTTP_COLLAB_DOC_MAX];
+    ngx_str_t  *name;
 
-    s = sub->session;
+    name = &sub->doc->node.str;
 
-    name.len = sub->doc->node.str.len;
-    name.data = ngx_cpymem(buf, sub->doc->node.str.data, name.len) - name.len;
+    ngx_log_error(NGX_LOG_INFO, sub->session->connection->log, 0,
+                  "collab: \"%V\" lost access to \"%V\"",
+                  &sub->session->user, name);
 
-    ngx_log_error(NGX_LOG_INFO, s->connection->log, 0,
-                  "collab: \"%V\" lost access to \"%V\"", &s->user, &name);
-
-    ngx_http_collab_doc_sub_free(sub);
-
-    m = ngx_http_collab_msg_build("unsubscribed", "doc", 'S', &name,
-                                  "reason", 'C', "forbidden", NULL);
-    ngx_http_collab_reply(s, NGX_HTTP_COLLAB_NO_SLOT, m);
-
-    ngx_http_collab_doc_dropped(s);
+    ngx_http_collab_doc_drop(sub,
+        ngx_http_collab_msg_build("unsubscribed", "doc", 'S', name,
+                                  "reason", 'C', "forbidden", NULL),
+        NULL);
 }
 
 
@@ -343,23 +337,11 @@ ngx_http_collab_doc_revoke(ngx_http_collab_sub_t *sub)
 static void
 ngx_http_collab_doc_refuse(ngx_http_collab_sub_t *sub)
 {
-    ngx_str_t                   name;
-    ngx_http_collab_msg_t      *m;
-    ngx_http_collab_session_t  *s;
-    u_char                      buf[NGX_HTTP_COLLAB_DOC_MAX];
-
-    s = sub->session;
-
-    name.len = sub->doc->node.str.len;
-    name.data = ngx_cpymem(buf, sub->doc->node.str.data, name.len) - name.len;
-
-    ngx_http_collab_doc_sub_free(sub);
-
-    m = ngx_http_collab_msg_error("error", "forbidden", &name, NULL,
-                                  "not allowed to access this document");
-    ngx_http_collab_reply(s, NGX_HTTP_COLLAB_NO_SLOT, m);
-
-    ngx_http_collab_doc_dropped(s);
+    ngx_http_collab_doc_drop(sub,
+        ngx_http_collab_msg_error("error", "forbidden", &sub->doc->node.str,
+                                  NULL, "not allowed to access this "
+                                  "document"),
+        NULL);
 }
 
 
@@ -1100,32 +1082,20 @@ ngx_http_collab_doc_read_done(ngx_http_collab_sub_t *sub, redisReply *reply)
 static void
 ngx_http_collab_doc_broken(ngx_http_collab_sub_t *sub)
 {
-    ngx_str_t                   name;
-    ngx_http_collab_msg_t      *m;
-    ngx_http_collab_session_t  *s;
-    u_char                      buf[NGX_HTTP_COLLAB_DOC_MAX];
+    ngx_str_t  *name;
 
-    s = sub->session;
+    name = &sub->doc->node.str;
 
-    name.len = sub->doc->node.str.len;
-    name.data = ngx_cpymem(buf, sub->doc->node.str.data, name.len) - name.len;
-
-    ngx_log_error(NGX_LOG_ERR, s->connection->log, 0,
+    ngx_log_error(NGX_LOG_ERR, sub->session->connection->log, 0,
                   "collab: the log of \"%V\" was trimmed past its last "
-                  "state snapshot", &name);
+                  "state snapshot", name);
 
-    ngx_http_collab_doc_sub_free(sub);
-
-    m = ngx_http_collab_msg_error("error", "internal", &name, NULL,
+    ngx_http_collab_doc_drop(sub,
+        ngx_http_collab_msg_error("error", "internal", name, NULL,
                                   "the document log was trimmed past its "
-                                  "last state snapshot");
-    ngx_http_collab_reply(s, NGX_HTTP_COLLAB_NO_SLOT, m);
-
-    m = ngx_http_collab_msg_build("unsubscribed", "doc", 'S', &name,
-                                  "reason", 'C', "internal", NULL);
-    ngx_http_collab_reply(s, NGX_HTTP_COLLAB_NO_SLOT, m);
-
-    ngx_http_collab_doc_dropped(s);
+                                  "last state snapshot"),
+        ngx_http_collab_msg_build("unsubscribed", "doc", 'S', name,
+                                  "reason", 'C', "internal", NULL));
 }
 
 
@@ -1146,22 +1116,31 @@ static void
 ngx_http_collab_doc_resync(ngx_http_collab_sub_t *sub, uint64_t seq,
     const char *reason)
 {
-    ngx_str_t                   name;
-    ngx_http_collab_msg_t      *m;
+    ngx_http_collab_doc_drop(sub,
+        ngx_http_collab_msg_build("resync", "doc", 'S', &sub->doc->node.str,
+                                  "seq", 'I', (int64_t) seq,
+                                  "reason", 'C', reason, NULL),
+        NULL);
+}
+
+
+/*
+ * Ends a membership with a message or two to the client; they are built
+ * by the caller while the document's name is still at hand.
+ */
+
+static void
+ngx_http_collab_doc_drop(ngx_http_collab_sub_t *sub, ngx_http_collab_msg_t *m1,
+    ngx_http_collab_msg_t *m2)
+{
     ngx_http_collab_session_t  *s;
-    u_char                      buf[NGX_HTTP_COLLAB_DOC_MAX];
 
     s = sub->session;
 
-    name.len = sub->doc->node.str.len;
-    name.data = ngx_cpymem(buf, sub->doc->node.str.data, name.len) - name.len;
-
     ngx_http_collab_doc_sub_free(sub);
 
-    m = ngx_http_collab_msg_build("resync", "doc", 'S', &name,
-                                  "seq", 'I', (int64_t) seq,
-                                  "reason", 'C', reason, NULL);
-    ngx_http_collab_reply(s, NGX_HTTP_COLLAB_NO_SLOT, m);
+    ngx_http_collab_reply(s, NGX_HTTP_COLLAB_NO_SLOT, m1);
+    ngx_http_collab_reply(s, NGX_HTTP_COLLAB_NO_SLOT, m2);
 
     ngx_http_collab_doc_dropped(s);
 }

@@ -364,7 +364,6 @@ ngx_http_collab_origin_allowed(ngx_http_request_t *r,
     size_t            n;
     ngx_str_t        *pat, origin;
     ngx_uint_t        i;
-    ngx_list_part_t  *part;
     ngx_table_elt_t  *h;
 
     if (lcf->allow_origin == NULL) {
@@ -373,27 +372,10 @@ ngx_http_collab_origin_allowed(ngx_http_request_t *r,
 
     ngx_str_null(&origin);
 
-    part = &r->headers_in.headers.part;
-    h = part->elts;
+    h = ngx_http_collab_header(r, "Origin", 6);
 
-    for (i = 0; /* void */; i++) {
-
-        if (i >= part->nelts) {
-            if (part->next == NULL) {
-                break;
-            }
-
-            part = part->next;
-            h = part->elts;
-            i = 0;
-        }
-
-        if (h[i].key.len == 6
-            && ngx_strncasecmp(h[i].key.data, (u_char *) "Origin", 6) == 0)
-        {
-            origin = h[i].value;
-            break;
-        }
+    if (h) {
+        origin = h->value;
     }
 
     /* non-browser clients send no Origin; browsers always do */
@@ -436,6 +418,97 @@ ngx_http_collab_origin_allowed(ngx_http_request_t *r,
     }
 
     return 0;
+}
+
+
+/* a small file read whole at configuration time: keys and secrets */
+
+ngx_int_t
+ngx_http_collab_conf_read_file(ngx_conf_t *cf, ngx_str_t *name, size_t max,
+    ngx_pool_t *pool, ngx_str_t *out)
+{
+    ssize_t          n;
+    ngx_file_t       f;
+    ngx_file_info_t  fi;
+
+    if (ngx_conf_full_name(cf->cycle, name, 1) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    ngx_memzero(&f, sizeof(ngx_file_t));
+
+    f.name = *name;
+    f.log = cf->log;
+    f.fd = ngx_open_file(name->data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+
+    if (f.fd == NGX_INVALID_FILE) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
+                           ngx_open_file_n " \"%V\" failed", name);
+        return NGX_ERROR;
+    }
+
+    if (ngx_fd_info(f.fd, &fi) == NGX_FILE_ERROR
+        || ngx_file_size(&fi) == 0 || (size_t) ngx_file_size(&fi) > max)
+    {
+        ngx_close_file(f.fd);
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "file \"%V\" is empty or larger than %uz bytes",
+                           name, max);
+        return NGX_ERROR;
+    }
+
+    out->data = ngx_pnalloc(pool, ngx_file_size(&fi) + 1);
+    if (out->data == NULL) {
+        ngx_close_file(f.fd);
+        return NGX_ERROR;
+    }
+
+    n = ngx_read_file(&f, out->data, ngx_file_size(&fi), 0);
+
+    ngx_close_file(f.fd);
+
+    if (n != ngx_file_size(&fi)) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "cannot read \"%V\"", name);
+        return NGX_ERROR;
+    }
+
+    out->len = n;
+
+    return NGX_OK;
+}
+
+
+/* a request header nginx does not keep a pointer to */
+
+ngx_table_elt_t *
+ngx_http_collab_header(ngx_http_request_t *r, const char *name, size_t len)
+{
+    ngx_uint_t        i;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+
+    part = &r->headers_in.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                return NULL;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].key.len == len
+            && ngx_strncasecmp(h[i].key.data, (u_char *) name, len) == 0)
+        {
+            return &h[i];
+        }
+    }
 }
 
 

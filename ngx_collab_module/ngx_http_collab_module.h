@@ -342,6 +342,10 @@ extern ngx_http_collab_worker_t  *ngx_http_collab_worker;
 
 
 /* module */
+ngx_int_t ngx_http_collab_conf_read_file(ngx_conf_t *cf, ngx_str_t *name,
+    size_t max, ngx_pool_t *pool, ngx_str_t *out);
+ngx_table_elt_t *ngx_http_collab_header(ngx_http_request_t *r,
+    const char *name, size_t len);
 ngx_int_t ngx_http_collab_doc_id_valid(u_char *p, size_t len);
 
 /* WebSocket transport */

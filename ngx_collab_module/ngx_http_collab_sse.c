@@ -124,36 +124,16 @@ ngx_http_collab_sse_cursor(ngx_http_request_t *r,
     u_char           *colon;
     ngx_int_t         n;
     ngx_str_t         v, since;
-    ngx_uint_t        i;
-    ngx_list_part_t  *part;
     ngx_table_elt_t  *h;
 
     s->cursor_since = -1;
     ngx_str_null(&s->cursor_epoch);
     ngx_str_null(&v);
 
-    part = &r->headers_in.headers.part;
-    h = part->elts;
+    h = ngx_http_collab_header(r, "Last-Event-ID", 13);
 
-    for (i = 0; /* void */; i++) {
-
-        if (i >= part->nelts) {
-            if (part->next == NULL) {
-                break;
-            }
-
-            part = part->next;
-            h = part->elts;
-            i = 0;
-        }
-
-        if (h[i].key.len == 13
-            && ngx_strncasecmp(h[i].key.data, (u_char *) "Last-Event-ID", 13)
-               == 0)
-        {
-            v = h[i].value;
-            break;
-        }
+    if (h) {
+        v = h->value;
     }
 
     if (v.len) {

@@ -20,8 +20,6 @@
 #define NGX_HTTP_COLLAB_WS_READ_BUDGET  (256 * 1024)
 
 
-static ngx_table_elt_t *ngx_http_collab_ws_header(ngx_http_request_t *r,
-    const char *name, size_t len);
 static ngx_int_t ngx_http_collab_ws_token(ngx_str_t *value,
     const char *token, size_t len);
 static ngx_int_t ngx_http_collab_ws_refuse_version(ngx_http_request_t *r);
@@ -34,38 +32,6 @@ static ngx_int_t ngx_http_collab_ws_process(ngx_http_collab_session_t *s,
     u_char *pos, u_char *last);
 static ngx_int_t ngx_http_collab_ws_append(ngx_http_collab_session_t *s,
     const u_char *data, size_t len);
-
-
-static ngx_table_elt_t *
-ngx_http_collab_ws_header(ngx_http_request_t *r, const char *name,
-    size_t len)
-{
-    ngx_uint_t        i;
-    ngx_list_part_t  *part;
-    ngx_table_elt_t  *h;
-
-    part = &r->headers_in.headers.part;
-    h = part->elts;
-
-    for (i = 0; /* void */; i++) {
-
-        if (i >= part->nelts) {
-            if (part->next == NULL) {
-                return NULL;
-            }
-
-            part = part->next;
-            h = part->elts;
-            i = 0;
-        }
-
-        if (h[i].key.len == len
-            && ngx_strncasecmp(h[i].key.data, (u_char *) name, len) == 0)
-        {
-            return &h[i];
-        }
-    }
-}
 
 
 /* finds a token in a comma-separated header value, case-insensitively */
@@ -124,7 +90,7 @@ ngx_http_collab_ws_handshake(ngx_http_request_t *r,
     c = r->connection;
 
     /* nginx does not keep the Connection header for us */
-    h = ngx_http_collab_ws_header(r, "Connection", 10);
+    h = ngx_http_collab_header(r, "Connection", 10);
 
     if (r->http_version != NGX_HTTP_VERSION_11
         || !ngx_http_collab_ws_token(&r->headers_in.upgrade->value,
@@ -137,7 +103,7 @@ ngx_http_collab_ws_handshake(ngx_http_request_t *r,
         return NGX_HTTP_BAD_REQUEST;
     }
 
-    version = ngx_http_collab_ws_header(r, "Sec-WebSocket-Version", 21);
+    version = ngx_http_collab_header(r, "Sec-WebSocket-Version", 21);
 
     if (version == NULL || version->value.len != 2
         || ngx_strncmp(version->value.data, "13", 2) != 0)
@@ -148,7 +114,7 @@ ngx_http_collab_ws_handshake(ngx_http_request_t *r,
         return ngx_http_collab_ws_refuse_version(r);
     }
 
-    hkey = ngx_http_collab_ws_header(r, "Sec-WebSocket-Key", 17);
+    hkey = ngx_http_collab_header(r, "Sec-WebSocket-Key", 17);
 
     if (hkey == NULL || hkey->value.len != 24) {
         ngx_log_error(NGX_LOG_INFO, c->log, 0,
@@ -257,7 +223,7 @@ ngx_http_collab_ws_handshake(ngx_http_request_t *r,
     ngx_str_set(&h->key, "Sec-WebSocket-Accept");
     h->value = accept;
 
-    proto = ngx_http_collab_ws_header(r, "Sec-WebSocket-Protocol", 22);
+    proto = ngx_http_collab_header(r, "Sec-WebSocket-Protocol", 22);
 
     if (proto && ngx_http_collab_ws_token(&proto->value, "collab.v1", 9)) {
         h = ngx_list_push(&r->headers_out.headers);
