@@ -111,7 +111,7 @@ ok($sub && !exists $sub->{json}{state}, 'no state when resuming');
 # ASSUMPTION: the id of `subscribed` is a safe resume cursor: the position the
 # client holds (since, or state.seq), not the head.  With EPOCH:head an
 # EventSource that drops during the replay would resume past deltas it never
-# got.  (DECISIONS says id EPOCH:SEQ; this reads SEQ as the cursor.)
+# got.  (docs/protocol.md: id EPOCH:SEQ; this reads SEQ as the cursor.)
 is($sub && $sub->{id}, "$epoch:2", 'subscribed id = EPOCH:since (a safe resume cursor)');
 is(seqs(deltas_until($rs, 5)), '3,4,5', 'Last-Event-ID replays exactly 3..5');
 ok(!$rs->wait_event('delta', 0.5), 'nothing more');
