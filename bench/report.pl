@@ -394,13 +394,33 @@ for my $j (@rows) {
     $c =~ s/--port \d+/--port PORT/;
     $c =~ s/--pid-file \S+/--pid-file PREFIX\/nginx.pid/;
     $c =~ s/--src-base \d+/--src-base N/;
-    p "# $j->{target} $j->{workload}" . ($j->{workload} eq 'W3-probe' ? ' (one step; -R varies)' : '');
+    p "# $j->{target} $j->{workload}" . ($j->{workload} =~ /^W3/ ? ' (one step; -R varies)' : '');
     p $c;
 }
 p '```';
 p '';
-p 'Raw results (one JSON line per run and per search step): `bench/out/results.jsonl`; the nginx';
-p 'configurations used: `bench/out/collab/nginx.conf`, `bench/out/nchan/nginx.conf`.';
+p 'Raw results of the last suite (one JSON line per run and per search step, not checked in):';
+p '`bench/out/results.jsonl`; `bench/run.sh report` rewrites this page from them.';
+p '';
+for my $t (@T) {
+    my $f = "$o{out}/$t/nginx.conf";
+    next unless -s $f;
+    open my $cf, '<', $f or next;
+    local $/;
+    my $c = <$cf>;
+    close $cf;
+    $c =~ s/127\.0\.0\.1:\d+/127.0.0.1:PORT/g;
+    $c =~ s{redis://127\.0\.0\.1:PORT}{redis://127.0.0.1:REDIS_PORT}g;
+    $c =~ s{collab_redis 127\.0\.0\.1:PORT}{collab_redis 127.0.0.1:REDIS_PORT}g;
+    $c =~ s{^load_module \S*/(\S+);}{load_module .../$1;}m;
+    $c =~ s/\n\s*\n/\n/g;
+    p "The $t nginx configuration (the last one started; `worker_processes` as in the table above):";
+    p '';
+    p '```nginx';
+    $md .= $c;
+    p '```';
+    p '';
+}
 
 open my $out, '>', $o{doc} or die "$o{doc}: $!\n";
 print $out $md;

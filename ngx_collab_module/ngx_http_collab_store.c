@@ -335,18 +335,33 @@ ngx_http_collab_store_key(u_char *buf, ngx_str_t *doc, const char *suffix)
 }
 
 
+/*
+ * A candidate epoch, used only when a log is created: a random 64-bit
+ * base drawn once per worker plus a counter, unique without a call into
+ * the random generator for every delta.
+ */
+
 void
 ngx_http_collab_store_epoch(u_char *epoch)
 {
-    ngx_msec_t  now;
-    u_char      raw[NGX_HTTP_COLLAB_EPOCH_LEN / 2];
+    uint64_t           v;
+    ngx_msec_t         now;
 
-    if (RAND_bytes(raw, sizeof(raw)) != 1) {
-        now = ngx_current_msec;
-        ngx_memcpy(raw, &now, sizeof(ngx_msec_t));
+    static uint64_t    base, counter;
+    static ngx_uint_t  seeded;
+
+    if (!seeded) {
+        if (RAND_bytes((u_char *) &base, sizeof(base)) != 1) {
+            now = ngx_current_msec;
+            base = ((uint64_t) ngx_pid << 32) ^ now;
+        }
+
+        seeded = 1;
     }
 
-    ngx_hex_dump(epoch, raw, sizeof(raw));
+    v = base + counter++ * 0x9e3779b97f4a7c15ULL;
+
+    ngx_hex_dump(epoch, (u_char *) &v, sizeof(v));
 }
 
 

@@ -609,12 +609,10 @@ ngx_http_collab_ws_process(ngx_http_collab_session_t *s, u_char *pos,
                                          NGX_HTTP_COLLAB_NO_SLOT);
             s->msg_len = 0;
 
-            if (s->msg_size > 4096) {
-                /* idle sessions keep no large buffers */
-                ngx_free(s->msg);
-                s->msg = NULL;
-                s->msg_size = 0;
-            }
+            /* an idle session keeps no message buffer */
+            ngx_free(s->msg);
+            s->msg = NULL;
+            s->msg_size = 0;
 
             if (s->inflight >= s->conf->max_inflight && pos < last
                 && !s->closing)
