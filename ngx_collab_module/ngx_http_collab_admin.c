@@ -412,7 +412,8 @@ ngx_http_collab_admin_run(ngx_http_request_t *r, ngx_str_t *body)
                               ngx_http_collab_acl_grant(s, &doc)) - grant;
     argv[11] = (char *) version;
     argv[12] = (char *) deflt;
-    argvlen[12] = ngx_sprintf(deflt, "%ui", ngx_http_collab_default_role(lcf)) - deflt;
+    argvlen[12] = ngx_sprintf(deflt, "%ui",
+                              ngx_http_collab_default_role(lcf)) - deflt;
     argv[13] = body ? (char *) body->data : "";
     argvlen[13] = body ? body->len : 0;
 

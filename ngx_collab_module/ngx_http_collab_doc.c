@@ -148,28 +148,11 @@ ngx_http_collab_doc_subscribe(ngx_http_collab_session_t *s, ngx_str_t *name,
     int64_t since, ngx_str_t *epoch)
 {
     ngx_int_t               rc;
-    ngx_queue_t            *q;
     ngx_http_collab_doc_t  *doc;
     ngx_http_collab_sub_t  *sub;
     ngx_http_collab_msg_t  *m;
 
-    sub = NULL;
-
-    for (q = ngx_queue_head(&s->subs);
-         q != ngx_queue_sentinel(&s->subs);
-         q = ngx_queue_next(q))
-    {
-        sub = ngx_queue_data(q, ngx_http_collab_sub_t, session_link);
-
-        if (sub->doc->node.str.len == name->len
-            && ngx_memcmp(sub->doc->node.str.data, name->data, name->len)
-               == 0)
-        {
-            break;
-        }
-
-        sub = NULL;
-    }
+    sub = ngx_http_collab_doc_find(s, name);
 
     if (sub == NULL && s->nsubs >= s->conf->max_docs) {
         m = ngx_http_collab_msg_error("error", "too_large", name, NULL,
@@ -349,28 +332,19 @@ ngx_int_t
 ngx_http_collab_doc_unsubscribe(ngx_http_collab_session_t *s,
     ngx_str_t *name)
 {
-    ngx_queue_t            *q;
     ngx_http_collab_sub_t  *sub;
     ngx_http_collab_msg_t  *m;
 
-    for (q = ngx_queue_head(&s->subs);
-         q != ngx_queue_sentinel(&s->subs);
-         q = ngx_queue_next(q))
-    {
-        sub = ngx_queue_data(q, ngx_http_collab_sub_t, session_link);
+    sub = ngx_http_collab_doc_find(s, name);
 
-        if (sub->doc->node.str.len == name->len
-            && ngx_memcmp(sub->doc->node.str.data, name->data, name->len)
-               == 0)
-        {
-            ngx_http_collab_doc_sub_free(sub);
+    if (sub) {
+        ngx_http_collab_doc_sub_free(sub);
 
-            m = ngx_http_collab_msg_build("unsubscribed", "doc", 'S', name,
-                                          "reason", 'C', "client", NULL);
-            ngx_http_collab_reply(s, NGX_HTTP_COLLAB_NO_SLOT, m);
+        m = ngx_http_collab_msg_build("unsubscribed", "doc", 'S', name,
+                                      "reason", 'C', "client", NULL);
+        ngx_http_collab_reply(s, NGX_HTTP_COLLAB_NO_SLOT, m);
 
-            return NGX_OK;
-        }
+        return NGX_OK;
     }
 
     m = ngx_http_collab_msg_error("error", "invalid", name, NULL,

@@ -607,9 +607,8 @@ ngx_http_collab_session_flush(ngx_http_collab_session_t *s)
         ngx_del_timer(&s->drain);
     }
 
-    if (before > s->conf->send_queue / 2
-        && s->out_bytes <= s->conf->send_queue / 2)
-    {
+    if (s->out_bytes < before && s->out_bytes <= s->conf->send_queue / 2) {
+        /* readers that stopped for room go on */
         ngx_http_collab_doc_resume(s);
     }
 }

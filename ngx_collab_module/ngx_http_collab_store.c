@@ -255,6 +255,8 @@ static const char  ngx_http_collab_store_lua[] =
 "redis.register_function('collab_deny', denied)\n";
 
 
+static void ngx_http_collab_store_role_args(ngx_http_collab_session_t *s,
+    ngx_str_t *doc, const char **argv, size_t *argvlen, u_char *buf);
 static size_t ngx_http_collab_store_key(u_char *buf, ngx_str_t *doc,
     const char *suffix);
 static void ngx_http_collab_store_setup_reply(redisAsyncContext *ac,
@@ -324,6 +326,25 @@ ngx_http_collab_store_setup_reply(redisAsyncContext *ac, void *r, void *data)
 }
 
 
+/* what the functions compute a role from: groups, grant, default role */
+
+static void
+ngx_http_collab_store_role_args(ngx_http_collab_session_t *s, ngx_str_t *doc,
+    const char **argv, size_t *argvlen, u_char *buf)
+{
+    argv[0] = s->groups.len ? (char *) s->groups.data : "";
+    argvlen[0] = s->groups.len;
+
+    buf[0] = (u_char) ('0' + ngx_http_collab_acl_grant(s, doc));
+    argv[1] = (char *) &buf[0];
+    argvlen[1] = 1;
+
+    buf[1] = (u_char) ('0' + ngx_http_collab_default_role(s->conf));
+    argv[2] = (char *) &buf[1];
+    argvlen[2] = 1;
+}
+
+
 static size_t
 ngx_http_collab_store_key(u_char *buf, ngx_str_t *doc, const char *suffix)
 {
@@ -377,7 +398,7 @@ ngx_http_collab_store_append(ngx_http_collab_session_t *s, ngx_str_t *doc,
     u_char                  chan[NGX_HTTP_COLLAB_KEY_MAX];
     u_char                  epoch[NGX_HTTP_COLLAB_EPOCH_LEN];
     u_char                  sbase[NGX_INT64_LEN];
-    u_char                  grant[2], deflt[2];
+    u_char                  role[2];
     const char             *argv[19];
     size_t                  argvlen[19];
     ngx_int_t               rc;
@@ -435,13 +456,7 @@ ngx_http_collab_store_append(ngx_http_collab_session_t *s, ngx_str_t *doc,
     argvlen[14] = doc->len;
     argv[15] = (char *) chan;
     argvlen[15] = ngx_sprintf(chan, "collab:{%V}", doc) - chan;
-    argv[16] = s->groups.len ? (char *) s->groups.data : "";
-    argvlen[16] = s->groups.len;
-    argv[17] = (char *) grant;
-    argvlen[17] = ngx_sprintf(grant, "%ui",
-                              ngx_http_collab_acl_grant(s, doc)) - grant;
-    argv[18] = (char *) deflt;
-    argvlen[18] = ngx_sprintf(deflt, "%ui", ngx_http_collab_default_role(s->conf)) - deflt;
+    ngx_http_collab_store_role_args(s, doc, &argv[16], &argvlen[16], role);
 
     s->inflight++;
 
@@ -561,7 +576,7 @@ ngx_http_collab_store_state(ngx_http_collab_session_t *s, ngx_str_t *doc,
     u_char                  kaudit[NGX_HTTP_COLLAB_KEY_MAX];
     u_char                  epoch[NGX_HTTP_COLLAB_EPOCH_LEN];
     u_char                  sseq[NGX_INT64_LEN];
-    u_char                  grant[2], deflt[2];
+    u_char                  role[2];
     const char             *argv[13];
     size_t                  argvlen[13];
     ngx_http_collab_cmd_t  *cmd;
@@ -600,13 +615,7 @@ ngx_http_collab_store_state(ngx_http_collab_session_t *s, ngx_str_t *doc,
     argvlen[8] = data->len;
     argv[9] = (char *) s->user.data;
     argvlen[9] = s->user.len;
-    argv[10] = s->groups.len ? (char *) s->groups.data : "";
-    argvlen[10] = s->groups.len;
-    argv[11] = (char *) grant;
-    argvlen[11] = ngx_sprintf(grant, "%ui",
-                              ngx_http_collab_acl_grant(s, doc)) - grant;
-    argv[12] = (char *) deflt;
-    argvlen[12] = ngx_sprintf(deflt, "%ui", ngx_http_collab_default_role(s->conf)) - deflt;
+    ngx_http_collab_store_role_args(s, doc, &argv[10], &argvlen[10], role);
 
     if (ngx_http_collab_redis_command(&ngx_http_collab_worker->cmd, cmd,
                                       13, argv, argvlen)
@@ -687,7 +696,7 @@ ngx_http_collab_store_read(ngx_http_collab_sub_t *sub)
     u_char                      epoch[NGX_HTTP_COLLAB_EPOCH_LEN];
     u_char                      since[NGX_INT64_LEN + 1];
     u_char                      count[NGX_INT_T_LEN];
-    u_char                      grant[2], deflt[2];
+    u_char                      role[2];
     const char                 *argv[15];
     size_t                      argvlen[15];
     ngx_int_t                   rc;
@@ -745,13 +754,7 @@ ngx_http_collab_store_read(ngx_http_collab_sub_t *sub)
                              NGX_HTTP_COLLAB_READ_BATCH) - count;
     argv[11] = (char *) s->user.data;
     argvlen[11] = s->user.len;
-    argv[12] = s->groups.len ? (char *) s->groups.data : "";
-    argvlen[12] = s->groups.len;
-    argv[13] = (char *) grant;
-    argvlen[13] = ngx_sprintf(grant, "%ui",
-                              ngx_http_collab_acl_grant(s, doc)) - grant;
-    argv[14] = (char *) deflt;
-    argvlen[14] = ngx_sprintf(deflt, "%ui", ngx_http_collab_default_role(s->conf)) - deflt;
+    ngx_http_collab_store_role_args(s, doc, &argv[12], &argvlen[12], role);
 
     rc = ngx_http_collab_redis_command(&ngx_http_collab_worker->cmd, cmd,
                                        15, argv, argvlen);
