@@ -39,8 +39,6 @@ static ngx_int_t ngx_http_collab_acl_match(const char *pattern,
 static void ngx_http_collab_acl_reply(ngx_http_collab_cmd_t *cmd,
     redisReply *reply);
 static void ngx_http_collab_acl_sub_update(ngx_http_collab_sub_t *sub);
-static void ngx_http_collab_acl_deny_reply(ngx_http_collab_cmd_t *cmd,
-    redisReply *reply);
 
 
 /*
@@ -256,9 +254,9 @@ ngx_http_collab_acl_set(ngx_http_collab_doc_t *doc, u_char *raw, size_t len)
 void
 ngx_http_collab_acl_changed(ngx_http_collab_doc_t *doc)
 {
-    u_char                  kacl[sizeof("collab:{}:audit") + 128];
-    u_char                  kaudit[sizeof("collab:{}:audit") + 128];
-    u_char                  kstate[sizeof("collab:{}:audit") + 128];
+    u_char                  kacl[NGX_HTTP_COLLAB_KEY_MAX];
+    u_char                  kaudit[NGX_HTTP_COLLAB_KEY_MAX];
+    u_char                  kstate[NGX_HTTP_COLLAB_KEY_MAX];
     const char             *argv[6];
     size_t                  argvlen[6];
     ngx_http_collab_cmd_t  *cmd;
@@ -285,14 +283,11 @@ ngx_http_collab_acl_changed(ngx_http_collab_doc_t *doc)
     argv[2] = "3";
     argvlen[2] = 1;
     argv[3] = (char *) kacl;
-    argvlen[3] = ngx_sprintf(kacl, "collab:{%V}:acl", &doc->node.str)
-                 - kacl;
+    argvlen[3] = ngx_http_collab_key(kacl, &doc->node.str, ":acl");
     argv[4] = (char *) kaudit;
-    argvlen[4] = ngx_sprintf(kaudit, "collab:{%V}:audit", &doc->node.str)
-                 - kaudit;
+    argvlen[4] = ngx_http_collab_key(kaudit, &doc->node.str, ":audit");
     argv[5] = (char *) kstate;
-    argvlen[5] = ngx_sprintf(kstate, "collab:{%V}:state", &doc->node.str)
-                 - kstate;
+    argvlen[5] = ngx_http_collab_key(kstate, &doc->node.str, ":state");
 
     if (ngx_http_collab_redis_command(&ngx_http_collab_worker->cmd, cmd, 6,
                                       argv, argvlen)
@@ -439,7 +434,7 @@ void
 ngx_http_collab_acl_deny(ngx_http_collab_session_t *s, ngx_str_t *doc,
     const char *action)
 {
-    u_char                     kaudit[sizeof("collab:{}:audit") + 128];
+    u_char                     kaudit[NGX_HTTP_COLLAB_KEY_MAX];
     const char                *argv[6];
     size_t                     argvlen[6];
     ngx_http_collab_cmd_t     *cmd;
@@ -465,7 +460,7 @@ ngx_http_collab_acl_deny(ngx_http_collab_session_t *s, ngx_str_t *doc,
         return;
     }
 
-    cmd->handler = ngx_http_collab_acl_deny_reply;
+    cmd->handler = ngx_http_collab_cmd_discard;
 
     argv[0] = "FCALL";
     argvlen[0] = 5;
@@ -474,7 +469,7 @@ ngx_http_collab_acl_deny(ngx_http_collab_session_t *s, ngx_str_t *doc,
     argv[2] = "1";
     argvlen[2] = 1;
     argv[3] = (char *) kaudit;
-    argvlen[3] = ngx_sprintf(kaudit, "collab:{%V}:audit", doc) - kaudit;
+    argvlen[3] = ngx_http_collab_key(kaudit, doc, ":audit");
     argv[4] = (char *) s->user.data;
     argvlen[4] = s->user.len;
     argv[5] = action;
@@ -483,9 +478,3 @@ ngx_http_collab_acl_deny(ngx_http_collab_session_t *s, ngx_str_t *doc,
     (void) ngx_http_collab_redis_command(&w->cmd, cmd, 6, argv, argvlen);
 }
 
-
-static void
-ngx_http_collab_acl_deny_reply(ngx_http_collab_cmd_t *cmd, redisReply *reply)
-{
-    ngx_http_collab_cmd_free(cmd);
-}

@@ -292,10 +292,10 @@ ngx_http_collab_admin_validate(json_t *acl, const char **err)
 static ngx_int_t
 ngx_http_collab_admin_run(ngx_http_request_t *r, ngx_str_t *body)
 {
-    u_char                       kacl[sizeof("collab:{}:state") + 128];
-    u_char                       kaudit[sizeof("collab:{}:state") + 128];
-    u_char                       kstate[sizeof("collab:{}:state") + 128];
-    u_char                       chan[sizeof("collab:{}:state") + 128];
+    u_char                       kacl[NGX_HTTP_COLLAB_KEY_MAX];
+    u_char                       kaudit[NGX_HTTP_COLLAB_KEY_MAX];
+    u_char                       kstate[NGX_HTTP_COLLAB_KEY_MAX];
+    u_char                       chan[NGX_HTTP_COLLAB_KEY_MAX];
     u_char                       version[NGX_INT64_LEN];
     u_char                       grant[2], deflt[2];
     char                        *who;
@@ -393,13 +393,13 @@ ngx_http_collab_admin_run(ngx_http_request_t *r, ngx_str_t *body)
     }
 
     argv[3] = (char *) kacl;
-    argvlen[3] = ngx_sprintf(kacl, "collab:{%V}:acl", &doc) - kacl;
+    argvlen[3] = ngx_http_collab_key(kacl, &doc, ":acl");
     argv[4] = (char *) kaudit;
-    argvlen[4] = ngx_sprintf(kaudit, "collab:{%V}:audit", &doc) - kaudit;
+    argvlen[4] = ngx_http_collab_key(kaudit, &doc, ":audit");
     argv[5] = (char *) kstate;
-    argvlen[5] = ngx_sprintf(kstate, "collab:{%V}:state", &doc) - kstate;
+    argvlen[5] = ngx_http_collab_key(kstate, &doc, ":state");
     argv[6] = (char *) chan;
-    argvlen[6] = ngx_sprintf(chan, "collab:{%V}", &doc) - chan;
+    argvlen[6] = ngx_http_collab_key(chan, &doc, "");
 
     argv[7] = admin ? "1" : "0";
     argvlen[7] = 1;

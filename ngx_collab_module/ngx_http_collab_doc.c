@@ -44,8 +44,6 @@ static void ngx_http_collab_doc_drop(ngx_http_collab_sub_t *sub,
     ngx_http_collab_msg_t *m1, ngx_http_collab_msg_t *m2);
 static void ngx_http_collab_doc_resync(ngx_http_collab_sub_t *sub,
     uint64_t seq, const char *reason);
-static void ngx_http_collab_doc_publish_reply(ngx_http_collab_cmd_t *cmd,
-    redisReply *reply);
 
 
 static ngx_http_collab_doc_t *
@@ -87,7 +85,7 @@ ngx_http_collab_doc_get(ngx_str_t *name, ngx_log_t *log)
     p = ngx_cpymem(p, name->data, name->len);
 
     doc->channel.data = p;
-    doc->channel.len = ngx_sprintf(p, "collab:{%V}", name) - p;
+    doc->channel.len = ngx_http_collab_key(p, name, "");
 
     doc->node.node.key = ngx_crc32_long(name->data, name->len);
     ngx_rbtree_insert(&ngx_http_collab_worker->docs, &doc->node.node);
@@ -1202,8 +1200,7 @@ ngx_int_t
 ngx_http_collab_doc_publish(ngx_http_collab_session_t *s, ngx_str_t *doc,
     ngx_http_collab_msg_t *m)
 {
-    u_char                  chan[sizeof("collab:{}")
-                                 + NGX_HTTP_COLLAB_DOC_MAX];
+    u_char                  chan[NGX_HTTP_COLLAB_KEY_MAX];
     const char             *argv[3];
     size_t                  argvlen[3];
     ngx_http_collab_cmd_t  *cmd;
@@ -1213,12 +1210,12 @@ ngx_http_collab_doc_publish(ngx_http_collab_session_t *s, ngx_str_t *doc,
         return NGX_ERROR;
     }
 
-    cmd->handler = ngx_http_collab_doc_publish_reply;
+    cmd->handler = ngx_http_collab_cmd_discard;
 
     argv[0] = "PUBLISH";
     argvlen[0] = 7;
     argv[1] = (char *) chan;
-    argvlen[1] = ngx_sprintf(chan, "collab:{%V}", doc) - chan;
+    argvlen[1] = ngx_http_collab_key(chan, doc, "");
     argv[2] = (char *) m->json;
     argvlen[2] = m->len;
 
@@ -1228,10 +1225,3 @@ ngx_http_collab_doc_publish(ngx_http_collab_session_t *s, ngx_str_t *doc,
                                          3, argv, argvlen);
 }
 
-
-static void
-ngx_http_collab_doc_publish_reply(ngx_http_collab_cmd_t *cmd,
-    redisReply *reply)
-{
-    ngx_http_collab_cmd_free(cmd);
-}

@@ -23,6 +23,9 @@
 #define NGX_HTTP_COLLAB_OPID_MAX          128
 #define NGX_HTTP_COLLAB_EPOCH_LEN         16
 #define NGX_HTTP_COLLAB_READ_BATCH        256
+/* "collab:{" doc "}" suffix: the longest suffix is ":audit:limit" */
+#define NGX_HTTP_COLLAB_KEY_MAX                                              \
+    (sizeof("collab:{}:audit:limit") + NGX_HTTP_COLLAB_DOC_MAX)
 #define NGX_HTTP_COLLAB_NO_SLOT           ((ngx_uint_t) -1)
 
 /* room in front of every outbound message for a WebSocket frame header */
@@ -491,6 +494,8 @@ ngx_int_t ngx_http_collab_redis_raw(ngx_http_collab_redis_t *rc,
 ngx_http_collab_cmd_t *ngx_http_collab_cmd_alloc(
     ngx_http_collab_session_t *s, size_t extra);
 void ngx_http_collab_cmd_free(ngx_http_collab_cmd_t *cmd);
+void ngx_http_collab_cmd_discard(ngx_http_collab_cmd_t *cmd,
+    redisReply *reply);
 void ngx_http_collab_redis_setup_done(ngx_http_collab_redis_t *rc);
 
 /* Redis commands of the document store */
@@ -502,6 +507,7 @@ ngx_int_t ngx_http_collab_store_state(ngx_http_collab_session_t *s,
     ngx_str_t *doc, uint64_t seq, ngx_str_t *data, ngx_uint_t slot);
 ngx_int_t ngx_http_collab_store_read(ngx_http_collab_sub_t *sub);
 void ngx_http_collab_store_epoch(u_char *epoch);
+size_t ngx_http_collab_key(u_char *buf, ngx_str_t *doc, const char *suffix);
 
 
 #endif /* _NGX_HTTP_COLLAB_MODULE_H_INCLUDED_ */

@@ -755,6 +755,15 @@ ngx_http_collab_cmd_free(ngx_http_collab_cmd_t *cmd)
 }
 
 
+/* for commands whose reply nobody needs (publish, audit) */
+
+void
+ngx_http_collab_cmd_discard(ngx_http_collab_cmd_t *cmd, redisReply *reply)
+{
+    ngx_http_collab_cmd_free(cmd);
+}
+
+
 /*
  * Sends a command owned by a session.  On failure the command is freed and
  * NGX_DECLINED tells the caller to answer "unavailable".

@@ -19,9 +19,6 @@
  */
 
 
-#define NGX_HTTP_COLLAB_KEY_MAX  (sizeof("collab:{}:state") + 128)
-
-
 static const char  ngx_http_collab_store_lua[] =
 "#!lua name=collab_v1\n"
 "local ranks = {none = 0, viewer = 1, commenter = 2, editor = 3, owner = 4}\n"
@@ -257,8 +254,6 @@ static const char  ngx_http_collab_store_lua[] =
 
 static void ngx_http_collab_store_role_args(ngx_http_collab_session_t *s,
     ngx_str_t *doc, const char **argv, size_t *argvlen, u_char *buf);
-static size_t ngx_http_collab_store_key(u_char *buf, ngx_str_t *doc,
-    const char *suffix);
 static void ngx_http_collab_store_setup_reply(redisAsyncContext *ac,
     void *r, void *data);
 static void ngx_http_collab_store_append_reply(ngx_http_collab_cmd_t *cmd,
@@ -345,8 +340,10 @@ ngx_http_collab_store_role_args(ngx_http_collab_session_t *s, ngx_str_t *doc,
 }
 
 
-static size_t
-ngx_http_collab_store_key(u_char *buf, ngx_str_t *doc, const char *suffix)
+/* the one place that spells the Redis keys and the channel of a document */
+
+size_t
+ngx_http_collab_key(u_char *buf, ngx_str_t *doc, const char *suffix)
 {
     u_char  *p;
 
@@ -429,15 +426,15 @@ ngx_http_collab_store_append(ngx_http_collab_session_t *s, ngx_str_t *doc,
     argv[2] = "5";
     argvlen[2] = 1;
     argv[3] = (char *) kstate;
-    argvlen[3] = ngx_http_collab_store_key(kstate, doc, ":state");
+    argvlen[3] = ngx_http_collab_key(kstate, doc, ":state");
     argv[4] = (char *) klog;
-    argvlen[4] = ngx_http_collab_store_key(klog, doc, ":log");
+    argvlen[4] = ngx_http_collab_key(klog, doc, ":log");
     argv[5] = (char *) kops;
-    argvlen[5] = ngx_http_collab_store_key(kops, doc, ":ops");
+    argvlen[5] = ngx_http_collab_key(kops, doc, ":ops");
     argv[6] = (char *) kacl;
-    argvlen[6] = ngx_http_collab_store_key(kacl, doc, ":acl");
+    argvlen[6] = ngx_http_collab_key(kacl, doc, ":acl");
     argv[7] = (char *) kaudit;
-    argvlen[7] = ngx_http_collab_store_key(kaudit, doc, ":audit");
+    argvlen[7] = ngx_http_collab_key(kaudit, doc, ":audit");
     argv[8] = (char *) epoch;
     argvlen[8] = NGX_HTTP_COLLAB_EPOCH_LEN;
     argv[9] = (char *) s->user.data;
@@ -455,7 +452,7 @@ ngx_http_collab_store_append(ngx_http_collab_session_t *s, ngx_str_t *doc,
     argv[14] = (char *) doc->data;
     argvlen[14] = doc->len;
     argv[15] = (char *) chan;
-    argvlen[15] = ngx_sprintf(chan, "collab:{%V}", doc) - chan;
+    argvlen[15] = ngx_http_collab_key(chan, doc, "");
     ngx_http_collab_store_role_args(s, doc, &argv[16], &argvlen[16], role);
 
     s->inflight++;
@@ -602,11 +599,11 @@ ngx_http_collab_store_state(ngx_http_collab_session_t *s, ngx_str_t *doc,
     argv[2] = "3";
     argvlen[2] = 1;
     argv[3] = (char *) kstate;
-    argvlen[3] = ngx_http_collab_store_key(kstate, doc, ":state");
+    argvlen[3] = ngx_http_collab_key(kstate, doc, ":state");
     argv[4] = (char *) kacl;
-    argvlen[4] = ngx_http_collab_store_key(kacl, doc, ":acl");
+    argvlen[4] = ngx_http_collab_key(kacl, doc, ":acl");
     argv[5] = (char *) kaudit;
-    argvlen[5] = ngx_http_collab_store_key(kaudit, doc, ":audit");
+    argvlen[5] = ngx_http_collab_key(kaudit, doc, ":audit");
     argv[6] = (char *) epoch;
     argvlen[6] = NGX_HTTP_COLLAB_EPOCH_LEN;
     argv[7] = (char *) sseq;
@@ -727,13 +724,13 @@ ngx_http_collab_store_read(ngx_http_collab_sub_t *sub)
     argv[2] = "4";
     argvlen[2] = 1;
     argv[3] = (char *) kstate;
-    argvlen[3] = ngx_http_collab_store_key(kstate, doc, ":state");
+    argvlen[3] = ngx_http_collab_key(kstate, doc, ":state");
     argv[4] = (char *) klog;
-    argvlen[4] = ngx_http_collab_store_key(klog, doc, ":log");
+    argvlen[4] = ngx_http_collab_key(klog, doc, ":log");
     argv[5] = (char *) kacl;
-    argvlen[5] = ngx_http_collab_store_key(kacl, doc, ":acl");
+    argvlen[5] = ngx_http_collab_key(kacl, doc, ":acl");
     argv[6] = (char *) kaudit;
-    argvlen[6] = ngx_http_collab_store_key(kaudit, doc, ":audit");
+    argvlen[6] = ngx_http_collab_key(kaudit, doc, ":audit");
     argv[7] = (char *) epoch;
     argvlen[7] = NGX_HTTP_COLLAB_EPOCH_LEN;
     argv[8] = (char *) since;
