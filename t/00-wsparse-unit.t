@@ -7,64 +7,10 @@
 use strict;
 use warnings;
 
-use Cwd qw(abs_path);
-use File::Temp qw(tempdir);
 use FindBin;
-use Test::More;
+use lib "$FindBin::Bin/lib";
+use Collab::Unit;
 
-my $root = abs_path("$FindBin::Bin/..");
-my $dir = tempdir('wsparse-XXXXXX', TMPDIR => 1, CLEANUP => 1);
-my $bin = "$dir/wsparse_test";
-
-my @cc = split ' ', ($ENV{CC} || 'cc');
-
-my @cmd = (@cc, qw(-O1 -g -Wall -Werror),
-    '-I', "$root/ngx_collab_module",
-    "$root/t/unit/wsparse_test.c",
-    "$root/ngx_collab_module/ngx_http_collab_wsparse.c",
-    '-o', $bin);
-
-if (system(@cmd) != 0) {
-    fail("compile: @cmd");
-    done_testing();
-    exit;
-}
-
-pass('compile wsparse_test');
-
-open(my $fh, '-|', $bin) or BAIL_OUT("cannot run $bin: $!");
-
-my ($planned, $seen) = (undef, 0);
-
-while (my $line = <$fh>) {
-    chomp $line;
-
-    if ($line =~ /^(not )?ok (\d+)(?:\s*-\s*(.*))?$/) {
-        my ($failed, $n, $name) = ($1, $2, $3);
-
-        $seen++;
-        ok(!$failed, defined $name ? $name : "unit test $n");
-
-        diag("unit test numbered $n, expected $seen") if $n != $seen;
-
-    } elsif ($line =~ /^1\.\.(\d+)/) {
-        $planned = $1;
-
-    } elsif ($line =~ /^#\s?(.*)$/) {
-        diag($1);
-
-    } elsif ($line =~ /\S/) {
-        diag("unexpected output: $line");
-    }
-}
-
-close $fh;
-my $status = $?;
-
-is($status >> 8, 0, 'wsparse_test exit status');
-is($status & 127, 0, 'wsparse_test not killed by a signal');
-ok(defined $planned && $planned == $seen,
-    'wsparse_test ran every planned test ('
-    . (defined $planned ? $planned : 'no plan') . ", saw $seen)");
-
-done_testing();
+Collab::Unit::run(name => 'wsparse_test',
+    sources => ['t/unit/wsparse_test.c',
+                'ngx_collab_module/ngx_http_collab_wsparse.c']);
