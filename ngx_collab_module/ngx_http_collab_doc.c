@@ -1184,16 +1184,6 @@ ngx_http_collab_doc_redis_ready(ngx_http_collab_redis_t *rc)
 }
 
 
-void
-ngx_http_collab_doc_redis_lost(ngx_http_collab_redis_t *rc)
-{
-    /*
-     * Commands in flight were answered with NULL replies already (their
-     * readers are stalled and retried on ready); subscriptions likewise.
-     */
-}
-
-
 /* publishes an ephemeral message on the document's channel */
 
 ngx_int_t

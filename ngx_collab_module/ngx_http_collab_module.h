@@ -422,7 +422,6 @@ ngx_int_t ngx_http_collab_doc_unsubscribe(ngx_http_collab_session_t *s,
 void ngx_http_collab_doc_sub_free(ngx_http_collab_sub_t *sub);
 void ngx_http_collab_doc_resume(ngx_http_collab_session_t *s);
 void ngx_http_collab_doc_redis_ready(ngx_http_collab_redis_t *rc);
-void ngx_http_collab_doc_redis_lost(ngx_http_collab_redis_t *rc);
 void ngx_http_collab_doc_retry_handler(ngx_event_t *ev);
 ngx_int_t ngx_http_collab_doc_publish(ngx_http_collab_session_t *s,
     ngx_str_t *doc, ngx_http_collab_msg_t *m);

@@ -681,11 +681,12 @@ ngx_http_collab_redis_on_disconnect(const redisAsyncContext *ac, int status)
         ngx_del_timer(&rc->heartbeat);
     }
 
-    ngx_http_collab_redis_schedule(rc);
+    /*
+     * Pending commands and subscriptions were answered with NULL replies
+     * before this: their readers wait for ngx_http_collab_doc_redis_ready().
+     */
 
-    if (!rc->exiting) {
-        ngx_http_collab_doc_redis_lost(rc);
-    }
+    ngx_http_collab_redis_schedule(rc);
 }
 
 
