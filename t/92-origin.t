@@ -28,7 +28,14 @@ $t->write_nginx_conf(<<'EOF');
             collab_auth jwt;
             collab_doc $arg_doc;
             collab_jwt_key hs256 file=%%TESTDIR%%/keys/hs256.key;
+            collab_jwt_cookie collab_token;
             collab_allow_origin https://app.example.com *.example.org;
+        }
+        location = /collab-nocookie {
+            collab;
+            collab_auth jwt;
+            collab_doc $arg_doc;
+            collab_jwt_key hs256 file=%%TESTDIR%%/keys/hs256.key;
         }
         location = /collab-any {
             collab;
@@ -105,12 +112,28 @@ for my $o (sort keys %cases) {
     $ws->drop;
 }
 
-$ws = ws_with('https://anything.invalid', path => '/collab-any');
+# "*" takes no cookie: a Bearer token is what a foreign page cannot send
+my $bearer = ["Authorization: Bearer $tok"];
+$ws = ws_with('https://anything.invalid', path => '/collab-any', headers => $bearer);
 is($ws->status, 101, 'collab_allow_origin *: any Origin');
 $ws->drop;
-$ws = ws_with('null', path => '/collab-any');
+$ws = ws_with('null', path => '/collab-any', headers => $bearer);
 is($ws->status, 101, 'collab_allow_origin *: even null');
 $ws->drop;
+
+# cookies are opt-in: without collab_jwt_cookie the cookie is no token
+$ws = ws_with('https://evil.example.net', path => '/collab-nocookie');
+is($ws->status, 101, 'no collab_jwt_cookie, no allowlist: the handshake succeeds');
+ok(!$ws->wait_for('welcome', 0.5), '... but the cookie authenticates nobody');
+$ws->drop;
+$sse = $t->sse(path => '/collab-nocookie?doc=o1',
+    headers => [$cookie, 'Origin: https://evil.example.net']);
+is($sse->status, 401, 'SSE with only a cookie and no collab_jwt_cookie: 401');
+$r = $t->post('/collab-nocookie', [{ type => 'delta', doc => 'o2', id => 'z', data => 1 }],
+    headers => [$cookie, 'Origin: https://evil.example.net']);
+is($r->{json} && $r->{json}[0]{code}, 'unauthorized',
+    'POST with only a cookie and no collab_jwt_cookie: unauthorized');
+is($t->log_len('o2'), 0, '... nothing stored');
 
 # configuration
 for my $bad ('app.example.com', '*example.org', '*.', 'https//x') {
@@ -120,6 +143,46 @@ for my $bad ('app.example.com', '*example.org', '*.', 'https//x') {
 EOF
     isnt($rc, 0, "collab_allow_origin $bad is refused");
     like($out, qr/invalid origin/, '... "invalid origin"') or diag $out;
+}
+
+# a cookie token needs an Origin allowlist (cross-site WebSocket hijacking)
+my $key = "%%TESTDIR%%/keys/hs256.key";
+my %cookie_conf = (
+    'cookie without collab_allow_origin' =>
+        ["collab; collab_auth jwt; collab_jwt_key hs256 file=$key; collab_jwt_cookie sess;", 1],
+    'cookie inherited from the server level' =>
+        ["collab; collab_auth jwt; collab_jwt_key hs256 file=$key;", 1,
+         'collab_jwt_cookie sess;'],
+    'cookie with collab_allow_origin *' =>
+        ["collab; collab_auth jwt; collab_jwt_key hs256 file=$key; collab_jwt_cookie sess; "
+         . 'collab_allow_origin https://a.example.com *;', 1],
+    'cookie on an admin location without an allowlist' =>
+        ["collab_admin; collab_auth jwt; collab_jwt_key hs256 file=$key; "
+         . 'collab_jwt_cookie sess;', 1],
+    'cookie with an allowlist' =>
+        ["collab; collab_auth jwt; collab_jwt_key hs256 file=$key; collab_jwt_cookie sess; "
+         . 'collab_allow_origin https://a.example.com *.example.org;', 0],
+    'collab_jwt_cookie off without an allowlist' =>
+        ["collab; collab_auth jwt; collab_jwt_key hs256 file=$key; collab_jwt_cookie off;", 0],
+    'no collab_jwt_cookie, no allowlist' =>
+        ["collab; collab_auth jwt; collab_jwt_key hs256 file=$key;", 0],
+    'a cookie name on a location without jwt' =>
+        ['collab; collab_jwt_cookie sess;', 0],
+);
+for my $name (sort keys %cookie_conf) {
+    my ($loc, $bad, $srv) = @{ $cookie_conf{$name} };
+    $srv //= '';
+    my ($rc, $out) = $t->check_nginx_conf(<<"EOF");
+    collab_redis 127.0.0.1:6379;
+    server { listen 127.0.0.1:%%PORT%%; $srv location = /c { $loc } }
+EOF
+    if ($bad) {
+        isnt($rc, 0, "nginx -t refuses: $name");
+        like($out, qr/\[emerg\].*collab_jwt_cookie.*collab_allow_origin/,
+            "$name: the message names the fix") or diag $out;
+    } else {
+        is($rc, 0, "nginx -t accepts: $name") or diag $out;
+    }
 }
 
 $t->done;
