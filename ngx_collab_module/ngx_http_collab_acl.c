@@ -452,8 +452,8 @@ ngx_http_collab_acl_deny(ngx_http_collab_session_t *s, ngx_str_t *doc,
     }
 
     ngx_log_error(NGX_LOG_INFO, s->connection->log, 0,
-                  "collab: \"%V\" denied %s on \"%V\"", &s->user, action,
-                  doc);
+                  "collab: \"%V\" denied %s on \"%V\"",
+                  ngx_http_collab_esc(&s->user), action, doc);
 
     cmd = ngx_http_collab_cmd_alloc(NULL, 0);
     if (cmd == NULL) {

@@ -120,8 +120,12 @@ ngx_http_collab_admin_handler(ngx_http_request_t *r)
 
     lcf = ngx_http_get_module_loc_conf(r, ngx_http_collab_module);
 
-    if (ngx_http_collab_auth_early(r) != NGX_OK) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    /* access_token was masked in the rewrite phase */
+
+    if (!ngx_http_collab_origin_allowed(r, lcf)) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "collab: origin not allowed");
+        return NGX_HTTP_FORBIDDEN;
     }
 
     if (r->method == NGX_HTTP_GET) {

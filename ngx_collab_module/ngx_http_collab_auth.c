@@ -171,10 +171,11 @@ ngx_http_collab_auth_token(ngx_http_request_t *r,
 
 
 /*
- * The first thing a collab location does with a request: the access_token
- * argument is copied aside and masked in the request line and arguments,
+ * Called in the rewrite phase of a collab or admin location, the first
+ * phase that knows the location: the access_token argument is copied aside
+ * and masked in the request line, the unparsed URI and the arguments,
  * whatever happens next, so that neither the error log's "request:" nor
- * the access log ever shows it.
+ * the access log ($request, $request_uri, $args) ever shows it.
  */
 
 ngx_int_t
@@ -182,6 +183,11 @@ ngx_http_collab_auth_early(ngx_http_request_t *r)
 {
     ngx_str_t                 v;
     ngx_http_collab_early_t  *early;
+
+    if (ngx_http_get_module_ctx(r, ngx_http_collab_module) != NULL) {
+        /* done already: the rewrite phase runs again after "rewrite" */
+        return NGX_OK;
+    }
 
     if (r->args.len == 0
         || ngx_http_arg(r, (u_char *) "access_token", 12, &v) != NGX_OK)
@@ -210,7 +216,7 @@ ngx_http_collab_auth_early(ngx_http_request_t *r)
 }
 
 
-/* replaces the access_token value in the request line and the arguments */
+/* replaces the access_token value in the request line, URI and arguments */
 
 static void
 ngx_http_collab_auth_mask(ngx_http_request_t *r)
@@ -219,8 +225,9 @@ ngx_http_collab_auth_mask(ngx_http_request_t *r)
     ngx_str_t  *s, copy;
     ngx_uint_t  i;
 
-    for (i = 0; i < 2; i++) {
-        s = (i == 0) ? &r->request_line : &r->args;
+    for (i = 0; i < 3; i++) {
+        s = (i == 0) ? &r->request_line
+                     : (i == 1) ? &r->unparsed_uri : &r->args;
 
         if (s->len == 0) {
             continue;
@@ -309,7 +316,7 @@ ngx_int_t
 ngx_http_collab_auth_verify(ngx_http_collab_loc_conf_t *lcf, u_char *token,
     size_t len, json_t **claims, const char **err)
 {
-    json_t                      *sub;
+    json_t                      *sub, *exp;
     ngx_http_collab_jwt_opts_t   opts;
 
     if (lcf->jwt_keys == NULL) {
@@ -339,6 +346,17 @@ ngx_http_collab_auth_verify(ngx_http_collab_loc_conf_t *lcf, u_char *token,
         json_decref(*claims);
         *claims = NULL;
         *err = "no usable \"sub\" claim";
+        return NGX_ERROR;
+    }
+
+    /* a token without exp is valid for ever once it leaks */
+
+    exp = json_object_get(*claims, "exp");
+
+    if (exp == NULL && lcf->jwt_require_exp) {
+        json_decref(*claims);
+        *claims = NULL;
+        *err = "no \"exp\" claim";
         return NGX_ERROR;
     }
 

@@ -304,7 +304,7 @@ ngx_http_collab_doc_revoke(ngx_http_collab_sub_t *sub)
 
     ngx_log_error(NGX_LOG_INFO, sub->session->connection->log, 0,
                   "collab: \"%V\" lost access to \"%V\"",
-                  &sub->session->user, name);
+                  ngx_http_collab_esc(&sub->session->user), name);
 
     ngx_http_collab_doc_drop(sub,
         ngx_http_collab_msg_build("unsubscribed", "doc", 'S', name,

@@ -316,7 +316,7 @@ ngx_http_collab_limit_message(ngx_http_collab_session_t *s, size_t len,
     {
         ngx_log_error(NGX_LOG_WARN, s->connection->log, 0,
                       "collab: \"%V\" keeps flooding, closing the session",
-                      &s->user);
+                      ngx_http_collab_esc(&s->user));
 
         ngx_http_collab_worker->stats.flood_closed++;
         s->shutdown = 1;
@@ -326,7 +326,8 @@ ngx_http_collab_limit_message(ngx_http_collab_session_t *s, size_t len,
 
     if (s->strikes == 1) {
         ngx_log_error(NGX_LOG_INFO, s->connection->log, 0,
-                      "collab: \"%V\" is over the rate limit", &s->user);
+                      "collab: \"%V\" is over the rate limit",
+                      ngx_http_collab_esc(&s->user));
     }
 
     return NGX_BUSY;
@@ -382,7 +383,8 @@ ngx_http_collab_limit_acquire(ngx_http_collab_session_t *s, ngx_str_t *doc)
 
         ngx_log_error(NGX_LOG_INFO, s->connection->log, 0,
                       "collab: too many sessions for %s \"%V\"",
-                      doc ? "document" : "user", doc ? doc : &s->user);
+                      doc ? "document" : "user",
+                      ngx_http_collab_esc(doc ? doc : &s->user));
     }
 
     return rc;

@@ -11,8 +11,7 @@
 
 
 static ngx_int_t ngx_http_collab_handler(ngx_http_request_t *r);
-static ngx_int_t ngx_http_collab_origin_allowed(ngx_http_request_t *r,
-    ngx_http_collab_loc_conf_t *lcf);
+static ngx_int_t ngx_http_collab_rewrite_handler(ngx_http_request_t *r);
 static char *ngx_http_collab(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 static char *ngx_http_collab_redis(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
@@ -20,11 +19,14 @@ static char *ngx_http_collab_rate(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_collab_allow_origin(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static ngx_int_t ngx_http_collab_init(ngx_conf_t *cf);
 static void *ngx_http_collab_create_main_conf(ngx_conf_t *cf);
 static char *ngx_http_collab_init_main_conf(ngx_conf_t *cf, void *conf);
 static void *ngx_http_collab_create_loc_conf(ngx_conf_t *cf);
 static char *ngx_http_collab_merge_loc_conf(ngx_conf_t *cf, void *parent,
     void *child);
+static ngx_int_t ngx_http_collab_cookie_check(ngx_conf_t *cf,
+    ngx_http_collab_loc_conf_t *conf);
 static ngx_int_t ngx_http_collab_init_process(ngx_cycle_t *cycle);
 static void ngx_http_collab_exit_process(ngx_cycle_t *cycle);
 static void ngx_http_collab_watcher_handler(ngx_event_t *ev);
@@ -130,6 +132,13 @@ static ngx_command_t  ngx_http_collab_commands[] = {
       ngx_conf_set_str_slot,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_collab_loc_conf_t, jwt_cookie),
+      NULL },
+
+    { ngx_string("collab_jwt_require_exp"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_collab_loc_conf_t, jwt_require_exp),
       NULL },
 
     { ngx_string("collab_jwt_leeway"),
@@ -271,7 +280,7 @@ static ngx_command_t  ngx_http_collab_commands[] = {
 
 static ngx_http_module_t  ngx_http_collab_module_ctx = {
     NULL,                                  /* preconfiguration */
-    NULL,                                  /* postconfiguration */
+    ngx_http_collab_init,                  /* postconfiguration */
 
     ngx_http_collab_create_main_conf,      /* create main configuration */
     ngx_http_collab_init_main_conf,        /* init main configuration */
@@ -357,7 +366,32 @@ ngx_http_collab_handler(ngx_http_request_t *r)
 }
 
 
+/*
+ * The first phase that knows the location: the access_token argument of a
+ * collab or admin location is taken aside and masked here, before deny,
+ * auth_request, limit_req, return or the access log can show it.
+ */
+
 static ngx_int_t
+ngx_http_collab_rewrite_handler(ngx_http_request_t *r)
+{
+    ngx_http_collab_loc_conf_t  *lcf;
+
+    lcf = ngx_http_get_module_loc_conf(r, ngx_http_collab_module);
+
+    if ((lcf->enable != 1 && !lcf->admin) || r != r->main) {
+        return NGX_DECLINED;
+    }
+
+    if (ngx_http_collab_auth_early(r) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return NGX_DECLINED;
+}
+
+
+ngx_int_t
 ngx_http_collab_origin_allowed(ngx_http_request_t *r,
     ngx_http_collab_loc_conf_t *lcf)
 {
@@ -418,6 +452,47 @@ ngx_http_collab_origin_allowed(ngx_http_request_t *r,
     }
 
     return 0;
+}
+
+
+ngx_str_t *
+ngx_http_collab_log_escape(ngx_str_t *dst, u_char *buf, ngx_str_t *src)
+{
+    u_char        c, *p, *end;
+    size_t        i;
+    static u_char  hex[] = "0123456789ABCDEF";
+
+    /* the room for "..." when the string is cut */
+    end = buf + NGX_HTTP_COLLAB_LOG_ESC - 3;
+
+    for (p = buf, i = 0; i < src->len; i++) {
+        c = src->data[i];
+
+        if (c >= 0x20 && c <= 0x7e && c != '"' && c != '\\') {
+            if (p + 1 > end) {
+                p = ngx_cpymem(p, "...", 3);
+                break;
+            }
+
+            *p++ = c;
+            continue;
+        }
+
+        if (p + 4 > end) {
+            p = ngx_cpymem(p, "...", 3);
+            break;
+        }
+
+        *p++ = '\\';
+        *p++ = 'x';
+        *p++ = hex[c >> 4];
+        *p++ = hex[c & 0xf];
+    }
+
+    dst->data = buf;
+    dst->len = p - buf;
+
+    return dst;
 }
 
 
@@ -868,6 +943,30 @@ ngx_http_collab_allow_origin(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
+static ngx_int_t
+ngx_http_collab_init(ngx_conf_t *cf)
+{
+    ngx_http_handler_pt        *h;
+    ngx_http_core_main_conf_t  *cmcf;
+
+    cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
+
+    /*
+     * Handlers of a phase run last registered first: this module is
+     * loaded after nginx's own, so it masks before rewrite's "return".
+     */
+
+    h = ngx_array_push(&cmcf->phases[NGX_HTTP_REWRITE_PHASE].handlers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    *h = ngx_http_collab_rewrite_handler;
+
+    return NGX_OK;
+}
+
+
 static void *
 ngx_http_collab_create_main_conf(ngx_conf_t *cf)
 {
@@ -946,6 +1045,7 @@ ngx_http_collab_create_loc_conf(ngx_conf_t *cf)
     lcf->send_timeout = NGX_CONF_UNSET_MSEC;
     lcf->jwt_keys = NGX_CONF_UNSET_PTR;
     lcf->jwt_leeway = NGX_CONF_UNSET_MSEC;
+    lcf->jwt_require_exp = NGX_CONF_UNSET;
     lcf->auth_timeout = NGX_CONF_UNSET_MSEC;
 
     return lcf;
@@ -1015,8 +1115,16 @@ ngx_http_collab_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         conf->default_role = prev->default_role;
     }
     ngx_conf_merge_ptr_value(conf->jwt_keys, prev->jwt_keys, NULL);
-    ngx_conf_merge_str_value(conf->jwt_cookie, prev->jwt_cookie,
-                             "collab_token");
+    /* opt-in: a cookie is sent by any page that opens a socket */
+    ngx_conf_merge_str_value(conf->jwt_cookie, prev->jwt_cookie, "");
+
+    if (conf->jwt_cookie.len == 3
+        && ngx_strncmp(conf->jwt_cookie.data, "off", 3) == 0)
+    {
+        conf->jwt_cookie.len = 0;
+    }
+
+    ngx_conf_merge_value(conf->jwt_require_exp, prev->jwt_require_exp, 1);
     ngx_conf_merge_msec_value(conf->jwt_leeway, prev->jwt_leeway, 30000);
     ngx_conf_merge_str_value(conf->jwt_issuer, prev->jwt_issuer, "");
     ngx_conf_merge_str_value(conf->jwt_audience, prev->jwt_audience, "");
@@ -1074,6 +1182,10 @@ ngx_http_collab_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         return NGX_CONF_ERROR;
     }
 
+    if (ngx_http_collab_cookie_check(cf, conf) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
     mcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_collab_module);
 
     if ((conf->user_rate || conf->max_user_sessions
@@ -1099,6 +1211,46 @@ ngx_http_collab_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     }
 
     return NGX_CONF_OK;
+}
+
+
+/*
+ * A browser sends the cookie with a WebSocket, an EventSource or a form
+ * opened by any page: a cookie token without an Origin allowlist lets any
+ * site act as the user (cross-site WebSocket hijacking).
+ */
+
+static ngx_int_t
+ngx_http_collab_cookie_check(ngx_conf_t *cf, ngx_http_collab_loc_conf_t *conf)
+{
+    ngx_str_t   *pat;
+    ngx_uint_t   i, any;
+
+    if ((conf->enable != 1 && !conf->admin)
+        || conf->auth != NGX_HTTP_COLLAB_AUTH_JWT
+        || conf->jwt_cookie.len == 0)
+    {
+        return NGX_OK;
+    }
+
+    any = (conf->allow_origin == NULL);
+    pat = any ? NULL : conf->allow_origin->elts;
+
+    for (i = 0; !any && i < conf->allow_origin->nelts; i++) {
+        any = (pat[i].len == 1 && pat[i].data[0] == '*');
+    }
+
+    if (any) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"collab_jwt_cookie %V\" requires "
+                           "\"collab_allow_origin\" with the origins of the "
+                           "application, not \"*\": any site could "
+                           "otherwise act as the user; or use "
+                           "\"collab_jwt_cookie off\"", &conf->jwt_cookie);
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
 }
 
 

@@ -114,7 +114,8 @@ struct ngx_http_collab_loc_conf_s {
     ngx_uint_t                   max_inflight;   /* deltas per session */
     ngx_uint_t                   default_role;
     void                        *jwt_keys;       /* jwt_keys_t */
-    ngx_str_t                    jwt_cookie;
+    ngx_str_t                    jwt_cookie;     /* empty: off */
+    ngx_flag_t                   jwt_require_exp;
     ngx_msec_t                   jwt_leeway;
     ngx_str_t                    jwt_issuer;     /* NUL-ended */
     ngx_str_t                    jwt_audience;   /* NUL-ended */
@@ -350,6 +351,20 @@ ngx_int_t ngx_http_collab_conf_read_file(ngx_conf_t *cf, ngx_str_t *name,
 ngx_table_elt_t *ngx_http_collab_header(ngx_http_request_t *r,
     const char *name, size_t len);
 ngx_int_t ngx_http_collab_doc_id_valid(u_char *p, size_t len);
+ngx_int_t ngx_http_collab_origin_allowed(ngx_http_request_t *r,
+    ngx_http_collab_loc_conf_t *lcf);
+ngx_str_t *ngx_http_collab_log_escape(ngx_str_t *dst, u_char *buf,
+    ngx_str_t *src);
+
+/*
+ * A client-controlled string made safe for one log line: control bytes,
+ * quotes, backslashes and bytes above 0x7e as \xNN, cut to fit a buffer
+ * on the stack of the calling block.  Use only as a log argument.
+ */
+#define NGX_HTTP_COLLAB_LOG_ESC  512
+#define ngx_http_collab_esc(s)                                               \
+    ngx_http_collab_log_escape(&(ngx_str_t) { 0, NULL },                     \
+                               (u_char [NGX_HTTP_COLLAB_LOG_ESC]) { 0 }, (s))
 
 /* WebSocket transport */
 ngx_int_t ngx_http_collab_ws_handshake(ngx_http_request_t *r,
