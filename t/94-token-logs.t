@@ -190,6 +190,22 @@ for my $loc (sort keys %refused) {
     ok(!@forged, 'no forged log line') or diag join "\n", @forged;
 }
 
+# --- document ids cannot carry control bytes into a log line
+
+{
+    my $ws = $t->ws_session(path => '/collab', headers => ['Authorization: Bearer ' . token('d')]);
+    my $e = $t->subscribe($ws, "a\nFORGED-DOC");
+    is($e && $e->{type}, 'error', 'a document id with a newline is refused');
+    is($e && $e->{code}, 'invalid', '... as invalid');
+    $ws->close(1000);
+    my $r = $t->http(path => '/collab?doc=a%0AFORGED-DOC', headers => ['Accept: text/event-stream',
+        'Authorization: Bearer ' . token('d2')]);
+    is($r->{status}, 400, 'an SSE document id with a newline: 400');
+    my @forged = grep { /^FORGED-DOC/ } split /\n/, $t->error_log
+        . Collab::Test::_slurp("$D/info.log");
+    ok(!@forged, 'no forged log line from a document id') or diag join "\n", @forged;
+}
+
 # --- no token anywhere in the info log or the access log
 
 {
