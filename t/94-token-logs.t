@@ -190,6 +190,23 @@ for my $loc (sort keys %refused) {
     ok(!@forged, 'no forged log line') or diag join "\n", @forged;
 }
 
+# a long sub of control bytes is cut to the bounded buffer
+{
+    my $x = $t->jwt(claims => { sub => "\x01" x 250, exp => time + 600 });
+    my $ws = $t->ws_session(path => '/collab-view', headers => ["Authorization: Bearer $x"]);
+    $t->subscribe($ws, 'inj2');
+    $ws->send_json({ type => 'delta', doc => 'inj2', id => 'i2', data => 1 });
+    $ws->wait_for(sub { ($_[0]{id} // '') eq 'i2' }, 3);
+    $ws->close(1000);
+    my $line;
+    Collab::Test::wait_until(sub {
+        ($line) = grep { /denied delta on "inj2"/ } split /\n/, Collab::Test::_slurp("$D/info.log");
+        return defined $line;
+    }, 5);
+    like($line // '', qr/collab: "(\\x01){127}\.\.\." denied delta on "inj2"/,
+        'a sub of 250 control bytes is logged as 127 escapes and "..."');
+}
+
 # --- document ids cannot carry control bytes into a log line
 
 {
