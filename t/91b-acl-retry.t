@@ -99,5 +99,60 @@ sub paused_fcall {
     ok($again, 'amy subscribes again once allowed');
 }
 
+###########################################################################
+# the reload fails: the command connection is dropped while it waits, and
+# cannot come back for a while (maxclients); the other instance writes on
+
+{
+    my $D = 'retry-doc';
+    set_acl($D, { version => 1, default => 'none',
+        users => { amy => 'editor', bob => 'editor', carl => 'editor' } });
+    my $amy = sess('amy');
+    my $bob = sess('bob');
+    my $carl = sess('carl', instance => 'b');
+    is($t->subscribe($amy, $D)->{type}, 'subscribed', 'amy subscribed');
+    is($t->subscribe($bob, $D)->{type}, 'subscribed', 'bob subscribed');
+
+    $carl->send_json({ type => 'delta', doc => $D, id => 'd1', data => 1 });
+    ok($carl->wait_for({ type => 'ack', id => 'd1' }, 3), 'carl (instance b) writes d1');
+    ok($amy->wait_for(sub { $_[0]{type} eq 'delta' && $_[0]{id} eq 'd1' }, 3), 'amy gets d1');
+    ok($bob->wait_for(sub { $_[0]{type} eq 'delta' && $_[0]{id} eq 'd1' }, 3), 'bob gets d1');
+
+    # a connection of its own for the notice: none can be opened below
+    my $s = Collab::HTTP::connect_socket(port => $t->redis_port, timeout => 2) or die;
+    my $pc = { sock => $s, buf => '' };
+    my $nclients = () = clients();
+    $t->redis('CONFIG', 'SET', 'maxclients', $nclients);
+
+    set_acl($D, { version => 2, default => 'none', users => { bob => 'editor', carl => 'editor' } });
+    my $log0 = length $t->error_log;
+    Collab::HTTP::write_all($s, Collab::Test::_resp_encode('PUBLISH', "collab:{$D}", '{"type":"acl"}')
+        . Collab::Test::_resp_encode('CLIENT', 'PAUSE', 5000, 'WRITE'), 5) or die;
+    Collab::Test::_resp_read($pc, time + 5) for 1 .. 2;
+    ok(Collab::Test::wait_until(sub {
+        substr($t->error_log, $log0) =~ /command connection .* dropped: command timed out/
+    }, 5), 'the reload timed out: the command connection is dropped');
+    $t->redis('CLIENT', 'UNPAUSE');
+
+    $carl->send_json({ type => 'delta', doc => $D, id => 'd2', data => 2 });
+    ok($carl->wait_for({ type => 'ack', id => 'd2' }, 3), 'carl writes d2 meanwhile');
+    ok(!$amy->wait_for(sub { $_[0]{type} eq 'delta' }, 1),
+        'amy (revoked, role unknown here) gets no delta while the ACL cannot be loaded');
+
+    $t->redis('CONFIG', 'SET', 'maxclients', 10000);
+    my $u = $amy->wait_for(sub { $_[0]{type} =~ /^(unsubscribed|delta)$/ }, 10);
+    is($u && $u->{type}, 'unsubscribed', 'amy is unsubscribed once Redis is back');
+    is($u && $u->{reason}, 'forbidden', '... forbidden');
+    my $b2 = $bob->wait_for(sub { $_[0]{type} eq 'delta' && $_[0]{id} eq 'd2' }, 5);
+    is($b2 && $b2->{seq}, 2, 'bob (still allowed) gets d2, seq 2');
+
+    $carl->send_json({ type => 'delta', doc => $D, id => 'd3', data => 3 });
+    ok($carl->wait_for({ type => 'ack', id => 'd3' }, 3), 'carl writes d3');
+    my $b3 = $bob->wait_for(sub { $_[0]{type} eq 'delta' && $_[0]{id} eq 'd3' }, 3);
+    is($b3 && $b3->{seq}, 3, 'bob gets d3 live');
+    ok(!$amy->wait_for(sub { $_[0]{type} eq 'delta' }, 0.5), 'amy gets nothing more');
+    close $s;
+}
+
 $t->done;
 done_testing();
