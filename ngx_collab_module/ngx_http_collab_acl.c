@@ -21,7 +21,9 @@
  */
 
 
-#define NGX_HTTP_COLLAB_DENY_PER_SEC  10
+#define NGX_HTTP_COLLAB_DENY_PER_SEC     10
+#define NGX_HTTP_COLLAB_ACL_BACKOFF_MIN  100
+#define NGX_HTTP_COLLAB_ACL_BACKOFF_MAX  5000
 
 
 static ngx_str_t  ngx_http_collab_role_names[] = {
@@ -38,6 +40,8 @@ static ngx_int_t ngx_http_collab_acl_match(const char *pattern,
     ngx_str_t *doc);
 static void ngx_http_collab_acl_reply(ngx_http_collab_cmd_t *cmd,
     redisReply *reply);
+static void ngx_http_collab_acl_failed(ngx_http_collab_doc_t *doc);
+static void ngx_http_collab_acl_retry_handler(ngx_event_t *ev);
 static void ngx_http_collab_acl_sub_update(ngx_http_collab_sub_t *sub);
 
 
@@ -249,7 +253,13 @@ ngx_http_collab_acl_set(ngx_http_collab_doc_t *doc, u_char *raw, size_t len)
 }
 
 
-/* {"type":"acl"} on the channel: reload the ACL and re-evaluate sessions */
+/*
+ * {"type":"acl"} on the channel: reload the ACL and re-evaluate sessions.
+ * Until a reload succeeds the roles are not known and the document
+ * delivers nothing (acl_stale, see ngx_http_collab_doc_fanout()); a load
+ * that fails is retried with a backoff, and at once when the command
+ * connection is ready again.
+ */
 
 void
 ngx_http_collab_acl_changed(ngx_http_collab_doc_t *doc)
@@ -261,20 +271,26 @@ ngx_http_collab_acl_changed(ngx_http_collab_doc_t *doc)
     size_t                  argvlen[6];
     ngx_http_collab_cmd_t  *cmd;
 
+    doc->acl_stale = 1;
+
     if (doc->acl_cmd) {
         /* a load is on its way; load again when it is back */
         doc->acl_again = 1;
         return;
     }
 
+    if (doc->acl_retry.timer_set) {
+        ngx_del_timer(&doc->acl_retry);
+    }
+
     cmd = ngx_http_collab_cmd_alloc(NULL, 0);
     if (cmd == NULL) {
+        ngx_http_collab_acl_failed(doc);
         return;
     }
 
     cmd->doc_owner = doc;
     cmd->handler = ngx_http_collab_acl_reply;
-    doc->acl_cmd = cmd;
 
     argv[0] = "FCALL";
     argvlen[0] = 5;
@@ -293,8 +309,57 @@ ngx_http_collab_acl_changed(ngx_http_collab_doc_t *doc)
                                       argv, argvlen)
         != NGX_OK)
     {
-        /* freed already; the next read of each session checks roles */
-        doc->acl_cmd = NULL;
+        /* freed already: connection down or pipeline full */
+        ngx_http_collab_acl_failed(doc);
+        return;
+    }
+
+    doc->acl_cmd = cmd;
+}
+
+
+static void
+ngx_http_collab_acl_failed(ngx_http_collab_doc_t *doc)
+{
+    if (ngx_exiting || ngx_terminate || ngx_quit) {
+        return;
+    }
+
+    if (doc->acl_backoff == 0) {
+        doc->acl_backoff = NGX_HTTP_COLLAB_ACL_BACKOFF_MIN;
+    }
+
+    ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                  "collab: the ACL of \"%V\" could not be loaded, "
+                  "delivery held, retrying in %Mms", &doc->node.str,
+                  doc->acl_backoff);
+
+    doc->acl_retry.handler = ngx_http_collab_acl_retry_handler;
+    doc->acl_retry.data = doc;
+    doc->acl_retry.log = ngx_cycle->log;
+    doc->acl_retry.cancelable = 1;
+
+    if (!doc->acl_retry.timer_set) {
+        ngx_add_timer(&doc->acl_retry, doc->acl_backoff);
+    }
+
+    doc->acl_backoff *= 2;
+
+    if (doc->acl_backoff > NGX_HTTP_COLLAB_ACL_BACKOFF_MAX) {
+        doc->acl_backoff = NGX_HTTP_COLLAB_ACL_BACKOFF_MAX;
+    }
+}
+
+
+static void
+ngx_http_collab_acl_retry_handler(ngx_event_t *ev)
+{
+    ngx_http_collab_doc_t  *doc;
+
+    doc = ev->data;
+
+    if (doc->acl_stale && doc->acl_cmd == NULL) {
+        ngx_http_collab_acl_changed(doc);
     }
 }
 
@@ -302,6 +367,7 @@ ngx_http_collab_acl_changed(ngx_http_collab_doc_t *doc)
 static void
 ngx_http_collab_acl_reply(ngx_http_collab_cmd_t *cmd, redisReply *reply)
 {
+    ngx_uint_t              again;
     ngx_queue_t            *q, *next;
     ngx_http_collab_doc_t  *doc;
     ngx_http_collab_sub_t  *sub;
@@ -319,7 +385,9 @@ ngx_http_collab_acl_reply(ngx_http_collab_cmd_t *cmd, redisReply *reply)
                           &doc->node.str, reply->str);
         }
 
+        /* retried: the notice may have been the only one */
         doc->acl_again = 0;
+        ngx_http_collab_acl_failed(doc);
         return;
     }
 
@@ -331,6 +399,16 @@ ngx_http_collab_acl_reply(ngx_http_collab_cmd_t *cmd, redisReply *reply)
     }
 
     doc->acl_known = 1;
+    doc->acl_backoff = 0;
+
+    /* changed again meanwhile: apply this one, deliver after the next */
+    again = doc->acl_again;
+    doc->acl_again = 0;
+    doc->acl_stale = again;
+
+    /* a revocation may drop the last member: the document stays till the end */
+
+    ngx_http_collab_doc_hold(doc);
 
     for (q = ngx_queue_head(&doc->subs);
          q != ngx_queue_sentinel(&doc->subs);
@@ -342,8 +420,15 @@ ngx_http_collab_acl_reply(ngx_http_collab_cmd_t *cmd, redisReply *reply)
         ngx_http_collab_acl_sub_update(sub);
     }
 
-    if (doc->acl_again) {
-        doc->acl_again = 0;
+    if (!again) {
+        ngx_http_collab_doc_acl_known(doc);
+    }
+
+    if (ngx_http_collab_doc_release(doc) == NGX_DONE) {
+        return;
+    }
+
+    if (again) {
         ngx_http_collab_acl_changed(doc);
     }
 }

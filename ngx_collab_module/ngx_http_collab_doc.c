@@ -99,6 +99,15 @@ ngx_http_collab_doc_get(ngx_str_t *name, ngx_log_t *log)
 static void
 ngx_http_collab_doc_free(ngx_http_collab_doc_t *doc)
 {
+    if (doc->held) {
+        /* ngx_http_collab_doc_release() frees it */
+        return;
+    }
+
+    if (doc->acl_retry.timer_set) {
+        ngx_del_timer(&doc->acl_retry);
+    }
+
     if (doc->acl_cmd) {
         /* the ACL reply finds no document and only frees the command */
         doc->acl_cmd->doc_owner = NULL;
@@ -110,6 +119,55 @@ ngx_http_collab_doc_free(ngx_http_collab_doc_t *doc)
 
     ngx_rbtree_delete(&ngx_http_collab_worker->docs, &doc->node.node);
     ngx_free(doc);
+}
+
+
+/*
+ * A caller that walks the document's sessions and may drop the last of
+ * them (an ACL reload) holds the document until it is done with it.
+ */
+
+void
+ngx_http_collab_doc_hold(ngx_http_collab_doc_t *doc)
+{
+    doc->held++;
+}
+
+
+/* NGX_DONE: the document is gone */
+
+ngx_int_t
+ngx_http_collab_doc_release(ngx_http_collab_doc_t *doc)
+{
+    if (--doc->held || doc->nsubs || doc->in_redis) {
+        return NGX_OK;
+    }
+
+    ngx_http_collab_doc_free(doc);
+
+    return NGX_DONE;
+}
+
+
+/* the ACL is loaded again: the members held meanwhile read from pos */
+
+void
+ngx_http_collab_doc_acl_known(ngx_http_collab_doc_t *doc)
+{
+    ngx_queue_t            *q, *next;
+    ngx_http_collab_sub_t  *sub;
+
+    for (q = ngx_queue_head(&doc->subs);
+         q != ngx_queue_sentinel(&doc->subs);
+         q = next)
+    {
+        next = ngx_queue_next(q);
+        sub = ngx_queue_data(q, ngx_http_collab_sub_t, doc_link);
+
+        if (sub->stalled && sub->read == NULL) {
+            ngx_http_collab_doc_sub_read(sub);
+        }
+    }
 }
 
 
@@ -544,6 +602,17 @@ ngx_http_collab_doc_fanout(ngx_http_collab_doc_t *doc, u_char *payload,
                 continue;
             }
 
+            if (doc->acl_stale) {
+                /*
+                 * The ACL changed and is not loaded yet: the role is not
+                 * known, so nothing is delivered; the log serves it from
+                 * pos once the ACL is back (ngx_http_collab_doc_acl_known).
+                 */
+                sub->state = NGX_HTTP_COLLAB_SUB_CATCHUP;
+                sub->stalled = 1;
+                continue;
+            }
+
             if (s->out_bytes + len > s->conf->send_queue) {
                 /*
                  * A reader that cannot keep up gets no more live deltas:
@@ -622,11 +691,14 @@ ngx_http_collab_doc_fanout(ngx_http_collab_doc_t *doc, u_char *payload,
         return;
     }
 
-    if (type == NULL
+    if (type == NULL || doc->acl_stale
         || (ngx_strcmp(type, "intent") != 0
             && ngx_strcmp(type, "presence") != 0))
     {
-        /* only ephemera are relayed; anything else stays server-side */
+        /*
+         * Only ephemera are relayed, anything else stays server-side; and
+         * none while the roles are not known.
+         */
         json_decref(obj);
         return;
     }
@@ -737,6 +809,7 @@ ngx_http_collab_doc_sub_read(ngx_http_collab_sub_t *sub)
 
     if (!sub->doc->subscribed
         || ngx_http_collab_worker->cmd.state != NGX_HTTP_COLLAB_REDIS_READY
+        || (sub->doc->acl_stale && sub->state != NGX_HTTP_COLLAB_SUB_JOINING)
         || (sub->state != NGX_HTTP_COLLAB_SUB_JOINING
             && s->out_bytes > s->conf->send_queue / 2))
     {
@@ -1167,6 +1240,11 @@ ngx_http_collab_doc_redis_ready(ngx_http_collab_redis_t *rc)
             }
 
             continue;
+        }
+
+        if (doc->acl_stale && doc->acl_cmd == NULL) {
+            /* a reload that failed: now rather than at its retry timer */
+            ngx_http_collab_acl_changed(doc);
         }
 
         for (q = ngx_queue_head(&doc->subs);

@@ -185,8 +185,12 @@ struct ngx_http_collab_doc_s {
     unsigned                     has_epoch:1;
     unsigned                     acl_known:1;
     unsigned                     acl_again:1;
+    unsigned                     acl_stale:1;    /* changed, not reloaded */
     json_t                      *acl;            /* NULL: no ACL document */
     ngx_http_collab_cmd_t       *acl_cmd;
+    ngx_event_t                  acl_retry;
+    ngx_msec_t                   acl_backoff;
+    ngx_uint_t                   held;           /* callers walking it */
 };
 
 
@@ -446,6 +450,9 @@ void ngx_http_collab_doc_read_done(ngx_http_collab_sub_t *sub,
 ngx_http_collab_sub_t *ngx_http_collab_doc_find(ngx_http_collab_session_t *s,
     ngx_str_t *name);
 void ngx_http_collab_doc_revoke(ngx_http_collab_sub_t *sub);
+void ngx_http_collab_doc_hold(ngx_http_collab_doc_t *doc);
+ngx_int_t ngx_http_collab_doc_release(ngx_http_collab_doc_t *doc);
+void ngx_http_collab_doc_acl_known(ngx_http_collab_doc_t *doc);
 
 /* identity */
 char *ngx_http_collab_auth_jwt_key(ngx_conf_t *cf, ngx_command_t *cmd,

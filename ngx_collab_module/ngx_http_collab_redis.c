@@ -836,6 +836,12 @@ ngx_http_collab_redis_reply(redisAsyncContext *ac, void *r, void *data)
 
     if ((cmd->session == NULL && cmd->doc_owner == NULL) || rc->exiting) {
         /* the session left while the command was in flight */
+
+        if (cmd->doc_owner) {
+            /* an ACL load cut by the exit: the document forgets it */
+            cmd->doc_owner->acl_cmd = NULL;
+        }
+
         ngx_http_collab_cmd_free(cmd);
         return;
     }
