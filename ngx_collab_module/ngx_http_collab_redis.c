@@ -292,8 +292,9 @@ ngx_http_collab_redis_watchdog_handler(ngx_event_t *ev)
         return;
     }
 
-    if (rc->setup_pending) {
-        ngx_http_collab_redis_drop(rc, "setup timed out");
+    if (rc->state == NGX_HTTP_COLLAB_REDIS_SETUP) {
+        ngx_http_collab_redis_drop(rc, rc->setup_pending ? "setup timed out"
+                                                         : "setup failed");
         return;
     }
 }
@@ -504,7 +505,7 @@ ngx_http_collab_redis_on_connect(const redisAsyncContext *ac, int status)
                                       NULL, 2, argv, argvlen)
             != NGX_OK)
         {
-            return;
+            goto failed;
         }
     }
 
@@ -518,13 +519,13 @@ ngx_http_collab_redis_on_connect(const redisAsyncContext *ac, int status)
                                       NULL, 2, argv, argvlen)
             != NGX_OK)
         {
-            return;
+            goto failed;
         }
     }
 
     if (!rc->subscriber) {
         if (ngx_http_collab_store_setup(rc) != NGX_OK) {
-            return;
+            goto failed;
         }
     }
 
@@ -535,6 +536,22 @@ ngx_http_collab_redis_on_connect(const redisAsyncContext *ac, int status)
 
     rc->watchdog.cancelable = 1;
     ngx_add_timer(&rc->watchdog, mcf->redis_timeout);
+
+    return;
+
+failed:
+
+    /*
+     * Not freed here (hiredis 0.14 must not be freed inside onConnect):
+     * the watchdog drops the connection, in state SETUP, right after.
+     */
+
+    ngx_log_error(NGX_LOG_ERR, rc->log, 0,
+                  "collab: redis %s connection: a setup command could not "
+                  "be queued", rc->name);
+
+    rc->watchdog.cancelable = 1;
+    ngx_add_timer(&rc->watchdog, 1);
 }
 
 

@@ -12,11 +12,25 @@
 
 
 /*
- * The document store: a Redis function library, loaded on every command
- * connection, does sequence assignment, the idempotency check, the append
- * and the publish in one atomic step on the document's hash tag, so that any
- * number of nginx instances never hand out the same seq.
+ * The document store: a Redis function library does sequence assignment,
+ * the idempotency check, the append and the publish in one atomic step on
+ * the document's hash tag, so that any number of nginx instances never hand
+ * out the same seq.
+ *
+ * The library carries its version and the oldest module version it still
+ * serves (collab_version).  A command connection loads it only when Redis
+ * holds an older one (or none), and never replaces a newer one: during a
+ * rolling upgrade the old and the new module share the newest library.
+ * Bump the version with any change of the Lua text, and the compat version
+ * with any change that an older module cannot call.
  */
+
+
+#define NGX_HTTP_COLLAB_STORE_VERSION  2
+#define NGX_HTTP_COLLAB_STORE_COMPAT   1
+
+#define ngx_http_collab_str(x)         #x
+#define ngx_http_collab_xstr(x)        ngx_http_collab_str(x)
 
 
 static const char  ngx_http_collab_store_lua[] =
@@ -249,11 +263,19 @@ static const char  ngx_http_collab_store_lua[] =
 "redis.register_function('collab_read', read)\n"
 "redis.register_function('collab_state', setstate)\n"
 "redis.register_function('collab_acl', acl)\n"
-"redis.register_function('collab_deny', denied)\n";
+"redis.register_function('collab_deny', denied)\n"
+/* {version, oldest module version served} */
+"redis.register_function{function_name = 'collab_version',\n"
+"  callback = function() return {"
+    ngx_http_collab_xstr(NGX_HTTP_COLLAB_STORE_VERSION) ", "
+    ngx_http_collab_xstr(NGX_HTTP_COLLAB_STORE_COMPAT) "} end,\n"
+"  flags = {'no-writes'}}\n";
 
 
 static void ngx_http_collab_store_role_args(ngx_http_collab_session_t *s,
     ngx_str_t *doc, const char **argv, size_t *argvlen, u_char *buf);
+static void ngx_http_collab_store_version_reply(redisAsyncContext *ac,
+    void *r, void *data);
 static void ngx_http_collab_store_setup_reply(redisAsyncContext *ac,
     void *r, void *data);
 static void ngx_http_collab_store_append_reply(ngx_http_collab_cmd_t *cmd,
@@ -269,8 +291,104 @@ static ngx_int_t ngx_http_collab_store_triple(redisReply *reply,
 ngx_int_t
 ngx_http_collab_store_setup(ngx_http_collab_redis_t *rc)
 {
-    const char  *argv[4];
-    size_t       argvlen[4];
+    const char  *argv[3];
+    size_t       argvlen[3];
+
+    argv[0] = "FCALL";
+    argvlen[0] = 5;
+    argv[1] = "collab_version";
+    argvlen[1] = 14;
+    argv[2] = "0";
+    argvlen[2] = 1;
+
+    if (redisAsyncCommandArgv(rc->ac, ngx_http_collab_store_version_reply,
+                              NULL, 3, argv, argvlen)
+        != REDIS_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    rc->setup_pending++;
+
+    return NGX_OK;
+}
+
+
+/* the library in Redis: loaded when older than ours or missing */
+
+static void
+ngx_http_collab_store_version_reply(redisAsyncContext *ac, void *r,
+    void *data)
+{
+    int64_t                   version, compat;
+    const char               *argv[4];
+    size_t                    argvlen[4];
+    redisReply               *reply;
+    ngx_http_collab_redis_t  *rc;
+
+    rc = ac->data;
+    reply = r;
+
+    if (reply == NULL) {
+        return;
+    }
+
+    version = 0;
+    compat = 0;
+
+    if (reply->type == REDIS_REPLY_ERROR
+        && ngx_strstr(reply->str, "not found") == NULL)
+    {
+        ngx_log_error(NGX_LOG_ERR, rc->log, 0,
+                      "collab: asking Redis for the function library "
+                      "version failed (Redis 7.0 or newer is required): %s",
+                      reply->str);
+        redisAsyncDisconnect(ac);
+        return;
+    }
+
+    /* "function not found": no library, or one older than collab_version */
+
+    if (reply->type == REDIS_REPLY_ARRAY && reply->elements >= 2
+        && reply->element[0]->type == REDIS_REPLY_INTEGER
+        && reply->element[1]->type == REDIS_REPLY_INTEGER)
+    {
+        version = reply->element[0]->integer;
+        compat = reply->element[1]->integer;
+    }
+
+    if (version > NGX_HTTP_COLLAB_STORE_VERSION) {
+
+        if (compat > NGX_HTTP_COLLAB_STORE_VERSION) {
+            ngx_log_error(NGX_LOG_ERR, rc->log, 0,
+                          "collab: Redis holds the function library "
+                          "version %L, which serves modules of version %L "
+                          "and newer; this module is version %d and does "
+                          "not replace a newer library: upgrade the module",
+                          version, compat, NGX_HTTP_COLLAB_STORE_VERSION);
+
+            /* no commands on this connection; retried with a backoff */
+            redisAsyncDisconnect(ac);
+            return;
+        }
+
+        ngx_log_error(NGX_LOG_NOTICE, rc->log, 0,
+                      "collab: keeping the newer Redis function library "
+                      "version %L (this module's is %d)", version,
+                      NGX_HTTP_COLLAB_STORE_VERSION);
+    }
+
+    if (version >= NGX_HTTP_COLLAB_STORE_VERSION) {
+        if (--rc->setup_pending == 0) {
+            ngx_http_collab_redis_setup_done(rc);
+        }
+
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_NOTICE, rc->log, 0,
+                  "collab: loading the Redis function library version %d "
+                  "(Redis had %L)", NGX_HTTP_COLLAB_STORE_VERSION, version);
 
     argv[0] = "FUNCTION";
     argvlen[0] = 8;
@@ -281,16 +399,14 @@ ngx_http_collab_store_setup(ngx_http_collab_redis_t *rc)
     argv[3] = ngx_http_collab_store_lua;
     argvlen[3] = sizeof(ngx_http_collab_store_lua) - 1;
 
-    if (redisAsyncCommandArgv(rc->ac, ngx_http_collab_store_setup_reply,
-                              NULL, 4, argv, argvlen)
+    /* the load takes over the pending setup step */
+
+    if (redisAsyncCommandArgv(ac, ngx_http_collab_store_setup_reply, NULL, 4,
+                              argv, argvlen)
         != REDIS_OK)
     {
-        return NGX_ERROR;
+        redisAsyncDisconnect(ac);
     }
-
-    rc->setup_pending++;
-
-    return NGX_OK;
 }
 
 
