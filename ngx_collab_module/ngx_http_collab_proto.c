@@ -203,6 +203,48 @@ ngx_http_collab_msg_build(const char *type, ...)
 }
 
 
+/*
+ * Client text echoed into an error, cut at the buffer's end, must still be
+ * UTF-8 in a text frame (a browser closes with 1007 otherwise): a sequence
+ * cut at the end is dropped, a broken one inside becomes '?'.
+ */
+
+static size_t
+ngx_http_collab_msg_utf8(u_char *text, size_t len)
+{
+    u_char  *p, *q, *last, *start;
+
+    p = text;
+    q = text;
+    last = text + len;
+
+    while (p < last) {
+        if (*p < 0x80) {
+            *q++ = *p++;
+            continue;
+        }
+
+        start = p;
+
+        switch (ngx_utf8_decode(&p, last - p)) {
+
+        case 0xfffffffe:
+            /* incomplete: the cut */
+            return q - text;
+
+        case 0xffffffff:
+            *q++ = '?';
+            break;
+
+        default:
+            q = ngx_movemem(q, start, p - start);
+        }
+    }
+
+    return q - text;
+}
+
+
 /* nack or error: {"type", "id"?, "doc"?, "code", "message"} */
 
 ngx_http_collab_msg_t *
@@ -219,7 +261,7 @@ ngx_http_collab_msg_error(const char *type, const char *code, ngx_str_t *doc,
     va_end(args);
 
     text.data = buf;
-    text.len = p - buf;
+    text.len = ngx_http_collab_msg_utf8(buf, p - buf);
 
     ngx_str_null(&none);
 
