@@ -326,13 +326,13 @@ ngx_http_collab_acl_failed(ngx_http_collab_doc_t *doc)
     }
 
     if (doc->acl_backoff == 0) {
+        /* logged once per outage, not per retry */
         doc->acl_backoff = NGX_HTTP_COLLAB_ACL_BACKOFF_MIN;
-    }
 
-    ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
-                  "collab: the ACL of \"%V\" could not be loaded, "
-                  "delivery held, retrying in %Mms", &doc->node.str,
-                  doc->acl_backoff);
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "collab: the ACL of \"%V\" could not be loaded, "
+                      "delivery held until it is", &doc->node.str);
+    }
 
     doc->acl_retry.handler = ngx_http_collab_acl_retry_handler;
     doc->acl_retry.data = doc;
