@@ -341,7 +341,9 @@ ngx_http_collab_store_version_reply(redisAsyncContext *ac, void *r,
     {
         ngx_log_error(NGX_LOG_ERR, rc->log, 0,
                       "collab: asking Redis for the function library "
-                      "version failed (Redis 7.0 or newer is required): %s",
+                      "version failed%s: %s",
+                      ngx_strstr(reply->str, "unknown command")
+                      ? " (Redis 7.0 or newer is required)" : "",
                       reply->str);
         redisAsyncDisconnect(ac);
         return;

@@ -118,11 +118,12 @@ sub paused_fcall {
     ok($amy->wait_for(sub { $_[0]{type} eq 'delta' && $_[0]{id} eq 'd1' }, 3), 'amy gets d1');
     ok($bob->wait_for(sub { $_[0]{type} eq 'delta' && $_[0]{id} eq 'd1' }, 3), 'bob gets d1');
 
-    # a connection of its own for the notice: none can be opened below
+    # a connection of its own for the notice: none can be opened below; once
+    # the worker's command connection is dropped, it cannot come back
     my $s = Collab::HTTP::connect_socket(port => $t->redis_port, timeout => 2) or die;
     my $pc = { sock => $s, buf => '' };
     my $nclients = () = clients();
-    $t->redis('CONFIG', 'SET', 'maxclients', $nclients);
+    $t->redis('CONFIG', 'SET', 'maxclients', $nclients - 1);
 
     set_acl($D, { version => 2, default => 'none', users => { bob => 'editor', carl => 'editor' } });
     my $log0 = length $t->error_log;
@@ -136,8 +137,12 @@ sub paused_fcall {
 
     $carl->send_json({ type => 'delta', doc => $D, id => 'd2', data => 2 });
     ok($carl->wait_for({ type => 'ack', id => 'd2' }, 3), 'carl writes d2 meanwhile');
-    ok(!$amy->wait_for(sub { $_[0]{type} eq 'delta' }, 1),
+    ok(!$amy->wait_for(sub { $_[0]{type} =~ /^(delta|unsubscribed)$/ }, 1),
         'amy (revoked, role unknown here) gets no delta while the ACL cannot be loaded');
+    ok(!$bob->wait_for(sub { $_[0]{type} eq 'delta' }, 0),
+        '... nor does bob: nothing is delivered while the roles are not known');
+    like($t->error_log, qr/the ACL of "retry-doc" could not be loaded, delivery held/,
+        'the failed reload is logged');
 
     $t->redis('CONFIG', 'SET', 'maxclients', 10000);
     my $u = $amy->wait_for(sub { $_[0]{type} =~ /^(unsubscribed|delta)$/ }, 10);
