@@ -139,7 +139,7 @@ sub paused_fcall {
     ok($carl->wait_for({ type => 'ack', id => 'd2' }, 3), 'carl writes d2 meanwhile');
     ok(!$amy->wait_for(sub { $_[0]{type} =~ /^(delta|unsubscribed)$/ }, 1),
         'amy (revoked, role unknown here) gets no delta while the ACL cannot be loaded');
-    ok(!$bob->wait_for(sub { $_[0]{type} eq 'delta' }, 0),
+    ok(!$bob->wait_for(sub { $_[0]{type} eq 'delta' }, 0.3),
         '... nor does bob: nothing is delivered while the roles are not known');
     like($t->error_log, qr/the ACL of "retry-doc" could not be loaded, delivery held/,
         'the failed reload is logged');
