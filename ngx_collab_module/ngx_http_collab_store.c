@@ -21,6 +21,7 @@
  * serves (collab_version).  A command connection loads it only when Redis
  * holds an older one (or none), and never replaces a newer one: during a
  * rolling upgrade the old and the new module share the newest library.
+ * Check and load are one step (WATCH, MULTI ... EXEC).
  * Bump the version with any change of the Lua text, and the compat version
  * with any change that an older module cannot call.
  */
@@ -28,6 +29,10 @@
 
 #define NGX_HTTP_COLLAB_STORE_VERSION  2
 #define NGX_HTTP_COLLAB_STORE_COMPAT   1
+
+/* a key every load changes: a check and a load WATCH it */
+#define NGX_HTTP_COLLAB_STORE_LOCK     "collab:library"
+#define NGX_HTTP_COLLAB_STORE_ATTEMPTS 3
 
 #define ngx_http_collab_str(x)         #x
 #define ngx_http_collab_xstr(x)        ngx_http_collab_str(x)
@@ -274,9 +279,13 @@ static const char  ngx_http_collab_store_lua[] =
 
 static void ngx_http_collab_store_role_args(ngx_http_collab_session_t *s,
     ngx_str_t *doc, const char **argv, size_t *argvlen, u_char *buf);
+static ngx_int_t ngx_http_collab_store_check(redisAsyncContext *ac,
+    ngx_uint_t attempt);
 static void ngx_http_collab_store_version_reply(redisAsyncContext *ac,
     void *r, void *data);
-static void ngx_http_collab_store_setup_reply(redisAsyncContext *ac,
+static ngx_int_t ngx_http_collab_store_load(redisAsyncContext *ac,
+    ngx_uint_t attempt);
+static void ngx_http_collab_store_load_reply(redisAsyncContext *ac,
     void *r, void *data);
 static void ngx_http_collab_store_append_reply(ngx_http_collab_cmd_t *cmd,
     redisReply *reply);
@@ -291,8 +300,35 @@ static ngx_int_t ngx_http_collab_store_triple(redisReply *reply,
 ngx_int_t
 ngx_http_collab_store_setup(ngx_http_collab_redis_t *rc)
 {
+    if (ngx_http_collab_store_check(rc->ac, 0) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    rc->setup_pending++;
+
+    return NGX_OK;
+}
+
+
+/*
+ * WATCH makes check and load one step: a load by another module between
+ * them aborts ours (EXEC replies nil), and the version is asked again.
+ */
+
+static ngx_int_t
+ngx_http_collab_store_check(redisAsyncContext *ac, ngx_uint_t attempt)
+{
     const char  *argv[3];
     size_t       argvlen[3];
+
+    argv[0] = "WATCH";
+    argvlen[0] = 5;
+    argv[1] = NGX_HTTP_COLLAB_STORE_LOCK;
+    argvlen[1] = sizeof(NGX_HTTP_COLLAB_STORE_LOCK) - 1;
+
+    if (redisAsyncCommandArgv(ac, NULL, NULL, 2, argv, argvlen) != REDIS_OK) {
+        return NGX_ERROR;
+    }
 
     argv[0] = "FCALL";
     argvlen[0] = 5;
@@ -301,14 +337,12 @@ ngx_http_collab_store_setup(ngx_http_collab_redis_t *rc)
     argv[2] = "0";
     argvlen[2] = 1;
 
-    if (redisAsyncCommandArgv(rc->ac, ngx_http_collab_store_version_reply,
-                              NULL, 3, argv, argvlen)
+    if (redisAsyncCommandArgv(ac, ngx_http_collab_store_version_reply,
+                              (void *) attempt, 3, argv, argvlen)
         != REDIS_OK)
     {
         return NGX_ERROR;
     }
-
-    rc->setup_pending++;
 
     return NGX_OK;
 }
@@ -321,8 +355,8 @@ ngx_http_collab_store_version_reply(redisAsyncContext *ac, void *r,
     void *data)
 {
     int64_t                   version, compat;
-    const char               *argv[4];
-    size_t                    argvlen[4];
+    const char               *argv[2];
+    size_t                    argvlen[2];
     redisReply               *reply;
     ngx_http_collab_redis_t  *rc;
 
@@ -359,6 +393,19 @@ ngx_http_collab_store_version_reply(redisAsyncContext *ac, void *r,
         compat = reply->element[1]->integer;
     }
 
+    if (version < NGX_HTTP_COLLAB_STORE_VERSION) {
+        ngx_log_error(NGX_LOG_NOTICE, rc->log, 0,
+                      "collab: loading the Redis function library version "
+                      "%d (Redis had %L)", NGX_HTTP_COLLAB_STORE_VERSION,
+                      version);
+
+        if (ngx_http_collab_store_load(ac, (ngx_uint_t) data) != NGX_OK) {
+            redisAsyncDisconnect(ac);
+        }
+
+        return;
+    }
+
     if (version > NGX_HTTP_COLLAB_STORE_VERSION) {
 
         if (compat > NGX_HTTP_COLLAB_STORE_VERSION) {
@@ -380,17 +427,32 @@ ngx_http_collab_store_version_reply(redisAsyncContext *ac, void *r,
                       NGX_HTTP_COLLAB_STORE_VERSION);
     }
 
-    if (version >= NGX_HTTP_COLLAB_STORE_VERSION) {
-        if (--rc->setup_pending == 0) {
-            ngx_http_collab_redis_setup_done(rc);
-        }
+    argv[0] = "UNWATCH";
+    argvlen[0] = 7;
 
+    if (redisAsyncCommandArgv(ac, NULL, NULL, 1, argv, argvlen) != REDIS_OK) {
+        redisAsyncDisconnect(ac);
         return;
     }
 
-    ngx_log_error(NGX_LOG_NOTICE, rc->log, 0,
-                  "collab: loading the Redis function library version %d "
-                  "(Redis had %L)", NGX_HTTP_COLLAB_STORE_VERSION, version);
+    if (--rc->setup_pending == 0) {
+        ngx_http_collab_redis_setup_done(rc);
+    }
+}
+
+
+static ngx_int_t
+ngx_http_collab_store_load(redisAsyncContext *ac, ngx_uint_t attempt)
+{
+    const char  *argv[4];
+    size_t       argvlen[4];
+
+    argv[0] = "MULTI";
+    argvlen[0] = 5;
+
+    if (redisAsyncCommandArgv(ac, NULL, NULL, 1, argv, argvlen) != REDIS_OK) {
+        return NGX_ERROR;
+    }
 
     argv[0] = "FUNCTION";
     argvlen[0] = 8;
@@ -401,34 +463,71 @@ ngx_http_collab_store_version_reply(redisAsyncContext *ac, void *r,
     argv[3] = ngx_http_collab_store_lua;
     argvlen[3] = sizeof(ngx_http_collab_store_lua) - 1;
 
-    /* the load takes over the pending setup step */
+    if (redisAsyncCommandArgv(ac, NULL, NULL, 4, argv, argvlen) != REDIS_OK) {
+        return NGX_ERROR;
+    }
 
-    if (redisAsyncCommandArgv(ac, ngx_http_collab_store_setup_reply, NULL, 4,
-                              argv, argvlen)
+    argv[0] = "INCR";
+    argvlen[0] = 4;
+    argv[1] = NGX_HTTP_COLLAB_STORE_LOCK;
+    argvlen[1] = sizeof(NGX_HTTP_COLLAB_STORE_LOCK) - 1;
+
+    if (redisAsyncCommandArgv(ac, NULL, NULL, 2, argv, argvlen) != REDIS_OK) {
+        return NGX_ERROR;
+    }
+
+    argv[0] = "EXEC";
+    argvlen[0] = 4;
+
+    if (redisAsyncCommandArgv(ac, ngx_http_collab_store_load_reply,
+                              (void *) attempt, 1, argv, argvlen)
         != REDIS_OK)
     {
-        redisAsyncDisconnect(ac);
+        return NGX_ERROR;
     }
+
+    return NGX_OK;
 }
 
 
 static void
-ngx_http_collab_store_setup_reply(redisAsyncContext *ac, void *r, void *data)
+ngx_http_collab_store_load_reply(redisAsyncContext *ac, void *r, void *data)
 {
+    ngx_uint_t                attempt;
+    redisReply               *reply, *load;
     ngx_http_collab_redis_t  *rc;
-    redisReply               *reply;
 
     rc = ac->data;
     reply = r;
+    attempt = (ngx_uint_t) data;
 
     if (reply == NULL) {
         return;
     }
 
-    if (reply->type == REDIS_REPLY_ERROR) {
+    if (reply->type == REDIS_REPLY_NIL) {
+        /* another module loaded a library meanwhile: look again */
+
+        ngx_log_error(NGX_LOG_NOTICE, rc->log, 0,
+                      "collab: the Redis function library changed while "
+                      "loading it, checking its version again");
+
+        if (attempt >= NGX_HTTP_COLLAB_STORE_ATTEMPTS
+            || ngx_http_collab_store_check(ac, attempt + 1) != NGX_OK)
+        {
+            redisAsyncDisconnect(ac);
+        }
+
+        return;
+    }
+
+    load = (reply->type == REDIS_REPLY_ARRAY && reply->elements >= 1)
+           ? reply->element[0] : reply;
+
+    if (load->type == REDIS_REPLY_ERROR) {
         ngx_log_error(NGX_LOG_ERR, rc->log, 0,
                       "collab: loading the Redis function library failed "
-                      "(Redis 7.0 or newer is required): %s", reply->str);
+                      "(Redis 7.0 or newer is required): %s", load->str);
         redisAsyncDisconnect(ac);
         return;
     }

@@ -69,6 +69,7 @@ sub with_version {
 }
 
 my $n = 0;
+my $log0;
 sub delta_reply {
     my ($ws) = @_;
     my $id = 'x' . ++$n;
@@ -114,9 +115,28 @@ ok(reconnect(undef, 'b'), 'reconnected against it');
 is(lib_version(), '2.1', 'it is replaced');
 is(delta_reply($ws)->{type}, 'ack', 'the module works');
 
+# check and load are one step (WATCH collab:library, MULTI, FUNCTION LOAD,
+# INCR collab:library, EXEC): another module loading between the check and
+# the load aborts it, and the version is asked again.  Played by an older
+# library whose collab_version changes that key once.
+(my $racy = with_version($code, 1, 1)) =~ s{callback = function\(\) return \{1, 1\} end,\n  flags = \{'no-writes'\}\}}
+    {callback = function() if redis.call('DEL', 'race-once') == 1 then redis.call('INCR', 'collab:library') end return {1, 1} end\}}
+    or die 'no collab_version to replace';
+$t->redis('FUNCTION', 'LOAD', 'REPLACE', $racy);
+$t->redis('SET', 'race-once', 1);
+my $loads = $t->redis('GET', 'collab:library') // 0;
+$log0 = length($t->error_log) + length($t->error_log('b'));
+ok(reconnect(undef, 'b'), 'reconnected against a library that changes while it is checked');
+is($t->redis('EXISTS', 'race-once'), 0, '... the change happened');
+like($t->error_log . $t->error_log('b'), qr/library changed while loading it, checking its version again/,
+    '... the load was aborted and the version asked again');
+is(lib_version(), '2.1', '... and the library is loaded');
+ok($t->redis('GET', 'collab:library') > $loads, 'every load changes collab:library');
+is(delta_reply($ws)->{type}, 'ack', 'the module works');
+
 # a newer library that does not serve this module's version: refused
 $t->redis('FUNCTION', 'LOAD', 'REPLACE', with_version($code, 99, 50));
-my $log0 = length $t->error_log;
+$log0 = length $t->error_log;
 $t->redis('CLIENT', 'KILL', 'TYPE', 'normal', 'SKIPME', 'yes');
 ok(Collab::Test::wait_until(sub { substr($t->error_log, $log0) =~ /upgrade the module/ }, 5),
     'an incompatible newer library: error in the log');
