@@ -153,14 +153,14 @@ sub write_all {
     return 1;
 }
 
-# read at most one chunk into $$bufref; returns bytes read, 0 on EOF,
-# undef on timeout / error
+# read at most one chunk (of at most $max bytes, default 64k) into $$bufref;
+# returns bytes read, 0 on EOF, undef on timeout / error
 sub read_some {
-    my ($s, $bufref, $timeout) = @_;
+    my ($s, $bufref, $timeout, $max) = @_;
     my $deadline = time + ($timeout < 0 ? 0 : $timeout);
     while (1) {
         return undef unless wait_io($s, 0, $deadline - time);
-        my $n = sysread($s, my $chunk, 65536);
+        my $n = sysread($s, my $chunk, $max || 65536);
         if (!defined $n) {
             return undef unless _again() && time < $deadline;
             next;

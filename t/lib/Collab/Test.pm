@@ -337,12 +337,14 @@ sub _inst {
         my $d = $name eq 'main' ? $self->{dir} : "$self->{dir}/$name";
         mkdir $d;
         chmod 0755, $d;
-        { name => $name, dir => $d, port => free_port(), port2 => free_port(), opts => {} };
+        { name => $name, dir => $d, port => free_port(), port2 => free_port(),
+          port3 => free_port(), opts => {} };
     };
 }
 
 sub port  { $_[0]->_inst($_[1])->{port} }
 sub port2 { $_[0]->_inst($_[1])->{port2} }
+sub port3 { $_[0]->_inst($_[1])->{port3} }
 sub instances { sort keys %{ $_[0]{nginx} } }
 
 sub asan_env {
@@ -365,6 +367,7 @@ sub _subst {
     my %v = (
         PORT => $inst->{port},
         PORT2 => $inst->{port2},
+        PORT3 => $inst->{port3} // 0,
         REDIS_PORT => $self->{redis_port} // 0,
         TESTDIR => $self->{dir},
         DIR => $inst->{dir},
@@ -410,7 +413,8 @@ sub _conf_text {
         my ($crt, $key) = $self->tls_cert;
         $c .= "    ssl_certificate $crt;\n    ssl_certificate_key $key;\n";
         my $extra = ' ssl' . ($self->http2 ? ' http2' : '');
-        $body =~ s/^(\s*listen\s+(?:(?!\bssl\b)[^;])*?)\s*;/$1$extra;/mg;
+        # (a listen line that ends with the comment `# no-tls` stays plain)
+        $body =~ s/^(\s*listen\s+(?:(?!\bssl\b)[^;])*?)\s*;(?![^\n]*#\s*no-tls)/$1$extra;/mg;
     }
     $c .= $body;
     $c .= "\n}\n";
@@ -633,7 +637,7 @@ sub check_nginx_conf {
     my ($self, $conf, %o) = @_;
     my $n = ++$self->{checks};
     my $inst = { name => "check$n", dir => "$self->{dir}/check-$n",
-                 port => free_port(), port2 => free_port() };
+                 port => free_port(), port2 => free_port(), port3 => free_port() };
     mkdir $inst->{dir};
     chmod 0755, $inst->{dir};
     my $text;

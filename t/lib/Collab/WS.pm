@@ -17,7 +17,8 @@ package Collab::WS;
 # to omit one of these), extra => bytes sent right behind the handshake in the
 # same write, split_handshake => 1, timeout (default 5), auto_pong (default 1),
 # auto_close_reply (default 1), pump (default = auto_pong), rcvbuf/sndbuf
-# (socket buffers set before connect), tls (default COLLAB_TLS).
+# (socket buffers set before connect), tls (default COLLAB_TLS), read_max
+# (bytes per read: a slow reader; also $ws->{read_max} = N later).
 #
 # While the test waits on anything else (another WebSocket, an SSE stream, an
 # HTTP request, Redis, Collab::HTTP::idle), an open WebSocket with pump on
@@ -58,6 +59,7 @@ sub new {
         eof => 0,
         name => $o{name} || 'ws',
         frames => [],
+        read_max => $o{read_max},
     }, $class;
     $self->{pump} = exists $o{pump} ? $o{pump} : $self->{auto_pong};
     $self->handshake(%o);
@@ -365,7 +367,8 @@ sub read_frame {
         return undef if $self->{eof};
         my $left = $deadline - time;
         $left = 0 if $left < 0;
-        my $n = Collab::HTTP::read_some($self->{sock}, \$self->{buf}, $left);
+        my $n = Collab::HTTP::read_some($self->{sock}, \$self->{buf}, $left,
+            $self->{read_max});
         if (!defined $n) {
             return undef if time >= $deadline;
             next;
