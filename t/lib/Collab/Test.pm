@@ -704,6 +704,50 @@ sub http {
     return Collab::HTTP::request(port => $inst->{port}, %o);
 }
 
+# curl (HTTP/2 tests): curl_start(@args) runs `curl -sS -k @args` in the
+# background, stdout to $c->{out}, stderr to $c->{err}; curl_wait($c, secs)
+# reaps it (1 if it ended, exit code in $c->{rc}); curl_stop($c) ends it
+# (SIGTERM); curl(@args) runs it to the end: ($rc, $stdout, $stderr).
+sub curl_start {
+    my ($self, @args) = @_;
+    my $base = "$self->{dir}/curl-" . ++$self->{curl_n};
+    my $pid = fork;
+    die "fork: $!" unless defined $pid;
+    if (!$pid) {
+        open STDIN, '<', '/dev/null';
+        open STDOUT, '>', "$base.out";
+        open STDERR, '>', "$base.err";
+        exec('curl', '-sS', '-k', @args) or POSIX::_exit(127);
+    }
+    $KILL_AT_END{$pid} = 1;
+    return { pid => $pid, out => "$base.out", err => "$base.err", base => $base };
+}
+
+sub curl_wait {
+    my ($self, $c, $timeout) = @_;
+    return 1 if defined $c->{rc};
+    _reap($c->{pid}, $timeout // 10) or return 0;
+    $c->{rc} = $? >> 8;
+    delete $KILL_AT_END{ $c->{pid} };
+    return 1;
+}
+
+sub curl_stop {
+    my ($self, $c) = @_;
+    return 1 if defined $c->{rc};
+    kill 'TERM', $c->{pid};
+    return $self->curl_wait($c, 5) || do { kill 'KILL', $c->{pid}; $self->curl_wait($c, 2) };
+}
+
+sub curl {
+    my ($self, @args) = @_;
+    my $c = $self->curl_start(@args);
+    $self->curl_wait($c, 60) or $self->curl_stop($c);
+    return ($c->{rc}, _slurp($c->{out}), _slurp($c->{err}));
+}
+
+sub slurp { shift if ref $_[0]; _slurp(@_) }
+
 ###########################################################################
 # the end
 
