@@ -16,7 +16,7 @@ SHELL := /bin/bash
 # (the first is installed when none is). Add what new tests need here, and only here.
 DEB_PACKAGES := nginx|nginx-core nginx-dev libhiredis-dev libjansson-dev libssl-dev \
                 redis-server redis-tools make gcc libc6-dev binutils perl file curl \
-                chromium npm|nodejs
+                openssl libio-socket-ssl-perl chromium npm|nodejs
 
 NGX_SRC      ?= /usr/share/nginx/src
 NGINX_BIN    ?= /usr/sbin/nginx
@@ -123,6 +123,8 @@ $(ASAN_DIR)/$(MODULE_NAME).so: $(ASAN_DIR)/Makefile $(SOURCES) | deps
 # ---------------------------------------------------------------------------------------------
 # tests: the harness (t/lib) reads COLLAB_MODULE, NGINX_BIN, REDIS_SERVER and COLLAB_ASAN
 # (1 = LD_PRELOAD libasan into nginx and fail on any AddressSanitizer report).
+# `prove -r t/` includes t/tls/: the core files again over TLS (COLLAB_TLS=1), the TLS
+# stall/reload cases and HTTP/2 (curl --http2 and t/lib/Collab/H2.pm).
 
 # $(call prove,MODULE,ASAN)
 define prove

@@ -247,7 +247,7 @@ is((ack_for($a, 'a9') // {})->{seq}, 9, 'session still works after too_large');
 
 # ASSUMPTION: unsubscribing frees a slot for another doc
 $a->send_json({ type => 'unsubscribe', doc => 'd3' });
-sleep 0.2;
+ok($a->wait_for({ type => 'unsubscribed', doc => 'd3' }, 5), 'unsubscribed d3');
 $s = $t->subscribe($a, 'd4');
 is($s && $s->{type}, 'subscribed', 'after unsubscribe a new doc fits');
 
@@ -303,7 +303,9 @@ my $old_epoch = $s && $s->{epoch};
 delta($e1, 'ep', "e$_", $_) for 1 .. 3;
 ack_for($e1, 'e3');
 $e1->close;
-sleep 0.3;
+# the worker lets the document go: its channel has no subscriber left
+ok(Collab::Test::wait_until(sub { !@{ $t->redis('PUBSUB', 'CHANNELS', 'collab:{ep}') } }, 10),
+    'the document is released once its last session closed');
 $t->redis('DEL', 'collab:{ep}:log', 'collab:{ep}:state');
 # ASSUMPTION: with no session on the doc, the module reads the epoch from
 # Redis on subscribe and makes a new one when the log is gone

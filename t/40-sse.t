@@ -95,6 +95,11 @@ my $n0 = @{ $s->comments };
 $s->next_event(2.5, comments => 1) for 1 .. 3;
 my @pings = grep { $_->[1] =~ /^ping\b/ } @{ $s->comments }[$n0 .. $#{ $s->comments }];
 ok(@pings >= 1, 'heartbeat comment `: ping` within collab_ping') or diag explain $s->comments;
+# the harness: the writer answered the server's pings while the test waited
+# on the SSE stream, so it is still there (collab_ping 1s drops a silent one)
+ok(scalar @{ $w->pings }, 'the WebSocket writer saw pings while the test read the SSE stream');
+ok($w->is_open, 'and answered them: it is still open');
+ok(!$t->grep_error_log(qr/did not answer pings/), 'no peer dropped for not answering pings');
 
 # a big delta is flushed whole
 my $big = 'b' x 40_000;
@@ -159,7 +164,7 @@ $_->close for @many;
 $w->send_json({ type => 'delta', doc => 's1', id => 'w7', data => 7 });
 ok($w->wait_for({ type => 'ack', id => 'w7' }, 5), 'delta after 20 SSE clients vanished');
 is(seqs(deltas_until($s, 7)), '7', 'the remaining stream still gets it');
-sleep 1.5;    # a heartbeat goes to the closed sockets
+$t->idle(1.5);    # a heartbeat goes to the closed sockets
 
 $s->close;
 $w->close;

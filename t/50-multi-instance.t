@@ -96,7 +96,7 @@ sub writer {
             print $out "w$k-$i " . ($a ? ($a->{type} eq 'ack' ? $a->{seq} : "nack:$a->{code}") : 'timeout') . "\n";
         }
         $n += @win;
-        sleep 0.06;    # keeps the stream going while a subscriber drops
+        $t->idle(0.06);    # keeps the stream going while a subscriber drops
     }
     close $out;
     $ws->close;

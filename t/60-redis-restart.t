@@ -49,7 +49,7 @@ sub until_acked {
     while (time < $deadline) {
         my ($m) = send_delta($ws, $id);
         return $m if $m && $m->{type} eq 'ack';
-        sleep 0.3;
+        $t->idle(0.3);
     }
     return undef;
 }
@@ -90,7 +90,7 @@ is(join(',', map { $_->{seq} } @seen), '1,2,3,4,5', 'subscriber got 1..5');
 
 # --- kill -9
 $t->kill_redis;
-sleep 0.2;
+$t->idle(0.2);
 for my $i (1 .. 3) {
     my ($m, $el) = send_delta($w, "out$i");
     is($m && $m->{type}, 'nack', "delta during the outage ($i) => nack");

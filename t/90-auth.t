@@ -505,7 +505,7 @@ EOF
 {
     my $t0 = time;
     my $ws = $t->ws(path => '/collab');
-    sleep 0.3;
+    $t->idle(0.3);
     $ws->send_json({ type => 'subscribe', doc => 'x' });    # does not count as auth
     my $code = $ws->expect_close(4);
     my $dt = time - $t0;
@@ -554,7 +554,7 @@ EOF
         token => tok(claims => { sub => 'refresher', exp => now() + 60 }) });
     my $w = $ws->wait_for('welcome', 2);
     is($w && $w->{user}, 'refresher', 'a fresh token is answered with a new welcome');
-    sleep($exp - time + 1.5) if $exp - time + 1.5 > 0;
+    $t->idle($exp - time + 1.5) if $exp - time + 1.5 > 0;
     ok($ws->is_open && !$ws->got_close, 'the session outlived the first token');
     $ws->send_json({ type => 'delta', doc => 'refresh-doc', id => 'r1', data => 1 });
     my $a = $ws->wait_for(sub { ($_[0]{id} // '') eq 'r1' }, 3);

@@ -184,7 +184,7 @@ is($r->{json} && $r->{json}[0]{type}, 'ack', 'editor delta over POST: ack');
 # role none: the same answer whether the document exists, nothing created
 # (after the 1 s window of the per-document audit limit, so that this denial
 # gets its own audit entry)
-sleep 1.1;
+$t->idle(1.1);
 my $nobody = sess('nobody');
 $nobody->send_json({ type => 'subscribe', doc => 'acl-1' });
 my $e1 = $nobody->wait_for('error', 3);
@@ -341,7 +341,7 @@ ok($eve_sse->wait_event('subscribed', 3), 'eve has an event stream on main');
 
 # the app announces the ACL it wrote before (audit: '' -> 1)
 announce($LIVE);
-sleep 0.3;
+Collab::Test::wait_until(sub { scalar audit($LIVE, 'acl') }, 5);
 
 my (%reply, @sent, $nsent);
 my $live_n = 0;
@@ -469,14 +469,14 @@ is($a3 && $a3->{type}, 'ack', '... and her edits are accepted again');
     is($acl[2] && $acl[2]{by}, 'application', 'by = "application" without updated_by');
     ok(!grep({ ($_->{ts} // '') !~ /^\d{13}$/ } @acl), 'ts in milliseconds');
     announce($LIVE);
-    sleep 0.3;
+    $t->idle(0.3);
     is(scalar(audit($LIVE, 'acl')), 5, 'announcing an unchanged ACL adds no entry');
 
     # an ACL written and announced while no session has the document open
     # reaches no worker: nobody records it
     set_acl('quiet-doc', { version => 7, default => 'none', users => { olga => 'owner' } });
     announce('quiet-doc');
-    sleep 0.3;
+    $t->idle(0.3);
     TODO: {
         local $TODO = 'only workers subscribed to the document hear the announcement';
         is(scalar(audit('quiet-doc', 'acl')), 1,
@@ -544,7 +544,7 @@ for my $case (['subscribed', 1], ['not subscribed', 0]) {
     ok($added >= 1 && $added <= $max,
         sprintf("flood ($name): %d denied entries for 200 refusals in %.2fs (at most %d)",
             $added, $secs, $max));
-    sleep 1.1;    # the per-document limit window
+    $t->idle(1.1);    # the per-document limit window
 }
 is($t->log_len('flood'), 0, 'nothing of the floods stored');
 

@@ -229,7 +229,7 @@ is(stored_acl('adm-1')->{version}, 2, 'still version 2');
     $dt = (time - $t1) * 1000;
     is($m && $m->{reason}, 'forbidden', 'removed: unsubscribed forbidden');
     ok($dt < 200, sprintf('within 200 ms (%.1f ms)', $dt));
-    sleep 0.3;
+    $t->idle(0.3);
     my @acl = audit('adm-live', 'acl');
     is_deeply([map { "$_->{old}->$_->{new}" } @acl], ['0->1', '1->2', '2->3'],
         'no duplicate audit entries from the workers that reloaded the ACL');

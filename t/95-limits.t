@@ -231,7 +231,7 @@ sub of_type { my ($c, $type, $code) = @_; grep { $_->{type} eq $type && (!$code 
     is(@acks + @nacks, 20, 'the rest get nack rate_limited');
     my $ra = $nacks[0] && $nacks[0]{retry_after_ms} // 0;
     ok($ra > 0 && $ra <= 400, "retry_after_ms from the byte rate (600 bytes at 2k/s: $ra ms)");
-    sleep(($ra + 50) / 1000);
+    $t->idle(($ra + 50) / 1000);
     $big->send_json(delta($DOC, 'b-after', $pad));
     my $m = $big->wait_for({ id => 'b-after' }, 3);
     is($m && $m->{type}, 'ack', 'after retry_after_ms the next one passes');
@@ -296,7 +296,7 @@ sub of_type { my ($c, $type, $code) = @_; grep { $_->{type} eq $type && (!$code 
     my @b = map { $t->ws(path => '/sessions?user=uz') } 1 .. 2;
     is(join(',', map { $_->status } @b), '101,101', 'uz: two sessions of max 2');
     for (1 .. 3) { my $f = $t->ws_session(path => '/collab?user=uz'); $f->close(1000) }
-    sleep 0.2;
+    $t->idle(0.2);
     my $third = $t->ws(path => '/sessions?user=uz');
     is($third->status, 429, 'sessions of the user opened and closed elsewhere do not free places: still 429');
     $_->close(1000) for grep { $_->ok } @b, $third;
@@ -427,7 +427,7 @@ EOF
     $c1->send_json(delta('uc', "c$_")) for 1 .. 12;
     my @c = map { $c1->wait_for({ id => "c$_" }, 3) } 1 .. 12;
     ok((grep { $_ && $_->{type} eq 'nack' } @c), 'uc: over its burst');
-    sleep 1.5;    # 10r/s: the burst of 10 drains in 1 s
+    $t->idle(1.5);    # 10r/s: the burst of 10 drains in 1 s
     my $c2 = $t->ws_session(instance => 'b', path => '/collab?user=uc');
     $c2->send_json(delta('uc', 'c-new'));
     my $cm = $c2->wait_for({ id => 'c-new' }, 3);

@@ -63,7 +63,8 @@ $t->write_nginx_conf(<<'EOF');
 EOF
 $t->start_nginx;
 
-# a WebSocket whose kernel receive buffer is 4096 bytes (set before connect)
+# a WebSocket whose kernel receive buffer is 4096 bytes (set before connect);
+# pump => 0: it stalls while the test waits on the others
 sub slow_ws {
     no warnings 'redefine';
     local *Collab::HTTP::connect_socket = sub {
@@ -76,7 +77,7 @@ sub slow_ws {
         binmode $s;
         return $s;
     };
-    return $t->ws_session(@_);
+    return $t->ws_session(@_, pump => 0);
 }
 
 # reads and discards until EOF or a reset: how many of the clients the server

@@ -97,7 +97,7 @@ sub thaw {
     ($m, $dt) = reply_of($w, 'a3', 3);
     is(what($m), 'nack:unavailable', 'while reconnecting: nack unavailable');
     ok($dt < 1.2, sprintf('without waiting for a timeout (%.2f s)', $dt));
-    sleep 0.8;
+    $t->idle(0.8);
     ok($w->is_open && $sub->is_open, 'the sessions stay open');
     ok($t->grep_error_log(qr/\[error\].*collab: redis command connection to .* dropped: command timed out/),
         'error: command connection dropped: command timed out');
@@ -112,7 +112,7 @@ sub thaw {
             $w->send_json(delta($DOC, $id));
             my ($r) = reply_of($w, $id, 2);
             if ($r && $r->{type} eq 'ack') { $acked{$id} = $r->{seq}; last }
-            sleep 0.2;
+            $t->idle(0.2);
         }
     }
     my $rec = time - $thawed;
@@ -166,7 +166,7 @@ sub thaw {
         $w->send_json(delta($DOC, 'm3'));
         my ($r) = reply_of($w, 'm3', 2);
         $ok = $r && $r->{type} eq 'ack';
-        sleep 0.2 unless $ok;
+        $t->idle(0.2) unless $ok;
     }
     ok($ok, 'after SIGCONT: acked again');
     $w->close(1000);
@@ -241,7 +241,7 @@ sub thaw {
     # the client stops; once Redis runs again, the log shows what was sent to it
     $x->drop;
     thaw();
-    sleep 0.5;
+    $t->idle(0.5);
     my $stored = $t->log_len($DOC);
     ok($stored <= 4, "at most collab_max_inflight = 4 deltas of the session reached Redis ($stored)");
     ok($t->grep_error_log(qr/collab: redis command connection ready/), 'the worker reconnected');

@@ -10,6 +10,9 @@ package Collab::SSE;
 #   $sse->wait_event({event => 'delta'}, 5)   # skipped events are queued
 #   $sse->ended                        # terminal chunk or EOF seen
 #   $sse->comments                     # [[time, text], ...] of all comments
+#
+# Options: path, headers, accept, method, timeout, rcvbuf, tls (default
+# COLLAB_TLS).  While it waits, every open Collab::WS keeps answering pings.
 
 use strict;
 use warnings;
@@ -31,7 +34,8 @@ sub new {
         comments => [],
         ended => 0,
     }, $class;
-    my $s = Collab::HTTP::connect_socket(port => $o{port}, timeout => $self->{timeout})
+    my $s = Collab::HTTP::connect_socket(port => $o{port}, timeout => $self->{timeout},
+        rcvbuf => $o{rcvbuf}, (exists $o{tls} ? (tls => $o{tls}) : ()))
         or die "sse connect to $o{port}: $!";
     $self->{sock} = $s;
     my $path = $o{path} || '/collab';

@@ -16,7 +16,10 @@ package Collab::Test;
 #   $t->done; done_testing;
 #
 # Environment: COLLAB_MODULE (the .so), NGINX_BIN, REDIS_SERVER, COLLAB_ASAN=1,
-# COLLAB_ASAN_OPTIONS, COLLAB_KEEP=1 (keep the temp dir), COLLAB_TMPDIR.
+# COLLAB_ASAN_OPTIONS, COLLAB_KEEP=1 (keep the temp dir), COLLAB_TMPDIR,
+# COLLAB_TLS=1 (every listen gets `ssl`, a self-signed certificate made with
+# the openssl CLI, and the clients speak TLS; COLLAB_HTTP2=1 adds `http2`).
+# new(tls => 1, http2 => 1) does the same for one test file.
 
 use strict;
 use warnings;
@@ -93,6 +96,8 @@ sub new {
         allow => [],
         done => 0,
     }, $class;
+    $ENV{COLLAB_TLS} = 1 if $o{tls};
+    $ENV{COLLAB_HTTP2} = 1 if $o{http2};
 
     if (my $secs = exists $o{timeout} ? $o{timeout} : 240) {
         $SIG{ALRM} = sub {
@@ -107,6 +112,12 @@ sub new {
 }
 
 sub dir        { $_[0]{dir} }
+sub tls        { $ENV{COLLAB_TLS} ? 1 : 0 }
+sub http2      { $ENV{COLLAB_HTTP2} ? 1 : 0 }
+sub scheme     { $_[0]->tls ? 'https' : 'http' }
+
+# a pause that keeps every open WebSocket answering pings (never `sleep`)
+sub idle { shift if ref $_[0]; Collab::HTTP::idle($_[0]) }
 sub redis_port { $_[0]{redis_port} }
 sub testdir    { $_[0]{dir} }
 
@@ -162,7 +173,7 @@ sub wait_redis {
     while (time < $deadline) {
         my ($r, $err) = $self->redis_try('PING');
         return 1 if defined $r && $r eq 'PONG';
-        sleep 0.05;
+        Collab::HTTP::idle(0.05);
     }
     return 0;
 }
@@ -173,7 +184,7 @@ sub _reap {
     while (time < $deadline) {
         my $r = waitpid($pid, WNOHANG);
         return 1 if $r == $pid || $r == -1;
-        sleep 0.02;
+        Collab::HTTP::idle(0.02);
     }
     return 0;
 }
@@ -205,7 +216,7 @@ sub restart_redis {
     $self->stop_redis if $self->{redis_pid};
     # the port may linger briefly
     my $deadline = time + 5;
-    sleep 0.05 while port_open($self->{redis_port}) && time < $deadline;
+    Collab::HTTP::idle(0.05) while port_open($self->{redis_port}) && time < $deadline;
     $self->_spawn_redis;
     $self->wait_redis(15) or die "redis did not come back";
     return $self;
@@ -273,7 +284,8 @@ sub redis_try {
     my $r = eval {
         my $c = $self->{rconn};
         if (!$c) {
-            my $s = Collab::HTTP::connect_socket(port => $self->{redis_port}, timeout => 2)
+            my $s = Collab::HTTP::connect_socket(port => $self->{redis_port}, timeout => 2,
+                tls => 0)
                 or die "redis connect: $!\n";
             $c = $self->{rconn} = { sock => $s, buf => '' };
         }
@@ -325,12 +337,14 @@ sub _inst {
         my $d = $name eq 'main' ? $self->{dir} : "$self->{dir}/$name";
         mkdir $d;
         chmod 0755, $d;
-        { name => $name, dir => $d, port => free_port(), port2 => free_port(), opts => {} };
+        { name => $name, dir => $d, port => free_port(), port2 => free_port(),
+          port3 => free_port(), opts => {} };
     };
 }
 
 sub port  { $_[0]->_inst($_[1])->{port} }
 sub port2 { $_[0]->_inst($_[1])->{port2} }
+sub port3 { $_[0]->_inst($_[1])->{port3} }
 sub instances { sort keys %{ $_[0]{nginx} } }
 
 sub asan_env {
@@ -353,10 +367,14 @@ sub _subst {
     my %v = (
         PORT => $inst->{port},
         PORT2 => $inst->{port2},
+        PORT3 => $inst->{port3} // 0,
         REDIS_PORT => $self->{redis_port} // 0,
         TESTDIR => $self->{dir},
         DIR => $inst->{dir},
     );
+    if ($text =~ /%%SSL_(CERT|KEY)%%/) {
+        @v{qw(SSL_CERT SSL_KEY)} = $self->tls_cert;
+    }
     for my $n ($self->instances) {
         my $i = $self->{nginx}{$n};
         $v{"PORT_$n"} = $i->{port};
@@ -390,7 +408,15 @@ sub _conf_text {
     $c .= "    fastcgi_temp_path $d/fastcgi_temp;\n";
     $c .= "    uwsgi_temp_path $d/uwsgi_temp;\n";
     $c .= "    scgi_temp_path $d/scgi_temp;\n";
-    $c .= $self->_subst($http, $inst);
+    my $body = $self->_subst($http, $inst);
+    if ($self->tls) {
+        my ($crt, $key) = $self->tls_cert;
+        $c .= "    ssl_certificate $crt;\n    ssl_certificate_key $key;\n";
+        my $extra = ' ssl' . ($self->http2 ? ' http2' : '');
+        # (a listen line that ends with the comment `# no-tls` stays plain)
+        $body =~ s/^(\s*listen\s+(?:(?!\bssl\b)[^;])*?)\s*;(?![^\n]*#\s*no-tls)/$1$extra;/mg;
+    }
+    $c .= $body;
     $c .= "\n}\n";
     return $c;
 }
@@ -490,7 +516,7 @@ sub start_nginx {
     while (time < $deadline) {
         $master = $self->master_pid($inst->{name});
         last if $master;
-        sleep 0.02;
+        Collab::HTTP::idle(0.02);
     }
     die "nginx ($inst->{name}): no pid file" unless $master;
     $KILL_AT_END{$master} = 1;
@@ -498,7 +524,7 @@ sub start_nginx {
     my $want = $inst->{opts}{workers} // $self->{opts}{workers} // 1;
     while (time < $deadline) {
         last if _children($master) >= $want && port_open($inst->{port});
-        sleep 0.02;
+        Collab::HTTP::idle(0.02);
     }
     $inst->{running} = 1;
 
@@ -514,7 +540,7 @@ sub start_nginx {
             my $n = () = substr($text, $off > length $text ? 0 : $off)
                 =~ /collab: redis command connection ready/g;
             last if $n >= $want;
-            sleep 0.02;
+            Collab::HTTP::idle(0.02);
         }
     }
     $inst->{log_off} = -s "$inst->{dir}/error.log";
@@ -536,7 +562,7 @@ sub reload_nginx {
     while (time < $deadline) {
         my @new = grep { !$old{$_} } _children($master);
         last if @new >= $want;
-        sleep 0.02;
+        Collab::HTTP::idle(0.02);
     }
     # and until the old workers stopped accepting: they retitle themselves
     # "worker process is shutting down" right before closing the listeners
@@ -546,9 +572,9 @@ sub reload_nginx {
             length $c && $c !~ /shutting down/
         } keys %old;
         last unless $busy;
-        sleep 0.02;
+        Collab::HTTP::idle(0.02);
     }
-    sleep 0.05;
+    Collab::HTTP::idle(0.05);
     return sort keys %old;
 }
 
@@ -559,7 +585,7 @@ sub _wait_gone {
         return 1 unless kill 0, $pid;
         # a zombie of ours?
         waitpid($pid, WNOHANG);
-        sleep 0.02;
+        Collab::HTTP::idle(0.02);
     }
     return !kill 0, $pid;
 }
@@ -611,7 +637,7 @@ sub check_nginx_conf {
     my ($self, $conf, %o) = @_;
     my $n = ++$self->{checks};
     my $inst = { name => "check$n", dir => "$self->{dir}/check-$n",
-                 port => free_port(), port2 => free_port() };
+                 port => free_port(), port2 => free_port(), port3 => free_port() };
     mkdir $inst->{dir};
     chmod 0755, $inst->{dir};
     my $text;
@@ -677,6 +703,50 @@ sub http {
     my $inst = $self->_inst(delete $o{instance});
     return Collab::HTTP::request(port => $inst->{port}, %o);
 }
+
+# curl (HTTP/2 tests): curl_start(@args) runs `curl -sS -k @args` in the
+# background, stdout to $c->{out}, stderr to $c->{err}; curl_wait($c, secs)
+# reaps it (1 if it ended, exit code in $c->{rc}); curl_stop($c) ends it
+# (SIGTERM); curl(@args) runs it to the end: ($rc, $stdout, $stderr).
+sub curl_start {
+    my ($self, @args) = @_;
+    my $base = "$self->{dir}/curl-" . ++$self->{curl_n};
+    my $pid = fork;
+    die "fork: $!" unless defined $pid;
+    if (!$pid) {
+        open STDIN, '<', '/dev/null';
+        open STDOUT, '>', "$base.out";
+        open STDERR, '>', "$base.err";
+        exec('curl', '-sS', '-k', @args) or POSIX::_exit(127);
+    }
+    $KILL_AT_END{$pid} = 1;
+    return { pid => $pid, out => "$base.out", err => "$base.err", base => $base };
+}
+
+sub curl_wait {
+    my ($self, $c, $timeout) = @_;
+    return 1 if defined $c->{rc};
+    _reap($c->{pid}, $timeout // 10) or return 0;
+    $c->{rc} = $? >> 8;
+    delete $KILL_AT_END{ $c->{pid} };
+    return 1;
+}
+
+sub curl_stop {
+    my ($self, $c) = @_;
+    return 1 if defined $c->{rc};
+    kill 'TERM', $c->{pid};
+    return $self->curl_wait($c, 5) || do { kill 'KILL', $c->{pid}; $self->curl_wait($c, 2) };
+}
+
+sub curl {
+    my ($self, @args) = @_;
+    my $c = $self->curl_start(@args);
+    $self->curl_wait($c, 60) or $self->curl_stop($c);
+    return ($c->{rc}, _slurp($c->{out}), _slurp($c->{err}));
+}
+
+sub slurp { shift if ref $_[0]; _slurp(@_) }
 
 ###########################################################################
 # the end
@@ -794,7 +864,7 @@ sub wait_until {
         my $v = $cond->();
         return $v if $v;
         return undef if time >= $deadline;
-        sleep($step // 0.05);
+        Collab::HTTP::idle($step // 0.05);
     }
 }
 
@@ -845,6 +915,21 @@ sub _openssl {
     }
     waitpid($pid, 0);
     die "openssl @args failed (see $log)\n" if $?;
+}
+
+# a self-signed certificate for 127.0.0.1 (made once per test file):
+# returns (certificate file, key file)
+sub tls_cert {
+    my ($self) = @_;
+    my $d = "$self->{dir}/keys";
+    if (!-f "$d/tls.crt") {
+        mkdir $d;
+        $self->_openssl('req', '-x509', '-newkey', 'ec', '-pkeyopt',
+            'ec_paramgen_curve:P-256', '-nodes', '-days', '2', '-subj', '/CN=localhost',
+            '-addext', 'subjectAltName=IP:127.0.0.1,DNS:localhost',
+            '-keyout', "$d/tls.key", '-out', "$d/tls.crt");
+    }
+    return ("$d/tls.crt", "$d/tls.key");
 }
 
 sub jwt_keys {

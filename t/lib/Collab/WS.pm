@@ -16,7 +16,15 @@ package Collab::WS;
 # (extra lines), method, proto, upgrade, connection, version, key (pass undef
 # to omit one of these), extra => bytes sent right behind the handshake in the
 # same write, split_handshake => 1, timeout (default 5), auto_pong (default 1),
-# auto_close_reply (default 1).
+# auto_close_reply (default 1), pump (default = auto_pong), rcvbuf/sndbuf
+# (socket buffers set before connect), tls (default COLLAB_TLS), read_max
+# (bytes per read: a slow reader; also $ws->{read_max} = N later).
+#
+# While the test waits on anything else (another WebSocket, an SSE stream, an
+# HTTP request, Redis, Collab::HTTP::idle), an open WebSocket with pump on
+# keeps reading: it answers pings and queues what it read, as a browser
+# does.  A test that wants a client to stall (stop reading so that the
+# server's queue fills) says so: $ws->pump(0) or pump => 0.
 #
 # Messages that wait_for() skips are kept in a queue that recv_json()/
 # recv_msg() serve first, so nothing is lost while waiting for an ack.
@@ -50,8 +58,12 @@ sub new {
         got_close => 0,
         eof => 0,
         name => $o{name} || 'ws',
+        frames => [],
+        read_max => $o{read_max},
     }, $class;
+    $self->{pump} = exists $o{pump} ? $o{pump} : $self->{auto_pong};
     $self->handshake(%o);
+    Collab::HTTP::register_live($self) if $self->ok;
     return $self;
 }
 
@@ -63,7 +75,8 @@ sub _opt {
 sub handshake {
     my ($self, %o) = @_;
     my $s = Collab::HTTP::connect_socket(port => $o{port}, host => $o{host},
-        timeout => $self->{timeout})
+        timeout => $self->{timeout}, rcvbuf => $o{rcvbuf}, sndbuf => $o{sndbuf},
+        (exists $o{tls} ? (tls => $o{tls}) : ()))
         or die "ws connect to port $o{port}: $!";
     $self->{sock} = $s;
 
@@ -93,7 +106,7 @@ sub handshake {
     if ($o{split_handshake}) {
         for my $i (0 .. length($req) - 1) {
             $self->_write(substr($req, $i, 1)) or last;
-            sleep 0.001;
+            Collab::HTTP::idle(0.001);
         }
     } else {
         $self->_write($req);
@@ -144,6 +157,51 @@ sub close_reason { $_[0]{close_reason} }
 sub got_close   { $_[0]{got_close} }
 sub is_eof      { $_[0]{eof} }
 
+sub tls         { Collab::HTTP::is_tls($_[0]{sock}) }
+
+# pump(0): stop reading while the test waits elsewhere (a stalled client);
+# pump(1): read again.  Returns the previous setting.
+sub pump_on {
+    my ($self, $on) = @_;
+    my $old = $self->{pump};
+    $self->{pump} = $on ? 1 : 0 if defined $on;
+    return $old;
+}
+
+sub pumpable {
+    my ($self) = @_;
+    return $self->{pump} && !$self->{eof} && $self->{sock}
+        && defined Collab::HTTP::_fileno($self->{sock});
+}
+
+# called by Collab::HTTP::wait_io when the socket is readable while the
+# test waits on something else: read, answer pings, queue the frames
+sub pump {
+    my ($self, $on) = @_;
+    return $self->pump_on($on) if @_ > 1;
+    local $Collab::HTTP::PUMPING = 1;
+    for (1 .. 16) {
+        my $n = sysread($self->{sock}, my $chunk, 65536);
+        if (!defined $n) {
+            last if Collab::HTTP::_again();
+            $self->{eof} = 1;    # reset
+            last;
+        }
+        if ($n == 0) { $self->{eof} = 1; last }
+        $self->{buf} .= $chunk;
+        last unless Collab::HTTP::_pending($self->{sock});
+    }
+    while (my $f = $self->_parse_frame) {
+        if ($f->{opcode} == 9) {
+            push @{ $self->{pings} }, [$f->{time}, $f->{payload}];
+            $self->send_pong($f->{payload}) if $self->{auto_pong} && !$self->{sent_close};
+            $f->{handled} = 1;
+        }
+        push @{ $self->{frames} }, $f;
+    }
+    Collab::HTTP::unregister_live($self) if $self->{eof};
+}
+
 sub accept_ok {
     my ($self) = @_;
     my $want = sha1_base64($self->{key} . $GUID) . '=';
@@ -161,7 +219,7 @@ sub send_raw {
         my $sz = $o{split} > 1 ? $o{split} : 1;
         for (my $i = 0; $i < length $data; $i += $sz) {
             $self->_write(substr($data, $i, $sz)) or return undef;
-            sleep($o{delay} // 0.002);
+            Collab::HTTP::idle($o{delay} // 0.002);
         }
         return 1;
     }
@@ -303,12 +361,14 @@ sub read_frame {
     $timeout = $self->{timeout} unless defined $timeout;
     my $deadline = time + $timeout;
     while (1) {
+        return shift @{ $self->{frames} } if @{ $self->{frames} };
         my $f = $self->_parse_frame;
         return $f if $f;
         return undef if $self->{eof};
         my $left = $deadline - time;
         $left = 0 if $left < 0;
-        my $n = Collab::HTTP::read_some($self->{sock}, \$self->{buf}, $left);
+        my $n = Collab::HTTP::read_some($self->{sock}, \$self->{buf}, $left,
+            $self->{read_max});
         if (!defined $n) {
             return undef if time >= $deadline;
             next;
@@ -337,6 +397,10 @@ sub recv_msg {
         my $op = $f->{opcode};
         $self->{server_masked}++ if $f->{masked};
         $self->{server_rsv}++ if $f->{rsv};
+        if ($op == 9 && $f->{handled}) {
+            return { control => 1, %$f } if $o{return_control};
+            next;
+        }
         if ($op == 9) {
             push @{ $self->{pings} }, [$f->{time}, $f->{payload}];
             $self->send_pong($f->{payload}) if $self->{auto_pong} && !$self->{sent_close};
@@ -502,13 +566,15 @@ sub close {
     $self->send_close($code // 1000, $reason) unless $self->{sent_close};
     my $c = $self->expect_close($timeout // 3);
     $self->wait_eof(2);
+    Collab::HTTP::unregister_live($self);
     CORE::close($self->{sock});
     return $c;
 }
 
-# vanish without a close frame
+# vanish without a close frame (over TLS: no close_notify either)
 sub drop {
     my ($self) = @_;
+    Collab::HTTP::unregister_live($self);
     CORE::close($self->{sock}) if $self->{sock};
     $self->{eof} = 1;
 }
@@ -518,8 +584,9 @@ sub is_open {
     my ($self) = @_;
     return 0 if $self->{got_close} || $self->{eof};
     my $sel = IO::Select->new($self->{sock});
-    if ($sel->can_read(0)) {
+    if (Collab::HTTP::_pending($self->{sock}) || $sel->can_read(0)) {
         my $n = sysread($self->{sock}, my $chunk, 65536);
+        if (!defined $n && Collab::HTTP::_again()) { return 1 }
         if (!$n) { $self->{eof} = 1; return 0 }
         $self->{buf} .= $chunk;
     }
@@ -529,12 +596,21 @@ sub is_open {
 # block until any of @$list has data buffered or readable (or timeout)
 sub wait_any {
     my ($list, $timeout) = @_;
-    for my $ws (@$list) {
-        return 1 if @{ $ws->{pending} };
+    my $deadline = time + ($timeout // 0);
+    while (1) {
+        for my $ws (@$list) {
+            return 1 if @{ $ws->{pending} } || @{ $ws->{frames} }
+                || Collab::HTTP::_pending($ws->{sock});
+        }
+        my $sel = IO::Select->new(map { $_->{sock} } grep { !$_->{eof} } @$list);
+        return 0 unless $sel->count;
+        my @r = $sel->can_read(0);
+        return scalar @r if @r;
+        # serves every live client, these ones included (their frames queue)
+        my $left = $deadline - time;
+        Collab::HTTP::idle($left > 0.01 ? 0.01 : $left);
+        return 0 if time >= $deadline;
     }
-    my $sel = IO::Select->new(map { $_->{sock} } grep { !$_->{eof} } @$list);
-    return 0 unless $sel->count;
-    return scalar $sel->can_read($timeout);
 }
 
 1;
