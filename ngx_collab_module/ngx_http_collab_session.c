@@ -657,7 +657,13 @@ ngx_http_collab_session_flush_ws(ngx_http_collab_session_t *s)
         }
     }
 
-    if (s->out == NULL) {
+    /*
+     * Over TLS, what OpenSSL could not write at EAGAIN stays in the SSL
+     * buffer (NGX_SSL_BUFFERED) after its bufs were released: a send_chain()
+     * without input flushes it, and the session is not done until it went.
+     */
+
+    if (s->out == NULL && !c->buffered) {
         return NGX_OK;
     }
 
@@ -666,7 +672,7 @@ ngx_http_collab_session_flush_ws(ngx_http_collab_session_t *s)
                ? NGX_AGAIN : NGX_ERROR;
     }
 
-    cl = c->send_chain(c, &s->out->cl, 0);
+    cl = c->send_chain(c, s->out ? &s->out->cl : NULL, 0);
 
     if (cl == NGX_CHAIN_ERROR) {
         return NGX_ERROR;
@@ -674,7 +680,7 @@ ngx_http_collab_session_flush_ws(ngx_http_collab_session_t *s)
 
     ngx_http_collab_session_sent(s);
 
-    if (s->out) {
+    if (s->out || c->buffered) {
         if (ngx_handle_write_event(c->write, 0) != NGX_OK) {
             return NGX_ERROR;
         }
