@@ -331,6 +331,16 @@ ngx_http_collab_ws_detach(ngx_event_t *ev)
         return;
     }
 
+    if (r->pool->cleanup) {
+        /*
+         * What other modules hung on the request's pool must run when the
+         * session ends, not now: limit_conn's count of the connection,
+         * realip's restoring of the address.  Such a session keeps its
+         * request.
+         */
+        return;
+    }
+
     if (r->out || c->buffered) {
         if (ngx_http_output_filter(r, NULL) == NGX_ERROR
             || r->out || c->buffered)
