@@ -12,8 +12,11 @@
 # Worker RSS stays under +20 MB.
 #
 # The attacker's socket has a 4096-byte receive buffer and the port it uses
-# caps the server's send buffer (sndbuf=32k), so that its pongs fill the
-# sockets after a few thousand pings.
+# caps the server's send buffer (sndbuf=32k).  Before the fix its pongs
+# filled the sockets after a few thousand pings; now it gets one pong per
+# read, and what fills its sockets is the deltas of 4 KB of the document it
+# subscribed to and does not read: a peer that takes nothing of its queue
+# for two collab_ping intervals is dropped, however much it sends.
 
 use strict;
 use warnings;
@@ -79,7 +82,8 @@ my $n = 0;
 sub one_delta {
     my $id = 'd' . ++$n;
     my $t0 = time;
-    $writer->send_json({ type => 'delta', doc => 'flood', id => $id, data => $n });
+    $writer->send_json({ type => 'delta', doc => 'flood', id => $id,
+                         data => { n => $n, pad => 'x' x 4000 } });
     my $ack = $writer->wait_for({ type => 'ack', id => $id }, 5);
     my $got = $reader->wait_for({ type => 'delta', id => $id }, 5);
     return ($ack && $got) ? time - $t0 : undef;
@@ -123,7 +127,8 @@ my $next_delta = time;
     }
 }
 my $pings = int($sent / 6);
-diag(sprintf "%d pings written in %.1f s", $pings, time - $start);
+my $elapsed = time() - $start;
+diag(sprintf "%d pings written in %.1f s", $pings, $elapsed);
 
 while (@lat + ($lost // 0) < $DELTAS) {
     my $l = one_delta();
@@ -140,22 +145,23 @@ ok(defined $worst && $worst < 2, sprintf('each within 2 s (worst %.3f s, %.3f s 
 cmp_ok($rss_max - $rss0, '<', $RSS_BOUND_KB, sprintf('worker RSS grew %d KB (bound %d KB)',
    $rss_max - $rss0, $RSS_BOUND_KB));
 
-# the attacker goes on: it is closed, or it is no longer read (its writes
-# block for 3 s) before it wrote as many pings again; meanwhile the others
-# go on too
+# the attacker goes on, 100,000 pings a second for up to 10 s (two
+# collab_ping intervals and more): it is closed, or it is no longer read (its
+# writes block for 3 s); meanwhile the others go on too
 
 my $fate = 'read';
 {
     local $SIG{PIPE} = 'IGNORE';
-    my $end = time + 15;
-    my $more = 0;
+    my $end = time + 10;
     my $blocked_since;
-    while (time < $end && $more < $PINGS * 6) {
+    my $slot = time;
+    while (time < $end) {
         my $w = syswrite($sock, $chunk, length($chunk) - $off, $off);
         if (defined $w) {
-            $more += $w;
             $off = ($off + $w) % length $chunk;
             $blocked_since = undef;
+            $slot += 0.1 * $w / length $chunk;
+            sleep($slot - time) if $slot > time;
         } elsif ($! == EAGAIN || $! == EWOULDBLOCK) {
             $blocked_since //= time;
             if (time - $blocked_since > 3) { $fate = 'not read'; last }
