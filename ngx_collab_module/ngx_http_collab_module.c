@@ -345,6 +345,19 @@ ngx_http_collab_handler(ngx_http_request_t *r)
         return NGX_HTTP_NOT_ALLOWED;
     }
 
+    if (ngx_exiting || ngx_terminate) {
+        /*
+         * Headers that completed after a reload: the close 1001 was already
+         * sent to this worker's sessions, a new one would stay open until
+         * the worker is killed.  The client reconnects to a new worker.
+         */
+
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "collab: worker is exiting, session refused");
+
+        return NGX_HTTP_SERVICE_UNAVAILABLE;
+    }
+
     if (r->headers_in.upgrade) {
         return ngx_http_collab_ws_handshake(r, lcf);
     }

@@ -261,7 +261,9 @@ struct ngx_http_collab_session_s {
     ngx_http_collab_out_t       *out;
     ngx_http_collab_out_t      **out_last;
     ngx_http_collab_out_t       *out_passed;     /* SSE: handed to filters */
+    ngx_http_collab_out_t       *pong;           /* queued, not yet written */
     size_t                       out_bytes;
+    ngx_msec_t                   out_moved;      /* queue last made progress */
 
     ngx_http_collab_ws_parser_t *parser;
     u_char                      *rest;           /* unparsed, blocked */
@@ -299,6 +301,7 @@ struct ngx_http_collab_session_s {
     unsigned                     close_sent:1;
     unsigned                     close_received:1;
     unsigned                     read_blocked:1;
+    unsigned                     read_full:1;    /* waits for queue room */
     unsigned                     shutdown:1;
     unsigned                     write_posted:1;
     unsigned                     finalize:1;

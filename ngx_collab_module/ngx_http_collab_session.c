@@ -320,6 +320,7 @@ ngx_http_collab_session_cleanup(void *data)
     s->out = NULL;
     s->out_last = &s->out;
     s->out_bytes = 0;
+    s->pong = NULL;
 
     if (s->parser) {
         ngx_free(s->parser);
@@ -420,11 +421,20 @@ ngx_http_collab_session_append(ngx_http_collab_session_t *s,
                    ((u_char *) s->out_last
                     - offsetof(ngx_http_collab_out_t, next));
         last->cl.next = &out->cl;
+
+    } else {
+        /* the queue waits from now on */
+        s->out_moved = ngx_current_msec;
     }
 
     *s->out_last = out;
     s->out_last = &out->next;
     s->out_bytes += len;
+
+    if (s->out_bytes > s->conf->send_queue && !s->drain.timer_set) {
+        /* behind: it must drain within collab_send_timeout */
+        ngx_add_timer(&s->drain, s->conf->send_timeout);
+    }
 
     ngx_http_collab_session_post_write(s);
 }
@@ -474,11 +484,6 @@ ngx_http_collab_session_send(ngx_http_collab_session_t *s,
         return NGX_ERROR;
     }
 
-    if (s->out_bytes + len > s->conf->send_queue && !s->drain.timer_set) {
-        /* behind: it must drain within collab_send_timeout */
-        ngx_add_timer(&s->drain, s->conf->send_timeout);
-    }
-
     out->msg = m;
     m->refs++;
 
@@ -495,7 +500,12 @@ ngx_http_collab_session_send(ngx_http_collab_session_t *s,
 }
 
 
-/* WebSocket control frames, and the SSE heartbeat when opcode is 0 */
+/*
+ * WebSocket control frames, and the SSE heartbeat when opcode is 0.  They
+ * count against the queue like messages.  Only the latest ping needs a
+ * pong (RFC 6455 5.5.3): a pong still waiting in the queue is rewritten
+ * instead of queueing another, so a ping flood holds one pong.
+ */
 
 ngx_int_t
 ngx_http_collab_session_send_ctl(ngx_http_collab_session_t *s,
@@ -508,9 +518,30 @@ ngx_http_collab_session_send_ctl(ngx_http_collab_session_t *s,
         return NGX_DECLINED;
     }
 
+    out = s->pong;
+
+    if (opcode == NGX_HTTP_COLLAB_WS_OP_PONG
+        && out && out->buf.pos == out->buf.start)
+    {
+        s->out_bytes -= out->buf.end - out->buf.start;
+
+        p = ngx_cpymem(out->ctl + 2, data, len);
+        out->ctl[1] = (u_char) len;
+
+        out->buf.last = p;
+        out->buf.end = p;
+        s->out_bytes += p - out->ctl;
+
+        return NGX_OK;
+    }
+
     out = ngx_http_collab_out_get(s->connection->log);
     if (out == NULL) {
         return NGX_ERROR;
+    }
+
+    if (opcode == NGX_HTTP_COLLAB_WS_OP_PONG) {
+        s->pong = out;
     }
 
     p = out->ctl;
@@ -567,10 +598,12 @@ ngx_http_collab_session_write_handler(ngx_http_request_t *r)
 void
 ngx_http_collab_session_flush(ngx_http_collab_session_t *s)
 {
-    ngx_int_t  rc;
+    off_t      sent;
     size_t     before;
+    ngx_int_t  rc;
 
     before = s->out_bytes;
+    sent = s->connection->sent;
 
     if (s->transport == NGX_HTTP_COLLAB_TRANSPORT_WS) {
         rc = ngx_http_collab_session_flush_ws(s);
@@ -583,6 +616,10 @@ ngx_http_collab_session_flush(ngx_http_collab_session_t *s)
         s->connection->error = 1;
         ngx_http_collab_session_finalize(s);
         return;
+    }
+
+    if (s->connection->sent != sent) {
+        s->out_moved = ngx_current_msec;
     }
 
     if (rc == NGX_OK && s->out == NULL && s->finalize) {
@@ -610,6 +647,12 @@ ngx_http_collab_session_flush(ngx_http_collab_session_t *s)
     if (s->out_bytes < before && s->out_bytes <= s->conf->send_queue / 2) {
         /* readers that stopped for room go on */
         ngx_http_collab_doc_resume(s);
+
+        if (s->read_full) {
+            /* and so does reading from the peer */
+            s->read_full = 0;
+            ngx_post_event(s->connection->read, &ngx_posted_events);
+        }
     }
 }
 
@@ -657,7 +700,13 @@ ngx_http_collab_session_flush_ws(ngx_http_collab_session_t *s)
         }
     }
 
-    if (s->out == NULL) {
+    /*
+     * Over TLS, what OpenSSL could not write at EAGAIN stays in the SSL
+     * buffer (NGX_SSL_BUFFERED) after its bufs were released: a send_chain()
+     * without input flushes it, and the session is not done until it went.
+     */
+
+    if (s->out == NULL && !c->buffered) {
         return NGX_OK;
     }
 
@@ -666,7 +715,7 @@ ngx_http_collab_session_flush_ws(ngx_http_collab_session_t *s)
                ? NGX_AGAIN : NGX_ERROR;
     }
 
-    cl = c->send_chain(c, &s->out->cl, 0);
+    cl = c->send_chain(c, s->out ? &s->out->cl : NULL, 0);
 
     if (cl == NGX_CHAIN_ERROR) {
         return NGX_ERROR;
@@ -674,7 +723,7 @@ ngx_http_collab_session_flush_ws(ngx_http_collab_session_t *s)
 
     ngx_http_collab_session_sent(s);
 
-    if (s->out) {
+    if (s->out || c->buffered) {
         if (ngx_handle_write_event(c->write, 0) != NGX_OK) {
             return NGX_ERROR;
         }
@@ -765,6 +814,10 @@ ngx_http_collab_session_sent(ngx_http_collab_session_t *s)
 
         if (s->out_passed == out) {
             s->out_passed = NULL;
+        }
+
+        if (s->pong == out) {
+            s->pong = NULL;
         }
 
         ngx_http_collab_msg_release(out->msg);
@@ -894,10 +947,29 @@ ngx_http_collab_session_ping_handler(ngx_event_t *ev)
             return;
         }
 
-        (void) ngx_http_collab_ws_ping(s);
+        if (s->out
+            && ngx_current_msec - s->out_moved >= 2 * s->conf->ping)
+        {
+            /* it writes (pings, say) but takes nothing of what waits */
 
-    } else {
-        (void) ngx_http_collab_sse_heartbeat(s);
+            ngx_log_error(NGX_LOG_INFO, c->log, 0,
+                          "collab: peer does not read, dropping it");
+
+            c->error = 1;
+            ngx_http_collab_session_end(s);
+            return;
+        }
+    }
+
+    /* a queue that waits carries the heartbeat's purpose already */
+
+    if (s->out == NULL) {
+        if (s->transport == NGX_HTTP_COLLAB_TRANSPORT_WS) {
+            (void) ngx_http_collab_ws_ping(s);
+
+        } else {
+            (void) ngx_http_collab_sse_heartbeat(s);
+        }
     }
 
     ngx_add_timer(&s->ping, s->conf->ping);

@@ -205,11 +205,21 @@ ngx_http_collab_sse_header(ngx_http_request_t *r, const char *key,
 u_char *
 ngx_http_collab_sse_event(ngx_http_collab_msg_t *m, size_t *len)
 {
-    u_char  *p;
-    size_t   n;
+    u_char     *p;
+    size_t      n;
+    ngx_str_t   type;
+
+    static ngx_str_t  error = ngx_string("collab-error");
 
     if (m->sse == NULL) {
-        n = sizeof("event: \nid: :\ndata: \n\n") + m->type.len
+        type = m->type;
+
+        if (type.len == 5 && ngx_strncmp(type.data, "error", 5) == 0) {
+            /* "error" is EventSource's own event for a failed connection */
+            type = error;
+        }
+
+        n = sizeof("event: \nid: :\ndata: \n\n") + type.len
             + m->epoch.len + NGX_INT64_LEN + m->len;
 
         m->sse = ngx_alloc(n, ngx_cycle->log);
@@ -217,7 +227,7 @@ ngx_http_collab_sse_event(ngx_http_collab_msg_t *m, size_t *len)
             return NULL;
         }
 
-        p = ngx_sprintf(m->sse, "event: %V\n", &m->type);
+        p = ngx_sprintf(m->sse, "event: %V\n", &type);
 
         if (m->epoch.len) {
             p = ngx_sprintf(p, "id: %V:%uL\n", &m->epoch, m->seq);

@@ -331,6 +331,16 @@ ngx_http_collab_ws_detach(ngx_event_t *ev)
         return;
     }
 
+    if (r->pool->cleanup) {
+        /*
+         * What other modules hung on the request's pool must run when the
+         * session ends, not now: limit_conn's count of the connection,
+         * realip's restoring of the address.  Such a session keeps its
+         * request.
+         */
+        return;
+    }
+
     if (r->out || c->buffered) {
         if (ngx_http_output_filter(r, NULL) == NGX_ERROR
             || r->out || c->buffered)
@@ -506,6 +516,17 @@ ngx_http_collab_ws_read(ngx_http_collab_session_t *s)
             return;
         }
 
+        /*
+         * A peer that does not take its replies is not read from until its
+         * queue drained to half (ngx_http_collab_session_flush()): whatever
+         * it sends, what it makes the worker hold stays bounded.
+         */
+
+        if (s->out_bytes >= s->conf->send_queue && !s->closing) {
+            s->read_full = 1;
+            return;
+        }
+
         if (s->rest) {
             /* what was left of the last read when the limit was reached */
 
@@ -614,12 +635,14 @@ ngx_http_collab_ws_process(ngx_http_collab_session_t *s, u_char *pos,
             s->msg = NULL;
             s->msg_size = 0;
 
-            if (s->inflight >= s->conf->max_inflight && pos < last
-                && !s->closing)
+            if ((s->inflight >= s->conf->max_inflight
+                 || s->out_bytes >= s->conf->send_queue)
+                && pos < last && !s->closing)
             {
                 /*
-                 * Enough deltas in flight: the rest of this read waits,
-                 * and nothing more is read until acks come back.
+                 * Enough deltas in flight, or a full queue: the rest of
+                 * this read waits, and nothing more is read until acks
+                 * come back or the queue drains (see ws_read()).
                  */
 
                 s->rest = ngx_alloc(last - pos, s->connection->log);
@@ -631,7 +654,13 @@ ngx_http_collab_ws_process(ngx_http_collab_session_t *s, u_char *pos,
 
                 s->rest_len = last - pos;
                 ngx_memcpy(s->rest, pos, s->rest_len);
-                s->read_blocked = 1;
+
+                if (s->inflight >= s->conf->max_inflight) {
+                    s->read_blocked = 1;
+
+                } else {
+                    s->read_full = 1;
+                }
 
                 return NGX_DONE;
             }

@@ -123,14 +123,18 @@ violation('binary frame while a text message is fragmented', 1002, sub {
         ok($f && $f->{opcode} == 10 && $f->{payload} eq $p,
             'pong echoes a ' . length($p) . '-byte ping payload');
     }
-    # 20 pings in one write
+    # 20 pings in one write: only the latest unanswered ping needs its pong
+    # (RFC 6455 5.5.3; docs/limits.md, ping flood)
     $ws->send_raw(join '', map { Collab::WS::build_frame(opcode => 9, payload => "p$_") } 1 .. 20);
     my @p;
-    while (@p < 20) {
+    while (!@p || $p[-1] ne 'p20') {
         my $f = $ws->recv_msg(3, return_control => 1) or last;
         push @p, $f->{payload} if $f->{opcode} == 10;
     }
-    is_deeply(\@p, [map { "p$_" } 1 .. 20], '20 pipelined pings answered in order');
+    my @n = map { /^p(\d+)$/ ? $1 : 0 } @p;
+    ok(@p && $p[-1] eq 'p20' && !grep({ $n[$_] <= $n[$_ - 1] } 1 .. $#n),
+       '20 pipelined pings: pongs in order, the last one answered')
+        or diag("pongs: @p");
     ok(!$ws->{server_masked}, 'server frames are not masked');
     ok(!$ws->{server_rsv}, 'server frames have no RSV bits');
     $ws->close;

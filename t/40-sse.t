@@ -38,7 +38,7 @@ sub sse { $t->sse(path => '/collab?doc=' . shift, @_) }
 
 sub first_sub {
     my ($s) = @_;
-    return $s->wait_event(sub { ($_[0]{event} // '') eq 'subscribed' || ($_[0]{event} // '') eq 'error' }, 5);
+    return $s->wait_event(sub { ($_[0]{event} // '') eq 'subscribed' || ($_[0]{event} // '') eq 'collab-error' }, 5);
 }
 
 sub deltas_until {

@@ -311,7 +311,7 @@ sub of_type { my ($c, $type, $code) = @_; grep { $_->{type} eq $type && (!$code 
     is($t->subscribe($s[0], 'pd')->{type}, 'subscribed', 'a re-subscribe of a member is not refused');
     is($t->subscribe($s[2], 'pd-other')->{type}, 'subscribed', 'other documents are not affected');
     my $sse2 = $t->sse(path => '/sessions?user=d4&doc=pd');
-    my $ev = $sse2->wait_event(sub { $_[0]{event} eq 'error' || $_[0]{event} eq 'subscribed' }, 3);
+    my $ev = $sse2->wait_event(sub { $_[0]{event} eq 'collab-error' || $_[0]{event} eq 'subscribed' }, 3);
     is($ev && $ev->{json}{code}, 'rate_limited', 'per doc: an event stream over the limit gets error rate_limited');
     $sse2->wait_end(3) if $sse2->can('wait_end');
     ok($sse2->ended, 'and the stream ends');
