@@ -13,22 +13,36 @@
 /*
  * POST: clients without WebSocket send their messages as one JSON object or
  * an array and get one reply per message, in order, once every delta has
- * been stored (or refused).
+ * been stored (or refused).  Every message gets exactly one reply: what a
+ * path forgets to answer is answered "internal" here.  Redis replies only
+ * fill their slots; the request is finished from its own write event, never
+ * from inside a Redis reply handler.
  */
 
 
 #define NGX_HTTP_COLLAB_POST_MAX_MESSAGES  1000
 
+/* a byte per slot after the reply pointers: answered or not */
+#define ngx_http_collab_post_answered(s)                                     \
+    ((u_char *) ((s)->replies + (s)->nreplies))
+
 
 static void ngx_http_collab_post_body(ngx_http_request_t *r);
+static void ngx_http_collab_post_message(ngx_http_collab_session_t *s,
+    json_t *root, ngx_uint_t i);
 static void ngx_http_collab_post_empty(ngx_http_request_t *r);
 static ngx_int_t ngx_http_collab_post_read(ngx_http_request_t *r,
     ngx_str_t *body);
-static void ngx_http_collab_post_done(ngx_http_collab_session_t *s);
+static void ngx_http_collab_post_finish(ngx_http_request_t *r);
 static ngx_int_t ngx_http_collab_post_respond(ngx_http_request_t *r,
     ngx_uint_t status, ngx_chain_t *out, size_t len);
 static void ngx_http_collab_post_error(ngx_http_request_t *r,
     ngx_uint_t status, const char *code, const char *message);
+
+
+static u_char  ngx_http_collab_post_lost[] =
+    "{\"type\":\"error\",\"code\":\"internal\","
+    "\"message\":\"no reply: the outcome is unknown\"}";
 
 
 ngx_int_t
@@ -51,7 +65,7 @@ static void
 ngx_http_collab_post_body(ngx_http_request_t *r)
 {
     size_t                       n, i;
-    json_t                      *root, *msg;
+    json_t                      *root;
     ngx_int_t                    status;
     ngx_str_t                    body;
     json_error_t                 err;
@@ -115,7 +129,8 @@ ngx_http_collab_post_body(ngx_http_request_t *r)
         return;
     }
 
-    s->replies = ngx_pcalloc(r->pool, n * sizeof(ngx_http_collab_msg_t *));
+    s->replies = ngx_pcalloc(r->pool,
+                             n * (sizeof(ngx_http_collab_msg_t *) + 1));
     if (s->replies == NULL) {
         json_decref(root);
         ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
@@ -127,28 +142,65 @@ ngx_http_collab_post_body(ngx_http_request_t *r)
     /* one more than the messages: nothing is sent before the loop ends */
     s->pending = n + 1;
 
+    r->write_event_handler = ngx_http_collab_post_finish;
+
     for (i = 0; i < n; i++) {
-        msg = json_is_array(root) ? json_array_get(root, i) : root;
-
-        /* the limit of a WebSocket message holds for each message here */
-
-        if (json_is_array(root)
-            && json_dumpb(msg, NULL, 0, JSON_COMPACT) > lcf->max_message)
-        {
-            ngx_http_collab_post_reply(s, i,
-                ngx_http_collab_msg_error("error", "too_large", NULL, NULL,
-                                          "the message is larger than "
-                                          "collab_max_message"));
-            continue;
-        }
-
-        s->cur_len = 0;
-        (void) ngx_http_collab_proto_handle_json(s, msg, i);
+        ngx_http_collab_post_message(s, root, i);
     }
 
     json_decref(root);
 
-    ngx_http_collab_post_done(s);
+    /*
+     * The token was valid for every message; what is left is waiting for
+     * Redis, which an expiry must not cut short.
+     */
+
+    if (s->expire.timer_set) {
+        ngx_del_timer(&s->expire);
+    }
+
+    if (--s->pending == 0) {
+        ngx_http_collab_post_finish(r);
+    }
+}
+
+
+static void
+ngx_http_collab_post_message(ngx_http_collab_session_t *s, json_t *root,
+    ngx_uint_t i)
+{
+    json_t       *msg;
+    ngx_queue_t  *last;
+
+    msg = json_is_array(root) ? json_array_get(root, i) : root;
+
+    /* the limit of a WebSocket message holds for each message here */
+
+    s->cur_len = json_dumpb(msg, NULL, 0, JSON_COMPACT|JSON_ENCODE_ANY);
+
+    if (json_is_array(root) && s->cur_len > s->conf->max_message) {
+        ngx_http_collab_post_reply(s, i,
+            ngx_http_collab_msg_error("error", "too_large", NULL, NULL,
+                                      "the message is larger than "
+                                      "collab_max_message"));
+        return;
+    }
+
+    /* a command sent for the message answers it later */
+    last = ngx_queue_last(&s->cmds);
+
+    (void) ngx_http_collab_proto_handle_json(s, msg, i);
+
+    if (ngx_http_collab_post_answered(s)[i]
+        || ngx_queue_last(&s->cmds) != last)
+    {
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_ERR, s->connection->log, 0,
+                  "collab: message %ui of a POST got no reply", i);
+
+    ngx_http_collab_post_reply(s, i, NULL);
 }
 
 
@@ -211,50 +263,65 @@ ngx_http_collab_post_read(ngx_http_request_t *r, ngx_str_t *body)
 }
 
 
+/* m NULL: the reply could not be built; the slot is answered all the same */
+
 void
 ngx_http_collab_post_reply(ngx_http_collab_session_t *s, ngx_uint_t slot,
     ngx_http_collab_msg_t *m)
 {
-    if (slot >= s->nreplies || s->replies[slot]) {
+    u_char  *answered;
+
+    answered = ngx_http_collab_post_answered(s);
+
+    if (slot >= s->nreplies || answered[slot]) {
         /* one reply per message: the first one counts */
         ngx_http_collab_msg_release(m);
         return;
     }
 
+    answered[slot] = 1;
     s->replies[slot] = m;
 
-    ngx_http_collab_post_done(s);
+    if (--s->pending == 0) {
+        /* the caller may be a Redis reply handler: finish from the request */
+        ngx_post_event(s->connection->write, &ngx_posted_events);
+    }
 }
 
 
-static void
-ngx_http_collab_post_done(ngx_http_collab_session_t *s)
-{
-    u_char              *p;
-    size_t               len;
-    ngx_buf_t           *b;
-    ngx_uint_t           i;
-    ngx_chain_t          out;
-    ngx_connection_t    *c;
-    ngx_http_request_t  *r;
+/* the write handler of the request: answers once every slot is answered */
 
-    if (--s->pending) {
+static void
+ngx_http_collab_post_finish(ngx_http_request_t *r)
+{
+    u_char                     *p;
+    size_t                      len;
+    ngx_buf_t                  *b;
+    ngx_uint_t                  i;
+    ngx_chain_t                 out;
+    ngx_http_collab_msg_t      *m;
+    ngx_http_collab_session_t  *s;
+
+    s = ngx_http_get_module_ctx(r, ngx_http_collab_module);
+
+    /* a write event before the last reply; or a session closed early */
+
+    if (s == NULL || (s->pending && !s->closing)) {
         return;
     }
 
-    r = s->request;
-    c = r->connection;
+    r->write_event_handler = ngx_http_request_empty_handler;
 
     len = 2;
 
     for (i = 0; i < s->nreplies; i++) {
-        len += (s->replies[i] ? s->replies[i]->len : 4) + 1;
+        m = s->replies[i];
+        len += (m ? m->len : sizeof(ngx_http_collab_post_lost) - 1) + 1;
     }
 
     b = ngx_create_temp_buf(r->pool, len);
     if (b == NULL) {
         ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
-        ngx_http_run_posted_requests(c);
         return;
     }
 
@@ -266,12 +333,11 @@ ngx_http_collab_post_done(ngx_http_collab_session_t *s)
             *p++ = ',';
         }
 
-        if (s->replies[i]) {
-            p = ngx_cpymem(p, s->replies[i]->json, s->replies[i]->len);
+        m = s->replies[i];
 
-        } else {
-            p = ngx_cpymem(p, "null", 4);
-        }
+        p = m ? ngx_cpymem(p, m->json, m->len)
+              : ngx_cpymem(p, ngx_http_collab_post_lost,
+                           sizeof(ngx_http_collab_post_lost) - 1);
     }
 
     *p++ = ']';
@@ -286,7 +352,6 @@ ngx_http_collab_post_done(ngx_http_collab_session_t *s)
     ngx_http_finalize_request(r, ngx_http_collab_post_respond(r, NGX_HTTP_OK,
                                                               &out,
                                                               p - b->pos));
-    ngx_http_run_posted_requests(c);
 }
 
 
