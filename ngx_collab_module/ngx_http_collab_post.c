@@ -20,20 +20,24 @@
  */
 
 
-#define NGX_HTTP_COLLAB_POST_MAX_MESSAGES  1000
-
 /* a byte per slot after the reply pointers: answered or not */
 #define ngx_http_collab_post_answered(s)                                     \
     ((u_char *) ((s)->replies + (s)->nreplies))
 
 
+static ngx_int_t ngx_http_collab_post_is_json(ngx_http_request_t *r);
 static void ngx_http_collab_post_body(ngx_http_request_t *r);
-static void ngx_http_collab_post_message(ngx_http_collab_session_t *s,
+static ngx_msec_t ngx_http_collab_post_message(ngx_http_collab_session_t *s,
     json_t *root, ngx_uint_t i);
+static ngx_int_t ngx_http_collab_post_is_delta(json_t *msg);
+static ngx_http_collab_msg_t *ngx_http_collab_post_limited(json_t *msg,
+    ngx_msec_t retry);
 static void ngx_http_collab_post_empty(ngx_http_request_t *r);
 static ngx_int_t ngx_http_collab_post_read(ngx_http_request_t *r,
     ngx_str_t *body);
 static void ngx_http_collab_post_finish(ngx_http_request_t *r);
+static void ngx_http_collab_post_send(ngx_http_request_t *r,
+    ngx_http_collab_session_t *s, ngx_uint_t status, ngx_msec_t retry);
 static ngx_int_t ngx_http_collab_post_respond(ngx_http_request_t *r,
     ngx_uint_t status, ngx_chain_t *out, size_t len);
 static void ngx_http_collab_post_error(ngx_http_request_t *r,
@@ -51,6 +55,13 @@ ngx_http_collab_post_start(ngx_http_request_t *r,
 {
     ngx_int_t  rc;
 
+    if (!ngx_http_collab_post_is_json(r)) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "collab: POST without \"Content-Type: "
+                      "application/json\"");
+        return NGX_HTTP_UNSUPPORTED_MEDIA_TYPE;
+    }
+
     rc = ngx_http_read_client_request_body(r, ngx_http_collab_post_body);
 
     if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
@@ -61,12 +72,46 @@ ngx_http_collab_post_start(ngx_http_request_t *r,
 }
 
 
+/*
+ * A browser sends a cross-site form or text/plain without asking; for
+ * application/json it asks first (CORS preflight, OPTIONS: refused here).
+ */
+
+static ngx_int_t
+ngx_http_collab_post_is_json(ngx_http_request_t *r)
+{
+    u_char           *p, *last;
+    ngx_table_elt_t  *h;
+
+    h = r->headers_in.content_type;
+
+    if (h == NULL || h->value.len < sizeof("application/json") - 1
+        || ngx_strncasecmp(h->value.data, (u_char *) "application/json",
+                           sizeof("application/json") - 1)
+           != 0)
+    {
+        return 0;
+    }
+
+    p = h->value.data + sizeof("application/json") - 1;
+    last = h->value.data + h->value.len;
+
+    while (p < last && (*p == ' ' || *p == '\t')) {
+        p++;
+    }
+
+    return p == last || *p == ';';
+}
+
+
 static void
 ngx_http_collab_post_body(ngx_http_request_t *r)
 {
     size_t                       n, i;
     json_t                      *root;
     ngx_int_t                    status;
+    ngx_msec_t                   retry, t;
+    ngx_uint_t                   limited;
     ngx_str_t                    body;
     json_error_t                 err;
     ngx_http_collab_session_t   *s;
@@ -113,10 +158,13 @@ ngx_http_collab_post_body(ngx_http_request_t *r)
         return;
     }
 
-    if (n > NGX_HTTP_COLLAB_POST_MAX_MESSAGES) {
+    if (n > lcf->post_max_messages) {
         json_decref(root);
-        ngx_http_collab_post_error(r, NGX_HTTP_BAD_REQUEST, "too_large",
-                                   "the body holds more than 1000 messages");
+        ngx_snprintf(text, sizeof(text) - 1, "the body holds more than %ui "
+                     "messages (collab_post_max_messages)%Z",
+                     lcf->post_max_messages);
+        ngx_http_collab_post_error(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
+                                   "too_large", (char *) text);
         return;
     }
 
@@ -144,8 +192,16 @@ ngx_http_collab_post_body(ngx_http_request_t *r)
 
     r->write_event_handler = ngx_http_collab_post_finish;
 
+    limited = 0;
+    retry = 0;
+
     for (i = 0; i < n; i++) {
-        ngx_http_collab_post_message(s, root, i);
+        t = ngx_http_collab_post_message(s, root, i);
+
+        if (t) {
+            limited++;
+            retry = ngx_max(retry, t);
+        }
     }
 
     json_decref(root);
@@ -159,20 +215,37 @@ ngx_http_collab_post_body(ngx_http_request_t *r)
         ngx_del_timer(&s->expire);
     }
 
+    if (limited) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "collab: POST over the rate limit, %ui of %uz "
+                      "messages refused", limited, n);
+    }
+
     if (--s->pending == 0) {
-        ngx_http_collab_post_finish(r);
+        /* refused as a whole: a status that says so */
+        ngx_http_collab_post_send(r, s, limited == n ? NGX_HTTP_TOO_MANY_REQUESTS
+                                                     : NGX_HTTP_OK, retry);
     }
 }
 
 
-static void
+/* handles one message; > 0: refused by the POST limit, ms to wait */
+
+static ngx_msec_t
 ngx_http_collab_post_message(ngx_http_collab_session_t *s, json_t *root,
     ngx_uint_t i)
 {
     json_t       *msg;
+    ngx_msec_t    retry;
     ngx_queue_t  *last;
 
     msg = json_is_array(root) ? json_array_get(root, i) : root;
+
+    if (ngx_http_collab_limit_post(s, &retry) == NGX_BUSY) {
+        ngx_http_collab_post_reply(s, i,
+                                   ngx_http_collab_post_limited(msg, retry));
+        return ngx_max(retry, 1);
+    }
 
     /* the limit of a WebSocket message holds for each message here */
 
@@ -183,7 +256,7 @@ ngx_http_collab_post_message(ngx_http_collab_session_t *s, json_t *root,
             ngx_http_collab_msg_error("error", "too_large", NULL, NULL,
                                       "the message is larger than "
                                       "collab_max_message"));
-        return;
+        return 0;
     }
 
     /* a command sent for the message answers it later */
@@ -194,13 +267,65 @@ ngx_http_collab_post_message(ngx_http_collab_session_t *s, json_t *root,
     if (ngx_http_collab_post_answered(s)[i]
         || ngx_queue_last(&s->cmds) != last)
     {
-        return;
+        return 0;
     }
 
     ngx_log_error(NGX_LOG_ERR, s->connection->log, 0,
                   "collab: message %ui of a POST got no reply", i);
 
     ngx_http_collab_post_reply(s, i, NULL);
+
+    return 0;
+}
+
+
+static ngx_int_t
+ngx_http_collab_post_is_delta(json_t *msg)
+{
+    const char  *type;
+
+    type = json_string_value(json_object_get(msg, "type"));
+
+    return type != NULL && ngx_strcmp(type, "delta") == 0;
+}
+
+
+/* a delta gets the nack a WebSocket would get; anything else an error */
+
+static ngx_http_collab_msg_t *
+ngx_http_collab_post_limited(json_t *msg, ngx_msec_t retry)
+{
+    json_t     *v, *d;
+    ngx_str_t   id, doc;
+
+    v = json_object_get(msg, "id");
+    d = json_object_get(msg, "doc");
+
+    if (json_is_string(v) && json_is_string(d)
+        && ngx_http_collab_post_is_delta(msg))
+    {
+        id.data = (u_char *) json_string_value(v);
+        id.len = json_string_length(v);
+        doc.data = (u_char *) json_string_value(d);
+        doc.len = json_string_length(d);
+
+        if (id.len && id.len <= NGX_HTTP_COLLAB_OPID_MAX
+            && ngx_http_collab_doc_id_valid(doc.data, doc.len))
+        {
+            return ngx_http_collab_msg_build("nack", "id", 'S', &id,
+                                             "doc", 'S', &doc,
+                                             "code", 'C', "rate_limited",
+                                             "message", 'C', "too many "
+                                             "messages: slow down",
+                                             "retry_after_ms", 'I',
+                                             (int64_t) retry, NULL);
+        }
+    }
+
+    return ngx_http_collab_msg_build("error", "code", 'C', "rate_limited",
+                                     "message", 'C', "too many messages: "
+                                     "slow down", "retry_after_ms", 'I',
+                                     (int64_t) retry, NULL);
 }
 
 
@@ -294,12 +419,6 @@ ngx_http_collab_post_reply(ngx_http_collab_session_t *s, ngx_uint_t slot,
 static void
 ngx_http_collab_post_finish(ngx_http_request_t *r)
 {
-    u_char                     *p;
-    size_t                      len;
-    ngx_buf_t                  *b;
-    ngx_uint_t                  i;
-    ngx_chain_t                 out;
-    ngx_http_collab_msg_t      *m;
     ngx_http_collab_session_t  *s;
 
     s = ngx_http_get_module_ctx(r, ngx_http_collab_module);
@@ -310,7 +429,43 @@ ngx_http_collab_post_finish(ngx_http_request_t *r)
         return;
     }
 
+    ngx_http_collab_post_send(r, s, NGX_HTTP_OK, 0);
+}
+
+
+static void
+ngx_http_collab_post_send(ngx_http_request_t *r, ngx_http_collab_session_t *s,
+    ngx_uint_t status, ngx_msec_t retry)
+{
+    u_char                 *p;
+    size_t                  len;
+    ngx_buf_t              *b;
+    ngx_uint_t              i;
+    ngx_chain_t             out;
+    ngx_table_elt_t        *h;
+    ngx_http_collab_msg_t  *m;
+
     r->write_event_handler = ngx_http_request_empty_handler;
+
+    if (retry) {
+        h = ngx_list_push(&r->headers_out.headers);
+        if (h == NULL) {
+            ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+            return;
+        }
+
+        h->hash = 1;
+        ngx_str_set(&h->key, "Retry-After");
+
+        h->value.data = ngx_pnalloc(r->pool, NGX_TIME_T_LEN);
+        if (h->value.data == NULL) {
+            ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+            return;
+        }
+
+        h->value.len = ngx_sprintf(h->value.data, "%M", (retry + 999) / 1000)
+                       - h->value.data;
+    }
 
     len = 2;
 
@@ -349,7 +504,7 @@ ngx_http_collab_post_finish(ngx_http_request_t *r)
     out.buf = b;
     out.next = NULL;
 
-    ngx_http_finalize_request(r, ngx_http_collab_post_respond(r, NGX_HTTP_OK,
+    ngx_http_finalize_request(r, ngx_http_collab_post_respond(r, status,
                                                               &out,
                                                               p - b->pos));
 }
