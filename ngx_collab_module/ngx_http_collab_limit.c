@@ -354,11 +354,13 @@ ngx_http_collab_limit_message(ngx_http_collab_session_t *s, size_t len,
  * POST: one bucket per user, or per client address (an IPv6 /64) when the
  * request has no identity of its own, shared by every request of the
  * instance, at the rate and burst of collab_rate.  Every message of a body
- * costs one.  NGX_BUSY: over it, *retry in ms.
+ * costs one.  NGX_BUSY: over it, *retry in ms.  A peek only tells whether
+ * the next message would pass.
  */
 
 ngx_int_t
-ngx_http_collab_limit_post(ngx_http_collab_session_t *s, ngx_msec_t *retry)
+ngx_http_collab_limit_post(ngx_http_collab_session_t *s, ngx_uint_t peek,
+    ngx_msec_t *retry)
 {
     uint32_t                       key;
     ngx_int_t                      rc;
@@ -423,6 +425,10 @@ ngx_http_collab_limit_post(ngx_http_collab_session_t *s, ngx_msec_t *retry)
 
     rc = ngx_http_collab_limit_bucket(&slot->excess, &slot->last, lcf->rate,
                                       lcf->burst, 1000, retry);
+
+    if (peek && rc == NGX_OK) {
+        slot->excess -= 1000;
+    }
 
     ngx_shmtx_unlock(&shpool->mutex);
 

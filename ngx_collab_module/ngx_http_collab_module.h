@@ -471,7 +471,7 @@ char *ngx_http_collab_limit_zone(ngx_conf_t *cf, ngx_command_t *cmd,
 ngx_int_t ngx_http_collab_limit_zone_add(ngx_conf_t *cf,
     ngx_http_collab_main_conf_t *mcf, size_t size);
 ngx_int_t ngx_http_collab_limit_post(ngx_http_collab_session_t *s,
-    ngx_msec_t *retry);
+    ngx_uint_t peek, ngx_msec_t *retry);
 ngx_int_t ngx_http_collab_limit_message(ngx_http_collab_session_t *s,
     size_t len, ngx_msec_t *retry);
 ngx_int_t ngx_http_collab_limit_acquire(ngx_http_collab_session_t *s,

@@ -42,6 +42,10 @@ static ngx_int_t ngx_http_collab_post_respond(ngx_http_request_t *r,
     ngx_uint_t status, ngx_chain_t *out, size_t len);
 static void ngx_http_collab_post_error(ngx_http_request_t *r,
     ngx_uint_t status, const char *code, const char *message);
+static ngx_int_t ngx_http_collab_post_one(ngx_http_request_t *r,
+    ngx_uint_t status, ngx_http_collab_msg_t *m);
+static ngx_int_t ngx_http_collab_post_retry_after(ngx_http_request_t *r,
+    ngx_msec_t retry);
 
 
 static u_char  ngx_http_collab_post_lost[] =
@@ -53,13 +57,47 @@ ngx_int_t
 ngx_http_collab_post_start(ngx_http_request_t *r,
     ngx_http_collab_loc_conf_t *lcf)
 {
-    ngx_int_t  rc;
+    ngx_int_t                   rc, status;
+    ngx_msec_t                  retry;
+    ngx_http_collab_msg_t      *m;
+    ngx_http_collab_session_t  *s;
 
     if (!ngx_http_collab_post_is_json(r)) {
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                       "collab: POST without \"Content-Type: "
                       "application/json\"");
         return NGX_HTTP_UNSUPPORTED_MEDIA_TYPE;
+    }
+
+    s = ngx_http_collab_session_create(r, lcf,
+                                       NGX_HTTP_COLLAB_TRANSPORT_POST,
+                                       &status);
+    if (s == NULL) {
+        return status;
+    }
+
+    /* a flooder's body is not even parsed while its bucket is empty */
+
+    if (ngx_http_collab_limit_post(s, 1, &retry) == NGX_BUSY) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "collab: POST over the rate limit, refused whole");
+
+        rc = ngx_http_discard_request_body(r);
+        if (rc != NGX_OK) {
+            return rc;
+        }
+
+        m = ngx_http_collab_msg_build("error", "code", 'C', "rate_limited",
+                                      "message", 'C', "too many messages: "
+                                      "slow down", "retry_after_ms", 'I',
+                                      (int64_t) retry, NULL);
+
+        if (ngx_http_collab_post_retry_after(r, retry) != NGX_OK) {
+            ngx_http_collab_msg_release(m);
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        return ngx_http_collab_post_one(r, NGX_HTTP_TOO_MANY_REQUESTS, m);
     }
 
     rc = ngx_http_read_client_request_body(r, ngx_http_collab_post_body);
@@ -109,7 +147,6 @@ ngx_http_collab_post_body(ngx_http_request_t *r)
 {
     size_t                       n, i;
     json_t                      *root;
-    ngx_int_t                    status;
     ngx_msec_t                   retry, t;
     ngx_uint_t                   limited;
     ngx_str_t                    body;
@@ -168,14 +205,7 @@ ngx_http_collab_post_body(ngx_http_request_t *r)
         return;
     }
 
-    s = ngx_http_collab_session_create(r, lcf,
-                                       NGX_HTTP_COLLAB_TRANSPORT_POST,
-                                       &status);
-    if (s == NULL) {
-        json_decref(root);
-        ngx_http_finalize_request(r, status);
-        return;
-    }
+    s = ngx_http_get_module_ctx(r, ngx_http_collab_module);
 
     s->replies = ngx_pcalloc(r->pool,
                              n * (sizeof(ngx_http_collab_msg_t *) + 1));
@@ -241,7 +271,7 @@ ngx_http_collab_post_message(ngx_http_collab_session_t *s, json_t *root,
 
     msg = json_is_array(root) ? json_array_get(root, i) : root;
 
-    if (ngx_http_collab_limit_post(s, &retry) == NGX_BUSY) {
+    if (ngx_http_collab_limit_post(s, 0, &retry) == NGX_BUSY) {
         ngx_http_collab_post_reply(s, i,
                                    ngx_http_collab_post_limited(msg, retry));
         return ngx_max(retry, 1);
@@ -442,29 +472,13 @@ ngx_http_collab_post_send(ngx_http_request_t *r, ngx_http_collab_session_t *s,
     ngx_buf_t              *b;
     ngx_uint_t              i;
     ngx_chain_t             out;
-    ngx_table_elt_t        *h;
     ngx_http_collab_msg_t  *m;
 
     r->write_event_handler = ngx_http_request_empty_handler;
 
-    if (retry) {
-        h = ngx_list_push(&r->headers_out.headers);
-        if (h == NULL) {
-            ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
-            return;
-        }
-
-        h->hash = 1;
-        ngx_str_set(&h->key, "Retry-After");
-
-        h->value.data = ngx_pnalloc(r->pool, NGX_TIME_T_LEN);
-        if (h->value.data == NULL) {
-            ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
-            return;
-        }
-
-        h->value.len = ngx_sprintf(h->value.data, "%M", (retry + 999) / 1000)
-                       - h->value.data;
+    if (retry && ngx_http_collab_post_retry_after(r, retry) != NGX_OK) {
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
     }
 
     len = 2;
@@ -561,21 +575,29 @@ static void
 ngx_http_collab_post_error(ngx_http_request_t *r, ngx_uint_t status,
     const char *code, const char *message)
 {
-    ngx_buf_t              *b;
-    ngx_chain_t             out;
-    ngx_http_collab_msg_t  *m;
+    ngx_http_finalize_request(r, ngx_http_collab_post_one(r, status,
+                                     ngx_http_collab_msg_error("error", code,
+                                         NULL, NULL, "%s", message)));
+}
 
-    m = ngx_http_collab_msg_error("error", code, NULL, NULL, "%s", message);
+
+/* a response of one message, for the request as a whole */
+
+static ngx_int_t
+ngx_http_collab_post_one(ngx_http_request_t *r, ngx_uint_t status,
+    ngx_http_collab_msg_t *m)
+{
+    ngx_buf_t    *b;
+    ngx_chain_t   out;
+
     if (m == NULL) {
-        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
-        return;
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     b = ngx_create_temp_buf(r->pool, m->len + 2);
     if (b == NULL) {
         ngx_http_collab_msg_release(m);
-        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
-        return;
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     *b->last++ = '[';
@@ -589,7 +611,30 @@ ngx_http_collab_post_error(ngx_http_request_t *r, ngx_uint_t status,
     out.buf = b;
     out.next = NULL;
 
-    ngx_http_finalize_request(r, ngx_http_collab_post_respond(r, status,
-                                                         &out,
-                                                         b->last - b->pos));
+    return ngx_http_collab_post_respond(r, status, &out, b->last - b->pos);
+}
+
+
+static ngx_int_t
+ngx_http_collab_post_retry_after(ngx_http_request_t *r, ngx_msec_t retry)
+{
+    ngx_table_elt_t  *h;
+
+    h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    h->value.data = ngx_pnalloc(r->pool, NGX_TIME_T_LEN);
+    if (h->value.data == NULL) {
+        h->hash = 0;
+        return NGX_ERROR;
+    }
+
+    h->hash = 1;
+    ngx_str_set(&h->key, "Retry-After");
+    h->value.len = ngx_sprintf(h->value.data, "%M", (retry + 999) / 1000)
+                   - h->value.data;
+
+    return NGX_OK;
 }

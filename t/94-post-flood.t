@@ -112,13 +112,16 @@ my $flood = post_many('/collab', map { my $c = $_; [map { delta('flood', "a$c-$_
 
 # the polite client writes while the worker is busy with the flood
 my (@acks, @bad);
+my $tp = time;
 for my $i (1 .. 20) {
     $polite->send_json(delta('calm', "p$i", { i => $i }));
     my $m = $polite->wait_for(sub { ($_[0]{id} // '') eq "p$i" }, 20);
     if ($m && $m->{type} eq 'ack') { push @acks, $m } else { push @bad, $m // { type => 'timeout' } }
 }
+$tp = time - $tp;
 is(scalar @acks, 20, 'the polite client: 20 of 20 deltas acked during the flood')
     or diag explain \@bad;
+diag sprintf('the polite client: 20 deltas acked one after the other in %.0f ms', $tp * 1000);
 my @got;
 while (@got < 20) {
     my $m = $sub->wait_for({ type => 'delta', doc => 'calm' }, 10) or last;
@@ -206,6 +209,21 @@ is($t->log_len('flood'), $acked, 'the log holds exactly the acked deltas');
             headers => ["Content-Type: $ct"], body => $JSON->encode(delta('csrf', "ok$ct")));
         is($r->{status}, 200, "Content-Type $ct: 200");
     }
+}
+
+###########################################################################
+# 5. the directive
+
+for my $case (['0', 0], ['many', 0], ['10001', 0], ['1', 1], ['10000', 1]) {
+    my ($rc, $out) = $t->check_nginx_conf(<<"EOF");
+    collab_redis 127.0.0.1:%%REDIS_PORT%%;
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        location = /c { collab; collab_post_max_messages $case->[0]; }
+    }
+EOF
+    if ($case->[1]) { is($rc, 0, "nginx -t: collab_post_max_messages $case->[0]") or diag $out }
+    else { isnt($rc, 0, "nginx -t: collab_post_max_messages $case->[0] refused") }
 }
 
 $sub->close;
