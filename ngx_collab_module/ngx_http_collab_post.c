@@ -253,8 +253,10 @@ ngx_http_collab_post_body(ngx_http_request_t *r)
 
     if (--s->pending == 0) {
         /* refused as a whole: a status that says so */
-        ngx_http_collab_post_send(r, s, limited == n ? NGX_HTTP_TOO_MANY_REQUESTS
-                                                     : NGX_HTTP_OK, retry);
+        ngx_http_collab_post_send(r, s,
+                                  limited == n ? NGX_HTTP_TOO_MANY_REQUESTS
+                                               : NGX_HTTP_OK,
+                                  retry);
     }
 }
 
