@@ -491,14 +491,25 @@ ngx_int_t
 ngx_http_collab_acl_check(ngx_http_collab_session_t *s, ngx_str_t *doc,
     ngx_uint_t need, const char *action)
 {
+    ngx_http_collab_doc_t  *d;
     ngx_http_collab_sub_t  *sub;
 
     sub = ngx_http_collab_doc_find(s, doc);
 
-    if (sub == NULL || sub->state == NGX_HTTP_COLLAB_SUB_JOINING
-        || sub->role >= need)
+    if (sub == NULL) {
+        /* not a member (a POST): the worker may follow it all the same */
+        d = ngx_http_collab_doc_lookup(doc);
+
+        if (d == NULL || !d->subscribed || !d->acl_known || d->acl_cmd
+            || ngx_http_collab_acl_role(s, d) >= need)
+        {
+            /* not known here: the store function decides */
+            return NGX_OK;
+        }
+
+    } else if (sub->state == NGX_HTTP_COLLAB_SUB_JOINING
+               || sub->role >= need)
     {
-        /* not known here: the store function decides */
         return NGX_OK;
     }
 

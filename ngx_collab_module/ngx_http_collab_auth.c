@@ -557,6 +557,21 @@ ngx_http_collab_auth_message(ngx_http_collab_session_t *s, json_t *obj,
 
     rc = ngx_http_collab_auth_apply(s, claims);
 
+    if (s->transport == NGX_HTTP_COLLAB_TRANSPORT_POST) {
+        /* a POST answers every message: it keeps the identity it has */
+        ngx_http_collab_reply(s, slot,
+                              rc == NGX_OK
+                              ? ngx_http_collab_msg_build("ok", NULL)
+                              : ngx_http_collab_msg_error("error",
+                                    rc == NGX_DECLINED ? "unauthorized"
+                                                       : "internal",
+                                    NULL, NULL, "%s",
+                                    rc == NGX_DECLINED
+                                    ? "the token names another user"
+                                    : "out of memory"));
+        return;
+    }
+
     if (rc == NGX_DECLINED) {
         ngx_http_collab_session_close(s, 4401, "the token names another "
                                       "user");
@@ -565,12 +580,6 @@ ngx_http_collab_auth_message(ngx_http_collab_session_t *s, json_t *obj,
 
     if (rc != NGX_OK) {
         ngx_http_collab_session_close(s, 1011, "out of memory");
-        return;
-    }
-
-    if (s->transport == NGX_HTTP_COLLAB_TRANSPORT_POST) {
-        ngx_http_collab_reply(s, slot,
-                              ngx_http_collab_msg_build("ok", NULL));
         return;
     }
 

@@ -25,7 +25,6 @@
  */
 
 
-static ngx_http_collab_doc_t *ngx_http_collab_doc_lookup(ngx_str_t *name);
 static ngx_http_collab_doc_t *ngx_http_collab_doc_get(ngx_str_t *name,
     ngx_log_t *log);
 static void ngx_http_collab_doc_free(ngx_http_collab_doc_t *doc);
@@ -46,7 +45,9 @@ static void ngx_http_collab_doc_resync(ngx_http_collab_sub_t *sub,
     uint64_t seq, const char *reason);
 
 
-static ngx_http_collab_doc_t *
+/* the worker's document, if it follows it */
+
+ngx_http_collab_doc_t *
 ngx_http_collab_doc_lookup(ngx_str_t *name)
 {
     uint32_t  hash;

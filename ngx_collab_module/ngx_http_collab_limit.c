@@ -60,7 +60,7 @@ ngx_http_collab_limit_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     ngx_http_collab_main_conf_t *mcf = conf;
 
     ssize_t     size;
-    ngx_str_t  *value, name;
+    ngx_str_t  *value;
 
     if (mcf->limit_zone) {
         return "is duplicate";
@@ -77,18 +77,34 @@ ngx_http_collab_limit_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
+    if (ngx_http_collab_limit_zone_add(cf, mcf, size) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/* also without collab_limit_zone: the POST limits need the table */
+
+ngx_int_t
+ngx_http_collab_limit_zone_add(ngx_conf_t *cf,
+    ngx_http_collab_main_conf_t *mcf, size_t size)
+{
+    ngx_str_t  name;
+
     ngx_str_set(&name, "collab_limits");
 
     mcf->limit_zone = ngx_shared_memory_add(cf, &name, size,
                                             &ngx_http_collab_module);
     if (mcf->limit_zone == NULL) {
-        return NGX_CONF_ERROR;
+        return NGX_ERROR;
     }
 
     mcf->limit_zone->init = ngx_http_collab_limit_init_zone;
     mcf->limit_zone->data = mcf;
 
-    return NGX_CONF_OK;
+    return NGX_OK;
 }
 
 
@@ -256,15 +272,15 @@ ngx_http_collab_limit_message(ngx_http_collab_session_t *s, size_t len,
     rc = NGX_OK;
     *retry = 0;
 
-    if (lcf->rate && s->transport != NGX_HTTP_COLLAB_TRANSPORT_POST) {
+    /* for a POST, the buckets of its request */
+
+    if (lcf->rate) {
         rc = ngx_http_collab_limit_bucket(&s->limit_excess, &s->limit_last,
                                           lcf->rate, lcf->burst, 1000,
                                           retry);
     }
 
-    if (rc == NGX_OK && lcf->rate_bytes && len
-        && s->transport != NGX_HTTP_COLLAB_TRANSPORT_POST)
-    {
+    if (rc == NGX_OK && lcf->rate_bytes && len) {
         /* bytes: "excess" counts bytes * 1000 as well */
         rc = ngx_http_collab_limit_bucket(&s->limit_bytes_excess,
                                           &s->limit_bytes_last,
@@ -331,6 +347,96 @@ ngx_http_collab_limit_message(ngx_http_collab_session_t *s, size_t len,
     }
 
     return NGX_BUSY;
+}
+
+
+/*
+ * POST: one bucket per user, or per client address (an IPv6 /64) when the
+ * request has no identity of its own, shared by every request of the
+ * instance, at the rate and burst of collab_rate.  Every message of a body
+ * costs one.  NGX_BUSY: over it, *retry in ms.  A peek only tells whether
+ * the next message would pass.
+ */
+
+ngx_int_t
+ngx_http_collab_limit_post(ngx_http_collab_session_t *s, ngx_uint_t peek,
+    ngx_msec_t *retry)
+{
+    uint32_t                       key;
+    ngx_int_t                      rc;
+    ngx_str_t                      name;
+    struct sockaddr               *sa;
+    ngx_slab_pool_t               *shpool;
+    ngx_http_collab_limit_slot_t  *slot;
+    ngx_http_collab_loc_conf_t    *lcf;
+    ngx_http_collab_main_conf_t   *mcf;
+#if (NGX_HAVE_INET6)
+    struct in6_addr               *a6;
+#endif
+
+    lcf = s->conf;
+    mcf = ngx_http_collab_worker->mcf;
+    *retry = 0;
+
+    if (lcf->rate == 0 || mcf->limit_sh == NULL) {
+        return NGX_OK;
+    }
+
+    /* s->strings holds a user of its own: a token's or collab_user's */
+
+    if (s->authenticated && s->strings) {
+        key = ngx_http_collab_limit_key("p", &s->user);
+
+    } else {
+        sa = s->connection->sockaddr;
+        ngx_str_set(&name, "unix");
+
+        switch (sa->sa_family) {
+
+        case AF_INET:
+            name.data = (u_char *) &((struct sockaddr_in *) sa)->sin_addr;
+            name.len = 4;
+            break;
+
+#if (NGX_HAVE_INET6)
+        case AF_INET6:
+            a6 = &((struct sockaddr_in6 *) sa)->sin6_addr;
+            name.data = a6->s6_addr;
+            name.len = 8;
+
+            if (IN6_IS_ADDR_V4MAPPED(a6)) {
+                name.data += 12;
+                name.len = 4;
+            }
+
+            break;
+#endif
+        }
+
+        key = ngx_http_collab_limit_key("a", &name);
+    }
+
+    shpool = (ngx_slab_pool_t *) mcf->limit_zone->shm.addr;
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    slot = ngx_http_collab_limit_slot(mcf->limit_sh, key, 1);
+    slot->seen = ngx_current_msec;
+
+    rc = ngx_http_collab_limit_bucket(&slot->excess, &slot->last, lcf->rate,
+                                      lcf->burst, 1000, retry);
+
+    if (peek && rc == NGX_OK) {
+        slot->excess -= 1000;
+    }
+
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    if (rc == NGX_BUSY) {
+        ngx_http_collab_worker->stats.rate_limited++;
+    }
+
+    return rc;
 }
 
 

@@ -69,6 +69,11 @@ static ngx_conf_num_bounds_t  ngx_http_collab_max_docs_bounds = {
 };
 
 
+static ngx_conf_num_bounds_t  ngx_http_collab_post_max_bounds = {
+    ngx_conf_check_num_bounds, 1, 10000
+};
+
+
 static ngx_command_t  ngx_http_collab_commands[] = {
 
     { ngx_string("collab_redis"),
@@ -273,6 +278,13 @@ static ngx_command_t  ngx_http_collab_commands[] = {
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_collab_loc_conf_t, max_inflight),
       NULL },
+
+    { ngx_string("collab_post_max_messages"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_collab_loc_conf_t, post_max_messages),
+      &ngx_http_collab_post_max_bounds },
 
       ngx_null_command
 };
@@ -1016,6 +1028,15 @@ ngx_http_collab_init_main_conf(ngx_conf_t *cf, void *conf)
     ngx_conf_init_msec_value(mcf->redis_connect_timeout, 2000);
     ngx_conf_init_uint_value(mcf->redis_max_inflight, 10000);
 
+    if (mcf->enabled && mcf->limit_zone == NULL) {
+        /* POST is limited per user or address by default: it needs a table */
+        if (ngx_http_collab_limit_zone_add(cf, mcf, 1024 * 1024) != NGX_OK) {
+            return NGX_CONF_ERROR;
+        }
+
+        mcf->limit_implicit = 1;
+    }
+
     return NGX_CONF_OK;
 }
 
@@ -1060,6 +1081,7 @@ ngx_http_collab_create_loc_conf(ngx_conf_t *cf)
     lcf->jwt_leeway = NGX_CONF_UNSET_MSEC;
     lcf->jwt_require_exp = NGX_CONF_UNSET;
     lcf->auth_timeout = NGX_CONF_UNSET_MSEC;
+    lcf->post_max_messages = NGX_CONF_UNSET_UINT;
 
     return lcf;
 }
@@ -1143,6 +1165,8 @@ ngx_http_collab_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_str_value(conf->jwt_audience, prev->jwt_audience, "");
     ngx_conf_merge_msec_value(conf->auth_timeout, prev->auth_timeout, 5000);
     ngx_conf_merge_str_value(conf->admin_key, prev->admin_key, "");
+    ngx_conf_merge_uint_value(conf->post_max_messages,
+                              prev->post_max_messages, 100);
 
     if (conf->max_message < 128) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
@@ -1203,7 +1227,8 @@ ngx_http_collab_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 
     if ((conf->user_rate || conf->max_user_sessions
          || conf->max_doc_sessions)
-        && conf->enable == 1 && mcf->limit_zone == NULL)
+        && conf->enable == 1
+        && (mcf->limit_zone == NULL || mcf->limit_implicit))
     {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"collab_user_rate\" and "

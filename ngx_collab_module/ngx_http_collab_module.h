@@ -87,6 +87,7 @@ struct ngx_http_collab_main_conf_s {
     ngx_uint_t                   enabled;        /* any collab location */
     ngx_shm_zone_t              *limit_zone;
     void                        *limit_sh;
+    ngx_flag_t                   limit_implicit; /* no collab_limit_zone */
 };
 
 
@@ -122,6 +123,7 @@ struct ngx_http_collab_loc_conf_s {
     ngx_msec_t                   auth_timeout;
     ngx_str_t                    admin_key;
     ngx_flag_t                   admin;
+    ngx_uint_t                   post_max_messages;
 };
 
 
@@ -452,6 +454,7 @@ void ngx_http_collab_doc_read_done(ngx_http_collab_sub_t *sub,
 
 ngx_http_collab_sub_t *ngx_http_collab_doc_find(ngx_http_collab_session_t *s,
     ngx_str_t *name);
+ngx_http_collab_doc_t *ngx_http_collab_doc_lookup(ngx_str_t *name);
 void ngx_http_collab_doc_revoke(ngx_http_collab_sub_t *sub);
 void ngx_http_collab_doc_hold(ngx_http_collab_doc_t *doc);
 ngx_int_t ngx_http_collab_doc_release(ngx_http_collab_doc_t *doc);
@@ -475,6 +478,10 @@ void ngx_http_collab_session_authenticated(ngx_http_collab_session_t *s);
 /* limits */
 char *ngx_http_collab_limit_zone(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+ngx_int_t ngx_http_collab_limit_zone_add(ngx_conf_t *cf,
+    ngx_http_collab_main_conf_t *mcf, size_t size);
+ngx_int_t ngx_http_collab_limit_post(ngx_http_collab_session_t *s,
+    ngx_uint_t peek, ngx_msec_t *retry);
 ngx_int_t ngx_http_collab_limit_message(ngx_http_collab_session_t *s,
     size_t len, ngx_msec_t *retry);
 ngx_int_t ngx_http_collab_limit_acquire(ngx_http_collab_session_t *s,

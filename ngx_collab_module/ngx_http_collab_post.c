@@ -13,29 +13,92 @@
 /*
  * POST: clients without WebSocket send their messages as one JSON object or
  * an array and get one reply per message, in order, once every delta has
- * been stored (or refused).
+ * been stored (or refused).  Every message gets exactly one reply: what a
+ * path forgets to answer is answered "internal" here.  Redis replies only
+ * fill their slots; the request is finished from its own write event, never
+ * from inside a Redis reply handler.
  */
 
 
-#define NGX_HTTP_COLLAB_POST_MAX_MESSAGES  1000
+/* a byte per slot after the reply pointers: answered or not */
+#define ngx_http_collab_post_answered(s)                                     \
+    ((u_char *) ((s)->replies + (s)->nreplies))
 
 
+static ngx_int_t ngx_http_collab_post_is_json(ngx_http_request_t *r);
 static void ngx_http_collab_post_body(ngx_http_request_t *r);
+static ngx_msec_t ngx_http_collab_post_message(ngx_http_collab_session_t *s,
+    json_t *root, ngx_uint_t i);
+static ngx_int_t ngx_http_collab_post_is_delta(json_t *msg);
+static ngx_http_collab_msg_t *ngx_http_collab_post_limited(json_t *msg,
+    ngx_msec_t retry);
 static void ngx_http_collab_post_empty(ngx_http_request_t *r);
 static ngx_int_t ngx_http_collab_post_read(ngx_http_request_t *r,
     ngx_str_t *body);
-static void ngx_http_collab_post_done(ngx_http_collab_session_t *s);
+static void ngx_http_collab_post_finish(ngx_http_request_t *r);
+static void ngx_http_collab_post_send(ngx_http_request_t *r,
+    ngx_http_collab_session_t *s, ngx_uint_t status, ngx_msec_t retry);
 static ngx_int_t ngx_http_collab_post_respond(ngx_http_request_t *r,
     ngx_uint_t status, ngx_chain_t *out, size_t len);
 static void ngx_http_collab_post_error(ngx_http_request_t *r,
     ngx_uint_t status, const char *code, const char *message);
+static ngx_int_t ngx_http_collab_post_one(ngx_http_request_t *r,
+    ngx_uint_t status, ngx_http_collab_msg_t *m);
+static ngx_int_t ngx_http_collab_post_retry_after(ngx_http_request_t *r,
+    ngx_msec_t retry);
+
+
+static u_char  ngx_http_collab_post_lost[] =
+    "{\"type\":\"error\",\"code\":\"internal\","
+    "\"message\":\"no reply: the outcome is unknown\"}";
 
 
 ngx_int_t
 ngx_http_collab_post_start(ngx_http_request_t *r,
     ngx_http_collab_loc_conf_t *lcf)
 {
-    ngx_int_t  rc;
+    ngx_int_t                   rc, status;
+    ngx_msec_t                  retry;
+    ngx_http_collab_msg_t      *m;
+    ngx_http_collab_session_t  *s;
+
+    if (!ngx_http_collab_post_is_json(r)) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "collab: POST without \"Content-Type: "
+                      "application/json\"");
+        return NGX_HTTP_UNSUPPORTED_MEDIA_TYPE;
+    }
+
+    s = ngx_http_collab_session_create(r, lcf,
+                                       NGX_HTTP_COLLAB_TRANSPORT_POST,
+                                       &status);
+    if (s == NULL) {
+        return status;
+    }
+
+    /* a flooder's body is not even parsed while its bucket is empty */
+
+    if (ngx_http_collab_limit_post(s, 1, &retry) == NGX_BUSY) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "collab: POST over the rate limit, refused whole");
+
+        rc = ngx_http_discard_request_body(r);
+        if (rc != NGX_OK) {
+            return rc;
+        }
+
+        m = ngx_http_collab_msg_build("error", "code", 'C', "rate_limited",
+                                      "message", 'C', "too many messages: "
+                                      "slow down", "retry_after_ms", 'I',
+                                      (int64_t) retry, NULL);
+
+        if (ngx_http_collab_post_retry_after(r, retry) != NGX_OK) {
+            ngx_http_collab_msg_release(m);
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        return ngx_http_collab_post_one(r, NGX_HTTP_TOO_MANY_REQUESTS, m);
+    }
 
     rc = ngx_http_read_client_request_body(r, ngx_http_collab_post_body);
 
@@ -47,12 +110,45 @@ ngx_http_collab_post_start(ngx_http_request_t *r,
 }
 
 
+/*
+ * A browser sends a cross-site form or text/plain without asking; for
+ * application/json it asks first (CORS preflight, OPTIONS: refused here).
+ */
+
+static ngx_int_t
+ngx_http_collab_post_is_json(ngx_http_request_t *r)
+{
+    u_char           *p, *last;
+    ngx_table_elt_t  *h;
+
+    h = r->headers_in.content_type;
+
+    if (h == NULL || h->value.len < sizeof("application/json") - 1
+        || ngx_strncasecmp(h->value.data, (u_char *) "application/json",
+                           sizeof("application/json") - 1)
+           != 0)
+    {
+        return 0;
+    }
+
+    p = h->value.data + sizeof("application/json") - 1;
+    last = h->value.data + h->value.len;
+
+    while (p < last && (*p == ' ' || *p == '\t')) {
+        p++;
+    }
+
+    return p == last || *p == ';';
+}
+
+
 static void
 ngx_http_collab_post_body(ngx_http_request_t *r)
 {
     size_t                       n, i;
-    json_t                      *root, *msg;
-    ngx_int_t                    status;
+    json_t                      *root;
+    ngx_msec_t                   retry, t;
+    ngx_uint_t                   limited;
     ngx_str_t                    body;
     json_error_t                 err;
     ngx_http_collab_session_t   *s;
@@ -99,23 +195,20 @@ ngx_http_collab_post_body(ngx_http_request_t *r)
         return;
     }
 
-    if (n > NGX_HTTP_COLLAB_POST_MAX_MESSAGES) {
+    if (n > lcf->post_max_messages) {
         json_decref(root);
-        ngx_http_collab_post_error(r, NGX_HTTP_BAD_REQUEST, "too_large",
-                                   "the body holds more than 1000 messages");
+        ngx_snprintf(text, sizeof(text) - 1, "the body holds more than %ui "
+                     "messages (collab_post_max_messages)%Z",
+                     lcf->post_max_messages);
+        ngx_http_collab_post_error(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
+                                   "too_large", (char *) text);
         return;
     }
 
-    s = ngx_http_collab_session_create(r, lcf,
-                                       NGX_HTTP_COLLAB_TRANSPORT_POST,
-                                       &status);
-    if (s == NULL) {
-        json_decref(root);
-        ngx_http_finalize_request(r, status);
-        return;
-    }
+    s = ngx_http_get_module_ctx(r, ngx_http_collab_module);
 
-    s->replies = ngx_pcalloc(r->pool, n * sizeof(ngx_http_collab_msg_t *));
+    s->replies = ngx_pcalloc(r->pool,
+                             n * (sizeof(ngx_http_collab_msg_t *) + 1));
     if (s->replies == NULL) {
         json_decref(root);
         ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
@@ -127,28 +220,144 @@ ngx_http_collab_post_body(ngx_http_request_t *r)
     /* one more than the messages: nothing is sent before the loop ends */
     s->pending = n + 1;
 
+    r->write_event_handler = ngx_http_collab_post_finish;
+
+    limited = 0;
+    retry = 0;
+
     for (i = 0; i < n; i++) {
-        msg = json_is_array(root) ? json_array_get(root, i) : root;
+        t = ngx_http_collab_post_message(s, root, i);
 
-        /* the limit of a WebSocket message holds for each message here */
-
-        if (json_is_array(root)
-            && json_dumpb(msg, NULL, 0, JSON_COMPACT) > lcf->max_message)
-        {
-            ngx_http_collab_post_reply(s, i,
-                ngx_http_collab_msg_error("error", "too_large", NULL, NULL,
-                                          "the message is larger than "
-                                          "collab_max_message"));
-            continue;
+        if (t) {
+            limited++;
+            retry = ngx_max(retry, t);
         }
-
-        s->cur_len = 0;
-        (void) ngx_http_collab_proto_handle_json(s, msg, i);
     }
 
     json_decref(root);
 
-    ngx_http_collab_post_done(s);
+    /*
+     * The token was valid for every message; what is left is waiting for
+     * Redis, which an expiry must not cut short.
+     */
+
+    if (s->expire.timer_set) {
+        ngx_del_timer(&s->expire);
+    }
+
+    if (limited) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "collab: POST over the rate limit, %ui of %uz "
+                      "messages refused", limited, n);
+    }
+
+    if (--s->pending == 0) {
+        /* refused as a whole: a status that says so */
+        ngx_http_collab_post_send(r, s,
+                                  limited == n ? NGX_HTTP_TOO_MANY_REQUESTS
+                                               : NGX_HTTP_OK,
+                                  retry);
+    }
+}
+
+
+/* handles one message; > 0: refused by the POST limit, ms to wait */
+
+static ngx_msec_t
+ngx_http_collab_post_message(ngx_http_collab_session_t *s, json_t *root,
+    ngx_uint_t i)
+{
+    json_t       *msg;
+    ngx_msec_t    retry;
+    ngx_queue_t  *last;
+
+    msg = json_is_array(root) ? json_array_get(root, i) : root;
+
+    if (ngx_http_collab_limit_post(s, 0, &retry) == NGX_BUSY) {
+        ngx_http_collab_post_reply(s, i,
+                                   ngx_http_collab_post_limited(msg, retry));
+        return ngx_max(retry, 1);
+    }
+
+    /* the limit of a WebSocket message holds for each message here */
+
+    s->cur_len = json_dumpb(msg, NULL, 0, JSON_COMPACT|JSON_ENCODE_ANY);
+
+    if (json_is_array(root) && s->cur_len > s->conf->max_message) {
+        ngx_http_collab_post_reply(s, i,
+            ngx_http_collab_msg_error("error", "too_large", NULL, NULL,
+                                      "the message is larger than "
+                                      "collab_max_message"));
+        return 0;
+    }
+
+    /* a command sent for the message answers it later */
+    last = ngx_queue_last(&s->cmds);
+
+    (void) ngx_http_collab_proto_handle_json(s, msg, i);
+
+    if (ngx_http_collab_post_answered(s)[i]
+        || ngx_queue_last(&s->cmds) != last)
+    {
+        return 0;
+    }
+
+    ngx_log_error(NGX_LOG_ERR, s->connection->log, 0,
+                  "collab: message %ui of a POST got no reply", i);
+
+    ngx_http_collab_post_reply(s, i, NULL);
+
+    return 0;
+}
+
+
+static ngx_int_t
+ngx_http_collab_post_is_delta(json_t *msg)
+{
+    const char  *type;
+
+    type = json_string_value(json_object_get(msg, "type"));
+
+    return type != NULL && ngx_strcmp(type, "delta") == 0;
+}
+
+
+/* a delta gets the nack a WebSocket would get; anything else an error */
+
+static ngx_http_collab_msg_t *
+ngx_http_collab_post_limited(json_t *msg, ngx_msec_t retry)
+{
+    json_t     *v, *d;
+    ngx_str_t   id, doc;
+
+    v = json_object_get(msg, "id");
+    d = json_object_get(msg, "doc");
+
+    if (json_is_string(v) && json_is_string(d)
+        && ngx_http_collab_post_is_delta(msg))
+    {
+        id.data = (u_char *) json_string_value(v);
+        id.len = json_string_length(v);
+        doc.data = (u_char *) json_string_value(d);
+        doc.len = json_string_length(d);
+
+        if (id.len && id.len <= NGX_HTTP_COLLAB_OPID_MAX
+            && ngx_http_collab_doc_id_valid(doc.data, doc.len))
+        {
+            return ngx_http_collab_msg_build("nack", "id", 'S', &id,
+                                             "doc", 'S', &doc,
+                                             "code", 'C', "rate_limited",
+                                             "message", 'C', "too many "
+                                             "messages: slow down",
+                                             "retry_after_ms", 'I',
+                                             (int64_t) retry, NULL);
+        }
+    }
+
+    return ngx_http_collab_msg_build("error", "code", 'C', "rate_limited",
+                                     "message", 'C', "too many messages: "
+                                     "slow down", "retry_after_ms", 'I',
+                                     (int64_t) retry, NULL);
 }
 
 
@@ -211,50 +420,79 @@ ngx_http_collab_post_read(ngx_http_request_t *r, ngx_str_t *body)
 }
 
 
+/* m NULL: the reply could not be built; the slot is answered all the same */
+
 void
 ngx_http_collab_post_reply(ngx_http_collab_session_t *s, ngx_uint_t slot,
     ngx_http_collab_msg_t *m)
 {
-    if (slot >= s->nreplies || s->replies[slot]) {
+    u_char  *answered;
+
+    answered = ngx_http_collab_post_answered(s);
+
+    if (slot >= s->nreplies || answered[slot]) {
         /* one reply per message: the first one counts */
         ngx_http_collab_msg_release(m);
         return;
     }
 
+    answered[slot] = 1;
     s->replies[slot] = m;
 
-    ngx_http_collab_post_done(s);
+    if (--s->pending == 0) {
+        /* the caller may be a Redis reply handler: finish from the request */
+        ngx_post_event(s->connection->write, &ngx_posted_events);
+    }
+}
+
+
+/* the write handler of the request: answers once every slot is answered */
+
+static void
+ngx_http_collab_post_finish(ngx_http_request_t *r)
+{
+    ngx_http_collab_session_t  *s;
+
+    s = ngx_http_get_module_ctx(r, ngx_http_collab_module);
+
+    /* a write event before the last reply; or a session closed early */
+
+    if (s == NULL || (s->pending && !s->closing)) {
+        return;
+    }
+
+    ngx_http_collab_post_send(r, s, NGX_HTTP_OK, 0);
 }
 
 
 static void
-ngx_http_collab_post_done(ngx_http_collab_session_t *s)
+ngx_http_collab_post_send(ngx_http_request_t *r, ngx_http_collab_session_t *s,
+    ngx_uint_t status, ngx_msec_t retry)
 {
-    u_char              *p;
-    size_t               len;
-    ngx_buf_t           *b;
-    ngx_uint_t           i;
-    ngx_chain_t          out;
-    ngx_connection_t    *c;
-    ngx_http_request_t  *r;
+    u_char                 *p;
+    size_t                  len;
+    ngx_buf_t              *b;
+    ngx_uint_t              i;
+    ngx_chain_t             out;
+    ngx_http_collab_msg_t  *m;
 
-    if (--s->pending) {
+    r->write_event_handler = ngx_http_request_empty_handler;
+
+    if (retry && ngx_http_collab_post_retry_after(r, retry) != NGX_OK) {
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
         return;
     }
-
-    r = s->request;
-    c = r->connection;
 
     len = 2;
 
     for (i = 0; i < s->nreplies; i++) {
-        len += (s->replies[i] ? s->replies[i]->len : 4) + 1;
+        m = s->replies[i];
+        len += (m ? m->len : sizeof(ngx_http_collab_post_lost) - 1) + 1;
     }
 
     b = ngx_create_temp_buf(r->pool, len);
     if (b == NULL) {
         ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
-        ngx_http_run_posted_requests(c);
         return;
     }
 
@@ -266,12 +504,11 @@ ngx_http_collab_post_done(ngx_http_collab_session_t *s)
             *p++ = ',';
         }
 
-        if (s->replies[i]) {
-            p = ngx_cpymem(p, s->replies[i]->json, s->replies[i]->len);
+        m = s->replies[i];
 
-        } else {
-            p = ngx_cpymem(p, "null", 4);
-        }
+        p = m ? ngx_cpymem(p, m->json, m->len)
+              : ngx_cpymem(p, ngx_http_collab_post_lost,
+                           sizeof(ngx_http_collab_post_lost) - 1);
     }
 
     *p++ = ']';
@@ -283,10 +520,9 @@ ngx_http_collab_post_done(ngx_http_collab_session_t *s)
     out.buf = b;
     out.next = NULL;
 
-    ngx_http_finalize_request(r, ngx_http_collab_post_respond(r, NGX_HTTP_OK,
+    ngx_http_finalize_request(r, ngx_http_collab_post_respond(r, status,
                                                               &out,
                                                               p - b->pos));
-    ngx_http_run_posted_requests(c);
 }
 
 
@@ -341,21 +577,29 @@ static void
 ngx_http_collab_post_error(ngx_http_request_t *r, ngx_uint_t status,
     const char *code, const char *message)
 {
-    ngx_buf_t              *b;
-    ngx_chain_t             out;
-    ngx_http_collab_msg_t  *m;
+    ngx_http_finalize_request(r, ngx_http_collab_post_one(r, status,
+                                     ngx_http_collab_msg_error("error", code,
+                                         NULL, NULL, "%s", message)));
+}
 
-    m = ngx_http_collab_msg_error("error", code, NULL, NULL, "%s", message);
+
+/* a response of one message, for the request as a whole */
+
+static ngx_int_t
+ngx_http_collab_post_one(ngx_http_request_t *r, ngx_uint_t status,
+    ngx_http_collab_msg_t *m)
+{
+    ngx_buf_t    *b;
+    ngx_chain_t   out;
+
     if (m == NULL) {
-        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
-        return;
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     b = ngx_create_temp_buf(r->pool, m->len + 2);
     if (b == NULL) {
         ngx_http_collab_msg_release(m);
-        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
-        return;
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     *b->last++ = '[';
@@ -369,7 +613,30 @@ ngx_http_collab_post_error(ngx_http_request_t *r, ngx_uint_t status,
     out.buf = b;
     out.next = NULL;
 
-    ngx_http_finalize_request(r, ngx_http_collab_post_respond(r, status,
-                                                         &out,
-                                                         b->last - b->pos));
+    return ngx_http_collab_post_respond(r, status, &out, b->last - b->pos);
+}
+
+
+static ngx_int_t
+ngx_http_collab_post_retry_after(ngx_http_request_t *r, ngx_msec_t retry)
+{
+    ngx_table_elt_t  *h;
+
+    h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    h->value.data = ngx_pnalloc(r->pool, NGX_TIME_T_LEN);
+    if (h->value.data == NULL) {
+        h->hash = 0;
+        return NGX_ERROR;
+    }
+
+    h->hash = 1;
+    ngx_str_set(&h->key, "Retry-After");
+    h->value.len = ngx_sprintf(h->value.data, "%M", (retry + 999) / 1000)
+                   - h->value.data;
+
+    return NGX_OK;
 }

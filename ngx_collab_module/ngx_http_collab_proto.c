@@ -382,12 +382,13 @@ void
 ngx_http_collab_reply(ngx_http_collab_session_t *s, ngx_uint_t slot,
     ngx_http_collab_msg_t *m)
 {
-    if (m == NULL) {
+    if (s->transport == NGX_HTTP_COLLAB_TRANSPORT_POST) {
+        /* even without a message: the slot must not wait forever */
+        ngx_http_collab_post_reply(s, slot, m);
         return;
     }
 
-    if (s->transport == NGX_HTTP_COLLAB_TRANSPORT_POST) {
-        ngx_http_collab_post_reply(s, slot, m);
+    if (m == NULL) {
         return;
     }
 

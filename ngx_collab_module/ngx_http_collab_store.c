@@ -716,6 +716,7 @@ ngx_http_collab_store_append_reply(ngx_http_collab_cmd_t *cmd,
     u_char                     *p;
     int64_t                     seq;
     ngx_int_t                   status;
+    ngx_uint_t                  slot;
     ngx_http_collab_msg_t      *m;
     ngx_http_collab_session_t  *s;
 
@@ -770,14 +771,16 @@ ngx_http_collab_store_append_reply(ngx_http_collab_cmd_t *cmd,
         }
     }
 
-    ngx_http_collab_reply(s, cmd->slot, m);
-
+    slot = cmd->slot;
     ngx_http_collab_cmd_free(cmd);
 
     if (s->read_blocked && s->inflight < s->conf->max_inflight) {
         s->read_blocked = 0;
         ngx_post_event(s->connection->read, &ngx_posted_events);
     }
+
+    /* the last use of the session: a reply may be what ends it */
+    ngx_http_collab_reply(s, slot, m);
 }
 
 
@@ -852,6 +855,7 @@ ngx_http_collab_store_state_reply(ngx_http_collab_cmd_t *cmd,
 {
     int64_t                     seq;
     ngx_int_t                   status;
+    ngx_uint_t                  slot;
     ngx_http_collab_msg_t      *m;
     ngx_http_collab_session_t  *s;
 
@@ -894,9 +898,10 @@ ngx_http_collab_store_state_reply(ngx_http_collab_cmd_t *cmd,
                                       "seq", 'I', seq, NULL);
     }
 
-    ngx_http_collab_reply(s, cmd->slot, m);
-
+    slot = cmd->slot;
     ngx_http_collab_cmd_free(cmd);
+
+    ngx_http_collab_reply(s, slot, m);
 }
 
 

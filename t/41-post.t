@@ -25,6 +25,9 @@ $t->write_nginx_conf(<<'EOF');
     server {
         listen 127.0.0.1:%%PORT%%;
         client_body_buffer_size 1k;
+        # the POSTs of this file all come from one address: the limits have
+        # their own tests (t/94-post-flood.t)
+        collab_rate 1000r/s burst=1000;
         location = /collab {
             collab;
             collab_max_message 8k;

@@ -39,6 +39,7 @@ $t->write_nginx_conf(<<'EOF');
         listen 127.0.0.1:%%PORT2%%;
         collab_ping 30s;
         collab_rate off;
+        collab_post_max_messages 10000;
         client_max_body_size 4m;
 
         location = /collab {

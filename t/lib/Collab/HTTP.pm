@@ -304,9 +304,10 @@ sub request {
 sub post_json {
     my ($port, $path, $body, %o) = @_;
     $body = $JSON->encode($body) if ref $body;
+    my @h = @{ delete $o{headers} || [] };
+    unshift @h, 'Content-Type: application/json' unless grep { /^content-type:/i } @h;
     return request(port => $port, method => 'POST', path => $path,
-        headers => ['Content-Type: application/json', @{ $o{headers} || [] }],
-        body => $body, %o);
+        headers => \@h, body => $body, %o);
 }
 
 1;
