@@ -169,6 +169,7 @@ struct ngx_http_collab_sub_s {
     unsigned                     stalled:1;      /* waits for drain/Redis */
     unsigned                     rereads:3;
     unsigned                     counted:1;      /* in the doc limit */
+    ngx_uint_t                   limit_slot;     /* where it is counted */
 };
 
 
@@ -290,6 +291,7 @@ struct ngx_http_collab_session_s {
     ngx_http_collab_msg_t      **replies;
     ngx_uint_t                   nreplies;
     ngx_uint_t                   pending;
+    ngx_uint_t                   limit_slot;     /* where it is counted */
 
     unsigned                     closing:1;      /* close frame queued */
     unsigned                     close_sent:1;
@@ -468,9 +470,8 @@ char *ngx_http_collab_limit_zone(ngx_conf_t *cf, ngx_command_t *cmd,
 ngx_int_t ngx_http_collab_limit_message(ngx_http_collab_session_t *s,
     size_t len, ngx_msec_t *retry);
 ngx_int_t ngx_http_collab_limit_acquire(ngx_http_collab_session_t *s,
-    ngx_str_t *doc);
-void ngx_http_collab_limit_release(ngx_http_collab_session_t *s,
-    ngx_str_t *doc);
+    ngx_str_t *doc, ngx_uint_t *index);
+void ngx_http_collab_limit_release(ngx_uint_t index);
 
 /* ACL admin endpoint */
 char *ngx_http_collab_admin(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);

@@ -214,7 +214,7 @@ ngx_http_collab_session_create(ngx_http_request_t *r,
         && transport != NGX_HTTP_COLLAB_TRANSPORT_POST
         && transport != NGX_HTTP_COLLAB_TRANSPORT_ADMIN)
     {
-        rc = ngx_http_collab_limit_acquire(s, NULL);
+        rc = ngx_http_collab_limit_acquire(s, NULL, &s->limit_slot);
 
         if (rc == NGX_DECLINED) {
             *status = 429;
@@ -281,7 +281,7 @@ ngx_http_collab_session_cleanup(void *data)
     }
 
     if (s->counted) {
-        ngx_http_collab_limit_release(s, NULL);
+        ngx_http_collab_limit_release(s->limit_slot);
         s->counted = 0;
     }
 
