@@ -22,6 +22,8 @@
 #define NGX_HTTP_COLLAB_DOC_MAX           128
 #define NGX_HTTP_COLLAB_OPID_MAX          128
 #define NGX_HTTP_COLLAB_EPOCH_LEN         16
+#define NGX_HTTP_COLLAB_CLIENT_MIN        16
+#define NGX_HTTP_COLLAB_CLIENT_MAX        64
 #define NGX_HTTP_COLLAB_READ_BATCH        256
 /* "collab:{" doc "}" suffix: the longest suffix is ":audit:limit" */
 #define NGX_HTTP_COLLAB_KEY_MAX                                              \
@@ -246,6 +248,8 @@ struct ngx_http_collab_session_s {
 
     u_char                       id[16];
     ngx_str_t                    user;
+    u_char                       client[NGX_HTTP_COLLAB_CLIENT_MAX];
+    size_t                       client_len;     /* in op keys */
     ngx_str_t                    groups;         /* comma-separated */
     json_t                      *claims;
     ngx_str_t                    pending_doc;    /* subscribe after auth */
@@ -391,6 +395,8 @@ void ngx_http_collab_post_reply(ngx_http_collab_session_t *s,
     ngx_uint_t slot, ngx_http_collab_msg_t *m);
 
 /* protocol */
+ngx_int_t ngx_http_collab_proto_client(ngx_http_collab_session_t *s,
+    ngx_http_request_t *r);
 void ngx_http_collab_proto_handle(ngx_http_collab_session_t *s,
     u_char *text, size_t len, ngx_uint_t slot);
 ngx_int_t ngx_http_collab_proto_handle_json(ngx_http_collab_session_t *s,

@@ -354,6 +354,58 @@ ngx_http_collab_reply(ngx_http_collab_session_t *s, ngx_uint_t slot,
 }
 
 
+/*
+ * The client instance id ("client" argument): clients that share an
+ * identity keep their op ids apart with it.  Only A-Za-z0-9_- are taken,
+ * so the argument needs no unescaping.
+ */
+
+ngx_int_t
+ngx_http_collab_proto_client(ngx_http_collab_session_t *s,
+    ngx_http_request_t *r)
+{
+    size_t     i;
+    u_char     ch;
+    ngx_str_t  v;
+
+    s->client_len = 0;
+
+    if (ngx_http_arg(r, (u_char *) "client", 6, &v) != NGX_OK) {
+        return NGX_OK;
+    }
+
+    if (v.len < NGX_HTTP_COLLAB_CLIENT_MIN
+        || v.len > NGX_HTTP_COLLAB_CLIENT_MAX)
+    {
+        goto invalid;
+    }
+
+    for (i = 0; i < v.len; i++) {
+        ch = v.data[i];
+
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z')
+              || (ch >= '0' && ch <= '9') || ch == '-' || ch == '_'))
+        {
+            goto invalid;
+        }
+    }
+
+    ngx_memcpy(s->client, v.data, v.len);
+    s->client_len = v.len;
+
+    return NGX_OK;
+
+invalid:
+
+    ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                  "collab: the \"client\" argument must be %d-%d "
+                  "characters of A-Za-z0-9_-",
+                  NGX_HTTP_COLLAB_CLIENT_MIN, NGX_HTTP_COLLAB_CLIENT_MAX);
+
+    return NGX_DECLINED;
+}
+
+
 void
 ngx_http_collab_proto_handle(ngx_http_collab_session_t *s, u_char *text,
     size_t len, ngx_uint_t slot)

@@ -177,6 +177,15 @@ ngx_http_collab_session_create(ngx_http_request_t *r,
 
     ngx_hex_dump(s->id, raw, sizeof(raw));
 
+    if (ngx_http_collab_proto_client(s, r) != NGX_OK) {
+        if (claims) {
+            json_decref(claims);
+        }
+
+        *status = NGX_HTTP_BAD_REQUEST;
+        return NULL;
+    }
+
     if (transport == NGX_HTTP_COLLAB_TRANSPORT_ADMIN) {
         ngx_str_set(&s->user, "admin");
         s->authenticated = 1;
