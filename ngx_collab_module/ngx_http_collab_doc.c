@@ -581,7 +581,8 @@ ngx_http_collab_doc_fanout(ngx_http_collab_doc_t *doc, u_char *payload,
 
     /* ephemera and control messages */
 
-    obj = json_loadb((char *) payload, len, 0, NULL);
+    /* relayed ephemera keep integers of any size (see proto_handle) */
+    obj = json_loadb((char *) payload, len, JSON_DECODE_INT_AS_REAL, NULL);
     if (obj == NULL) {
         ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
                       "collab: ignoring a message on \"%V\" that is not JSON",

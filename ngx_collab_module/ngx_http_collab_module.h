@@ -17,6 +17,7 @@
 #include <jansson.h>
 
 #include "ngx_http_collab_wsparse.h"
+#include "ngx_http_collab_json.h"
 
 
 #define NGX_HTTP_COLLAB_DOC_MAX           128
@@ -286,6 +287,7 @@ struct ngx_http_collab_session_s {
     ngx_msec_t                   strike_start;
     ngx_uint_t                   strikes;
     size_t                       cur_len;        /* of the message */
+    ngx_str_t                    cur_data;       /* its "data" as sent */
     ngx_msec_t                   last_recv;
 
     ngx_str_t                    cursor_epoch;   /* SSE resume */

@@ -406,16 +406,25 @@ invalid:
 }
 
 
+/*
+ * Integers are decoded as reals: jansson refuses integers beyond 64 bits,
+ * which are valid JSON.  The "data" a message carries is taken from its
+ * text as it came, not from the decoded value: numbers keep their digits.
+ */
+
 void
 ngx_http_collab_proto_handle(ngx_http_collab_session_t *s, u_char *text,
     size_t len, ngx_uint_t slot)
 {
-    json_t        *obj;
-    json_error_t   err;
+    size_t                       pos;
+    json_t                      *obj;
+    json_error_t                 err;
+    ngx_http_collab_json_span_t  data;
 
     s->cur_len = len;
 
-    obj = json_loadb((char *) text, len, JSON_REJECT_DUPLICATES, &err);
+    obj = json_loadb((char *) text, len,
+                     JSON_REJECT_DUPLICATES|JSON_DECODE_INT_AS_REAL, &err);
 
     if (obj == NULL) {
         ngx_http_collab_reply(s, slot,
@@ -425,7 +434,23 @@ ngx_http_collab_proto_handle(ngx_http_collab_session_t *s, u_char *text,
         return;
     }
 
+    if (ngx_http_collab_json_scan(text, len, "data", 4, &data, &pos) != 0) {
+        json_decref(obj);
+        ngx_http_collab_reply(s, slot,
+                              ngx_http_collab_msg_error("error", "invalid",
+                                  NULL, NULL, "invalid JSON at position "
+                                  "%uz", pos));
+        return;
+    }
+
+    if (data.found) {
+        s->cur_data.data = text + data.start;
+        s->cur_data.len = data.end - data.start;
+    }
+
     (void) ngx_http_collab_proto_handle_json(s, obj, slot);
+
+    ngx_str_null(&s->cur_data);
 
     json_decref(obj);
 }
@@ -528,11 +553,16 @@ ngx_http_collab_proto_doc(ngx_http_collab_session_t *s, json_t *obj,
 }
 
 
-/* an optional non-negative integer: NGX_DECLINED when absent */
+/*
+ * An optional non-negative integer: NGX_DECLINED when absent.  Integers
+ * come decoded as reals from a WebSocket (see proto_handle): an integral
+ * real up to 2^53 is taken.
+ */
 
 static ngx_int_t
 ngx_http_collab_proto_seq(json_t *obj, const char *name, int64_t *value)
 {
+    double   d;
     json_t  *v;
 
     v = json_object_get(obj, name);
@@ -541,11 +571,26 @@ ngx_http_collab_proto_seq(json_t *obj, const char *name, int64_t *value)
         return NGX_DECLINED;
     }
 
-    if (!json_is_integer(v) || json_integer_value(v) < 0) {
+    if (json_is_integer(v)) {
+        if (json_integer_value(v) < 0) {
+            return NGX_ERROR;
+        }
+
+        *value = json_integer_value(v);
+        return NGX_OK;
+    }
+
+    if (!json_is_real(v)) {
         return NGX_ERROR;
     }
 
-    *value = json_integer_value(v);
+    d = json_real_value(v);
+
+    if (!(d >= 0 && d <= 9007199254740992.0) || d != (double) (int64_t) d) {
+        return NGX_ERROR;
+    }
+
+    *value = (int64_t) d;
 
     return NGX_OK;
 }
@@ -886,11 +931,29 @@ ngx_http_collab_proto_ephemeral(ngx_http_collab_session_t *s, json_t *obj,
 }
 
 
+/*
+ * The "data" to store or relay: the client's own text, without the white
+ * space between tokens (so without line breaks, which an event stream
+ * cannot carry), never longer than what came.  A message decoded elsewhere
+ * (no text at hand) is encoded again.
+ */
+
 static ngx_int_t
 ngx_http_collab_proto_dump(ngx_http_collab_session_t *s, json_t *value,
     ngx_str_t *out)
 {
     char  *p;
+
+    if (s->cur_data.data) {
+        out->data = ngx_alloc(s->cur_data.len, s->connection->log);
+        if (out->data == NULL) {
+            return NGX_ERROR;
+        }
+
+        out->len = ngx_http_collab_json_compact(out->data, s->cur_data.data,
+                                                s->cur_data.len);
+        return NGX_OK;
+    }
 
     p = json_dumps(value, JSON_COMPACT|JSON_ENCODE_ANY);
     if (p == NULL) {
