@@ -18,6 +18,7 @@
 
 #include "ngx_http_collab_wsparse.h"
 #include "ngx_http_collab_json.h"
+#include "ngx_http_collab_cursor.h"
 
 
 #define NGX_HTTP_COLLAB_DOC_MAX           128
