@@ -204,7 +204,7 @@ bench: build
 
 ifneq ($(wildcard fuzz/Makefile.fuzz),)
 include fuzz/Makefile.fuzz
-fuzz: fuzz-wsparse
+fuzz: fuzz-all
 else
 fuzz:
 	@echo "fuzz: fuzz/Makefile.fuzz is not there yet"

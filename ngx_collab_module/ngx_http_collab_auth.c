@@ -584,7 +584,7 @@ ngx_http_collab_auth_message(ngx_http_collab_session_t *s, json_t *obj,
     }
 
     if (first) {
-        rc = ngx_http_collab_limit_acquire(s, NULL);
+        rc = ngx_http_collab_limit_acquire(s, NULL, &s->limit_slot);
 
         if (rc == NGX_DECLINED) {
             ngx_http_collab_session_close(s, 4429, "too many sessions");

@@ -204,7 +204,6 @@ ngx_int_t
 ngx_http_collab_doc_subscribe(ngx_http_collab_session_t *s, ngx_str_t *name,
     int64_t since, ngx_str_t *epoch)
 {
-    ngx_int_t               rc;
     ngx_http_collab_doc_t  *doc;
     ngx_http_collab_sub_t  *sub;
     ngx_http_collab_msg_t  *m;
@@ -247,26 +246,10 @@ ngx_http_collab_doc_subscribe(ngx_http_collab_session_t *s, ngx_str_t *name,
             return NGX_ERROR;
         }
 
-        rc = ngx_http_collab_limit_acquire(s, name);
-
-        if (rc == NGX_DECLINED) {
-            if (doc->nsubs == 0 && !doc->in_redis) {
-                ngx_http_collab_doc_free(doc);
-            }
-
-            m = ngx_http_collab_msg_error("error", "rate_limited", name, NULL,
-                                          "too many sessions on this "
-                                          "document");
-            ngx_http_collab_reply(s, NGX_HTTP_COLLAB_NO_SLOT, m);
-            return NGX_DECLINED;
-        }
+        /* counted in the limit once its role is known: see read_done */
 
         sub = ngx_alloc(sizeof(ngx_http_collab_sub_t), s->connection->log);
         if (sub == NULL) {
-            if (rc == NGX_OK) {
-                ngx_http_collab_limit_release(s, name);
-            }
-
             if (doc->nsubs == 0 && !doc->in_redis) {
                 ngx_http_collab_doc_free(doc);
             }
@@ -275,7 +258,6 @@ ngx_http_collab_doc_subscribe(ngx_http_collab_session_t *s, ngx_str_t *name,
         }
 
         ngx_memzero(sub, sizeof(ngx_http_collab_sub_t));
-        sub->counted = (rc == NGX_OK);
 
         sub->doc = doc;
         sub->session = s;
@@ -428,7 +410,7 @@ ngx_http_collab_doc_sub_free(ngx_http_collab_sub_t *sub)
     doc = sub->doc;
 
     if (sub->counted) {
-        ngx_http_collab_limit_release(sub->session, &doc->node.str);
+        ngx_http_collab_limit_release(sub->limit_slot);
     }
 
     ngx_queue_remove(&sub->doc_link);
@@ -669,7 +651,8 @@ ngx_http_collab_doc_fanout(ngx_http_collab_doc_t *doc, u_char *payload,
 
     /* ephemera and control messages */
 
-    obj = json_loadb((char *) payload, len, 0, NULL);
+    /* relayed ephemera keep integers of any size (see proto_handle) */
+    obj = json_loadb((char *) payload, len, JSON_DECODE_INT_AS_REAL, NULL);
     if (obj == NULL) {
         ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
                       "collab: ignoring a message on \"%V\" that is not JSON",
@@ -906,6 +889,23 @@ ngx_http_collab_doc_read_done(ngx_http_collab_sub_t *sub, redisReply *reply)
         ngx_http_collab_doc_sub_free(sub);
         ngx_http_collab_doc_dropped(s);
         return;
+    }
+
+    /* a member is counted once it has a role: no one learns more */
+
+    if (sub->state == NGX_HTTP_COLLAB_SUB_JOINING && !sub->counted) {
+        v = ngx_http_collab_limit_acquire(s, doc, &sub->limit_slot);
+
+        if (v == NGX_DECLINED) {
+            ngx_http_collab_doc_drop(sub,
+                ngx_http_collab_msg_error("error", "rate_limited", doc, NULL,
+                                          "too many sessions on this "
+                                          "document"),
+                NULL);
+            return;
+        }
+
+        sub->counted = (v == NGX_OK);
     }
 
     /* the ACL came with the read: the cache of every session here */

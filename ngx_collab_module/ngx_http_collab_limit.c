@@ -9,6 +9,9 @@
 #include <ngx_http.h>
 #include "ngx_http_collab_module.h"
 
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
+
 
 /*
  * Rate and connection limits.
@@ -16,37 +19,56 @@
  * A session has two token buckets of its own (messages and bytes, in the
  * manner of limit_req: "excess" drains at the rate and may not pass the
  * burst).  Users and documents are counted across the workers of an
- * instance in a shared table: a slot per key hash, found by a short linear
- * probe; when the probe finds no room, keys share a slot, which can only
- * make a limit stricter, never looser.
+ * instance in a shared table: a slot per key, found by a short linear
+ * probe from the key's hash; when the probe finds no room, keys share a
+ * slot, which can only make a limit stricter, never looser.
+ *
+ * Users and documents are named by clients, so the hash is keyed (HMAC with
+ * a random key of the zone) and a slot matches only on the whole name: no
+ * one can choose a name that lands in another's slot.  A name longer than
+ * the slot holds is stored as its keyed digest.
  */
 
 
 #define NGX_HTTP_COLLAB_LIMIT_PROBE    8
 #define NGX_HTTP_COLLAB_LIMIT_IDLE     60000
 #define NGX_HTTP_COLLAB_STRIKE_WINDOW  10000
+#define NGX_HTTP_COLLAB_LIMIT_NAME     64
+#define NGX_HTTP_COLLAB_LIMIT_SECRET   32
+
+
+/* kind: 'u' user, 'd' document; upper case: name is the keyed digest */
+
+typedef struct {
+    uint32_t                     hash;
+    u_char                       kind;
+    u_char                       len;
+    u_char                       name[NGX_HTTP_COLLAB_LIMIT_NAME];
+} ngx_http_collab_limit_key_t;
 
 
 typedef struct {
-    uint32_t                     key;
     uint32_t                     sessions;
     ngx_msec_t                   last;           /* the bucket's clock */
     ngx_msec_t                   seen;           /* for reuse of the slot */
     uint64_t                     excess;
+    ngx_http_collab_limit_key_t  key;            /* kind 0: free */
 } ngx_http_collab_limit_slot_t;
 
 
 typedef struct {
     ngx_uint_t                   nslots;
+    u_char                       secret[NGX_HTTP_COLLAB_LIMIT_SECRET];
     ngx_http_collab_limit_slot_t slots[1];
 } ngx_http_collab_limit_sh_t;
 
 
 static ngx_int_t ngx_http_collab_limit_init_zone(ngx_shm_zone_t *shm_zone,
     void *data);
-static ngx_http_collab_limit_slot_t *ngx_http_collab_limit_slot(
-    ngx_http_collab_limit_sh_t *sh, uint32_t key, ngx_uint_t create);
-static uint32_t ngx_http_collab_limit_key(const char *kind, ngx_str_t *name);
+static ngx_int_t ngx_http_collab_limit_slot(ngx_http_collab_limit_sh_t *sh,
+    ngx_http_collab_limit_key_t *key, ngx_uint_t create);
+static void ngx_http_collab_limit_key(ngx_http_collab_limit_sh_t *sh,
+    u_char kind, ngx_str_t *name, ngx_http_collab_limit_key_t *key);
 static ngx_int_t ngx_http_collab_limit_bucket(uint64_t *excess,
     ngx_msec_t *last, ngx_uint_t rate, ngx_uint_t burst, uint64_t cost,
     ngx_msec_t *retry);
@@ -144,6 +166,14 @@ ngx_http_collab_limit_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     ngx_memzero(sh->slots, n * sizeof(ngx_http_collab_limit_slot_t));
     sh->nslots = n;
 
+    /* kept with the zone: a reload that reuses the zone keeps the slots */
+
+    if (RAND_bytes(sh->secret, NGX_HTTP_COLLAB_LIMIT_SECRET) != 1) {
+        ngx_log_error(NGX_LOG_EMERG, shm_zone->shm.log, 0,
+                      "collab: no random key for the limit zone");
+        return NGX_ERROR;
+    }
+
     shpool->data = sh;
     mcf->limit_sh = sh;
 
@@ -151,63 +181,95 @@ ngx_http_collab_limit_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 }
 
 
-static uint32_t
-ngx_http_collab_limit_key(const char *kind, ngx_str_t *name)
+static void
+ngx_http_collab_limit_key(ngx_http_collab_limit_sh_t *sh, u_char kind,
+    ngx_str_t *name, ngx_http_collab_limit_key_t *key)
 {
-    uint32_t  crc;
+    u_char        md[EVP_MAX_MD_SIZE];
+    unsigned int  mdlen;
 
-    ngx_crc32_init(crc);
-    ngx_crc32_update(&crc, (u_char *) kind, ngx_strlen(kind));
-    ngx_crc32_update(&crc, name->data, name->len);
-    ngx_crc32_final(crc);
+    ngx_memzero(md, sizeof(md));
 
-    return crc ? crc : 1;
+    /* the kind is compared in the slot: the hash is of the name alone */
+
+    if (HMAC(EVP_sha256(), sh->secret, NGX_HTTP_COLLAB_LIMIT_SECRET,
+             name->len ? name->data : (u_char *) "", name->len, md, &mdlen)
+        == NULL)
+    {
+        /* still exact: a slot matches on the whole name */
+        ngx_log_error(NGX_LOG_ALERT, ngx_cycle->log, 0,
+                      "collab: HMAC of a limit key failed");
+    }
+
+    ngx_memcpy(&key->hash, md, sizeof(uint32_t));
+
+    if (name->len <= NGX_HTTP_COLLAB_LIMIT_NAME) {
+        key->kind = kind;
+        key->len = (u_char) name->len;
+        ngx_memcpy(key->name, name->data, name->len);
+
+    } else {
+        /* a 256-bit keyed digest stands for the name */
+        key->kind = ngx_toupper(kind);
+        key->len = 32;
+        ngx_memcpy(key->name, md, 32);
+    }
 }
 
 
-/* called with the zone locked */
+/*
+ * The index of the key's slot, called with the zone locked; -1 when it has
+ * none and create is off.
+ */
 
-static ngx_http_collab_limit_slot_t *
-ngx_http_collab_limit_slot(ngx_http_collab_limit_sh_t *sh, uint32_t key,
-    ngx_uint_t create)
+static ngx_int_t
+ngx_http_collab_limit_slot(ngx_http_collab_limit_sh_t *sh,
+    ngx_http_collab_limit_key_t *key, ngx_uint_t create)
 {
-    ngx_uint_t                     i, start;
-    ngx_http_collab_limit_slot_t  *slot, *free;
+    ngx_uint_t                     i, start, n, free;
+    ngx_http_collab_limit_slot_t  *slot;
 
-    start = key % sh->nslots;
-    free = NULL;
+    start = key->hash % sh->nslots;
+    free = sh->nslots;
 
     for (i = 0; i < NGX_HTTP_COLLAB_LIMIT_PROBE; i++) {
-        slot = &sh->slots[(start + i) % sh->nslots];
+        n = (start + i) % sh->nslots;
+        slot = &sh->slots[n];
 
-        if (slot->key == key) {
-            return slot;
+        if (slot->key.kind == key->kind
+            && slot->key.len == key->len
+            && slot->key.hash == key->hash
+            && ngx_memcmp(slot->key.name, key->name, key->len) == 0)
+        {
+            return n;
         }
 
-        if (free == NULL
-            && (slot->key == 0
+        if (free == sh->nslots
+            && (slot->key.kind == 0
                 || (slot->sessions == 0
                     && ngx_current_msec - slot->seen
                        > NGX_HTTP_COLLAB_LIMIT_IDLE)))
         {
-            free = slot;
+            free = n;
         }
     }
 
     if (!create) {
-        return NULL;
+        return -1;
     }
 
-    if (free == NULL) {
+    if (free == sh->nslots) {
         /* shared with another key: stricter for both */
-        return &sh->slots[start];
+        return start;
     }
 
-    free->key = key;
-    free->sessions = 0;
-    free->excess = 0;
-    free->last = ngx_current_msec;
-    free->seen = ngx_current_msec;
+    slot = &sh->slots[free];
+
+    slot->key = *key;
+    slot->sessions = 0;
+    slot->excess = 0;
+    slot->last = ngx_current_msec;
+    slot->seen = ngx_current_msec;
 
     return free;
 }
@@ -264,6 +326,8 @@ ngx_http_collab_limit_message(ngx_http_collab_session_t *s, size_t len,
     ngx_int_t                      rc;
     ngx_msec_t                     t;
     ngx_slab_pool_t               *shpool;
+    ngx_http_collab_limit_sh_t    *sh;
+    ngx_http_collab_limit_key_t    key;
     ngx_http_collab_limit_slot_t  *slot;
     ngx_http_collab_loc_conf_t    *lcf;
     ngx_http_collab_main_conf_t   *mcf;
@@ -294,12 +358,12 @@ ngx_http_collab_limit_message(ngx_http_collab_session_t *s, size_t len,
     if (rc == NGX_OK && lcf->user_rate && mcf->limit_sh) {
         shpool = (ngx_slab_pool_t *) mcf->limit_zone->shm.addr;
 
+        ngx_http_collab_limit_key(mcf->limit_sh, 'u', &s->user, &key);
+
         ngx_shmtx_lock(&shpool->mutex);
 
-        slot = ngx_http_collab_limit_slot(mcf->limit_sh,
-                                          ngx_http_collab_limit_key("u",
-                                                                &s->user),
-                                          1);
+        sh = mcf->limit_sh;
+        slot = &sh->slots[ngx_http_collab_limit_slot(sh, &key, 1)];
 
         slot->seen = ngx_current_msec;
 
@@ -442,16 +506,19 @@ ngx_http_collab_limit_post(ngx_http_collab_session_t *s, ngx_uint_t peek,
 
 /*
  * Counts a session of a user (doc NULL) or a membership of a document.
- * NGX_OK: counted; NGX_DONE: no limit applies, not counted; NGX_DECLINED:
- * over the limit, not counted.
+ * NGX_OK: counted in the slot *index, to be released from it; NGX_DONE: no
+ * limit applies, not counted; NGX_DECLINED: over the limit, not counted.
  */
 
 ngx_int_t
-ngx_http_collab_limit_acquire(ngx_http_collab_session_t *s, ngx_str_t *doc)
+ngx_http_collab_limit_acquire(ngx_http_collab_session_t *s, ngx_str_t *doc,
+    ngx_uint_t *index)
 {
-    ngx_int_t                      rc;
+    ngx_int_t                      rc, n;
     ngx_uint_t                     max;
     ngx_slab_pool_t               *shpool;
+    ngx_http_collab_limit_sh_t    *sh;
+    ngx_http_collab_limit_key_t    key;
     ngx_http_collab_limit_slot_t  *slot;
     ngx_http_collab_main_conf_t   *mcf;
 
@@ -465,13 +532,14 @@ ngx_http_collab_limit_acquire(ngx_http_collab_session_t *s, ngx_str_t *doc)
 
     shpool = (ngx_slab_pool_t *) mcf->limit_zone->shm.addr;
 
+    ngx_http_collab_limit_key(mcf->limit_sh, doc ? 'd' : 'u',
+                              doc ? doc : &s->user, &key);
+
     ngx_shmtx_lock(&shpool->mutex);
 
-    slot = ngx_http_collab_limit_slot(mcf->limit_sh,
-                                      doc ? ngx_http_collab_limit_key("d", doc)
-                                          : ngx_http_collab_limit_key("u",
-                                                                &s->user),
-                                      1);
+    sh = mcf->limit_sh;
+    n = ngx_http_collab_limit_slot(sh, &key, 1);
+    slot = &sh->slots[n];
 
     if (slot->sessions >= max) {
         rc = NGX_DECLINED;
@@ -479,6 +547,7 @@ ngx_http_collab_limit_acquire(ngx_http_collab_session_t *s, ngx_str_t *doc)
     } else {
         slot->sessions++;
         slot->seen = ngx_current_msec;
+        *index = n;
         rc = NGX_OK;
     }
 
@@ -497,10 +566,14 @@ ngx_http_collab_limit_acquire(ngx_http_collab_session_t *s, ngx_str_t *doc)
 }
 
 
+/*
+ * Releases a count from the slot it was taken in: the key may have found
+ * a slot of its own since, when it was counted in a shared one.
+ */
+
 void
-ngx_http_collab_limit_release(ngx_http_collab_session_t *s, ngx_str_t *doc)
+ngx_http_collab_limit_release(ngx_uint_t index)
 {
-    uint32_t                       key;
     ngx_slab_pool_t               *shpool;
     ngx_http_collab_limit_sh_t    *sh;
     ngx_http_collab_limit_slot_t  *slot;
@@ -511,8 +584,9 @@ ngx_http_collab_limit_release(ngx_http_collab_session_t *s, ngx_str_t *doc)
     }
 
     mcf = ngx_http_collab_worker->mcf;
+    sh = mcf->limit_sh;
 
-    if (mcf->limit_sh == NULL) {
+    if (sh == NULL || index >= sh->nslots) {
         return;
     }
 
@@ -520,16 +594,7 @@ ngx_http_collab_limit_release(ngx_http_collab_session_t *s, ngx_str_t *doc)
 
     ngx_shmtx_lock(&shpool->mutex);
 
-    sh = mcf->limit_sh;
-    key = doc ? ngx_http_collab_limit_key("d", doc)
-              : ngx_http_collab_limit_key("u", &s->user);
-
-    slot = ngx_http_collab_limit_slot(sh, key, 0);
-
-    if (slot == NULL) {
-        /* it was counted in the shared fallback slot */
-        slot = &sh->slots[key % sh->nslots];
-    }
+    slot = &sh->slots[index];
 
     if (slot->sessions) {
         slot->sessions--;

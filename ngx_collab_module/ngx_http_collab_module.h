@@ -17,11 +17,15 @@
 #include <jansson.h>
 
 #include "ngx_http_collab_wsparse.h"
+#include "ngx_http_collab_json.h"
+#include "ngx_http_collab_cursor.h"
 
 
 #define NGX_HTTP_COLLAB_DOC_MAX           128
 #define NGX_HTTP_COLLAB_OPID_MAX          128
 #define NGX_HTTP_COLLAB_EPOCH_LEN         16
+#define NGX_HTTP_COLLAB_CLIENT_MIN        16
+#define NGX_HTTP_COLLAB_CLIENT_MAX        64
 #define NGX_HTTP_COLLAB_READ_BATCH        256
 /* "collab:{" doc "}" suffix: the longest suffix is ":audit:limit" */
 #define NGX_HTTP_COLLAB_KEY_MAX                                              \
@@ -171,6 +175,7 @@ struct ngx_http_collab_sub_s {
     unsigned                     stalled:1;      /* waits for drain/Redis */
     unsigned                     rereads:3;
     unsigned                     counted:1;      /* in the doc limit */
+    ngx_uint_t                   limit_slot;     /* where it is counted */
 };
 
 
@@ -251,6 +256,8 @@ struct ngx_http_collab_session_s {
 
     u_char                       id[16];
     ngx_str_t                    user;
+    u_char                       client[NGX_HTTP_COLLAB_CLIENT_MAX];
+    size_t                       client_len;     /* in op keys */
     ngx_str_t                    groups;         /* comma-separated */
     json_t                      *claims;
     ngx_str_t                    pending_doc;    /* subscribe after auth */
@@ -289,6 +296,7 @@ struct ngx_http_collab_session_s {
     ngx_msec_t                   strike_start;
     ngx_uint_t                   strikes;
     size_t                       cur_len;        /* of the message */
+    ngx_str_t                    cur_data;       /* its "data" as sent */
     ngx_msec_t                   last_recv;
 
     ngx_str_t                    cursor_epoch;   /* SSE resume */
@@ -298,6 +306,7 @@ struct ngx_http_collab_session_s {
     ngx_http_collab_msg_t      **replies;
     ngx_uint_t                   nreplies;
     ngx_uint_t                   pending;
+    ngx_uint_t                   limit_slot;     /* where it is counted */
 
     unsigned                     closing:1;      /* close frame queued */
     unsigned                     close_sent:1;
@@ -398,6 +407,8 @@ void ngx_http_collab_post_reply(ngx_http_collab_session_t *s,
     ngx_uint_t slot, ngx_http_collab_msg_t *m);
 
 /* protocol */
+ngx_int_t ngx_http_collab_proto_client(ngx_http_collab_session_t *s,
+    ngx_http_request_t *r);
 void ngx_http_collab_proto_handle(ngx_http_collab_session_t *s,
     u_char *text, size_t len, ngx_uint_t slot);
 ngx_int_t ngx_http_collab_proto_handle_json(ngx_http_collab_session_t *s,
@@ -485,9 +496,8 @@ ngx_int_t ngx_http_collab_limit_post(ngx_http_collab_session_t *s,
 ngx_int_t ngx_http_collab_limit_message(ngx_http_collab_session_t *s,
     size_t len, ngx_msec_t *retry);
 ngx_int_t ngx_http_collab_limit_acquire(ngx_http_collab_session_t *s,
-    ngx_str_t *doc);
-void ngx_http_collab_limit_release(ngx_http_collab_session_t *s,
-    ngx_str_t *doc);
+    ngx_str_t *doc, ngx_uint_t *index);
+void ngx_http_collab_limit_release(ngx_uint_t index);
 
 /* ACL admin endpoint */
 char *ngx_http_collab_admin(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);

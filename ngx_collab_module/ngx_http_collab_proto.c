@@ -397,16 +397,77 @@ ngx_http_collab_reply(ngx_http_collab_session_t *s, ngx_uint_t slot,
 }
 
 
+/*
+ * The client instance id ("client" argument): clients that share an
+ * identity keep their op ids apart with it.  Only A-Za-z0-9_- are taken,
+ * so the argument needs no unescaping.
+ */
+
+ngx_int_t
+ngx_http_collab_proto_client(ngx_http_collab_session_t *s,
+    ngx_http_request_t *r)
+{
+    size_t     i;
+    u_char     ch;
+    ngx_str_t  v;
+
+    s->client_len = 0;
+
+    if (ngx_http_arg(r, (u_char *) "client", 6, &v) != NGX_OK) {
+        return NGX_OK;
+    }
+
+    if (v.len < NGX_HTTP_COLLAB_CLIENT_MIN
+        || v.len > NGX_HTTP_COLLAB_CLIENT_MAX)
+    {
+        goto invalid;
+    }
+
+    for (i = 0; i < v.len; i++) {
+        ch = v.data[i];
+
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z')
+              || (ch >= '0' && ch <= '9') || ch == '-' || ch == '_'))
+        {
+            goto invalid;
+        }
+    }
+
+    ngx_memcpy(s->client, v.data, v.len);
+    s->client_len = v.len;
+
+    return NGX_OK;
+
+invalid:
+
+    ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                  "collab: the \"client\" argument must be %d-%d "
+                  "characters of A-Za-z0-9_-",
+                  NGX_HTTP_COLLAB_CLIENT_MIN, NGX_HTTP_COLLAB_CLIENT_MAX);
+
+    return NGX_DECLINED;
+}
+
+
+/*
+ * Integers are decoded as reals: jansson refuses integers beyond 64 bits,
+ * which are valid JSON.  The "data" a message carries is taken from its
+ * text as it came, not from the decoded value: numbers keep their digits.
+ */
+
 void
 ngx_http_collab_proto_handle(ngx_http_collab_session_t *s, u_char *text,
     size_t len, ngx_uint_t slot)
 {
-    json_t        *obj;
-    json_error_t   err;
+    size_t                       pos;
+    json_t                      *obj;
+    json_error_t                 err;
+    ngx_http_collab_json_span_t  data;
 
     s->cur_len = len;
 
-    obj = json_loadb((char *) text, len, JSON_REJECT_DUPLICATES, &err);
+    obj = json_loadb((char *) text, len,
+                     JSON_REJECT_DUPLICATES|JSON_DECODE_INT_AS_REAL, &err);
 
     if (obj == NULL) {
         ngx_http_collab_reply(s, slot,
@@ -416,7 +477,23 @@ ngx_http_collab_proto_handle(ngx_http_collab_session_t *s, u_char *text,
         return;
     }
 
+    if (ngx_http_collab_json_scan(text, len, "data", 4, &data, &pos) != 0) {
+        json_decref(obj);
+        ngx_http_collab_reply(s, slot,
+                              ngx_http_collab_msg_error("error", "invalid",
+                                  NULL, NULL, "invalid JSON at position "
+                                  "%uz", pos));
+        return;
+    }
+
+    if (data.found) {
+        s->cur_data.data = text + data.start;
+        s->cur_data.len = data.end - data.start;
+    }
+
     (void) ngx_http_collab_proto_handle_json(s, obj, slot);
+
+    ngx_str_null(&s->cur_data);
 
     json_decref(obj);
 }
@@ -519,11 +596,16 @@ ngx_http_collab_proto_doc(ngx_http_collab_session_t *s, json_t *obj,
 }
 
 
-/* an optional non-negative integer: NGX_DECLINED when absent */
+/*
+ * An optional non-negative integer: NGX_DECLINED when absent.  Integers
+ * come decoded as reals from a WebSocket (see proto_handle): an integral
+ * real up to 2^53 is taken.
+ */
 
 static ngx_int_t
 ngx_http_collab_proto_seq(json_t *obj, const char *name, int64_t *value)
 {
+    double   d;
     json_t  *v;
 
     v = json_object_get(obj, name);
@@ -532,11 +614,26 @@ ngx_http_collab_proto_seq(json_t *obj, const char *name, int64_t *value)
         return NGX_DECLINED;
     }
 
-    if (!json_is_integer(v) || json_integer_value(v) < 0) {
+    if (json_is_integer(v)) {
+        if (json_integer_value(v) < 0) {
+            return NGX_ERROR;
+        }
+
+        *value = json_integer_value(v);
+        return NGX_OK;
+    }
+
+    if (!json_is_real(v)) {
         return NGX_ERROR;
     }
 
-    *value = json_integer_value(v);
+    d = json_real_value(v);
+
+    if (!(d >= 0 && d <= 9007199254740992.0) || d != (double) (int64_t) d) {
+        return NGX_ERROR;
+    }
+
+    *value = (int64_t) d;
 
     return NGX_OK;
 }
@@ -877,11 +974,29 @@ ngx_http_collab_proto_ephemeral(ngx_http_collab_session_t *s, json_t *obj,
 }
 
 
+/*
+ * The "data" to store or relay: the client's own text, without the white
+ * space between tokens (so without line breaks, which an event stream
+ * cannot carry), never longer than what came.  A message decoded elsewhere
+ * (no text at hand) is encoded again.
+ */
+
 static ngx_int_t
 ngx_http_collab_proto_dump(ngx_http_collab_session_t *s, json_t *value,
     ngx_str_t *out)
 {
     char  *p;
+
+    if (s->cur_data.data) {
+        out->data = ngx_alloc(s->cur_data.len, s->connection->log);
+        if (out->data == NULL) {
+            return NGX_ERROR;
+        }
+
+        out->len = ngx_http_collab_json_compact(out->data, s->cur_data.data,
+                                                s->cur_data.len);
+        return NGX_OK;
+    }
 
     p = json_dumps(value, JSON_COMPACT|JSON_ENCODE_ANY);
     if (p == NULL) {

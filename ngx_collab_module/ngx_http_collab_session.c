@@ -177,6 +177,15 @@ ngx_http_collab_session_create(ngx_http_request_t *r,
 
     ngx_hex_dump(s->id, raw, sizeof(raw));
 
+    if (ngx_http_collab_proto_client(s, r) != NGX_OK) {
+        if (claims) {
+            json_decref(claims);
+        }
+
+        *status = NGX_HTTP_BAD_REQUEST;
+        return NULL;
+    }
+
     if (transport == NGX_HTTP_COLLAB_TRANSPORT_ADMIN) {
         ngx_str_set(&s->user, "admin");
         s->authenticated = 1;
@@ -214,7 +223,7 @@ ngx_http_collab_session_create(ngx_http_request_t *r,
         && transport != NGX_HTTP_COLLAB_TRANSPORT_POST
         && transport != NGX_HTTP_COLLAB_TRANSPORT_ADMIN)
     {
-        rc = ngx_http_collab_limit_acquire(s, NULL);
+        rc = ngx_http_collab_limit_acquire(s, NULL, &s->limit_slot);
 
         if (rc == NGX_DECLINED) {
             *status = 429;
@@ -281,7 +290,7 @@ ngx_http_collab_session_cleanup(void *data)
     }
 
     if (s->counted) {
-        ngx_http_collab_limit_release(s, NULL);
+        ngx_http_collab_limit_release(s->limit_slot);
         s->counted = 0;
     }
 

@@ -121,59 +121,42 @@ static ngx_int_t
 ngx_http_collab_sse_cursor(ngx_http_request_t *r,
     ngx_http_collab_session_t *s)
 {
-    u_char           *colon;
-    ngx_int_t         n;
-    ngx_str_t         v, since;
-    ngx_table_elt_t  *h;
+    ngx_str_t                 id, since, epoch;
+    ngx_table_elt_t          *h;
+    ngx_http_collab_cursor_t  cursor;
 
-    s->cursor_since = -1;
-    ngx_str_null(&s->cursor_epoch);
-    ngx_str_null(&v);
+    ngx_str_null(&id);
+    ngx_str_null(&since);
+    ngx_str_null(&epoch);
 
     h = ngx_http_collab_header(r, "Last-Event-ID", 13);
 
     if (h) {
-        v = h->value;
+        id = h->value;
     }
 
-    if (v.len) {
-        colon = ngx_strlchr(v.data, v.data + v.len, ':');
-
-        if (colon) {
-            s->cursor_epoch.data = v.data;
-            s->cursor_epoch.len = colon - v.data;
-            since.data = colon + 1;
-            since.len = v.data + v.len - since.data;
-
-        } else {
-            since = v;
-        }
-
-        n = ngx_atoi(since.data, since.len);
-        if (n == NGX_ERROR || s->cursor_epoch.len > 64) {
-            return NGX_ERROR;
-        }
-
-        s->cursor_since = n;
-        return NGX_OK;
+    if (ngx_http_arg(r, (u_char *) "since", 5, &since) == NGX_OK
+        && since.data == NULL)
+    {
+        since.data = (u_char *) "";
     }
 
-    if (ngx_http_arg(r, (u_char *) "since", 5, &since) == NGX_OK) {
-        n = ngx_atoi(since.data, since.len);
-        if (n == NGX_ERROR) {
-            return NGX_ERROR;
-        }
-
-        s->cursor_since = n;
-
-        if (ngx_http_arg(r, (u_char *) "epoch", 5, &v) == NGX_OK) {
-            if (v.len > 64) {
-                return NGX_ERROR;
-            }
-
-            s->cursor_epoch = v;
-        }
+    if (ngx_http_arg(r, (u_char *) "epoch", 5, &epoch) == NGX_OK
+        && epoch.data == NULL)
+    {
+        epoch.data = (u_char *) "";
     }
+
+    if (ngx_http_collab_cursor_parse(id.data, id.len, since.data, since.len,
+                                     epoch.data, epoch.len, &cursor)
+        != 0)
+    {
+        return NGX_ERROR;
+    }
+
+    s->cursor_since = cursor.since;
+    s->cursor_epoch.data = (u_char *) cursor.epoch;
+    s->cursor_epoch.len = cursor.epoch_len;
 
     return NGX_OK;
 }

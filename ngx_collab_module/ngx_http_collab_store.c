@@ -98,7 +98,8 @@ static const char  ngx_http_collab_store_lua[] =
 "  return tonumber(redis.call('HGET', state, 'head') or '0')\n"
 "end\n"
 /* keys: state log ops acl audit
- * args: epoch user id data base reject doc channel groups grant default */
+ * args: epoch user id data base reject doc channel groups grant default
+ *       client (the op key: #user ":" user #client ":" client id) */
 "local function append(keys, args)\n"
 "  local state, log, ops = keys[1], keys[2], keys[3]\n"
 "  local user, id, data = args[2], args[3], args[4]\n"
@@ -108,7 +109,8 @@ static const char  ngx_http_collab_store_lua[] =
 "    return {-2, role, ''}\n"
 "  end\n"
 "  local epoch = epoch_of(state, args[1])\n"
-"  local opk = user .. '\\n' .. id\n"
+"  local client = args[12] or ''\n"
+"  local opk = #user .. ':' .. user .. #client .. ':' .. client .. id\n"
 "  local prev = redis.call('HGET', ops, opk)\n"
 "  if prev then return {0, tonumber(prev), epoch} end\n"
 "  local head = head_of(state)\n"
@@ -613,8 +615,8 @@ ngx_http_collab_store_append(ngx_http_collab_session_t *s, ngx_str_t *doc,
     u_char                  epoch[NGX_HTTP_COLLAB_EPOCH_LEN];
     u_char                  sbase[NGX_INT64_LEN];
     u_char                  role[2];
-    const char             *argv[19];
-    size_t                  argvlen[19];
+    const char             *argv[20];
+    size_t                  argvlen[20];
     ngx_int_t               rc;
     ngx_http_collab_cmd_t  *cmd;
     ngx_http_collab_msg_t  *m;
@@ -671,11 +673,13 @@ ngx_http_collab_store_append(ngx_http_collab_session_t *s, ngx_str_t *doc,
     argv[15] = (char *) chan;
     argvlen[15] = ngx_http_collab_key(chan, doc, "");
     ngx_http_collab_store_role_args(s, doc, &argv[16], &argvlen[16], role);
+    argv[19] = (char *) s->client;
+    argvlen[19] = s->client_len;
 
     s->inflight++;
 
     rc = ngx_http_collab_redis_command(&ngx_http_collab_worker->cmd, cmd,
-                                       19, argv, argvlen);
+                                       20, argv, argvlen);
 
     if (rc == NGX_OK) {
         return NGX_OK;
