@@ -11,6 +11,9 @@
 #   (b) 5,000 presence messages: dropped beyond the budget, then 4429
 #   (c) 5,000 state messages: error rate_limited, then 4429
 #   (d) 5,000 auth messages with a good token: error rate_limited, then 4429
+#   (f) 5,000 subscribes in one write with collab_rate off: one log read in
+#       flight, one `subscribed`, the log delivered once in order, and Redis
+#       sends out less than twice the log's size (reads ask for what fits)
 #   (e) pipeline share (max_inflight=16, session_inflight=4, Redis frozen):
 #       the flooder's deltas beyond its share are nacked rate_limited, the
 #       polite writer's delta is acked
@@ -252,6 +255,44 @@ sub verdict {
     my @ok = grep { $_->{type} eq 'ok' } @got;
     ok(@ok <= 30, 'auth flood: at most a burst of tokens was checked (' . scalar(@ok) . ')');
     $A->drop;
+}
+
+###########################################################################
+# (f) coalescing and the byte budget (collab_rate off: nothing refused)
+
+{
+    my $B = $t->ws_session(path => '/fill');
+    my $stat = sub {
+        my $cs = $t->redis('INFO', 'commandstats');
+        my $st = $t->redis('INFO', 'stats');
+        my $fc = $cs =~ /cmdstat_fcall:calls=(\d+)/ ? $1 : 0;
+        my $out = $st =~ /total_net_output_bytes:(\d+)/ ? $1 : 0;
+        return ($fc, $out);
+    };
+    my ($fc0, $out0) = $stat->();
+    flood($B, 5000, qq({"type":"subscribe","doc":"$DOC","since":0,"epoch":"$EPOCH"}));
+    polite('coalesced subscribes', 50);
+    my ($fc1, $out1) = $stat->();
+    # the polite writer's 50 deltas are FCALLs too
+    my $reads = $fc1 - $fc0 - 50;
+    ok($reads <= 20, "coalesced subscribes: 5,000 subscribes in one write made $reads log reads");
+    # now the flooder reads: one `subscribed`, then the whole log once, in order
+    my $head = $t->log_len($DOC);
+    my (@seqs, $subd);
+    my $deadline = time + 60;
+    while (time < $deadline && (!@seqs || $seqs[-1] < $head)) {
+        my $m = $B->recv_json($deadline - time) or last;
+        $subd++ if $m->{type} eq 'subscribed';
+        push @seqs, $m->{seq} if $m->{type} eq 'delta';
+    }
+    my ($fc2, $out2) = $stat->();
+    ok(($subd // 0) >= 1 && ($subd // 0) <= 3, 'coalesced subscribes: answered by one `subscribed` (' . ($subd // 0) . ')');
+    Collab::Test::is_list(\@seqs, [1 .. $head], "coalesced subscribes: then 1..$head once, in order");
+    my $log_mb = 2000 * 8100 / 1e6;
+    my $out_mb = ($out2 - $out0) / 1e6;
+    ok($out_mb < 2 * $log_mb, sprintf('byte budget: reading the %.0f MB log sent %.1f MB out of Redis',
+        $log_mb, $out_mb));
+    $B->close(1000);
 }
 
 ###########################################################################
