@@ -252,7 +252,10 @@ ngx_http_collab_msg_t *
 ngx_http_collab_msg_busy(const char *type, ngx_str_t *doc, ngx_str_t *id,
     ngx_msec_t retry)
 {
-    static const char  *text = "too many messages: slow down";
+    const char  *text;
+
+    text = (type[0] == 'n') ? "too many deltas: slow down"
+                            : "too many messages: slow down";
 
     if (id && id->len && doc && doc->len) {
         return ngx_http_collab_msg_build(type, "id", 'S', id, "doc", 'S', doc,
