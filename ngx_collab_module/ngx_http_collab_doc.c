@@ -231,12 +231,13 @@ ngx_http_collab_doc_subscribe(ngx_http_collab_session_t *s, ngx_str_t *name,
     }
 
     if (sub) {
-        /* a re-subscribe (after "resync"): start over from the new point */
+        /*
+         * A re-subscribe (after "resync"): start over from the new point.
+         * A read in flight is not cut (its reply would still come), it is
+         * marked stale: its reply starts the one read for the newest point.
+         */
 
-        if (sub->read) {
-            sub->read->sub = NULL;
-            sub->read = NULL;
-        }
+        sub->again = (sub->read != NULL);
 
         doc = sub->doc;
 
@@ -826,7 +827,7 @@ void
 ngx_http_collab_doc_read_done(ngx_http_collab_sub_t *sub, redisReply *reply)
 {
     u_char                     *p;
-    size_t                      i, n;
+    size_t                      i, n, used;
     int64_t                     head, mode, snap_seq;
     ngx_str_t                  *rname;
     ngx_uint_t                  joined, role;
@@ -841,6 +842,13 @@ ngx_http_collab_doc_read_done(ngx_http_collab_sub_t *sub, redisReply *reply)
     s = sub->session;
     d = sub->doc;
     doc = &d->node.str;
+
+    if (sub->again) {
+        /* subscribed again meanwhile: read from the newest point */
+        sub->again = 0;
+        ngx_http_collab_doc_sub_read(sub);
+        return;
+    }
 
     if (reply == NULL) {
         /* Redis went away: retried when it is back */
@@ -1020,9 +1028,13 @@ ngx_http_collab_doc_read_done(ngx_http_collab_sub_t *sub, redisReply *reply)
     }
 
     n = (reply->elements - 7) / 5;
+    used = 0;
 
     for (i = 0; i < n; i++) {
         e = &reply->element[7 + i * 5];
+
+        /* as collab_read counts its byte budget */
+        used += e[4]->len + e[1]->len + e[2]->len + 64;
 
         if (e[0]->type != REDIS_REPLY_STRING) {
             continue;
@@ -1086,7 +1098,8 @@ ngx_http_collab_doc_read_done(ngx_http_collab_sub_t *sub, redisReply *reply)
         ngx_http_collab_msg_release(m);
     }
 
-    if (n == NGX_HTTP_COLLAB_READ_BATCH) {
+    if (n == NGX_HTTP_COLLAB_READ_BATCH || (n && used >= sub->budget)) {
+        /* more to read: once the queue has room */
         sub->rereads = 0;
         ngx_http_collab_doc_sub_read(sub);
         return;

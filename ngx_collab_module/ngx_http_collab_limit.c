@@ -315,15 +315,18 @@ ngx_http_collab_limit_bucket(uint64_t *excess, ngx_msec_t *last,
 
 
 /*
- * A delta or an intent of len bytes.  NGX_BUSY: over a limit, *retry in
- * ms; NGX_DONE: the session was closed for flooding.
+ * A message of len bytes that costs as much as "cost" deltas (never more
+ * than the bucket holds, so that it can pass when the bucket is full).
+ * NGX_BUSY: over a limit, *retry in ms; NGX_DONE: the session was closed
+ * for flooding.
  */
 
 ngx_int_t
-ngx_http_collab_limit_message(ngx_http_collab_session_t *s, size_t len,
-    ngx_msec_t *retry)
+ngx_http_collab_limit_message(ngx_http_collab_session_t *s, ngx_uint_t cost,
+    size_t len, ngx_msec_t *retry)
 {
     ngx_int_t                      rc;
+    ngx_uint_t                     units;
     ngx_msec_t                     t;
     ngx_slab_pool_t               *shpool;
     ngx_http_collab_limit_sh_t    *sh;
@@ -335,12 +338,13 @@ ngx_http_collab_limit_message(ngx_http_collab_session_t *s, size_t len,
     lcf = s->conf;
     rc = NGX_OK;
     *retry = 0;
+    units = ngx_min(cost, lcf->burst + 1) * 1000;
 
     /* for a POST, the buckets of its request */
 
     if (lcf->rate) {
         rc = ngx_http_collab_limit_bucket(&s->limit_excess, &s->limit_last,
-                                          lcf->rate, lcf->burst, 1000,
+                                          lcf->rate, lcf->burst, units,
                                           retry);
     }
 
@@ -369,7 +373,8 @@ ngx_http_collab_limit_message(ngx_http_collab_session_t *s, size_t len,
 
         rc = ngx_http_collab_limit_bucket(&slot->excess, &slot->last,
                                           lcf->user_rate, lcf->user_burst,
-                                          1000, &t);
+                                          ngx_min(cost, lcf->user_burst + 1)
+                                          * 1000, &t);
 
         ngx_shmtx_unlock(&shpool->mutex);
 

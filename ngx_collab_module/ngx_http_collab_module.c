@@ -795,6 +795,16 @@ ngx_http_collab_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             continue;
         }
 
+        if (ngx_strncmp(value[i].data, "session_inflight=", 17) == 0) {
+            n = ngx_atoi(value[i].data + 17, value[i].len - 17);
+            if (n == NGX_ERROR || n == 0) {
+                goto invalid;
+            }
+
+            mcf->redis_session_inflight = n;
+            continue;
+        }
+
         goto invalid;
     }
 
@@ -1014,6 +1024,7 @@ ngx_http_collab_create_main_conf(ngx_conf_t *cf)
     mcf->redis_timeout = NGX_CONF_UNSET_MSEC;
     mcf->redis_connect_timeout = NGX_CONF_UNSET_MSEC;
     mcf->redis_max_inflight = NGX_CONF_UNSET_UINT;
+    mcf->redis_session_inflight = NGX_CONF_UNSET_UINT;
 
     return mcf;
 }
@@ -1027,6 +1038,9 @@ ngx_http_collab_init_main_conf(ngx_conf_t *cf, void *conf)
     ngx_conf_init_msec_value(mcf->redis_timeout, 2000);
     ngx_conf_init_msec_value(mcf->redis_connect_timeout, 2000);
     ngx_conf_init_uint_value(mcf->redis_max_inflight, 10000);
+    /* a session's share: a flooder cannot fill the pipeline of everyone */
+    ngx_conf_init_uint_value(mcf->redis_session_inflight,
+                             ngx_max(4, mcf->redis_max_inflight / 8));
 
     if (mcf->enabled && mcf->limit_zone == NULL) {
         /* POST is limited per user or address by default: it needs a table */

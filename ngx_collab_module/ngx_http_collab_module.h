@@ -27,6 +27,19 @@
 #define NGX_HTTP_COLLAB_CLIENT_MIN        16
 #define NGX_HTTP_COLLAB_CLIENT_MAX        64
 #define NGX_HTTP_COLLAB_READ_BATCH        256
+
+/*
+ * What a message costs in the session's collab_rate message bucket, in
+ * deltas: a subscribe starts a log read, a state stores a snapshot, an auth
+ * checks a signature.  Every message also costs its bytes.
+ */
+#define NGX_HTTP_COLLAB_COST_DELTA        1   /* intent, presence, other */
+#define NGX_HTTP_COLLAB_COST_SUBSCRIBE    4
+#define NGX_HTTP_COLLAB_COST_STATE        4
+#define NGX_HTTP_COLLAB_COST_AUTH         10
+
+/* retry_after_ms for a session over its share of the Redis pipeline */
+#define NGX_HTTP_COLLAB_BUSY_RETRY        100
 /* "collab:{" doc "}" suffix: the longest suffix is ":audit:limit" */
 #define NGX_HTTP_COLLAB_KEY_MAX                                              \
     (sizeof("collab:{}:audit:limit") + NGX_HTTP_COLLAB_DOC_MAX)
@@ -88,6 +101,7 @@ struct ngx_http_collab_main_conf_s {
     ngx_msec_t                   redis_timeout;
     ngx_msec_t                   redis_connect_timeout;
     ngx_uint_t                   redis_max_inflight;
+    ngx_uint_t                   redis_session_inflight;
     ngx_uint_t                   enabled;        /* any collab location */
     ngx_shm_zone_t              *limit_zone;
     void                        *limit_sh;
@@ -176,6 +190,9 @@ struct ngx_http_collab_sub_s {
     unsigned                     rereads:3;
     unsigned                     counted:1;      /* in the doc limit */
     ngx_uint_t                   limit_slot;     /* where it is counted */
+    unsigned                     again:1;        /* re-subscribed: the read
+                                                    in flight is stale */
+    size_t                       budget;         /* bytes asked of it */
 };
 
 
@@ -218,6 +235,7 @@ struct ngx_http_collab_cmd_s {
     ngx_http_collab_cmd_handler_pt  handler;
     ngx_msec_t                   sent;
     ngx_uint_t                   slot;           /* POST reply index */
+    size_t                       budget;         /* log read: reserved */
     unsigned                     delta:1;
     ngx_str_t                    doc;
     ngx_str_t                    id;
@@ -266,6 +284,8 @@ struct ngx_http_collab_session_s {
     ngx_uint_t                   nsubs;
     ngx_queue_t                  cmds;
     ngx_uint_t                   inflight;       /* deltas */
+    ngx_uint_t                   ncmds;          /* Redis commands */
+    size_t                       read_reserved;  /* asked by log reads */
 
     ngx_http_collab_out_t       *out;
     ngx_http_collab_out_t      **out_last;
@@ -418,6 +438,8 @@ ngx_http_collab_msg_t *ngx_http_collab_msg_from_json(json_t *obj);
 ngx_http_collab_msg_t *ngx_http_collab_msg_error(const char *type,
     const char *code, ngx_str_t *doc, ngx_str_t *id, const char *fmt, ...);
 ngx_http_collab_msg_t *ngx_http_collab_msg_build(const char *type, ...);
+ngx_http_collab_msg_t *ngx_http_collab_msg_busy(const char *type,
+    ngx_str_t *doc, ngx_str_t *id, ngx_msec_t retry);
 void ngx_http_collab_reply(ngx_http_collab_session_t *s, ngx_uint_t slot,
     ngx_http_collab_msg_t *m);
 void ngx_http_collab_msg_release(ngx_http_collab_msg_t *m);
@@ -494,7 +516,7 @@ ngx_int_t ngx_http_collab_limit_zone_add(ngx_conf_t *cf,
 ngx_int_t ngx_http_collab_limit_post(ngx_http_collab_session_t *s,
     ngx_uint_t peek, ngx_msec_t *retry);
 ngx_int_t ngx_http_collab_limit_message(ngx_http_collab_session_t *s,
-    size_t len, ngx_msec_t *retry);
+    ngx_uint_t cost, size_t len, ngx_msec_t *retry);
 ngx_int_t ngx_http_collab_limit_acquire(ngx_http_collab_session_t *s,
     ngx_str_t *doc, ngx_uint_t *index);
 void ngx_http_collab_limit_release(ngx_uint_t index);

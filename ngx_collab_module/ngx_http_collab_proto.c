@@ -13,6 +13,8 @@
 /* the collab.v1 messages: decoding what clients send, encoding replies */
 
 
+static ngx_int_t ngx_http_collab_proto_charge(ngx_http_collab_session_t *s,
+    json_t *obj, const char *type, ngx_uint_t slot);
 static ngx_int_t ngx_http_collab_proto_doc(ngx_http_collab_session_t *s,
     json_t *obj, ngx_str_t *doc, ngx_uint_t slot, const char *type,
     ngx_str_t *id);
@@ -286,6 +288,40 @@ ngx_http_collab_msg_error(const char *type, const char *code, ngx_str_t *doc,
 }
 
 
+/* rate_limited: {"type", "id"?, "doc"?, "code", "message", "retry_after_ms"} */
+
+ngx_http_collab_msg_t *
+ngx_http_collab_msg_busy(const char *type, ngx_str_t *doc, ngx_str_t *id,
+    ngx_msec_t retry)
+{
+    const char  *text;
+
+    text = (type[0] == 'n') ? "too many deltas: slow down"
+                            : "too many messages: slow down";
+
+    if (id && id->len && doc && doc->len) {
+        return ngx_http_collab_msg_build(type, "id", 'S', id, "doc", 'S', doc,
+                                         "code", 'C', "rate_limited",
+                                         "message", 'C', text,
+                                         "retry_after_ms", 'I',
+                                         (int64_t) retry, NULL);
+    }
+
+    if (doc && doc->len) {
+        return ngx_http_collab_msg_build(type, "doc", 'S', doc,
+                                         "code", 'C', "rate_limited",
+                                         "message", 'C', text,
+                                         "retry_after_ms", 'I',
+                                         (int64_t) retry, NULL);
+    }
+
+    return ngx_http_collab_msg_build(type, "code", 'C', "rate_limited",
+                                     "message", 'C', text,
+                                     "retry_after_ms", 'I', (int64_t) retry,
+                                     NULL);
+}
+
+
 /* a delta read back from the log, in the form pub/sub carries it */
 
 ngx_http_collab_msg_t *
@@ -470,6 +506,10 @@ ngx_http_collab_proto_handle(ngx_http_collab_session_t *s, u_char *text,
                      JSON_REJECT_DUPLICATES|JSON_DECODE_INT_AS_REAL, &err);
 
     if (obj == NULL) {
+        if (ngx_http_collab_proto_charge(s, NULL, NULL, slot) != NGX_OK) {
+            return;
+        }
+
         ngx_http_collab_reply(s, slot,
                               ngx_http_collab_msg_error("error", "invalid",
                                   NULL, NULL, "invalid JSON at position "
@@ -506,6 +546,10 @@ ngx_http_collab_proto_handle_json(ngx_http_collab_session_t *s, json_t *obj,
     const char  *type;
 
     if (!json_is_object(obj)) {
+        if (ngx_http_collab_proto_charge(s, NULL, NULL, slot) != NGX_OK) {
+            return NGX_OK;
+        }
+
         ngx_http_collab_reply(s, slot,
                               ngx_http_collab_msg_error("error", "invalid",
                                   NULL, NULL,
@@ -514,6 +558,12 @@ ngx_http_collab_proto_handle_json(ngx_http_collab_session_t *s, json_t *obj,
     }
 
     type = json_string_value(json_object_get(obj, "type"));
+
+    /* every message is charged to the session's budget before any work */
+
+    if (ngx_http_collab_proto_charge(s, obj, type, slot) != NGX_OK) {
+        return NGX_OK;
+    }
 
     if (type == NULL) {
         ngx_http_collab_reply(s, slot,
@@ -561,6 +611,92 @@ ngx_http_collab_proto_handle_json(ngx_http_collab_session_t *s, json_t *obj,
     }
 
     return NGX_OK;
+}
+
+
+/*
+ * Charges a message by its type (NGX_HTTP_COLLAB_COST_*).  Over the budget
+ * it is refused: a delta with nack rate_limited, intents and presence
+ * dropped quietly (unless a POST waits for an answer), anything else with
+ * error rate_limited, all with retry_after_ms; NGX_DONE: the session was
+ * closed for flooding.
+ */
+
+static ngx_int_t
+ngx_http_collab_proto_charge(ngx_http_collab_session_t *s, json_t *obj,
+    const char *type, ngx_uint_t slot)
+{
+    json_t      *v;
+    ngx_int_t    rc;
+    ngx_str_t    doc, id;
+    ngx_uint_t   cost, ephemeral;
+    ngx_msec_t   retry;
+    const char  *reply;
+
+    cost = NGX_HTTP_COLLAB_COST_DELTA;
+    reply = "error";
+    ephemeral = 0;
+
+    if (type == NULL) {
+        /* not a message: costs a delta */
+
+    } else if (ngx_strcmp(type, "delta") == 0) {
+        reply = "nack";
+
+    } else if (ngx_strcmp(type, "subscribe") == 0) {
+        cost = NGX_HTTP_COLLAB_COST_SUBSCRIBE;
+
+    } else if (ngx_strcmp(type, "state") == 0) {
+        cost = NGX_HTTP_COLLAB_COST_STATE;
+
+    } else if (ngx_strcmp(type, "auth") == 0) {
+        cost = NGX_HTTP_COLLAB_COST_AUTH;
+
+    } else if (ngx_strcmp(type, "intent") == 0
+               || ngx_strcmp(type, "presence") == 0)
+    {
+        ephemeral = 1;
+    }
+
+    rc = ngx_http_collab_limit_message(s, cost, s->cur_len, &retry);
+
+    if (rc != NGX_BUSY) {
+        return rc;
+    }
+
+    if (ephemeral && slot == NGX_HTTP_COLLAB_NO_SLOT) {
+        /* the next one supersedes it */
+        ngx_http_collab_worker->stats.ephemera_dropped++;
+        return NGX_BUSY;
+    }
+
+    /* the answer names what it refuses when it can */
+
+    ngx_str_null(&doc);
+    ngx_str_null(&id);
+
+    v = obj ? json_object_get(obj, "doc") : NULL;
+
+    if (json_is_string(v)
+        && ngx_http_collab_doc_id_valid((u_char *) json_string_value(v),
+                                        json_string_length(v)))
+    {
+        doc.data = (u_char *) json_string_value(v);
+        doc.len = json_string_length(v);
+    }
+
+    v = obj ? json_object_get(obj, "id") : NULL;
+
+    if (json_is_string(v) && json_string_length(v) <= NGX_HTTP_COLLAB_OPID_MAX)
+    {
+        id.data = (u_char *) json_string_value(v);
+        id.len = json_string_length(v);
+    }
+
+    ngx_http_collab_reply(s, slot,
+                          ngx_http_collab_msg_busy(reply, &doc, &id, retry));
+
+    return NGX_BUSY;
 }
 
 
@@ -730,8 +866,7 @@ ngx_http_collab_proto_delta(ngx_http_collab_session_t *s, json_t *obj,
     json_t      *v;
     int64_t      base;
     ngx_int_t    rc;
-    ngx_msec_t   retry;
-    ngx_str_t   doc, id, data;
+    ngx_str_t    doc, id, data;
 
     ngx_str_null(&id);
 
@@ -776,25 +911,6 @@ ngx_http_collab_proto_delta(ngx_http_collab_session_t *s, json_t *obj,
         ngx_http_collab_reply(s, slot,
                               ngx_http_collab_msg_error("nack", "invalid",
                                   &doc, &id, "\"data\" is missing"));
-        return;
-    }
-
-    switch (ngx_http_collab_limit_message(s, s->cur_len, &retry)) {
-
-    case NGX_OK:
-        break;
-
-    case NGX_BUSY:
-        ngx_http_collab_reply(s, slot,
-                              ngx_http_collab_msg_build("nack",
-                                  "id", 'S', &id, "doc", 'S', &doc,
-                                  "code", 'C', "rate_limited",
-                                  "message", 'C', "too many deltas: slow "
-                                  "down", "retry_after_ms", 'I',
-                                  (int64_t) retry, NULL));
-        return;
-
-    default: /* NGX_DONE: closed for flooding */
         return;
     }
 
@@ -882,7 +998,6 @@ ngx_http_collab_proto_ephemeral(ngx_http_collab_session_t *s, json_t *obj,
 {
     json_t                 *v;
     ngx_str_t               doc, data, sid;
-    ngx_msec_t              retry;
     ngx_uint_t              need;
     ngx_http_collab_sub_t  *sub;
     ngx_http_collab_msg_t  *m;
@@ -923,14 +1038,6 @@ ngx_http_collab_proto_ephemeral(ngx_http_collab_session_t *s, json_t *obj,
         ngx_http_collab_reply(s, slot,
                               ngx_http_collab_msg_error("error", "invalid",
                                   &doc, NULL, "\"data\" is missing"));
-        return;
-    }
-
-    if (type[0] == 'i'
-        && ngx_http_collab_limit_message(s, s->cur_len, &retry) != NGX_OK)
-    {
-        /* intents over the limit are dropped: the next one supersedes */
-        ngx_http_collab_worker->stats.ephemera_dropped++;
         return;
     }
 

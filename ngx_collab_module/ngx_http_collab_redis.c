@@ -750,6 +750,7 @@ ngx_http_collab_cmd_alloc(ngx_http_collab_session_t *s, size_t extra)
 
     if (s) {
         ngx_queue_insert_tail(&s->cmds, &cmd->session_link);
+        s->ncmds++;
     }
 
     return cmd;
@@ -761,6 +762,8 @@ ngx_http_collab_cmd_free(ngx_http_collab_cmd_t *cmd)
 {
     if (cmd->session) {
         ngx_queue_remove(&cmd->session_link);
+        cmd->session->ncmds--;
+        cmd->session->read_reserved -= cmd->budget;
         cmd->session = NULL;
     }
 
@@ -783,8 +786,9 @@ ngx_http_collab_cmd_discard(ngx_http_collab_cmd_t *cmd, redisReply *reply)
 
 
 /*
- * Sends a command owned by a session.  On failure the command is freed and
- * NGX_DECLINED tells the caller to answer "unavailable".
+ * Sends a command owned by a session.  On failure the command is freed:
+ * NGX_BUSY tells the caller to answer "rate_limited" (the session has its
+ * share of the pipeline in flight), NGX_DECLINED "unavailable".
  */
 
 ngx_int_t
@@ -792,6 +796,16 @@ ngx_http_collab_redis_command(ngx_http_collab_redis_t *rc,
     ngx_http_collab_cmd_t *cmd, int argc, const char **argv,
     const size_t *argvlen)
 {
+    /* the command itself is counted in ncmds */
+
+    if (cmd->session
+        && cmd->session->ncmds > rc->mcf->redis_session_inflight)
+    {
+        ngx_http_collab_worker->stats.rate_limited++;
+        ngx_http_collab_cmd_free(cmd);
+        return NGX_BUSY;
+    }
+
     if (rc->ac == NULL || rc->state != NGX_HTTP_COLLAB_REDIS_READY
         || rc->ninflight >= rc->mcf->redis_max_inflight)
     {

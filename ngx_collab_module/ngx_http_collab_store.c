@@ -133,8 +133,10 @@ static const char  ngx_http_collab_store_lua[] =
 "  return {1, seq, epoch}\n"
 "end\n"
 /* keys: state log acl audit
- * args: epoch since count client_epoch user groups grant default
- * a user without a role learns nothing, not even whether the log exists */
+ * args: epoch since count client_epoch user groups grant default budget
+ * a user without a role learns nothing, not even whether the log exists;
+ * entries stop once their bytes (data, id, user and 64 each) reach the
+ * budget, always after one at least (no budget: a module that sends none) */
 "local function read(keys, args)\n"
 "  local state, log = keys[1], keys[2]\n"
 "  local role, acl = role_of(keys[3], args[5], args[6], args[7], args[8])\n"
@@ -163,18 +165,29 @@ static const char  ngx_http_collab_store_lua[] =
 "    since = snap_seq\n"
 "  end\n"
 "  local res = {epoch, head, mode, snap_seq, snap_data, role, acl}\n"
-"  if since < head then\n"
-"    local entries = redis.call('XRANGE', log,\n"
-"      string.format('%d', since + 1) .. '-0', '+', 'COUNT', count)\n"
+"  local budget = tonumber(args[9])\n"
+"  local from = string.format('%d', since + 1) .. '-0'\n"
+"  local left, used = count, 0\n"
+/* in chunks: what is not sent is not read either */
+"  while since < head and left > 0 do\n"
+"    local n = math.min(left, 16)\n"
+"    local entries = redis.call('XRANGE', log, from, '+', 'COUNT', n)\n"
 "    for _, e in ipairs(entries) do\n"
 "      local f, m = e[2], {}\n"
 "      for i = 1, #f, 2 do m[f[i]] = f[i + 1] end\n"
+"      local id, user, data = m['id'] or '', m['user'] or '',\n"
+"                             m['data'] or 'null'\n"
 "      res[#res + 1] = m['seq'] or ''\n"
-"      res[#res + 1] = m['id'] or ''\n"
-"      res[#res + 1] = m['user'] or ''\n"
+"      res[#res + 1] = id\n"
+"      res[#res + 1] = user\n"
 "      res[#res + 1] = m['ts'] or '0'\n"
-"      res[#res + 1] = m['data'] or 'null'\n"
+"      res[#res + 1] = data\n"
+"      left = left - 1\n"
+"      used = used + #data + #id + #user + 64\n"
+"      if budget and used >= budget then left = 0; break end\n"
 "    end\n"
+"    if #entries < n then break end\n"
+"    from = '(' .. entries[#entries][1]\n"
 "  end\n"
 "  return res\n"
 "end\n"
@@ -687,8 +700,15 @@ ngx_http_collab_store_append(ngx_http_collab_session_t *s, ngx_str_t *doc,
 
     s->inflight--;
 
-    m = ngx_http_collab_msg_error("nack", "unavailable", doc, id,
-                                  "the document store is unavailable");
+    if (rc == NGX_BUSY) {
+        m = ngx_http_collab_msg_busy("nack", doc, id,
+                                     NGX_HTTP_COLLAB_BUSY_RETRY);
+
+    } else {
+        m = ngx_http_collab_msg_error("nack", "unavailable", doc, id,
+                                      "the document store is unavailable");
+    }
+
     ngx_http_collab_reply(s, slot, m);
 
     return NGX_OK;
@@ -800,6 +820,7 @@ ngx_http_collab_store_state(ngx_http_collab_session_t *s, ngx_str_t *doc,
     u_char                  role[2];
     const char             *argv[13];
     size_t                  argvlen[13];
+    ngx_int_t               rc;
     ngx_http_collab_cmd_t  *cmd;
     ngx_http_collab_msg_t  *m;
 
@@ -838,15 +859,22 @@ ngx_http_collab_store_state(ngx_http_collab_session_t *s, ngx_str_t *doc,
     argvlen[9] = s->user.len;
     ngx_http_collab_store_role_args(s, doc, &argv[10], &argvlen[10], role);
 
-    if (ngx_http_collab_redis_command(&ngx_http_collab_worker->cmd, cmd,
-                                      13, argv, argvlen)
-        == NGX_OK)
-    {
+    rc = ngx_http_collab_redis_command(&ngx_http_collab_worker->cmd, cmd,
+                                       13, argv, argvlen);
+
+    if (rc == NGX_OK) {
         return NGX_OK;
     }
 
-    m = ngx_http_collab_msg_error("error", "unavailable", doc, NULL,
-                                  "the document store is unavailable");
+    if (rc == NGX_BUSY) {
+        m = ngx_http_collab_msg_busy("error", doc, NULL,
+                                     NGX_HTTP_COLLAB_BUSY_RETRY);
+
+    } else {
+        m = ngx_http_collab_msg_error("error", "unavailable", doc, NULL,
+                                      "the document store is unavailable");
+    }
+
     ngx_http_collab_reply(s, slot, m);
 
     return NGX_OK;
@@ -919,9 +947,11 @@ ngx_http_collab_store_read(ngx_http_collab_sub_t *sub)
     u_char                      epoch[NGX_HTTP_COLLAB_EPOCH_LEN];
     u_char                      since[NGX_INT64_LEN + 1];
     u_char                      count[NGX_INT_T_LEN];
+    u_char                      budget[NGX_SIZE_T_LEN];
     u_char                      role[2];
-    const char                 *argv[15];
-    size_t                      argvlen[15];
+    const char                 *argv[16];
+    size_t                      argvlen[16];
+    size_t                      room, used;
     ngx_int_t                   rc;
     ngx_str_t                  *doc;
     ngx_http_collab_cmd_t      *cmd;
@@ -979,8 +1009,24 @@ ngx_http_collab_store_read(ngx_http_collab_sub_t *sub)
     argvlen[11] = s->user.len;
     ngx_http_collab_store_role_args(s, doc, &argv[12], &argvlen[12], role);
 
+    /*
+     * Ask only for what fits the free part of the send queue, less what the
+     * session's other reads were promised (at least one entry comes back):
+     * the reply is what Redis buffers for this worker.
+     */
+
+    used = s->out_bytes + s->read_reserved;
+    room = (used < s->conf->send_queue) ? s->conf->send_queue - used : 1;
+
+    cmd->budget = room;
+    s->read_reserved += room;
+    sub->budget = room;
+
+    argv[15] = (char *) budget;
+    argvlen[15] = ngx_sprintf(budget, "%uz", room) - budget;
+
     rc = ngx_http_collab_redis_command(&ngx_http_collab_worker->cmd, cmd,
-                                       15, argv, argvlen);
+                                       16, argv, argvlen);
 
     if (rc != NGX_OK) {
         /* retried when Redis is back */

@@ -5,7 +5,8 @@
 #   retry_after_ms while a well-behaved client on the same document keeps
 #   getting every delta acked and delivered in seq order; a flooder that
 #   ignores the nacks is closed with 4429 after max(100, 2*burst) of them;
-#   intents over the limit are dropped silently; Nr/m rates; bytes=.
+#   intents and presence over the limit are dropped silently (a subscribe
+#   costs 4 deltas); Nr/m rates; bytes=.
 #   The defaults (50r/s burst=100 bytes=1m), also when collab_rate is
 #   written out without bytes=.
 #   collab_user_rate: one bucket for all sessions of a user, across the
@@ -48,7 +49,7 @@ $t->write_nginx_conf(<<'EOF');
         }
         location = /slow {
             collab;
-            collab_rate 2r/m burst=2;
+            collab_rate 2r/m burst=5;
         }
         location = /bytes {
             collab;
@@ -190,10 +191,11 @@ sub of_type { my ($c, $type, $code) = @_; grep { $_->{type} eq $type && (!$code 
     my $b = $t->ws_session(path => '/slow?user=sb');
     is($t->subscribe($a, $DOC)->{type}, 'subscribed', 'slow: a subscribed');
     is($t->subscribe($b, $DOC)->{type}, 'subscribed', 'slow: b subscribed');
-    # 2r/m burst=2: three messages pass at once, then one every 30 s
+    # 2r/m burst=5: six deltas' worth pass at once, then one every 30 s;
+    # the subscribe cost four of them
     $a->send_json({ type => 'intent', doc => $DOC, data => { i => $_ } }) for 1 .. 6;
     my @got = grep { $_->{type} eq 'intent' } $b->collect(1);
-    is(join(',', map { $_->{data}{i} } @got), '1,2,3', 'intents over the limit are dropped (burst + 1 pass)');
+    is(join(',', map { $_->{data}{i} } @got), '1,2', 'intents over the limit are dropped (burst + 1 - 4 for the subscribe pass)');
     my @mine = $a->collect(0.3);
     is(scalar @mine, 0, 'the sender gets nothing for a dropped intent') or diag explain \@mine;
     $a->send_json(delta($DOC, 's1'));
@@ -201,10 +203,11 @@ sub of_type { my ($c, $type, $code) = @_; grep { $_->{type} eq $type && (!$code 
     is($n && $n->{type} . ':' . ($n->{code} // ''), 'nack:rate_limited', 'intents and deltas share the bucket');
     ok($n && $n->{retry_after_ms} > 25000 && $n->{retry_after_ms} <= 30001,
         '2r/m: retry_after_ms about 30 s (' . ($n && $n->{retry_after_ms} // 'none') . ')');
-    # presence is not counted
+    # presence is counted too (t/94-unmetered.t): dropped like intents
     $a->send_json({ type => 'presence', doc => $DOC, data => { p => 1 } });
-    my $p = $b->wait_for('presence', 2);
-    ok($p, 'presence is not rate limited');
+    my $p = $b->wait_for('presence', 1);
+    ok(!$p, 'presence over the limit is dropped');
+    is(scalar($a->collect(0.3)), 0, 'without a reply');
     $_->close(1000) for $a, $b;
 }
 
