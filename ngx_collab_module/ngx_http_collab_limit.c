@@ -37,7 +37,10 @@
 #define NGX_HTTP_COLLAB_LIMIT_SECRET   32
 
 
-/* kind: 'u' user, 'd' document; upper case: name is the keyed digest */
+/*
+ * kind: 'u' user, 'd' document, 'p' POST user, 'a' POST address; upper
+ * case: name is the keyed digest
+ */
 
 typedef struct {
     uint32_t                     hash;
@@ -431,11 +434,12 @@ ngx_int_t
 ngx_http_collab_limit_post(ngx_http_collab_session_t *s, ngx_uint_t peek,
     ngx_msec_t *retry)
 {
-    uint32_t                       key;
     ngx_int_t                      rc;
     ngx_str_t                      name;
     struct sockaddr               *sa;
+    ngx_http_collab_limit_key_t    key;
     ngx_slab_pool_t               *shpool;
+    ngx_http_collab_limit_sh_t    *sh;
     ngx_http_collab_limit_slot_t  *slot;
     ngx_http_collab_loc_conf_t    *lcf;
     ngx_http_collab_main_conf_t   *mcf;
@@ -454,7 +458,7 @@ ngx_http_collab_limit_post(ngx_http_collab_session_t *s, ngx_uint_t peek,
     /* s->strings holds a user of its own: a token's or collab_user's */
 
     if (s->authenticated && s->strings) {
-        key = ngx_http_collab_limit_key("p", &s->user);
+        ngx_http_collab_limit_key(mcf->limit_sh, 'p', &s->user, &key);
 
     } else {
         sa = s->connection->sockaddr;
@@ -482,14 +486,15 @@ ngx_http_collab_limit_post(ngx_http_collab_session_t *s, ngx_uint_t peek,
 #endif
         }
 
-        key = ngx_http_collab_limit_key("a", &name);
+        ngx_http_collab_limit_key(mcf->limit_sh, 'a', &name, &key);
     }
 
     shpool = (ngx_slab_pool_t *) mcf->limit_zone->shm.addr;
 
     ngx_shmtx_lock(&shpool->mutex);
 
-    slot = ngx_http_collab_limit_slot(mcf->limit_sh, key, 1);
+    sh = mcf->limit_sh;
+    slot = &sh->slots[ngx_http_collab_limit_slot(sh, &key, 1)];
     slot->seen = ngx_current_msec;
 
     rc = ngx_http_collab_limit_bucket(&slot->excess, &slot->last, lcf->rate,

@@ -27,7 +27,7 @@
  */
 
 
-#define NGX_HTTP_COLLAB_STORE_VERSION  2
+#define NGX_HTTP_COLLAB_STORE_VERSION  3
 #define NGX_HTTP_COLLAB_STORE_COMPAT   1
 
 /* a key every load changes: a check and a load WATCH it */
