@@ -132,9 +132,7 @@ is($r->{status}, 400, 'a plain GET over TLS: 400');
         my $m = $c->wait_for(sub { $_[0]{type} eq 'delta' && $_[0]{id} eq "b$i" }, 3);
         push @got, "b$i" if $m && $m->{data} eq $big;
     }
-    TODO: {
-        # TODO until the NGX_SSL_BUFFERED flush fix lands
-        local $TODO = 'the tail of a big delta can stay in OpenSSL\'s buffer';
+    {
         is("@got", 'b2 b3 b4 b5 b6', 'sndbuf=32k: each 150 KB delta arrives whole before the next is sent');
     }
     $c->close(1000);
@@ -174,9 +172,7 @@ for my $tls (0, 1) {
             . ($seqs->[-1] // 'none') . ')' unless "@$seqs" eq join(' ', 1 .. $n);
         $ws->close(1000);
     }
-    TODO: {
-        # TODO until the NGX_SSL_BUFFERED flush fix lands
-        local $TODO = $tls ? 'bytes OpenSSL buffered after EAGAIN are not flushed' : undef;
+    {
         ok(!@bad, "$over: a stalled reader gets all its deltas when it reads, with nothing sent after")
             or diag join "\n", @bad;
     }
@@ -228,9 +224,7 @@ for my $tls (0, 1) {
         push @code, "$c->{doc}: " . ($code // 'no close frame (TCP close)')
             unless ($code // 0) == 1001;
     }
-    TODO: {
-        # TODO until the NGX_SSL_BUFFERED flush fix lands
-        local $TODO = $tls ? 'a close frame buffered by OpenSSL is dropped at finalize' : undef;
+    {
         ok(!@lost, "reload, $over: stalled clients read all their deltas") or diag join "\n", @lost;
         ok(!@code, "reload, $over: then close 1001") or diag join "\n", @code;
     }
