@@ -29,6 +29,7 @@ $t->write_nginx_conf(<<'EOF');
             collab;
             collab_auth jwt;
             collab_doc $arg_doc;
+            collab_rate 500r/s burst=1000;   # the probes below subscribe 100 times
             collab_default_role none;
             collab_jwt_key hs256 file=%%TESTDIR%%/keys/hs256.key;
         }

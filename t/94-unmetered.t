@@ -275,7 +275,8 @@ sub verdict {
     my ($fc1, $out1) = $stat->();
     # the polite writer's 50 deltas are FCALLs too
     my $reads = $fc1 - $fc0 - 50;
-    ok($reads <= 20, "coalesced subscribes: 5,000 subscribes in one write made $reads log reads");
+    # one read per free queue of log bytes (16 MB / 256k), never one per subscribe
+    ok($reads <= 100, "coalesced subscribes: 5,000 subscribes in one write made $reads log reads");
     # now the flooder reads: one `subscribed`, then the whole log once, in order
     my $head = $t->log_len($DOC);
     my (@seqs, $subd);
