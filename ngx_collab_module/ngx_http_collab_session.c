@@ -679,8 +679,6 @@ ngx_http_collab_session_drain_handler(ngx_event_t *ev)
                   "collab: session %*s did not drain its send queue in "
                   "time, closing it", (size_t) 16, s->id);
 
-    ngx_http_collab_worker->stats.slow_closed++;
-
     /* a close frame would wait behind what does not drain */
     c->error = 1;
     ngx_http_collab_session_end(s);

@@ -237,9 +237,3 @@ ngx_http_collab_sse_heartbeat(ngx_http_collab_session_t *s)
                                             8);
 }
 
-
-void
-ngx_http_collab_sse_end(ngx_http_collab_session_t *s)
-{
-    ngx_http_collab_session_close(s, 0, "end of stream");
-}
