@@ -397,12 +397,14 @@ u_char *ngx_http_collab_ws_frame(ngx_http_collab_msg_t *m, size_t *len);
 void ngx_http_collab_ws_fail(ngx_http_collab_session_t *s, ngx_uint_t code,
     const char *reason);
 ngx_int_t ngx_http_collab_ws_ping(ngx_http_collab_session_t *s);
+ngx_int_t ngx_http_collab_ws_flush(ngx_http_collab_session_t *s);
 
 /* SSE transport */
 ngx_int_t ngx_http_collab_sse_start(ngx_http_request_t *r,
     ngx_http_collab_loc_conf_t *lcf);
 u_char *ngx_http_collab_sse_event(ngx_http_collab_msg_t *m, size_t *len);
 ngx_int_t ngx_http_collab_sse_heartbeat(ngx_http_collab_session_t *s);
+ngx_int_t ngx_http_collab_sse_flush(ngx_http_collab_session_t *s);
 
 /* POST transport */
 ngx_int_t ngx_http_collab_post_start(ngx_http_request_t *r,
@@ -444,6 +446,7 @@ ngx_int_t ngx_http_collab_session_send_ctl(ngx_http_collab_session_t *s,
     ngx_uint_t opcode, u_char *data, size_t len);
 void ngx_http_collab_session_post_write(ngx_http_collab_session_t *s);
 void ngx_http_collab_session_flush(ngx_http_collab_session_t *s);
+void ngx_http_collab_session_sent(ngx_http_collab_session_t *s);
 void ngx_http_collab_session_close(ngx_http_collab_session_t *s,
     ngx_uint_t code, const char *reason);
 void ngx_http_collab_session_finalize(ngx_http_collab_session_t *s);
