@@ -328,13 +328,6 @@ ngx_http_collab_doc_find(ngx_http_collab_session_t *s, ngx_str_t *name)
 }
 
 
-ngx_int_t
-ngx_http_collab_doc_subscribed(ngx_http_collab_session_t *s, ngx_str_t *name)
-{
-    return ngx_http_collab_doc_find(s, name) != NULL;
-}
-
-
 /* the role went to none while subscribed */
 
 void
@@ -603,8 +596,6 @@ ngx_http_collab_doc_fanout(ngx_http_collab_doc_t *doc, u_char *payload,
                  * "resync" tells it to come back with since = pos, and the
                  * log serves it at its own pace.
                  */
-                ngx_http_collab_worker->stats.lagging++;
-
                 ngx_log_error(NGX_LOG_INFO, s->connection->log, 0,
                               "collab: session %*s fell behind on \"%V\" "
                               "at seq %uL, sending resync", (size_t) 16,
@@ -704,8 +695,6 @@ ngx_http_collab_doc_fanout(ngx_http_collab_doc_t *doc, u_char *payload,
         {
             /* ephemera are the first to go when a reader is behind */
             if (sub->state == NGX_HTTP_COLLAB_SUB_LIVE) {
-                ngx_http_collab_worker->stats.ephemera_dropped++;
-
                 ngx_log_debug1(NGX_LOG_DEBUG_HTTP, s->connection->log, 0,
                                "collab: ephemeral message dropped for "
                                "\"%V\"", &doc->node.str);

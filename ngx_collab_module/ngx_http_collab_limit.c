@@ -392,8 +392,6 @@ ngx_http_collab_limit_message(ngx_http_collab_session_t *s, ngx_uint_t cost,
 
     /* a client that keeps going after the nacks is cut off */
 
-    ngx_http_collab_worker->stats.rate_limited++;
-
     if (ngx_current_msec - s->strike_start > NGX_HTTP_COLLAB_STRIKE_WINDOW) {
         s->strike_start = ngx_current_msec;
         s->strikes = 0;
@@ -406,7 +404,6 @@ ngx_http_collab_limit_message(ngx_http_collab_session_t *s, ngx_uint_t cost,
                       "collab: \"%V\" keeps flooding, closing the session",
                       ngx_http_collab_esc(&s->user));
 
-        ngx_http_collab_worker->stats.flood_closed++;
         s->shutdown = 1;
         ngx_http_collab_session_close(s, 4429, "rate limited");
         return NGX_DONE;
@@ -506,10 +503,6 @@ ngx_http_collab_limit_post(ngx_http_collab_session_t *s, ngx_uint_t peek,
 
     ngx_shmtx_unlock(&shpool->mutex);
 
-    if (rc == NGX_BUSY) {
-        ngx_http_collab_worker->stats.rate_limited++;
-    }
-
     return rc;
 }
 
@@ -564,8 +557,6 @@ ngx_http_collab_limit_acquire(ngx_http_collab_session_t *s, ngx_str_t *doc,
     ngx_shmtx_unlock(&shpool->mutex);
 
     if (rc == NGX_DECLINED) {
-        ngx_http_collab_worker->stats.sessions_refused++;
-
         ngx_log_error(NGX_LOG_INFO, s->connection->log, 0,
                       "collab: too many sessions for %s \"%V\"",
                       doc ? "document" : "user",

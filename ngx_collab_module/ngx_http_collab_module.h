@@ -236,7 +236,6 @@ struct ngx_http_collab_cmd_s {
     ngx_msec_t                   sent;
     ngx_uint_t                   slot;           /* POST reply index */
     size_t                       budget;         /* log read: reserved */
-    unsigned                     delta:1;
     ngx_str_t                    doc;
     ngx_str_t                    id;
     u_char                       data[1];
@@ -334,23 +333,11 @@ struct ngx_http_collab_session_s {
     unsigned                     read_blocked:1;
     unsigned                     read_full:1;    /* waits for queue room */
     unsigned                     shutdown:1;
-    unsigned                     write_posted:1;
     unsigned                     finalize:1;
     unsigned                     last_sent:1;
     unsigned                     authenticated:1;
     unsigned                     counted:1;      /* in the user limit */
 };
-
-
-typedef struct {
-    ngx_atomic_uint_t            rate_limited;
-    ngx_atomic_uint_t            flood_closed;
-    ngx_atomic_uint_t            sessions_refused;
-    ngx_atomic_uint_t            lagging;
-    ngx_atomic_uint_t            slow_closed;
-    ngx_atomic_uint_t            ephemera_dropped;
-    ngx_atomic_uint_t            unavailable;
-} ngx_http_collab_stats_t;
 
 
 /* the request context until a session replaces it */
@@ -367,7 +354,6 @@ typedef struct {
     ngx_http_collab_redis_t      sub;
     ngx_connection_t            *watcher;
     ngx_event_t                  retry;
-    ngx_http_collab_stats_t      stats;
     time_t                       deny_sec;
     ngx_uint_t                   deny_count;
     ngx_http_collab_out_t       *free_out;
@@ -407,18 +393,18 @@ ngx_str_t *ngx_http_collab_log_escape(ngx_str_t *dst, u_char *buf,
 /* WebSocket transport */
 ngx_int_t ngx_http_collab_ws_handshake(ngx_http_request_t *r,
     ngx_http_collab_loc_conf_t *lcf);
-void ngx_http_collab_ws_start(ngx_http_collab_session_t *s);
 u_char *ngx_http_collab_ws_frame(ngx_http_collab_msg_t *m, size_t *len);
 void ngx_http_collab_ws_fail(ngx_http_collab_session_t *s, ngx_uint_t code,
     const char *reason);
 ngx_int_t ngx_http_collab_ws_ping(ngx_http_collab_session_t *s);
+ngx_int_t ngx_http_collab_ws_flush(ngx_http_collab_session_t *s);
 
 /* SSE transport */
 ngx_int_t ngx_http_collab_sse_start(ngx_http_request_t *r,
     ngx_http_collab_loc_conf_t *lcf);
 u_char *ngx_http_collab_sse_event(ngx_http_collab_msg_t *m, size_t *len);
 ngx_int_t ngx_http_collab_sse_heartbeat(ngx_http_collab_session_t *s);
-void ngx_http_collab_sse_end(ngx_http_collab_session_t *s);
+ngx_int_t ngx_http_collab_sse_flush(ngx_http_collab_session_t *s);
 
 /* POST transport */
 ngx_int_t ngx_http_collab_post_start(ngx_http_request_t *r,
@@ -434,7 +420,6 @@ void ngx_http_collab_proto_handle(ngx_http_collab_session_t *s,
 ngx_int_t ngx_http_collab_proto_handle_json(ngx_http_collab_session_t *s,
     json_t *obj, ngx_uint_t slot);
 ngx_http_collab_msg_t *ngx_http_collab_msg_alloc(size_t len);
-ngx_http_collab_msg_t *ngx_http_collab_msg_from_json(json_t *obj);
 ngx_http_collab_msg_t *ngx_http_collab_msg_error(const char *type,
     const char *code, ngx_str_t *doc, ngx_str_t *id, const char *fmt, ...);
 ngx_http_collab_msg_t *ngx_http_collab_msg_build(const char *type, ...);
@@ -461,10 +446,10 @@ ngx_int_t ngx_http_collab_session_send_ctl(ngx_http_collab_session_t *s,
     ngx_uint_t opcode, u_char *data, size_t len);
 void ngx_http_collab_session_post_write(ngx_http_collab_session_t *s);
 void ngx_http_collab_session_flush(ngx_http_collab_session_t *s);
+void ngx_http_collab_session_sent(ngx_http_collab_session_t *s);
 void ngx_http_collab_session_close(ngx_http_collab_session_t *s,
     ngx_uint_t code, const char *reason);
 void ngx_http_collab_session_finalize(ngx_http_collab_session_t *s);
-void ngx_http_collab_session_drained(ngx_http_collab_session_t *s);
 void ngx_http_collab_session_welcome(ngx_http_collab_session_t *s);
 void ngx_http_collab_session_shutdown_all(void);
 void ngx_http_collab_session_start_timers(ngx_http_collab_session_t *s);
@@ -472,8 +457,6 @@ void ngx_http_collab_session_start_timers(ngx_http_collab_session_t *s);
 /* documents */
 ngx_int_t ngx_http_collab_doc_subscribe(ngx_http_collab_session_t *s,
     ngx_str_t *name, int64_t since, ngx_str_t *epoch);
-ngx_int_t ngx_http_collab_doc_subscribed(ngx_http_collab_session_t *s,
-    ngx_str_t *name);
 ngx_int_t ngx_http_collab_doc_unsubscribe(ngx_http_collab_session_t *s,
     ngx_str_t *name);
 void ngx_http_collab_doc_sub_free(ngx_http_collab_sub_t *sub);

@@ -666,7 +666,6 @@ ngx_http_collab_proto_charge(ngx_http_collab_session_t *s, json_t *obj,
 
     if (ephemeral && slot == NGX_HTTP_COLLAB_NO_SLOT) {
         /* the next one supersedes it */
-        ngx_http_collab_worker->stats.ephemera_dropped++;
         return NGX_BUSY;
     }
 

@@ -801,7 +801,6 @@ ngx_http_collab_redis_command(ngx_http_collab_redis_t *rc,
     if (cmd->session
         && cmd->session->ncmds > rc->mcf->redis_session_inflight)
     {
-        ngx_http_collab_worker->stats.rate_limited++;
         ngx_http_collab_cmd_free(cmd);
         return NGX_BUSY;
     }
@@ -809,8 +808,6 @@ ngx_http_collab_redis_command(ngx_http_collab_redis_t *rc,
     if (rc->ac == NULL || rc->state != NGX_HTTP_COLLAB_REDIS_READY
         || rc->ninflight >= rc->mcf->redis_max_inflight)
     {
-        ngx_http_collab_worker->stats.unavailable++;
-
         if (rc->ac && rc->ninflight >= rc->mcf->redis_max_inflight
             && rc->full_logged != ngx_time())
         {

@@ -36,11 +36,6 @@ static void ngx_http_collab_session_ping_handler(ngx_event_t *ev);
 static void ngx_http_collab_session_linger_handler(ngx_event_t *ev);
 static void ngx_http_collab_session_drain_handler(ngx_event_t *ev);
 static void ngx_http_collab_session_write_handler(ngx_http_request_t *r);
-static ngx_int_t ngx_http_collab_session_flush_ws(
-    ngx_http_collab_session_t *s);
-static ngx_int_t ngx_http_collab_session_flush_sse(
-    ngx_http_collab_session_t *s);
-static void ngx_http_collab_session_sent(ngx_http_collab_session_t *s);
 
 
 ngx_http_collab_session_t *
@@ -615,10 +610,10 @@ ngx_http_collab_session_flush(ngx_http_collab_session_t *s)
     sent = s->connection->sent;
 
     if (s->transport == NGX_HTTP_COLLAB_TRANSPORT_WS) {
-        rc = ngx_http_collab_session_flush_ws(s);
+        rc = ngx_http_collab_ws_flush(s);
 
     } else {
-        rc = ngx_http_collab_session_flush_sse(s);
+        rc = ngx_http_collab_sse_flush(s);
     }
 
     if (rc == NGX_ERROR) {
@@ -679,134 +674,15 @@ ngx_http_collab_session_drain_handler(ngx_event_t *ev)
                   "collab: session %*s did not drain its send queue in "
                   "time, closing it", (size_t) 16, s->id);
 
-    ngx_http_collab_worker->stats.slow_closed++;
-
     /* a close frame would wait behind what does not drain */
     c->error = 1;
     ngx_http_collab_session_end(s);
 }
 
 
-static ngx_int_t
-ngx_http_collab_session_flush_ws(ngx_http_collab_session_t *s)
-{
-    ngx_chain_t         *cl;
-    ngx_connection_t    *c;
-    ngx_http_request_t  *r;
-
-    c = s->connection;
-    r = s->request;
-
-    if (r && (r->out || c->buffered)) {
-        /* the rest of the 101 response */
-
-        if (ngx_http_output_filter(r, NULL) == NGX_ERROR) {
-            return NGX_ERROR;
-        }
-
-        if (r->out || c->buffered) {
-            return NGX_AGAIN;
-        }
-    }
-
-    /*
-     * Over TLS, what OpenSSL could not write at EAGAIN stays in the SSL
-     * buffer (NGX_SSL_BUFFERED) after its bufs were released: a send_chain()
-     * without input flushes it, and the session is not done until it went.
-     */
-
-    if (s->out == NULL && !c->buffered) {
-        return NGX_OK;
-    }
-
-    if (!c->write->ready) {
-        return ngx_handle_write_event(c->write, 0) == NGX_OK
-               ? NGX_AGAIN : NGX_ERROR;
-    }
-
-    cl = c->send_chain(c, s->out ? &s->out->cl : NULL, 0);
-
-    if (cl == NGX_CHAIN_ERROR) {
-        return NGX_ERROR;
-    }
-
-    ngx_http_collab_session_sent(s);
-
-    if (s->out || c->buffered) {
-        if (ngx_handle_write_event(c->write, 0) != NGX_OK) {
-            return NGX_ERROR;
-        }
-
-        return NGX_AGAIN;
-    }
-
-    return NGX_OK;
-}
-
-
-static ngx_int_t
-ngx_http_collab_session_flush_sse(ngx_http_collab_session_t *s)
-{
-    ngx_int_t            rc;
-    ngx_chain_t         *in;
-    ngx_connection_t    *c;
-    ngx_http_request_t  *r;
-
-    r = s->request;
-    c = r->connection;
-
-    /* what the filters have not seen yet starts after out_passed */
-
-    if (s->out_passed) {
-        in = s->out_passed->cl.next;
-
-    } else {
-        in = s->out ? &s->out->cl : NULL;
-    }
-
-    if (in) {
-        s->out_passed = (ngx_http_collab_out_t *)
-                            ((u_char *) s->out_last
-                             - offsetof(ngx_http_collab_out_t, next));
-    }
-
-    if (in || r->out || c->buffered) {
-        rc = ngx_http_output_filter(r, in);
-
-        if (rc == NGX_ERROR) {
-            return NGX_ERROR;
-        }
-
-        ngx_http_collab_session_sent(s);
-    }
-
-    if (s->out || r->out || c->buffered) {
-        return ngx_handle_write_event(c->write, 0) == NGX_OK
-               ? NGX_AGAIN : NGX_ERROR;
-    }
-
-    if (s->finalize && !s->last_sent) {
-        s->last_sent = 1;
-
-        rc = ngx_http_send_special(r, NGX_HTTP_LAST|NGX_HTTP_FLUSH);
-
-        if (rc == NGX_ERROR) {
-            return NGX_ERROR;
-        }
-
-        if (r->out || c->buffered) {
-            return ngx_handle_write_event(c->write, 0) == NGX_OK
-                   ? NGX_AGAIN : NGX_ERROR;
-        }
-    }
-
-    return NGX_OK;
-}
-
-
 /* releases what went out completely */
 
-static void
+void
 ngx_http_collab_session_sent(ngx_http_collab_session_t *s)
 {
     ngx_http_collab_out_t  *out;

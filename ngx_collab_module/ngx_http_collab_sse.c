@@ -238,8 +238,61 @@ ngx_http_collab_sse_heartbeat(ngx_http_collab_session_t *s)
 }
 
 
-void
-ngx_http_collab_sse_end(ngx_http_collab_session_t *s)
+ngx_int_t
+ngx_http_collab_sse_flush(ngx_http_collab_session_t *s)
 {
-    ngx_http_collab_session_close(s, 0, "end of stream");
+    ngx_int_t            rc;
+    ngx_chain_t         *in;
+    ngx_connection_t    *c;
+    ngx_http_request_t  *r;
+
+    r = s->request;
+    c = r->connection;
+
+    /* what the filters have not seen yet starts after out_passed */
+
+    if (s->out_passed) {
+        in = s->out_passed->cl.next;
+
+    } else {
+        in = s->out ? &s->out->cl : NULL;
+    }
+
+    if (in) {
+        s->out_passed = (ngx_http_collab_out_t *)
+                            ((u_char *) s->out_last
+                             - offsetof(ngx_http_collab_out_t, next));
+    }
+
+    if (in || r->out || c->buffered) {
+        rc = ngx_http_output_filter(r, in);
+
+        if (rc == NGX_ERROR) {
+            return NGX_ERROR;
+        }
+
+        ngx_http_collab_session_sent(s);
+    }
+
+    if (s->out || r->out || c->buffered) {
+        return ngx_handle_write_event(c->write, 0) == NGX_OK
+               ? NGX_AGAIN : NGX_ERROR;
+    }
+
+    if (s->finalize && !s->last_sent) {
+        s->last_sent = 1;
+
+        rc = ngx_http_send_special(r, NGX_HTTP_LAST|NGX_HTTP_FLUSH);
+
+        if (rc == NGX_ERROR) {
+            return NGX_ERROR;
+        }
+
+        if (r->out || c->buffered) {
+            return ngx_handle_write_event(c->write, 0) == NGX_OK
+                   ? NGX_AGAIN : NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
 }

@@ -640,7 +640,6 @@ ngx_http_collab_store_append(ngx_http_collab_session_t *s, ngx_str_t *doc,
     }
 
     cmd->handler = ngx_http_collab_store_append_reply;
-    cmd->delta = 1;
     cmd->slot = slot;
     cmd->doc.data = cmd->data;
     cmd->doc.len = doc->len;

@@ -851,3 +851,60 @@ ngx_http_collab_ws_ping(ngx_http_collab_session_t *s)
     return ngx_http_collab_session_send_ctl(s, NGX_HTTP_COLLAB_WS_OP_PING,
                                             (u_char *) "collab", 6);
 }
+
+
+ngx_int_t
+ngx_http_collab_ws_flush(ngx_http_collab_session_t *s)
+{
+    ngx_chain_t         *cl;
+    ngx_connection_t    *c;
+    ngx_http_request_t  *r;
+
+    c = s->connection;
+    r = s->request;
+
+    if (r && (r->out || c->buffered)) {
+        /* the rest of the 101 response */
+
+        if (ngx_http_output_filter(r, NULL) == NGX_ERROR) {
+            return NGX_ERROR;
+        }
+
+        if (r->out || c->buffered) {
+            return NGX_AGAIN;
+        }
+    }
+
+    /*
+     * Over TLS, what OpenSSL could not write at EAGAIN stays in the SSL
+     * buffer (NGX_SSL_BUFFERED) after its bufs were released: a send_chain()
+     * without input flushes it, and the session is not done until it went.
+     */
+
+    if (s->out == NULL && !c->buffered) {
+        return NGX_OK;
+    }
+
+    if (!c->write->ready) {
+        return ngx_handle_write_event(c->write, 0) == NGX_OK
+               ? NGX_AGAIN : NGX_ERROR;
+    }
+
+    cl = c->send_chain(c, s->out ? &s->out->cl : NULL, 0);
+
+    if (cl == NGX_CHAIN_ERROR) {
+        return NGX_ERROR;
+    }
+
+    ngx_http_collab_session_sent(s);
+
+    if (s->out || c->buffered) {
+        if (ngx_handle_write_event(c->write, 0) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
+        return NGX_AGAIN;
+    }
+
+    return NGX_OK;
+}
