@@ -189,7 +189,7 @@ sub first_event {
     my $one = $h->get('/one?doc=one', @ACCEPT);
     ok($h->wait(sub { $h->has_event($one, 'subscribed') }), 'a stream on "one" (limit 1)');
     ok($h->wait(sub { $h->has_event($keep, 'subscribed') }), 'and one that stays, on the same connection');
-    is(first_event($h, '/one?doc=one'), 'error:rate_limited',
+    is(first_event($h, '/one?doc=one'), 'collab-error:rate_limited',
         'while it is open, another session on "one" is refused');
     $h->reset($one);
     my $reset_at = time;
@@ -214,7 +214,7 @@ for my $how ('reset together', 'connection closed') {
     my $subscribed = sub { scalar grep { $h->has_event($_, 'subscribed') } @ids };
     ok($h->wait(sub { $subscribed->() == $n }, 10), "$how: $n streams on one connection subscribed")
         or diag $subscribed->();
-    is(first_event($h, '/many?doc=many'), 'error:rate_limited', "$how: the ${\($n + 1)}st is refused");
+    is(first_event($h, '/many?doc=many'), 'collab-error:rate_limited', "$how: the ${\($n + 1)}st is refused");
     my $t0 = time;
     if ($how eq 'reset together') {
         $h->reset(@ids);    # 50 RST_STREAM frames in one write

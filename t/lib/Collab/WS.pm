@@ -24,7 +24,7 @@ package Collab::WS;
 # HTTP request, Redis, Collab::HTTP::idle), an open WebSocket with pump on
 # keeps reading: it answers pings and queues what it read, as a browser
 # does.  A test that wants a client to stall (stop reading so that the
-# server's queue fills) says so: $ws->pump(0) or pump => 0.
+# server's queue fills) says so: $ws->pump_on(0) or pump => 0.
 #
 # Messages that wait_for() skips are kept in a queue that recv_json()/
 # recv_msg() serve first, so nothing is lost while waiting for an ack.
@@ -159,8 +159,8 @@ sub is_eof      { $_[0]{eof} }
 
 sub tls         { Collab::HTTP::is_tls($_[0]{sock}) }
 
-# pump(0): stop reading while the test waits elsewhere (a stalled client);
-# pump(1): read again.  Returns the previous setting.
+# pump_on(0): stop reading while the test waits elsewhere (a stalled client);
+# pump_on(1): read again.  Returns the previous setting.
 sub pump_on {
     my ($self, $on) = @_;
     my $old = $self->{pump};
