@@ -28,7 +28,7 @@
 static ngx_int_t ngx_http_collab_post_is_json(ngx_http_request_t *r);
 static void ngx_http_collab_post_body(ngx_http_request_t *r);
 static ngx_msec_t ngx_http_collab_post_message(ngx_http_collab_session_t *s,
-    json_t *root, ngx_uint_t i);
+    json_t *root, ngx_uint_t i, ngx_str_t *raw);
 static ngx_int_t ngx_http_collab_post_is_delta(json_t *msg);
 static ngx_http_collab_msg_t *ngx_http_collab_post_limited(json_t *msg,
     ngx_msec_t retry);
@@ -145,12 +145,13 @@ ngx_http_collab_post_is_json(ngx_http_request_t *r)
 static void
 ngx_http_collab_post_body(ngx_http_request_t *r)
 {
-    size_t                       n, i;
+    size_t                       n, i, pos;
     json_t                      *root;
     ngx_msec_t                   retry, t;
     ngx_uint_t                   limited;
-    ngx_str_t                    body;
+    ngx_str_t                    body, raw;
     json_error_t                 err;
+    ngx_http_collab_json_span_t  elem;
     ngx_http_collab_session_t   *s;
     ngx_http_collab_loc_conf_t  *lcf;
     u_char                       text[200];
@@ -168,8 +169,8 @@ ngx_http_collab_post_body(ngx_http_request_t *r)
         return;
     }
 
-    root = json_loadb((char *) body.data, body.len, JSON_REJECT_DUPLICATES,
-                      &err);
+    root = json_loadb((char *) body.data, body.len,
+                      JSON_REJECT_DUPLICATES|JSON_DECODE_INT_AS_REAL, &err);
 
     if (root == NULL) {
         ngx_snprintf(text, sizeof(text) - 1, "invalid JSON at position %d: "
@@ -225,8 +226,25 @@ ngx_http_collab_post_body(ngx_http_request_t *r)
     limited = 0;
     retry = 0;
 
+    /* each message is handled from its own text: numbers stay as sent */
+
+    raw = body;
+    pos = 0;
+
     for (i = 0; i < n; i++) {
-        t = ngx_http_collab_post_message(s, root, i);
+        if (json_is_array(root)) {
+            if (ngx_http_collab_json_element(body.data, body.len, &pos, &elem)
+                != 1)
+            {
+                ngx_str_null(&raw);
+
+            } else {
+                raw.data = body.data + elem.start;
+                raw.len = elem.end - elem.start;
+            }
+        }
+
+        t = ngx_http_collab_post_message(s, root, i, &raw);
 
         if (t) {
             limited++;
@@ -265,7 +283,7 @@ ngx_http_collab_post_body(ngx_http_request_t *r)
 
 static ngx_msec_t
 ngx_http_collab_post_message(ngx_http_collab_session_t *s, json_t *root,
-    ngx_uint_t i)
+    ngx_uint_t i, ngx_str_t *raw)
 {
     json_t       *msg;
     ngx_msec_t    retry;
@@ -281,9 +299,15 @@ ngx_http_collab_post_message(ngx_http_collab_session_t *s, json_t *root,
 
     /* the limit of a WebSocket message holds for each message here */
 
-    s->cur_len = json_dumpb(msg, NULL, 0, JSON_COMPACT|JSON_ENCODE_ANY);
+    if (raw->data == NULL) {
+        /* the scanner and jansson disagree: nothing is guessed */
+        ngx_http_collab_post_reply(s, i,
+            ngx_http_collab_msg_error("error", "invalid", NULL, NULL,
+                                      "the message cannot be read"));
+        return 0;
+    }
 
-    if (json_is_array(root) && s->cur_len > s->conf->max_message) {
+    if (json_is_array(root) && raw->len > s->conf->max_message) {
         ngx_http_collab_post_reply(s, i,
             ngx_http_collab_msg_error("error", "too_large", NULL, NULL,
                                       "the message is larger than "
@@ -294,7 +318,7 @@ ngx_http_collab_post_message(ngx_http_collab_session_t *s, json_t *root,
     /* a command sent for the message answers it later */
     last = ngx_queue_last(&s->cmds);
 
-    (void) ngx_http_collab_proto_handle_json(s, msg, i);
+    ngx_http_collab_proto_handle(s, raw->data, raw->len, i);
 
     if (ngx_http_collab_post_answered(s)[i]
         || ngx_queue_last(&s->cmds) != last)

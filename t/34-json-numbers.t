@@ -108,6 +108,17 @@ $c->send_text('{"type":"presence","doc":"nums","data":{"id":12345678901234567890
 $in = raw_next($w, 'presence');
 like($in // '', qr/"data":\{"id":12345678901234567890\}\}$/, 'presence relayed with a big integer');
 
+# POST keeps them as well, in a batch and alone
+for my $case (['[{"type":"delta","doc":"nums","id":"p1","data":[0.1, 12345678901234567890]}]', 'p1', '[0.1,12345678901234567890]'],
+              ['{"type":"delta","doc":"nums","id":"p2","data":{"x":1e-400}}', 'p2', '{"x":1e-400}']) {
+    my ($body, $id, $want) = @$case;
+    my $res = $t->post('/collab?user=c', $body);
+    is($res->{status}, 200, "POST $id: 200") or diag $res->{body};
+    like($res->{body} // '', qr/"type":"ack"/, "POST $id: acked");
+    my ($e) = grep { $_->{id} eq $id } $t->log_entries('nums');
+    is($e && $e->{data}, $want, "POST $id: stored as $want");
+}
+
 # a base or since written as 3.0 is the integer 3; 3.5 is not
 $c->send_text('{"type":"delta","doc":"nums","id":"b1","base":3.5,"data":1}');
 $r = reply($c);
