@@ -25,10 +25,8 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
 use Time::HiRes qw(time sleep);
-use IO::Socket::INET;
 use IO::Select;
 use Errno qw(EAGAIN EWOULDBLOCK EPIPE ECONNRESET);
-use Socket qw(SOL_SOCKET SO_RCVBUF IPPROTO_TCP TCP_NODELAY sockaddr_in inet_aton);
 use Collab::Test;
 use Collab::HTTP;
 
@@ -55,20 +53,8 @@ $t->start_nginx;
 
 my ($worker) = $t->worker_pids;
 
-sub attacker {
-    no warnings 'redefine';
-    local *Collab::HTTP::connect_socket = sub {
-        my (%c) = @_;
-        my $s = IO::Socket::INET->new(Proto => 'tcp') or die "socket: $!";
-        setsockopt($s, SOL_SOCKET, SO_RCVBUF, 4096) or die "SO_RCVBUF: $!";
-        connect($s, sockaddr_in($c{port}, inet_aton('127.0.0.1'))) or die "connect: $!";
-        $s->autoflush(1);
-        setsockopt($s, IPPROTO_TCP, TCP_NODELAY, 1);
-        binmode $s;
-        return $s;
-    };
-    return $t->ws_session;
-}
+# a 4 KB receive buffer: the server's queue fills after a few pongs
+sub attacker { return $t->ws_session(rcvbuf => 4096) }
 
 my $writer = $t->ws_session(port => $t->port2);
 my $reader = $t->ws_session(port => $t->port2);
