@@ -549,8 +549,8 @@ void ngx_http_collab_redis_setup_done(ngx_http_collab_redis_t *rc);
 
 /*
  * The layouts the store's functions reply and publish in, decoded by the
- * store: strings point into the Redis reply, valid until the handler
- * returns.
+ * store: the strings point into the Redis reply (an event's into its
+ * JSON), valid while the reply handler runs.
  */
 
 /* a collab_read reply */
@@ -565,7 +565,7 @@ struct ngx_http_collab_read_s {
     ngx_str_t                    snap;           /* data NULL: none */
     ngx_str_t                    acl;            /* data NULL: none */
     ngx_uint_t                   role;
-    unsigned                     from_snap:1;    /* since was not served */
+    unsigned                     from_snap:1;    /* read from the snapshot */
     ngx_uint_t                   nentries;
     redisReply                 **entries;        /* see store_read_entry */
 };
