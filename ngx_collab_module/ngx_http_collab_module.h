@@ -370,7 +370,7 @@ extern ngx_module_t  ngx_http_collab_module;
 extern ngx_http_collab_worker_t  *ngx_http_collab_worker;
 
 
-/* module */
+/* helpers (ngx_http_collab_util.c) */
 ngx_int_t ngx_http_collab_conf_read_file(ngx_conf_t *cf, ngx_str_t *name,
     size_t max, ngx_pool_t *pool, ngx_str_t *out);
 ngx_table_elt_t *ngx_http_collab_header(ngx_http_request_t *r,
