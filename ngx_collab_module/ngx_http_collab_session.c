@@ -91,7 +91,7 @@ ngx_http_collab_session_create(ngx_http_request_t *r,
         && transport != NGX_HTTP_COLLAB_TRANSPORT_POST
         && transport != NGX_HTTP_COLLAB_TRANSPORT_ADMIN)
     {
-        /* only long-lived sessions count against collab_limit_conn */
+        /* only long-lived sessions count against the per-user limit */
 
         rc = ngx_http_collab_limit_acquire(s, NULL, &s->limit_slot);
 
