@@ -25,7 +25,6 @@
 
 
 #define NGX_HTTP_COLLAB_FREE_OUT_MAX  4096
-#define NGX_HTTP_COLLAB_LINGER        2000
 
 
 static ngx_http_collab_out_t *ngx_http_collab_out_get(ngx_log_t *log);

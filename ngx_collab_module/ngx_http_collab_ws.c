@@ -130,6 +130,12 @@ ngx_http_collab_ws_handshake(ngx_http_request_t *r,
 
     ngx_http_collab_ws_parser_init(s->parser, lcf->max_message);
 
+    /* what can fail comes before the 101: after it, only the session ends */
+
+    if (ngx_http_collab_ws_pending(s, &doc, since, &epoch) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
     if (ngx_http_collab_ws_accept(r, &key) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
@@ -141,10 +147,6 @@ ngx_http_collab_ws_handshake(ngx_http_request_t *r,
     }
 
     ngx_http_collab_ws_switch(r, s);
-
-    if (ngx_http_collab_ws_pending(s, &doc, since, &epoch) != NGX_OK) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
 
     if (s->authenticated) {
         ngx_http_collab_session_welcome(s);
@@ -868,7 +870,7 @@ ngx_http_collab_ws_close_received(ngx_http_collab_session_t *s,
         }
 
         if (!s->linger.timer_set) {
-            ngx_add_timer(&s->linger, 2000);
+            ngx_add_timer(&s->linger, NGX_HTTP_COLLAB_LINGER);
         }
     }
 
