@@ -222,10 +222,13 @@ static json_t *
 ngx_http_collab_post_parse(ngx_http_request_t *r, ngx_str_t *body,
     size_t *n)
 {
-    json_t                      *root;
-    json_error_t                 err;
-    ngx_http_collab_loc_conf_t  *lcf;
-    u_char                       text[200];
+    int                           rc;
+    size_t                        pos;
+    json_t                       *root;
+    json_error_t                  err;
+    ngx_http_collab_loc_conf_t   *lcf;
+    ngx_http_collab_json_span_t   span;
+    u_char                        text[200];
 
     lcf = ngx_http_get_module_loc_conf(r, ngx_http_collab_module);
 
@@ -235,40 +238,66 @@ ngx_http_collab_post_parse(ngx_http_request_t *r, ngx_str_t *body,
         return NULL;
     }
 
-    root = json_loadb((char *) body->data, body->len,
-                      JSON_REJECT_DUPLICATES|JSON_DECODE_INT_AS_REAL, &err);
+    /*
+     * The scanner checks and counts without allocating: a body of many
+     * small messages costs jansson far more memory than its size, so it
+     * is decoded only once it is known to be within the limits.
+     */
 
-    if (root == NULL) {
-        ngx_snprintf(text, sizeof(text) - 1, "invalid JSON at position %d: "
-                     "%s%Z", err.position, err.text);
+    if (ngx_http_collab_json_scan(body->data, body->len, NULL, 0, &span,
+                                  &pos)
+        != 0)
+    {
+        ngx_snprintf(text, sizeof(text) - 1, "invalid JSON at position "
+                     "%uz%Z", pos);
         ngx_http_collab_post_error(r, NGX_HTTP_BAD_REQUEST, "invalid",
                                    (char *) text);
         return NULL;
     }
 
-    *n = json_is_array(root) ? json_array_size(root) : 1;
+    pos = 0;
+    *n = 0;
 
-    if (!json_is_array(root) && body->len > lcf->max_message) {
-        json_decref(root);
-        ngx_http_collab_post_error(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
-                                   "too_large", "the message is larger than "
-                                   "collab_max_message");
-        return NULL;
+    do {
+        rc = ngx_http_collab_json_element(body->data, body->len, &pos,
+                                          &span);
+        *n += (rc == 1);
+    } while (rc == 1 && *n <= lcf->post_max_messages);
+
+    if (rc == -1) {
+        *n = 1;
+
+        if (body->len > lcf->max_message) {
+            ngx_http_collab_post_error(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
+                                       "too_large", "the message is larger "
+                                       "than collab_max_message");
+            return NULL;
+        }
     }
 
-    if (*n == 0 && json_is_array(root)) {
-        json_decref(root);
+    if (*n == 0) {
         ngx_http_collab_post_empty(r);
         return NULL;
     }
 
     if (*n > lcf->post_max_messages) {
-        json_decref(root);
         ngx_snprintf(text, sizeof(text) - 1, "the body holds more than %ui "
                      "messages (collab_post_max_messages)%Z",
                      lcf->post_max_messages);
         ngx_http_collab_post_error(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
                                    "too_large", (char *) text);
+        return NULL;
+    }
+
+    root = json_loadb((char *) body->data, body->len,
+                      JSON_REJECT_DUPLICATES|JSON_DECODE_INT_AS_REAL, &err);
+
+    if (root == NULL) {
+        /* valid grammar: a duplicate name, a number out of range ... */
+        ngx_snprintf(text, sizeof(text) - 1, "invalid JSON at position %d: "
+                     "%s%Z", err.position, err.text);
+        ngx_http_collab_post_error(r, NGX_HTTP_BAD_REQUEST, "invalid",
+                                   (char *) text);
         return NULL;
     }
 

@@ -258,6 +258,30 @@ is($t->log_len('flood'), $acked, 'the log holds exactly the acked deltas');
 }
 
 ###########################################################################
+# 3b. one large body of many tiny messages: refused before it is decoded
+# (jansson takes ~80 bytes per "{}": 1 MB of them cost the worker ~78 MB)
+
+{
+    my ($pid) = $t->worker_pids;
+    my $body = '[' . join(',', ('{}') x 349_000) . ']';
+    my $clear = 0;
+    if (open(my $fh, '>', "/proc/$pid/clear_refs")) { $clear = print($fh "5") && close($fh) }
+    my $base = $t->rss_kb($pid);
+    my $r = Collab::HTTP::request(port => $t->port, method => 'POST', path => '/collab',
+        headers => ['Content-Type: application/json'], body => $body);
+    is($r->{status}, 413, '1 MB of 349,000 empty messages: 413') or diag explain $r;
+    like($r->{body} // '', qr/more than 1000 messages/, '... naming the limit');
+  SKIP: {
+        skip 'no /proc/PID/clear_refs', 1 unless $clear;
+        open(my $st, '<', "/proc/$pid/status") or die;
+        my ($hwm) = map { /^VmHWM:\s+(\d+)/ ? $1 : () } <$st>;
+        my $bound = 8 * 1024 * ($ENV{COLLAB_ASAN} ? 4 : 1);
+        ok($hwm - $base < $bound, "... the worker's peak RSS grew by " . ($hwm - $base)
+            . " KB (bound $bound KB)");
+    }
+}
+
+###########################################################################
 # 4. CSRF: only application/json writes
 
 {
