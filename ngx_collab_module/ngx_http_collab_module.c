@@ -29,6 +29,10 @@ static ngx_int_t ngx_http_collab_rate_parse_option(ngx_conf_t *cf,
     ngx_str_t *v, ngx_uint_t user, ngx_int_t *burst, ssize_t *bytes);
 static char *ngx_http_collab_allow_origin(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_collab_log_retention(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+static char *ngx_http_collab_msec_off(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 static ngx_int_t ngx_http_collab_init(ngx_conf_t *cf);
 static void *ngx_http_collab_create_main_conf(ngx_conf_t *cf);
 static char *ngx_http_collab_init_main_conf(ngx_conf_t *cf, void *conf);
@@ -244,6 +248,27 @@ static ngx_command_t  ngx_http_collab_commands[] = {
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_collab_loc_conf_t, merge),
       &ngx_http_collab_merge_modes },
+
+    { ngx_string("collab_log_retention"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE12,
+      ngx_http_collab_log_retention,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("collab_op_window"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_collab_msec_off,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_collab_loc_conf_t, op_window),
+      NULL },
+
+    { ngx_string("collab_doc_expire"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_collab_msec_off,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_collab_loc_conf_t, doc_expire),
+      NULL },
 
     { ngx_string("collab_conflict"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
@@ -779,6 +804,108 @@ ngx_http_collab_rate_parse_option(ngx_conf_t *cf, ngx_str_t *v,
 }
 
 
+/* collab_log_retention off | [count=N] [age=TIME] */
+
+static char *
+ngx_http_collab_log_retention(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_collab_loc_conf_t *lcf = conf;
+
+    ngx_int_t    n;
+    ngx_str_t   *value, v;
+    ngx_uint_t   i;
+
+    if (lcf->log_keep != NGX_CONF_UNSET_UINT) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+    lcf->log_keep = 0;
+    lcf->log_age = 0;
+
+    if (cf->args->nelts == 2 && ngx_strcmp(value[1].data, "off") == 0) {
+        return NGX_CONF_OK;
+    }
+
+    for (i = 1; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "count=", 6) == 0
+            && lcf->log_keep == 0)
+        {
+            n = ngx_atoi(value[i].data + 6, value[i].len - 6);
+            if (n == NGX_ERROR || n == 0) {
+                goto invalid;
+            }
+
+            lcf->log_keep = n;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "age=", 4) == 0 && lcf->log_age == 0) {
+            v.data = value[i].data + 4;
+            v.len = value[i].len - 4;
+
+            /* at least a second: ts in the log are milliseconds */
+            n = ngx_parse_time(&v, 0);
+            if (n == NGX_ERROR || n < 1000) {
+                goto invalid;
+            }
+
+            lcf->log_age = n;
+            continue;
+        }
+
+        goto invalid;
+    }
+
+    return NGX_CONF_OK;
+
+invalid:
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid parameter \"%V\": expected \"off\", "
+                       "\"count=N\" (N >= 1) or \"age=TIME\" (1s or more)",
+                       &value[i]);
+
+    return NGX_CONF_ERROR;
+}
+
+
+/* "off" or a time of at least a second */
+
+static char *
+ngx_http_collab_msec_off(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    char  *p = conf;
+
+    ngx_int_t    n;
+    ngx_str_t   *value;
+    ngx_msec_t  *ms;
+
+    ms = (ngx_msec_t *) (p + cmd->offset);
+
+    if (*ms != NGX_CONF_UNSET_MSEC) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (ngx_strcmp(value[1].data, "off") == 0) {
+        *ms = 0;
+        return NGX_CONF_OK;
+    }
+
+    n = ngx_parse_time(&value[1], 0);
+    if (n == NGX_ERROR || n < 1000) {
+        return "must be \"off\" or a time of at least 1s";
+    }
+
+    *ms = n;
+
+    return NGX_CONF_OK;
+}
+
+
 static char *
 ngx_http_collab_allow_origin(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
@@ -947,6 +1074,9 @@ ngx_http_collab_create_loc_conf(ngx_conf_t *cf)
     lcf->jwt_require_exp = NGX_CONF_UNSET;
     lcf->auth_timeout = NGX_CONF_UNSET_MSEC;
     lcf->post_max_messages = NGX_CONF_UNSET_UINT;
+    lcf->log_keep = NGX_CONF_UNSET_UINT;
+    lcf->op_window = NGX_CONF_UNSET_MSEC;
+    lcf->doc_expire = NGX_CONF_UNSET_MSEC;
 
     return lcf;
 }
@@ -1003,6 +1133,17 @@ ngx_http_collab_merge_session(ngx_http_collab_loc_conf_t *prev,
     ngx_conf_merge_msec_value(conf->send_timeout, prev->send_timeout, 30000);
     ngx_conf_merge_uint_value(conf->post_max_messages,
                               prev->post_max_messages, 100);
+
+    /* count and age are one directive */
+    if (conf->log_keep == NGX_CONF_UNSET_UINT) {
+        conf->log_keep = prev->log_keep;
+        conf->log_age = prev->log_age;
+    }
+
+    ngx_conf_merge_uint_value(conf->log_keep, prev->log_keep, 0);
+    ngx_conf_merge_msec_value(conf->op_window, prev->op_window,
+                              24 * 60 * 60 * 1000);
+    ngx_conf_merge_msec_value(conf->doc_expire, prev->doc_expire, 0);
 }
 
 

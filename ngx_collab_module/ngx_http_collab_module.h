@@ -145,6 +145,10 @@ struct ngx_http_collab_loc_conf_s {
     ngx_str_t                    admin_key;
     ngx_flag_t                   admin;
     ngx_uint_t                   post_max_messages;
+    ngx_uint_t                   log_keep;       /* entries, 0: off */
+    ngx_msec_t                   log_age;        /* 0: off */
+    ngx_msec_t                   op_window;      /* 0: forever */
+    ngx_msec_t                   doc_expire;     /* 0: never */
 };
 
 

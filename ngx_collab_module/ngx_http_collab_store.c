@@ -27,7 +27,7 @@
  */
 
 
-#define NGX_HTTP_COLLAB_STORE_VERSION  3
+#define NGX_HTTP_COLLAB_STORE_VERSION  4
 #define NGX_HTTP_COLLAB_STORE_COMPAT   1
 
 /* a key every load changes: a check and a load WATCH it */
@@ -67,6 +67,12 @@ static const char  ngx_http_collab_store_lua[] =
 "  end\n"
 "  return r, raw\n"
 "end\n"
+/* a key written outside touch() follows the document's expiry */
+"local function follow(key, state)\n"
+"  if redis.call('PTTL', key) ~= -1 then return end\n"
+"  local ttl = redis.call('PTTL', state)\n"
+"  if ttl > 0 then redis.call('PEXPIRE', key, ttl) end\n"
+"end\n"
 /* at most one denial a second per document reaches the audit stream */
 /* documents that do not exist get no audit stream: probing for names
  * cannot create keys */
@@ -81,6 +87,7 @@ static const char  ngx_http_collab_store_lua[] =
 "               'user', user, 'action', action, 'ts',\n"
 "               string.format('%d', tonumber(t[1]) * 1000\n"
 "                                   + math.floor(tonumber(t[2]) / 1000)))\n"
+"    follow(audit, base .. 'state')\n"
 "  end\n"
 "end\n"
 /* a new log: every worker that knew the old one resyncs its sessions */
@@ -90,16 +97,93 @@ static const char  ngx_http_collab_store_lua[] =
 "    redis.call('HSET', state, 'epoch', new, 'head', 0)\n"
 "    redis.call('PUBLISH', string.sub(state, 1, #state - 6),\n"
 "               '{\"type\":\"reset\",\"epoch\":\"' .. new .. '\"}')\n"
-"    e = new\n"
+"    return new, true\n"
 "  end\n"
-"  return e\n"
+"  return e, false\n"
 "end\n"
 "local function head_of(state)\n"
 "  return tonumber(redis.call('HGET', state, 'head') or '0')\n"
 "end\n"
+/* collab_doc_expire: every key of the document lives MS (and a sixteenth
+ * more, so that one refresh in a sixteenth of MS is enough) after the last
+ * write; 0: forever */
+"local function touch(state, ms)\n"
+"  if ms <= 0 or redis.call('PTTL', state) > ms then return end\n"
+"  local base = string.sub(state, 1, #state - 5)\n"
+"  ms = ms + math.floor(ms / 16)\n"
+"  for _, k in ipairs({'state', 'log', 'ops', 'ops:prev', 'acl',\n"
+"                      'audit'}) do\n"
+"    redis.call('PEXPIRE', base .. k, ms)\n"
+"  end\n"
+"end\n"
+/* the ops index in two generations, ops and ops:prev: once a window the
+ * current one becomes the previous one, which expires a window later, so
+ * a record lives one to two windows at O(1) per append; field '~r' holds
+ * the start of the current one (op keys start with a digit) */
+"local function op_find(ops, opk)\n"
+"  local r = redis.call('HMGET', ops, opk, '~r')\n"
+"  if r[1] or not r[2] then return r[1], r[2] end\n"
+"  return redis.call('HGET', ops .. ':prev', opk), r[2]\n"
+"end\n"
+"local function op_record(ops, opk, sseq, rot, now, sts, window)\n"
+"  if window <= 0 or (rot and now - tonumber(rot) < window) then\n"
+"    redis.call('HSET', ops, opk, sseq)\n"
+"    return\n"
+"  end\n"
+"  if rot or redis.call('EXISTS', ops) == 1 then\n"
+"    redis.call('RENAME', ops, ops .. ':prev')\n"
+"    redis.call('PEXPIRE', ops .. ':prev', window)\n"
+"  end\n"
+"  redis.call('HSET', ops, opk, sseq, '~r', sts)\n"
+"  redis.call('PEXPIRE', ops, 2 * window)\n"
+"end\n"
+"local function ts_of(e)\n"
+"  local f = e[2]\n"
+"  for i = 1, #f - 1, 2 do\n"
+"    if f[i] == 'ts' then return tonumber(f[i + 1]) or 0 end\n"
+"  end\n"
+"  return 0\n"
+"end\n"
+/* the first seq of lo..hi appended at cutoff or later (hi + 1: none);
+ * ts grows with seq, so a binary search of single-entry reads */
+"local function age_floor(log, lo, hi, cutoff)\n"
+"  while lo <= hi do\n"
+"    local mid = math.floor((lo + hi) / 2)\n"
+"    local e = redis.call('XRANGE', log, string.format('%d', mid) .. '-0',\n"
+"                         '+', 'COUNT', 1)[1]\n"
+"    if not e or ts_of(e) >= cutoff then hi = mid - 1 else lo = mid + 1 end\n"
+"  end\n"
+"  return lo\n"
+"end\n"
+/* collab_log_retention, every few appends: the log keeps at most KEEP
+ * entries and none older than AGE ms, but always every entry after the
+ * snapshot, which is what a since the log cannot serve is served from */
+"local function trim(state, log, seq, now, keep, age)\n"
+"  local every = 64\n"
+"  if keep > 0 then\n"
+"    every = math.max(1, math.min(64, math.floor(keep / 8)))\n"
+"  end\n"
+"  if (keep <= 0 and age <= 0) or seq % every ~= 0 then return end\n"
+"  local floor = tonumber(redis.call('HGET', state, 'seq') or '0') + 1\n"
+"  local min = 1\n"
+"  if keep > 0 then min = seq - keep + 1 end\n"
+"  if age > 0 and min < floor then\n"
+"    local first = redis.call('XRANGE', log, '-', '+', 'COUNT', 1)[1]\n"
+"    if first and ts_of(first) < now - age then\n"
+"      local fseq = tonumber(string.match(first[1], '^%d+'))\n"
+"      min = math.max(min, age_floor(log, fseq, floor - 1, now - age))\n"
+"    end\n"
+"  end\n"
+"  min = math.min(min, floor)\n"
+"  if min > 1 then\n"
+"    redis.call('XTRIM', log, 'MINID', string.format('%d', min) .. '-0')\n"
+"  end\n"
+"end\n"
 /* keys: state log ops acl audit
  * args: epoch user id data base reject doc channel groups grant default
- *       client (the op key: #user ":" user #client ":" client id) */
+ *       client (the op key: #user ":" user #client ":" client id)
+ *       merge, then retention: keep (entries) age (ms), op window (ms),
+ *       doc expire (ms); absent or 0: off */
 "local function append(keys, args)\n"
 "  local state, log, ops = keys[1], keys[2], keys[3]\n"
 "  local user, id, data = args[2], args[3], args[4]\n"
@@ -111,10 +195,11 @@ static const char  ngx_http_collab_store_lua[] =
 "  local epoch = epoch_of(state, args[1])\n"
 "  local client = args[12] or ''\n"
 "  local opk = #user .. ':' .. user .. #client .. ':' .. client .. id\n"
-"  local prev = redis.call('HGET', ops, opk)\n"
+"  local prev, rot = op_find(ops, opk)\n"
 "  if prev then return {0, tonumber(prev), epoch} end\n"
 "  local head = head_of(state)\n"
 "  if args[6] == '1' and args[5] ~= '' and tonumber(args[5]) < head then\n"
+"    touch(state, tonumber(args[17]) or 0)\n"
 "    return {-1, head, epoch}\n"
 "  end\n"
 "  local seq = head + 1\n"
@@ -125,15 +210,19 @@ static const char  ngx_http_collab_store_lua[] =
 "  redis.call('XADD', log, sseq .. '-0', 'seq', sseq, 'id', id,\n"
 "             'user', user, 'ts', sts, 'data', data)\n"
 "  redis.call('HSET', state, 'head', sseq, 'ts', sts)\n"
-"  redis.call('HSET', ops, opk, sseq)\n"
+"  op_record(ops, opk, sseq, rot, ts, sts, tonumber(args[16]) or 0)\n"
 "  redis.call('PUBLISH', args[8], '{\"type\":\"delta\",\"doc\":\"' ..\n"
 "    args[7] .. '\",\"seq\":' .. sseq .. ',\"id\":' .. cjson.encode(id) ..\n"
 "    ',\"user\":' .. cjson.encode(user) .. ',\"ts\":' .. sts ..\n"
 "    ',\"data\":' .. data .. '}')\n"
+"  trim(state, log, seq, ts, tonumber(args[14]) or 0,\n"
+"       tonumber(args[15]) or 0)\n"
+"  touch(state, tonumber(args[17]) or 0)\n"
 "  return {1, seq, epoch}\n"
 "end\n"
 /* keys: state log acl audit
  * args: epoch since count client_epoch user groups grant default budget
+ *       expire (collab_doc_expire, for a state hash the read creates)
  * a user without a role learns nothing, not even whether the log exists;
  * entries stop once their bytes (data, id, user and 64 each) reach the
  * budget, always after one at least (no budget: a module that sends none) */
@@ -144,7 +233,8 @@ static const char  ngx_http_collab_store_lua[] =
 "    deny(keys[4], args[5], 'subscribe')\n"
 "    return {-2}\n"
 "  end\n"
-"  local epoch = epoch_of(state, args[1])\n"
+"  local epoch, created = epoch_of(state, args[1])\n"
+"  if created then touch(state, tonumber(args[10]) or 0) end\n"
 "  local since = tonumber(args[2])\n"
 "  local count = tonumber(args[3])\n"
 "  local head = head_of(state)\n"
@@ -191,7 +281,8 @@ static const char  ngx_http_collab_store_lua[] =
 "  end\n"
 "  return res\n"
 "end\n"
-/* keys: state acl audit; args: epoch seq data user groups grant default */
+/* keys: state acl audit
+ * args: epoch seq data user groups grant default expire */
 "local function setstate(keys, args)\n"
 "  local state = keys[1]\n"
 "  local role = role_of(keys[2], args[4], args[5], args[6], args[7])\n"
@@ -200,6 +291,7 @@ static const char  ngx_http_collab_store_lua[] =
 "    return {-2, role, ''}\n"
 "  end\n"
 "  local epoch = epoch_of(state, args[1])\n"
+"  touch(state, tonumber(args[8]) or 0)\n"
 "  local seq = tonumber(args[2])\n"
 "  local head = head_of(state)\n"
 "  if seq > head then return {-1, head, epoch} end\n"
@@ -228,6 +320,7 @@ static const char  ngx_http_collab_store_lua[] =
 "               'by', by, 'old', old, 'new', v, 'ts',\n"
 "               string.format('%d', tonumber(t[1]) * 1000\n"
 "                                   + math.floor(tonumber(t[2]) / 1000)))\n"
+"    follow(keys[2], keys[3])\n"
 "  end\n"
 "  return raw or false\n"
 "end\n"
@@ -274,6 +367,8 @@ static const char  ngx_http_collab_store_lua[] =
 "             'by', args[2], 'old', tostring(v), 'new', tostring(v + 1),\n"
 "             'ts', string.format('%d', tonumber(t[1]) * 1000\n"
 "                                 + math.floor(tonumber(t[2]) / 1000)))\n"
+"  follow(keys[1], keys[3])\n"
+"  follow(keys[2], keys[3])\n"
 "  redis.call('PUBLISH', keys[4], '{\"type\":\"acl\"}')\n"
 "  return {1, v + 1, raw}\n"
 "end\n"
@@ -294,6 +389,8 @@ static const char  ngx_http_collab_store_lua[] =
 
 static void ngx_http_collab_store_role_args(ngx_http_collab_session_t *s,
     ngx_str_t *doc, const char **argv, size_t *argvlen, u_char *buf);
+static void ngx_http_collab_store_retain_args(ngx_http_collab_loc_conf_t *conf,
+    const char **argv, size_t *argvlen, u_char buf[4][NGX_INT64_LEN]);
 static ngx_int_t ngx_http_collab_store_check(redisAsyncContext *ac,
     ngx_uint_t attempt);
 static void ngx_http_collab_store_version_reply(redisAsyncContext *ac,
@@ -574,6 +671,23 @@ ngx_http_collab_store_role_args(ngx_http_collab_session_t *s, ngx_str_t *doc,
 }
 
 
+/* retention of collab_append: log entries, log age, op window, expiry */
+
+static void
+ngx_http_collab_store_retain_args(ngx_http_collab_loc_conf_t *conf,
+    const char **argv, size_t *argvlen, u_char buf[4][NGX_INT64_LEN])
+{
+    argv[0] = (char *) buf[0];
+    argvlen[0] = ngx_sprintf(buf[0], "%ui", conf->log_keep) - buf[0];
+    argv[1] = (char *) buf[1];
+    argvlen[1] = ngx_sprintf(buf[1], "%M", conf->log_age) - buf[1];
+    argv[2] = (char *) buf[2];
+    argvlen[2] = ngx_sprintf(buf[2], "%M", conf->op_window) - buf[2];
+    argv[3] = (char *) buf[3];
+    argvlen[3] = ngx_sprintf(buf[3], "%M", conf->doc_expire) - buf[3];
+}
+
+
 /* the one place that spells the Redis keys and the channel of a document */
 
 size_t
@@ -630,8 +744,9 @@ ngx_http_collab_store_append(ngx_http_collab_session_t *s, ngx_str_t *doc,
     u_char                  epoch[NGX_HTTP_COLLAB_EPOCH_LEN];
     u_char                  sbase[NGX_INT64_LEN];
     u_char                  role[2];
-    const char             *argv[20];
-    size_t                  argvlen[20];
+    u_char                  retain[4][NGX_INT64_LEN];
+    const char             *argv[25];
+    size_t                  argvlen[25];
     ngx_int_t               rc;
     ngx_http_collab_cmd_t  *cmd;
     ngx_http_collab_msg_t  *m;
@@ -689,11 +804,15 @@ ngx_http_collab_store_append(ngx_http_collab_session_t *s, ngx_str_t *doc,
     ngx_http_collab_store_role_args(s, doc, &argv[16], &argvlen[16], role);
     argv[19] = (char *) s->client;
     argvlen[19] = s->client_len;
+    argv[20] = "";
+    argvlen[20] = 0;
+    ngx_http_collab_store_retain_args(s->conf, &argv[21], &argvlen[21],
+                                      retain);
 
     s->inflight++;
 
     rc = ngx_http_collab_redis_command(&ngx_http_collab_worker->cmd, cmd,
-                                       20, argv, argvlen);
+                                       25, argv, argvlen);
 
     if (rc == NGX_OK) {
         return NGX_OK;
@@ -819,8 +938,9 @@ ngx_http_collab_store_state(ngx_http_collab_session_t *s, ngx_str_t *doc,
     u_char                  epoch[NGX_HTTP_COLLAB_EPOCH_LEN];
     u_char                  sseq[NGX_INT64_LEN];
     u_char                  role[2];
-    const char             *argv[13];
-    size_t                  argvlen[13];
+    u_char                  expire[NGX_INT64_LEN];
+    const char             *argv[14];
+    size_t                  argvlen[14];
     ngx_int_t               rc;
     ngx_http_collab_cmd_t  *cmd;
     ngx_http_collab_msg_t  *m;
@@ -859,9 +979,11 @@ ngx_http_collab_store_state(ngx_http_collab_session_t *s, ngx_str_t *doc,
     argv[9] = (char *) s->user.data;
     argvlen[9] = s->user.len;
     ngx_http_collab_store_role_args(s, doc, &argv[10], &argvlen[10], role);
+    argv[13] = (char *) expire;
+    argvlen[13] = ngx_sprintf(expire, "%M", s->conf->doc_expire) - expire;
 
     rc = ngx_http_collab_redis_command(&ngx_http_collab_worker->cmd, cmd,
-                                       13, argv, argvlen);
+                                       14, argv, argvlen);
 
     if (rc == NGX_OK) {
         return NGX_OK;
@@ -949,9 +1071,10 @@ ngx_http_collab_store_read(ngx_http_collab_sub_t *sub)
     u_char                      since[NGX_INT64_LEN + 1];
     u_char                      count[NGX_INT_T_LEN];
     u_char                      budget[NGX_SIZE_T_LEN];
+    u_char                      expire[NGX_INT64_LEN];
     u_char                      role[2];
-    const char                 *argv[16];
-    size_t                      argvlen[16];
+    const char                 *argv[17];
+    size_t                      argvlen[17];
     size_t                      room, used;
     ngx_int_t                   rc;
     ngx_str_t                  *doc;
@@ -1025,9 +1148,11 @@ ngx_http_collab_store_read(ngx_http_collab_sub_t *sub)
 
     argv[15] = (char *) budget;
     argvlen[15] = ngx_sprintf(budget, "%uz", room) - budget;
+    argv[16] = (char *) expire;
+    argvlen[16] = ngx_sprintf(expire, "%M", s->conf->doc_expire) - expire;
 
     rc = ngx_http_collab_redis_command(&ngx_http_collab_worker->cmd, cmd,
-                                       16, argv, argvlen);
+                                       17, argv, argvlen);
 
     if (rc != NGX_OK) {
         /* retried when Redis is back */
