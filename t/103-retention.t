@@ -70,6 +70,8 @@ $t->write_nginx_conf(<<'EOF', workers => 2);
         location = /win    { collab; collab_op_window 1s; }
         location = /exp    { collab; collab_doc_expire 1s; }
         location = /load   { collab; collab_log_retention count=30; }
+        location = /slow   { collab; collab_log_retention count=50;
+                             collab_send_queue 16k; collab_max_message 4k; }
         location = /flat   { collab; collab_log_retention count=200;
                              collab_op_window 1s; }
     }
@@ -130,6 +132,35 @@ sub epoch { $t->redis('HGET', "collab:{$_[0]}:state", 'epoch') }
     post_deltas('/collab', 'plain', 100, snap => 100);
     is($t->log_len('plain'), 200, 'no collab_log_retention: nothing is trimmed');
     is($t->redis('TTL', 'collab:{plain}:log'), -1, '... and nothing expires');
+}
+
+# --- a session catching up while its deltas are trimmed: resync trimmed,
+# then the snapshot and the tail
+{
+    my $doc = 'slow';
+    post_deltas('/slow', $doc, 100, size => 1000) for 1 .. 6;
+    is($t->log_len($doc), 600, '600 deltas of 1 KB, no snapshot: nothing trimmed');
+    my $r = $t->ws_session(path => '/slow', pump => 0, rcvbuf => 4096);
+    my $s = $t->subscribe($r, $doc, since => 0, epoch => epoch($doc));
+    is($s->{type}, 'subscribed', 'a reader from 0 that does not read');
+    post_deltas('/slow', $doc, 60, snap => 600);
+    is(first_seq($doc), 601, 'a snapshot at 600 and 60 more deltas: the log starts at 601');
+    $r->pump_on(1);
+    my ($pos, $gap, $m) = (0, 0);
+    while ($m = $r->wait_for(sub { $_[0]{type} =~ /^(delta|resync|error)$/ }, 10)) {
+        last if $m->{type} ne 'delta';
+        $gap++ if $m->{seq} != $pos + 1;
+        $pos = $m->{seq};
+    }
+    ok($pos > 0 && $pos < 600 && !$gap, "it got 1 .. $pos in order");
+    is_deeply([ @$m{qw(type reason)} ], [ 'resync', 'trimmed' ], '... then resync trimmed');
+    $s = $t->subscribe($r, $doc, since => $pos, epoch => epoch($doc));
+    is_deeply($s->{state}, { seq => 600, data => { upto => 600 } },
+        'subscribing again from there: the snapshot');
+    my @seq;
+    while (my $d = $r->wait_for('delta', 5)) { push @seq, $d->{seq}; last if $d->{seq} >= 660 }
+    Collab::Test::is_list(\@seq, [601 .. 660], '... and the tail after it');
+    $r->close(1000);
 }
 
 # --- age
