@@ -92,6 +92,8 @@ typedef struct ngx_http_collab_out_s        ngx_http_collab_out_t;
 typedef struct ngx_http_collab_cmd_s        ngx_http_collab_cmd_t;
 typedef struct ngx_http_collab_redis_s      ngx_http_collab_redis_t;
 typedef struct ngx_http_collab_read_s       ngx_http_collab_read_t;
+typedef struct ngx_http_collab_acl_load_s   ngx_http_collab_acl_load_t;
+typedef struct ngx_http_collab_acl_admin_s  ngx_http_collab_acl_admin_t;
 
 
 struct ngx_http_collab_main_conf_s {
@@ -434,8 +436,6 @@ void ngx_http_collab_msg_release(ngx_http_collab_msg_t *m);
 ngx_http_collab_msg_t *ngx_http_collab_msg_delta(ngx_str_t *doc,
     uint64_t seq, ngx_str_t *id, ngx_str_t *user, ngx_str_t *ts,
     ngx_str_t *data);
-ngx_int_t ngx_http_collab_msg_parse_delta(u_char *p, size_t len,
-    ngx_str_t *doc, uint64_t *seq);
 
 /* sessions */
 ngx_http_collab_session_t *ngx_http_collab_session_create(
@@ -511,6 +511,8 @@ void ngx_http_collab_limit_release(ngx_uint_t index);
 char *ngx_http_collab_admin(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 char *ngx_http_collab_admin_key(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+void ngx_http_collab_admin_done(ngx_http_collab_session_t *s,
+    ngx_http_collab_acl_admin_t *res);
 
 /* roles */
 ngx_uint_t ngx_http_collab_default_role(ngx_http_collab_loc_conf_t *lcf);
@@ -523,6 +525,8 @@ ngx_uint_t ngx_http_collab_acl_role(ngx_http_collab_session_t *s,
 void ngx_http_collab_acl_set(ngx_http_collab_doc_t *doc, u_char *raw,
     size_t len);
 void ngx_http_collab_acl_changed(ngx_http_collab_doc_t *doc);
+void ngx_http_collab_acl_loaded(ngx_http_collab_doc_t *doc,
+    ngx_http_collab_acl_load_t *ld);
 void ngx_http_collab_acl_reevaluate_session(ngx_http_collab_session_t *s);
 ngx_int_t ngx_http_collab_acl_check(ngx_http_collab_session_t *s,
     ngx_str_t *doc, ngx_uint_t need, const char *action);
@@ -600,6 +604,27 @@ typedef struct {
     json_t                      *obj;            /* holds the strings */
 } ngx_http_collab_event_t;
 
+
+/* a collab_acl reply: the ACL document a worker was told changed */
+struct ngx_http_collab_acl_load_s {
+    ngx_int_t                    status;         /* NGX_OK; NGX_AGAIN: no
+                                                    reply; NGX_ERROR */
+    const char                  *error;          /* NGX_ERROR: why */
+    ngx_str_t                    raw;            /* data NULL: none */
+};
+
+
+/* a collab_acl_get or collab_acl_put reply */
+struct ngx_http_collab_acl_admin_s {
+    ngx_int_t                    status;         /* NGX_OK; NGX_AGAIN: no
+                                                    reply; NGX_DECLINED:
+                                                    refused; NGX_ERROR */
+    const char                  *error;          /* NGX_ERROR: why */
+    unsigned                     conflict:1;     /* refused: the version
+                                                    did not match */
+    ngx_str_t                    acl;            /* data NULL: none */
+};
+
 ngx_int_t ngx_http_collab_store_setup(ngx_http_collab_redis_t *rc);
 ngx_int_t ngx_http_collab_store_append(ngx_http_collab_session_t *s,
     ngx_str_t *doc, ngx_str_t *id, ngx_str_t *data, int64_t base,
@@ -612,6 +637,11 @@ void ngx_http_collab_store_read_entry(ngx_http_collab_read_t *rd,
 ngx_int_t ngx_http_collab_store_event(ngx_str_t *doc, u_char *p, size_t len,
     ngx_http_collab_event_t *ev);
 void ngx_http_collab_store_event_free(ngx_http_collab_event_t *ev);
+ngx_int_t ngx_http_collab_store_acl(ngx_http_collab_doc_t *doc);
+void ngx_http_collab_store_deny(ngx_http_collab_session_t *s,
+    ngx_str_t *doc, const char *action);
+ngx_int_t ngx_http_collab_store_acl_admin(ngx_http_collab_session_t *s,
+    ngx_str_t *doc, ngx_uint_t admin, int64_t *version, ngx_str_t *body);
 void ngx_http_collab_store_epoch(u_char *epoch);
 size_t ngx_http_collab_key(u_char *buf, ngx_str_t *doc, const char *suffix);
 

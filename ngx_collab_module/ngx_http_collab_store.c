@@ -312,6 +312,14 @@ static void ngx_http_collab_store_read_decode(redisReply *reply,
     ngx_http_collab_read_t *rd);
 static ngx_int_t ngx_http_collab_store_triple(redisReply *reply,
     ngx_int_t *status, int64_t *seq);
+static ngx_int_t ngx_http_collab_store_event_delta(u_char *p, size_t len,
+    ngx_str_t *doc, uint64_t *seq);
+static void ngx_http_collab_store_acl_reply(ngx_http_collab_cmd_t *cmd,
+    redisReply *reply);
+static void ngx_http_collab_store_acl_admin_reply(ngx_http_collab_cmd_t *cmd,
+    redisReply *reply);
+static void ngx_http_collab_store_acl_admin_decode(redisReply *reply,
+    ngx_http_collab_acl_admin_t *res);
 
 
 ngx_int_t
@@ -1177,7 +1185,7 @@ ngx_http_collab_store_event(ngx_str_t *doc, u_char *p, size_t len,
 
     ngx_memzero(ev, sizeof(ngx_http_collab_event_t));
 
-    if (ngx_http_collab_msg_parse_delta(p, len, doc, &ev->seq) == NGX_OK) {
+    if (ngx_http_collab_store_event_delta(p, len, doc, &ev->seq) == NGX_OK) {
         ev->type = NGX_HTTP_COLLAB_EVENT_DELTA;
         return NGX_OK;
     }
@@ -1224,10 +1232,322 @@ ngx_http_collab_store_event(ngx_str_t *doc, u_char *p, size_t len,
 }
 
 
+/*
+ * The deltas collab_append publishes start with a fixed prefix, so fan-out
+ * finds the seq without a JSON parser.
+ */
+
+static ngx_int_t
+ngx_http_collab_store_event_delta(u_char *p, size_t len, ngx_str_t *doc,
+    uint64_t *seq)
+{
+    u_char    *last;
+    uint64_t   n;
+
+    static const char  prefix[] = "{\"type\":\"delta\",\"doc\":\"";
+
+    last = p + len;
+
+    if (len < sizeof(prefix) - 1 + doc->len + sizeof("\",\"seq\":1") - 1
+        || ngx_memcmp(p, prefix, sizeof(prefix) - 1) != 0)
+    {
+        return NGX_DECLINED;
+    }
+
+    p += sizeof(prefix) - 1;
+
+    if (ngx_memcmp(p, doc->data, doc->len) != 0) {
+        return NGX_DECLINED;
+    }
+
+    p += doc->len;
+
+    if (ngx_memcmp(p, "\",\"seq\":", sizeof("\",\"seq\":") - 1) != 0) {
+        return NGX_DECLINED;
+    }
+
+    p += sizeof("\",\"seq\":") - 1;
+    n = 0;
+
+    while (p < last && *p >= '0' && *p <= '9') {
+        if (n > ((uint64_t) 1 << 53) / 10) {
+            return NGX_DECLINED;
+        }
+
+        n = n * 10 + (*p++ - '0');
+    }
+
+    if (p == last || *p != ',' || n == 0) {
+        return NGX_DECLINED;
+    }
+
+    *seq = n;
+
+    return NGX_OK;
+}
+
+
 void
 ngx_http_collab_store_event_free(ngx_http_collab_event_t *ev)
 {
     if (ev->obj) {
         json_decref(ev->obj);
+    }
+}
+
+
+/* the ACL for a worker that was told it changed; retried by the caller */
+
+ngx_int_t
+ngx_http_collab_store_acl(ngx_http_collab_doc_t *doc)
+{
+    u_char                  kacl[NGX_HTTP_COLLAB_KEY_MAX];
+    u_char                  kaudit[NGX_HTTP_COLLAB_KEY_MAX];
+    u_char                  kstate[NGX_HTTP_COLLAB_KEY_MAX];
+    const char             *argv[6];
+    size_t                  argvlen[6];
+    ngx_http_collab_cmd_t  *cmd;
+
+    cmd = ngx_http_collab_cmd_alloc(NULL, 0);
+    if (cmd == NULL) {
+        return NGX_ERROR;
+    }
+
+    cmd->doc_owner = doc;
+    cmd->handler = ngx_http_collab_store_acl_reply;
+
+    argv[0] = "FCALL";
+    argvlen[0] = 5;
+    argv[1] = "collab_acl";
+    argvlen[1] = 10;
+    argv[2] = "3";
+    argvlen[2] = 1;
+    argv[3] = (char *) kacl;
+    argvlen[3] = ngx_http_collab_key(kacl, &doc->node.str, ":acl");
+    argv[4] = (char *) kaudit;
+    argvlen[4] = ngx_http_collab_key(kaudit, &doc->node.str, ":audit");
+    argv[5] = (char *) kstate;
+    argvlen[5] = ngx_http_collab_key(kstate, &doc->node.str, ":state");
+
+    if (ngx_http_collab_redis_command(&ngx_http_collab_worker->cmd, cmd, 6,
+                                      argv, argvlen)
+        != NGX_OK)
+    {
+        /* freed already: connection down or pipeline full */
+        return NGX_ERROR;
+    }
+
+    doc->acl_cmd = cmd;
+
+    return NGX_OK;
+}
+
+
+/* the reply of collab_acl: the raw ACL, or nil without one */
+
+static void
+ngx_http_collab_store_acl_reply(ngx_http_collab_cmd_t *cmd,
+    redisReply *reply)
+{
+    ngx_http_collab_doc_t       *doc;
+    ngx_http_collab_acl_load_t   ld;
+
+    doc = cmd->doc_owner;
+    doc->acl_cmd = NULL;
+    cmd->doc_owner = NULL;
+
+    ngx_http_collab_cmd_free(cmd);
+
+    ngx_memzero(&ld, sizeof(ngx_http_collab_acl_load_t));
+
+    if (reply == NULL) {
+        ld.status = NGX_AGAIN;
+
+    } else if (reply->type == REDIS_REPLY_ERROR) {
+        ld.status = NGX_ERROR;
+        ld.error = reply->str;
+
+    } else if (reply->type == REDIS_REPLY_STRING) {
+        ld.raw.data = (u_char *) reply->str;
+        ld.raw.len = reply->len;
+    }
+
+    ngx_http_collab_acl_loaded(doc, &ld);
+}
+
+
+/* keys: audit; args: user action.  The reply does not matter. */
+
+void
+ngx_http_collab_store_deny(ngx_http_collab_session_t *s, ngx_str_t *doc,
+    const char *action)
+{
+    u_char                  kaudit[NGX_HTTP_COLLAB_KEY_MAX];
+    const char             *argv[6];
+    size_t                  argvlen[6];
+    ngx_http_collab_cmd_t  *cmd;
+
+    cmd = ngx_http_collab_cmd_alloc(NULL, 0);
+    if (cmd == NULL) {
+        return;
+    }
+
+    cmd->handler = ngx_http_collab_cmd_discard;
+
+    argv[0] = "FCALL";
+    argvlen[0] = 5;
+    argv[1] = "collab_deny";
+    argvlen[1] = 11;
+    argv[2] = "1";
+    argvlen[2] = 1;
+    argv[3] = (char *) kaudit;
+    argvlen[3] = ngx_http_collab_key(kaudit, doc, ":audit");
+    argv[4] = (char *) s->user.data;
+    argvlen[4] = s->user.len;
+    argv[5] = action;
+    argvlen[5] = ngx_strlen(action);
+
+    (void) ngx_http_collab_redis_command(&ngx_http_collab_worker->cmd, cmd,
+                                         6, argv, argvlen);
+}
+
+
+/*
+ * collab_acl_get (body NULL) or collab_acl_put for the admin endpoint:
+ * admin, the holder of the admin key, needs no role.  version NULL: put
+ * whatever the version is.  NGX_DECLINED: the store is unavailable.
+ */
+
+ngx_int_t
+ngx_http_collab_store_acl_admin(ngx_http_collab_session_t *s,
+    ngx_str_t *doc, ngx_uint_t admin, int64_t *version, ngx_str_t *body)
+{
+    u_char                  kacl[NGX_HTTP_COLLAB_KEY_MAX];
+    u_char                  kaudit[NGX_HTTP_COLLAB_KEY_MAX];
+    u_char                  kstate[NGX_HTTP_COLLAB_KEY_MAX];
+    u_char                  chan[NGX_HTTP_COLLAB_KEY_MAX];
+    u_char                  sversion[NGX_INT64_LEN];
+    u_char                  role[2];
+    const char             *argv[14], *rargv[3];
+    size_t                  argvlen[14], rargvlen[3];
+    ngx_http_collab_cmd_t  *cmd;
+
+    argv[0] = "FCALL";
+    argvlen[0] = 5;
+    argv[1] = body ? "collab_acl_put" : "collab_acl_get";
+    argvlen[1] = 14;
+    argv[2] = "4";
+    argvlen[2] = 1;
+    argv[3] = (char *) kacl;
+    argvlen[3] = ngx_http_collab_key(kacl, doc, ":acl");
+    argv[4] = (char *) kaudit;
+    argvlen[4] = ngx_http_collab_key(kaudit, doc, ":audit");
+    argv[5] = (char *) kstate;
+    argvlen[5] = ngx_http_collab_key(kstate, doc, ":state");
+    argv[6] = (char *) chan;
+    argvlen[6] = ngx_http_collab_key(chan, doc, "");
+
+    /* args: admin user groups grant version default body */
+
+    ngx_http_collab_store_role_args(s, doc, rargv, rargvlen, role);
+
+    argv[7] = admin ? "1" : "0";
+    argvlen[7] = 1;
+    argv[8] = admin ? "admin" : (char *) s->user.data;
+    argvlen[8] = admin ? 5 : s->user.len;
+    argv[9] = rargv[0];
+    argvlen[9] = rargvlen[0];
+    argv[10] = rargv[1];
+    argvlen[10] = rargvlen[1];
+    argv[11] = (char *) sversion;
+    argvlen[11] = version ? (size_t) (ngx_sprintf(sversion, "%L", *version)
+                                      - sversion)
+                          : 0;
+    argv[12] = rargv[2];
+    argvlen[12] = rargvlen[2];
+    argv[13] = body ? (char *) body->data : "";
+    argvlen[13] = body ? body->len : 0;
+
+    cmd = ngx_http_collab_cmd_alloc(s, 0);
+    if (cmd == NULL) {
+        return NGX_ERROR;
+    }
+
+    cmd->handler = ngx_http_collab_store_acl_admin_reply;
+
+    if (ngx_http_collab_redis_command(&ngx_http_collab_worker->cmd, cmd, 14,
+                                      argv, argvlen)
+        != NGX_OK)
+    {
+        return NGX_DECLINED;
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_collab_store_acl_admin_reply(ngx_http_collab_cmd_t *cmd,
+    redisReply *reply)
+{
+    ngx_http_collab_session_t    *s;
+    ngx_http_collab_acl_admin_t   res;
+
+    s = cmd->session;
+
+    ngx_http_collab_cmd_free(cmd);
+
+    ngx_http_collab_store_acl_admin_decode(reply, &res);
+
+    ngx_http_collab_admin_done(s, &res);
+}
+
+
+/* {status, version, raw}: 1 ok, -1 version conflict, -2 forbidden */
+
+static void
+ngx_http_collab_store_acl_admin_decode(redisReply *reply,
+    ngx_http_collab_acl_admin_t *res)
+{
+    redisReply  **e;
+
+    ngx_memzero(res, sizeof(ngx_http_collab_acl_admin_t));
+
+    if (reply == NULL) {
+        res->status = NGX_AGAIN;
+        return;
+    }
+
+    e = reply->element;
+
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 1
+        || e[0]->type != REDIS_REPLY_INTEGER)
+    {
+        res->status = NGX_ERROR;
+        res->error = reply->type == REDIS_REPLY_ERROR
+                     ? reply->str : "unexpected reply";
+        return;
+    }
+
+    switch (e[0]->integer) {
+
+    case 1:
+        res->status = NGX_OK;
+
+        if (reply->elements == 3 && e[2]->type == REDIS_REPLY_STRING) {
+            res->acl.data = (u_char *) e[2]->str;
+            res->acl.len = e[2]->len;
+        }
+
+        break;
+
+    case -1:
+        res->status = NGX_DECLINED;
+        res->conflict = 1;
+        break;
+
+    default:
+        res->status = NGX_DECLINED;
+        break;
     }
 }
