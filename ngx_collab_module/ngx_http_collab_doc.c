@@ -33,8 +33,33 @@ static void ngx_http_collab_doc_message(redisAsyncContext *ac, void *r,
     void *data);
 static void ngx_http_collab_doc_fanout(ngx_http_collab_doc_t *doc,
     u_char *payload, size_t len);
+static ngx_http_collab_sub_t *ngx_http_collab_doc_sub_create(
+    ngx_http_collab_session_t *s, ngx_str_t *name);
+static void ngx_http_collab_doc_redis_lost(ngx_http_collab_doc_t *doc);
+static void ngx_http_collab_doc_redis_subscribed(ngx_http_collab_doc_t *doc);
+static ngx_http_collab_msg_t *ngx_http_collab_doc_shared(u_char *payload,
+    size_t len);
+static void ngx_http_collab_doc_deliver(ngx_http_collab_doc_t *doc,
+    uint64_t seq, u_char *payload, size_t len);
+static void ngx_http_collab_doc_lagging(ngx_http_collab_sub_t *sub);
+static void ngx_http_collab_doc_relay(ngx_http_collab_doc_t *doc,
+    ngx_http_collab_event_t *ev, u_char *payload, size_t len);
 static void ngx_http_collab_doc_reset(ngx_http_collab_doc_t *doc,
-    const char *epoch);
+    u_char *epoch);
+static void ngx_http_collab_doc_read_failed(ngx_http_collab_sub_t *sub,
+    ngx_http_collab_read_t *rd);
+static ngx_int_t ngx_http_collab_doc_read_role(ngx_http_collab_sub_t *sub,
+    ngx_http_collab_read_t *rd);
+static ngx_int_t ngx_http_collab_doc_read_epoch(ngx_http_collab_sub_t *sub,
+    ngx_http_collab_read_t *rd);
+static ngx_int_t ngx_http_collab_doc_join(ngx_http_collab_sub_t *sub,
+    ngx_http_collab_read_t *rd);
+static ngx_http_collab_msg_t *ngx_http_collab_doc_snapshot(
+    ngx_http_collab_sub_t *sub, ngx_http_collab_read_t *rd);
+static ngx_int_t ngx_http_collab_doc_read_entries(ngx_http_collab_sub_t *sub,
+    ngx_http_collab_read_t *rd, ngx_uint_t joined, size_t *used);
+static void ngx_http_collab_doc_read_next(ngx_http_collab_sub_t *sub,
+    ngx_http_collab_read_t *rd, ngx_uint_t joined, size_t used);
 static void ngx_http_collab_doc_sub_read(ngx_http_collab_sub_t *sub);
 static void ngx_http_collab_doc_dropped(ngx_http_collab_session_t *s);
 static void ngx_http_collab_doc_broken(ngx_http_collab_sub_t *sub);
@@ -242,32 +267,12 @@ ngx_http_collab_doc_subscribe(ngx_http_collab_session_t *s, ngx_str_t *name,
         doc = sub->doc;
 
     } else {
-        doc = ngx_http_collab_doc_get(name, s->connection->log);
-        if (doc == NULL) {
-            return NGX_ERROR;
-        }
-
-        /* counted in the limit once its role is known: see read_done */
-
-        sub = ngx_alloc(sizeof(ngx_http_collab_sub_t), s->connection->log);
+        sub = ngx_http_collab_doc_sub_create(s, name);
         if (sub == NULL) {
-            if (doc->nsubs == 0 && !doc->in_redis) {
-                ngx_http_collab_doc_free(doc);
-            }
-
             return NGX_ERROR;
         }
 
-        ngx_memzero(sub, sizeof(ngx_http_collab_sub_t));
-
-        sub->doc = doc;
-        sub->session = s;
-
-        ngx_queue_insert_tail(&doc->subs, &sub->doc_link);
-        doc->nsubs++;
-
-        ngx_queue_insert_tail(&s->subs, &sub->session_link);
-        s->nsubs++;
+        doc = sub->doc;
     }
 
     sub->state = NGX_HTTP_COLLAB_SUB_JOINING;
@@ -301,6 +306,45 @@ ngx_http_collab_doc_subscribe(ngx_http_collab_session_t *s, ngx_str_t *name,
     }
 
     return NGX_OK;
+}
+
+
+/* a new membership, of the worker's document that it creates if need be */
+
+static ngx_http_collab_sub_t *
+ngx_http_collab_doc_sub_create(ngx_http_collab_session_t *s, ngx_str_t *name)
+{
+    ngx_http_collab_doc_t  *doc;
+    ngx_http_collab_sub_t  *sub;
+
+    doc = ngx_http_collab_doc_get(name, s->connection->log);
+    if (doc == NULL) {
+        return NULL;
+    }
+
+    /* counted in the limit once its role is known: see read_role */
+
+    sub = ngx_alloc(sizeof(ngx_http_collab_sub_t), s->connection->log);
+    if (sub == NULL) {
+        if (doc->nsubs == 0 && !doc->in_redis) {
+            ngx_http_collab_doc_free(doc);
+        }
+
+        return NULL;
+    }
+
+    ngx_memzero(sub, sizeof(ngx_http_collab_sub_t));
+
+    sub->doc = doc;
+    sub->session = s;
+
+    ngx_queue_insert_tail(&doc->subs, &sub->doc_link);
+    doc->nsubs++;
+
+    ngx_queue_insert_tail(&s->subs, &sub->session_link);
+    s->nsubs++;
+
+    return sub;
 }
 
 
@@ -449,41 +493,12 @@ ngx_http_collab_doc_message(redisAsyncContext *ac, void *r, void *data)
 {
     ngx_http_collab_doc_t *doc = data;
 
-    redisReply             *reply, *kind;
-    ngx_queue_t            *q;
-    ngx_http_collab_sub_t  *sub;
+    redisReply  *reply, *kind;
 
     reply = r;
 
     if (reply == NULL) {
-        /* the subscriber connection is gone: hiredis drops our entry */
-
-        doc->in_redis = 0;
-        doc->subscribed = 0;
-        doc->unsubscribing = 0;
-
-        if (doc->nsubs == 0) {
-            ngx_http_collab_doc_free(doc);
-            return;
-        }
-
-        /* what was published meanwhile is read from the log later */
-
-        for (q = ngx_queue_head(&doc->subs);
-             q != ngx_queue_sentinel(&doc->subs);
-             q = ngx_queue_next(q))
-        {
-            sub = ngx_queue_data(q, ngx_http_collab_sub_t, doc_link);
-
-            if (sub->state == NGX_HTTP_COLLAB_SUB_LIVE) {
-                sub->state = NGX_HTTP_COLLAB_SUB_CATCHUP;
-            }
-
-            if (sub->read == NULL) {
-                sub->stalled = 1;
-            }
-        }
-
+        ngx_http_collab_doc_redis_lost(doc);
         return;
     }
 
@@ -505,24 +520,7 @@ ngx_http_collab_doc_message(redisAsyncContext *ac, void *r, void *data)
     }
 
     if (kind->len == 9 && ngx_strncmp(kind->str, "subscribe", 9) == 0) {
-
-        if (doc->unsubscribing) {
-            return;
-        }
-
-        doc->subscribed = 1;
-
-        for (q = ngx_queue_head(&doc->subs);
-             q != ngx_queue_sentinel(&doc->subs);
-             q = ngx_queue_next(q))
-        {
-            sub = ngx_queue_data(q, ngx_http_collab_sub_t, doc_link);
-
-            if (sub->stalled) {
-                ngx_http_collab_doc_sub_read(sub);
-            }
-        }
-
+        ngx_http_collab_doc_redis_subscribed(doc);
         return;
     }
 
@@ -545,142 +543,250 @@ ngx_http_collab_doc_message(redisAsyncContext *ac, void *r, void *data)
 }
 
 
+/* the subscriber connection is gone: hiredis drops our entry */
+
+static void
+ngx_http_collab_doc_redis_lost(ngx_http_collab_doc_t *doc)
+{
+    ngx_queue_t            *q;
+    ngx_http_collab_sub_t  *sub;
+
+    doc->in_redis = 0;
+    doc->subscribed = 0;
+    doc->unsubscribing = 0;
+
+    if (doc->nsubs == 0) {
+        ngx_http_collab_doc_free(doc);
+        return;
+    }
+
+    /* what was published meanwhile is read from the log later */
+
+    for (q = ngx_queue_head(&doc->subs);
+         q != ngx_queue_sentinel(&doc->subs);
+         q = ngx_queue_next(q))
+    {
+        sub = ngx_queue_data(q, ngx_http_collab_sub_t, doc_link);
+
+        if (sub->state == NGX_HTTP_COLLAB_SUB_LIVE) {
+            sub->state = NGX_HTTP_COLLAB_SUB_CATCHUP;
+        }
+
+        if (sub->read == NULL) {
+            sub->stalled = 1;
+        }
+    }
+}
+
+
+/* the channel is followed: the members that waited for it read the log */
+
+static void
+ngx_http_collab_doc_redis_subscribed(ngx_http_collab_doc_t *doc)
+{
+    ngx_queue_t            *q;
+    ngx_http_collab_sub_t  *sub;
+
+    if (doc->unsubscribing) {
+        return;
+    }
+
+    doc->subscribed = 1;
+
+    for (q = ngx_queue_head(&doc->subs);
+         q != ngx_queue_sentinel(&doc->subs);
+         q = ngx_queue_next(q))
+    {
+        sub = ngx_queue_data(q, ngx_http_collab_sub_t, doc_link);
+
+        if (sub->stalled) {
+            ngx_http_collab_doc_sub_read(sub);
+        }
+    }
+}
+
+
+/* a message on the document's channel, as the store decodes it */
+
 static void
 ngx_http_collab_doc_fanout(ngx_http_collab_doc_t *doc, u_char *payload,
     size_t len)
 {
-    uint64_t                    seq;
-    ngx_str_t                   sid;
-    ngx_queue_t                *q, *next;
-    json_t                     *obj;
-    const char                 *type;
-    ngx_http_collab_sub_t      *sub;
-    ngx_http_collab_msg_t      *m;
-    ngx_http_collab_session_t  *s;
+    ngx_http_collab_event_t  ev;
 
-    m = NULL;
-
-    if (ngx_http_collab_msg_parse_delta(payload, len, &doc->node.str, &seq)
-        == NGX_OK)
+    if (ngx_http_collab_store_event(&doc->node.str, payload, len, &ev)
+        != NGX_OK)
     {
-        if (seq > doc->seq) {
-            doc->seq = seq;
-        }
-
-        for (q = ngx_queue_head(&doc->subs);
-             q != ngx_queue_sentinel(&doc->subs);
-             q = next)
-        {
-            next = ngx_queue_next(q);
-            sub = ngx_queue_data(q, ngx_http_collab_sub_t, doc_link);
-            s = sub->session;
-
-            if (sub->state != NGX_HTTP_COLLAB_SUB_LIVE || seq <= sub->pos) {
-                continue;
-            }
-
-            if (doc->acl_stale) {
-                /*
-                 * The ACL changed and is not loaded yet: the role is not
-                 * known, so nothing is delivered; the log serves it from
-                 * pos once the ACL is back (ngx_http_collab_doc_acl_known).
-                 */
-                sub->state = NGX_HTTP_COLLAB_SUB_CATCHUP;
-                sub->stalled = 1;
-                continue;
-            }
-
-            if (s->out_bytes + len > s->conf->send_queue) {
-                /*
-                 * A reader that cannot keep up gets no more live deltas:
-                 * "resync" tells it to come back with since = pos, and the
-                 * log serves it at its own pace.
-                 */
-                ngx_log_error(NGX_LOG_INFO, s->connection->log, 0,
-                              "collab: session %*s fell behind on \"%V\" "
-                              "at seq %uL, sending resync", (size_t) 16,
-                              s->id, &doc->node.str, sub->pos);
-
-                ngx_http_collab_doc_resync(sub, sub->pos, "lagging");
-
-                if (!s->drain.timer_set && !s->closing) {
-                    /* it must read within collab_send_timeout */
-                    ngx_add_timer(&s->drain, s->conf->send_timeout);
-                }
-
-                continue;
-            }
-
-            if (seq > sub->pos + 1) {
-                /* a gap: continue from the log */
-                sub->state = NGX_HTTP_COLLAB_SUB_CATCHUP;
-                ngx_http_collab_doc_sub_read(sub);
-                continue;
-            }
-
-            if (m == NULL) {
-                m = ngx_http_collab_msg_alloc(len);
-                if (m == NULL) {
-                    return;
-                }
-
-                ngx_memcpy(m->json, payload, len);
-                m->len = len;
-                m->seq = seq;
-                ngx_str_set(&m->type, "delta");
-                m->epoch.data = doc->epoch;
-                m->epoch.len = doc->has_epoch ? NGX_HTTP_COLLAB_EPOCH_LEN : 0;
-            }
-
-            sub->pos = seq;
-
-            (void) ngx_http_collab_session_send(s, m);
-        }
-
-        ngx_http_collab_msg_release(m);
-        return;
-    }
-
-    /* ephemera and control messages */
-
-    /* relayed ephemera keep integers of any size (see proto_handle) */
-    obj = json_loadb((char *) payload, len, JSON_DECODE_INT_AS_REAL, NULL);
-    if (obj == NULL) {
         ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
                       "collab: ignoring a message on \"%V\" that is not JSON",
                       &doc->channel);
         return;
     }
 
-    type = json_string_value(json_object_get(obj, "type"));
+    switch (ev.type) {
 
-    if (type && ngx_strcmp(type, "acl") == 0) {
-        json_decref(obj);
+    case NGX_HTTP_COLLAB_EVENT_DELTA:
+        ngx_http_collab_doc_deliver(doc, ev.seq, payload, len);
+        break;
+
+    case NGX_HTTP_COLLAB_EVENT_ACL:
         ngx_http_collab_acl_changed(doc);
-        return;
+        break;
+
+    case NGX_HTTP_COLLAB_EVENT_RESET:
+        ngx_http_collab_doc_reset(doc, ev.epoch);
+        break;
+
+    case NGX_HTTP_COLLAB_EVENT_INTENT:
+    case NGX_HTTP_COLLAB_EVENT_PRESENCE:
+
+        /* none while the roles are not known */
+
+        if (!doc->acl_stale) {
+            ngx_http_collab_doc_relay(doc, &ev, payload, len);
+        }
+
+        break;
+
+    default:
+        /* anything else stays server-side */
+        break;
     }
 
-    if (type && ngx_strcmp(type, "reset") == 0) {
-        ngx_http_collab_doc_reset(doc,
-                          json_string_value(json_object_get(obj, "epoch")));
-        json_decref(obj);
-        return;
+    ngx_http_collab_store_event_free(&ev);
+}
+
+
+/* the one copy of a channel message that every member's queue shares */
+
+static ngx_http_collab_msg_t *
+ngx_http_collab_doc_shared(u_char *payload, size_t len)
+{
+    ngx_http_collab_msg_t  *m;
+
+    m = ngx_http_collab_msg_alloc(len);
+    if (m == NULL) {
+        return NULL;
     }
 
-    if (type == NULL || doc->acl_stale
-        || (ngx_strcmp(type, "intent") != 0
-            && ngx_strcmp(type, "presence") != 0))
+    ngx_memcpy(m->json, payload, len);
+    m->len = len;
+
+    return m;
+}
+
+
+/* a delta to the live members that are exactly one behind it */
+
+static void
+ngx_http_collab_doc_deliver(ngx_http_collab_doc_t *doc, uint64_t seq,
+    u_char *payload, size_t len)
+{
+    ngx_queue_t                *q, *next;
+    ngx_http_collab_sub_t      *sub;
+    ngx_http_collab_msg_t      *m;
+    ngx_http_collab_session_t  *s;
+
+    m = NULL;
+
+    if (seq > doc->seq) {
+        doc->seq = seq;
+    }
+
+    for (q = ngx_queue_head(&doc->subs);
+         q != ngx_queue_sentinel(&doc->subs);
+         q = next)
     {
-        /*
-         * Only ephemera are relayed, anything else stays server-side; and
-         * none while the roles are not known.
-         */
-        json_decref(obj);
-        return;
+        next = ngx_queue_next(q);
+        sub = ngx_queue_data(q, ngx_http_collab_sub_t, doc_link);
+        s = sub->session;
+
+        if (sub->state != NGX_HTTP_COLLAB_SUB_LIVE || seq <= sub->pos) {
+            continue;
+        }
+
+        if (doc->acl_stale) {
+            /*
+             * The ACL changed and is not loaded yet: the role is not
+             * known, so nothing is delivered; the log serves it from
+             * pos once the ACL is back (ngx_http_collab_doc_acl_known).
+             */
+            sub->state = NGX_HTTP_COLLAB_SUB_CATCHUP;
+            sub->stalled = 1;
+            continue;
+        }
+
+        if (s->out_bytes + len > s->conf->send_queue) {
+            ngx_http_collab_doc_lagging(sub);
+            continue;
+        }
+
+        if (seq > sub->pos + 1) {
+            /* a gap: continue from the log */
+            sub->state = NGX_HTTP_COLLAB_SUB_CATCHUP;
+            ngx_http_collab_doc_sub_read(sub);
+            continue;
+        }
+
+        if (m == NULL) {
+            m = ngx_http_collab_doc_shared(payload, len);
+            if (m == NULL) {
+                return;
+            }
+
+            m->seq = seq;
+            ngx_str_set(&m->type, "delta");
+            m->epoch.data = doc->epoch;
+            m->epoch.len = doc->has_epoch ? NGX_HTTP_COLLAB_EPOCH_LEN : 0;
+        }
+
+        sub->pos = seq;
+
+        (void) ngx_http_collab_session_send(s, m);
     }
 
-    sid.data = (u_char *) json_string_value(json_object_get(obj, "session"));
-    sid.len = sid.data ? ngx_strlen(sid.data) : 0;
+    ngx_http_collab_msg_release(m);
+}
+
+
+/*
+ * A reader that cannot keep up gets no more live deltas: "resync" tells it
+ * to come back with since = pos, and the log serves it at its own pace.
+ */
+
+static void
+ngx_http_collab_doc_lagging(ngx_http_collab_sub_t *sub)
+{
+    ngx_http_collab_session_t  *s;
+
+    s = sub->session;
+
+    ngx_log_error(NGX_LOG_INFO, s->connection->log, 0,
+                  "collab: session %*s fell behind on \"%V\" "
+                  "at seq %uL, sending resync", (size_t) 16,
+                  s->id, &sub->doc->node.str, sub->pos);
+
+    ngx_http_collab_doc_resync(sub, sub->pos, "lagging");
+
+    if (!s->drain.timer_set && !s->closing) {
+        /* it must read within collab_send_timeout */
+        ngx_add_timer(&s->drain, s->conf->send_timeout);
+    }
+}
+
+
+/* intent and presence to the live members but the sender */
+
+static void
+ngx_http_collab_doc_relay(ngx_http_collab_doc_t *doc,
+    ngx_http_collab_event_t *ev, u_char *payload, size_t len)
+{
+    ngx_queue_t                *q, *next;
+    ngx_http_collab_sub_t      *sub;
+    ngx_http_collab_msg_t      *m;
+    ngx_http_collab_session_t  *s;
+
+    m = NULL;
 
     for (q = ngx_queue_head(&doc->subs);
          q != ngx_queue_sentinel(&doc->subs);
@@ -703,22 +809,19 @@ ngx_http_collab_doc_fanout(ngx_http_collab_doc_t *doc, u_char *payload,
             continue;
         }
 
-        if (sid.len == sizeof(s->id)
-            && ngx_memcmp(sid.data, s->id, sizeof(s->id)) == 0)
+        if (ev->session.len == sizeof(s->id)
+            && ngx_memcmp(ev->session.data, s->id, sizeof(s->id)) == 0)
         {
             continue;
         }
 
         if (m == NULL) {
-            m = ngx_http_collab_msg_alloc(len);
+            m = ngx_http_collab_doc_shared(payload, len);
             if (m == NULL) {
                 break;
             }
 
-            ngx_memcpy(m->json, payload, len);
-            m->len = len;
-
-            if (type[0] == 'i') {
+            if (ev->type == NGX_HTTP_COLLAB_EVENT_INTENT) {
                 ngx_str_set(&m->type, "intent");
 
             } else {
@@ -730,19 +833,18 @@ ngx_http_collab_doc_fanout(ngx_http_collab_doc_t *doc, u_char *payload,
     }
 
     ngx_http_collab_msg_release(m);
-    json_decref(obj);
 }
 
 
 /* the log was created anew: whoever followed the old one starts over */
 
 static void
-ngx_http_collab_doc_reset(ngx_http_collab_doc_t *doc, const char *epoch)
+ngx_http_collab_doc_reset(ngx_http_collab_doc_t *doc, u_char *epoch)
 {
     ngx_queue_t            *q, *next;
     ngx_http_collab_sub_t  *sub;
 
-    if (epoch == NULL || ngx_strlen(epoch) != NGX_HTTP_COLLAB_EPOCH_LEN) {
+    if (epoch == NULL) {
         return;
     }
 
@@ -808,29 +910,17 @@ ngx_http_collab_doc_retry_handler(ngx_event_t *ev)
 
 
 /*
- * The reply of collab_read: epoch, head, mode, snapshot seq, snapshot data,
- * then (seq, id, user, ts, data) per entry.
+ * A log read came back, decoded by the store: the role and the ACL that
+ * came with it, the "subscribed" answer of a join, then the entries after
+ * pos; the member goes live once it has read up to the head.
  */
 
 void
-ngx_http_collab_doc_read_done(ngx_http_collab_sub_t *sub, redisReply *reply)
+ngx_http_collab_doc_read_done(ngx_http_collab_sub_t *sub,
+    ngx_http_collab_read_t *rd)
 {
-    u_char                     *p;
-    size_t                      i, n, used;
-    int64_t                     head, mode, snap_seq;
-    ngx_str_t                  *rname;
-    ngx_uint_t                  joined, role;
-    uint64_t                    seq;
-    ngx_str_t                   epoch, snap, id, user, ts, data, *doc;
-    ngx_int_t                   v;
-    redisReply                **e;
-    ngx_http_collab_msg_t      *m;
-    ngx_http_collab_doc_t      *d;
-    ngx_http_collab_session_t  *s;
-
-    s = sub->session;
-    d = sub->doc;
-    doc = &d->node.str;
+    size_t      used;
+    ngx_uint_t  joined;
 
     if (sub->again) {
         /* subscribed again meanwhile: read from the newest point */
@@ -839,17 +929,17 @@ ngx_http_collab_doc_read_done(ngx_http_collab_sub_t *sub, redisReply *reply)
         return;
     }
 
-    if (reply == NULL) {
+    switch (rd->status) {
+
+    case NGX_OK:
+        break;
+
+    case NGX_AGAIN:
         /* Redis went away: retried when it is back */
         sub->stalled = 1;
         return;
-    }
 
-    e = reply->element;
-
-    if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 1
-        && e[0]->type == REDIS_REPLY_INTEGER && e[0]->integer == -2)
-    {
+    case NGX_DECLINED:
         /* no role on the document: the same answer whether it exists */
 
         if (sub->state == NGX_HTTP_COLLAB_SUB_JOINING) {
@@ -860,33 +950,83 @@ ngx_http_collab_doc_read_done(ngx_http_collab_sub_t *sub, redisReply *reply)
         }
 
         return;
-    }
 
-    if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 7
-        || (reply->elements - 7) % 5 != 0
-        || e[0]->type != REDIS_REPLY_STRING
-        || e[1]->type != REDIS_REPLY_INTEGER
-        || e[2]->type != REDIS_REPLY_INTEGER
-        || e[3]->type != REDIS_REPLY_INTEGER
-        || e[5]->type != REDIS_REPLY_INTEGER)
-    {
-        ngx_log_error(NGX_LOG_ERR, s->connection->log, 0,
-                      "collab: reading the log of \"%V\" failed: %s", doc,
-                      reply->type == REDIS_REPLY_ERROR
-                      ? reply->str : "unexpected reply");
-
-        m = ngx_http_collab_msg_error("error", "internal", doc, NULL,
-                                      "the document could not be read");
-        ngx_http_collab_reply(s, NGX_HTTP_COLLAB_NO_SLOT, m);
-
-        m = ngx_http_collab_msg_build("unsubscribed", "doc", 'S', doc,
-                                      "reason", 'C', "internal", NULL);
-        ngx_http_collab_reply(s, NGX_HTTP_COLLAB_NO_SLOT, m);
-
-        ngx_http_collab_doc_sub_free(sub);
-        ngx_http_collab_doc_dropped(s);
+    default:
+        ngx_http_collab_doc_read_failed(sub, rd);
         return;
     }
+
+    if (ngx_http_collab_doc_read_role(sub, rd) != NGX_OK
+        || ngx_http_collab_doc_read_epoch(sub, rd) != NGX_OK)
+    {
+        return;
+    }
+
+    joined = 0;
+
+    if (sub->state == NGX_HTTP_COLLAB_SUB_JOINING) {
+
+        joined = rd->from_snap;
+
+        if (ngx_http_collab_doc_join(sub, rd) != NGX_OK) {
+            return;
+        }
+
+    } else if (rd->from_snap) {
+        /* the entries after pos were trimmed away */
+        ngx_http_collab_doc_resync(sub, rd->head, "trimmed");
+        return;
+    }
+
+    if (ngx_http_collab_doc_read_entries(sub, rd, joined, &used) != NGX_OK) {
+        return;
+    }
+
+    ngx_http_collab_doc_read_next(sub, rd, joined, used);
+}
+
+
+static void
+ngx_http_collab_doc_read_failed(ngx_http_collab_sub_t *sub,
+    ngx_http_collab_read_t *rd)
+{
+    ngx_str_t                  *doc;
+    ngx_http_collab_msg_t      *m;
+    ngx_http_collab_session_t  *s;
+
+    s = sub->session;
+    doc = &sub->doc->node.str;
+
+    ngx_log_error(NGX_LOG_ERR, s->connection->log, 0,
+                  "collab: reading the log of \"%V\" failed: %s", doc,
+                  rd->error);
+
+    m = ngx_http_collab_msg_error("error", "internal", doc, NULL,
+                                  "the document could not be read");
+    ngx_http_collab_reply(s, NGX_HTTP_COLLAB_NO_SLOT, m);
+
+    m = ngx_http_collab_msg_build("unsubscribed", "doc", 'S', doc,
+                                  "reason", 'C', "internal", NULL);
+    ngx_http_collab_reply(s, NGX_HTTP_COLLAB_NO_SLOT, m);
+
+    ngx_http_collab_doc_sub_free(sub);
+    ngx_http_collab_doc_dropped(s);
+}
+
+
+/* NGX_DONE: the membership is dropped */
+
+static ngx_int_t
+ngx_http_collab_doc_read_role(ngx_http_collab_sub_t *sub,
+    ngx_http_collab_read_t *rd)
+{
+    ngx_int_t                   v;
+    ngx_str_t                  *doc;
+    ngx_http_collab_msg_t      *m;
+    ngx_http_collab_session_t  *s;
+
+    s = sub->session;
+    doc = &sub->doc->node.str;
 
     /* a member is counted once it has a role: no one learns more */
 
@@ -899,7 +1039,7 @@ ngx_http_collab_doc_read_done(ngx_http_collab_sub_t *sub, redisReply *reply)
                                           "too many sessions on this "
                                           "document"),
                 NULL);
-            return;
+            return NGX_DONE;
         }
 
         sub->counted = (v == NGX_OK);
@@ -907,185 +1047,224 @@ ngx_http_collab_doc_read_done(ngx_http_collab_sub_t *sub, redisReply *reply)
 
     /* the ACL came with the read: the cache of every session here */
 
-    if (e[6]->type == REDIS_REPLY_STRING) {
-        ngx_http_collab_acl_set(d, (u_char *) e[6]->str, e[6]->len);
+    ngx_http_collab_acl_set(sub->doc, rd->acl.data, rd->acl.len);
+    sub->doc->acl_known = 1;
 
-    } else {
-        ngx_http_collab_acl_set(d, NULL, 0);
-    }
-
-    d->acl_known = 1;
-
-    role = (ngx_uint_t) e[5]->integer;
-
-    if (sub->state != NGX_HTTP_COLLAB_SUB_JOINING && role != sub->role) {
-        sub->role = role;
+    if (sub->state != NGX_HTTP_COLLAB_SUB_JOINING && rd->role != sub->role) {
+        sub->role = rd->role;
 
         m = ngx_http_collab_msg_build("role", "doc", 'S', doc, "role", 'S',
-                                      ngx_http_collab_role_name(role), NULL);
+                                      ngx_http_collab_role_name(rd->role),
+                                      NULL);
         ngx_http_collab_reply(s, NGX_HTTP_COLLAB_NO_SLOT, m);
     }
 
-    sub->role = role;
-    rname = ngx_http_collab_role_name(role);
+    sub->role = rd->role;
 
-    epoch.data = (u_char *) e[0]->str;
-    epoch.len = e[0]->len;
-    head = e[1]->integer;
-    mode = e[2]->integer;
-    snap_seq = e[3]->integer;
+    return NGX_OK;
+}
 
-    if (epoch.len == NGX_HTTP_COLLAB_EPOCH_LEN) {
-        if (d->has_epoch && sub->state != NGX_HTTP_COLLAB_SUB_JOINING
-            && ngx_memcmp(d->epoch, epoch.data, epoch.len) != 0)
-        {
-            /* the log was recreated under us */
-            ngx_memcpy(d->epoch, epoch.data, epoch.len);
-            ngx_http_collab_doc_resync(sub, head, "epoch");
-            return;
-        }
 
-        ngx_memcpy(d->epoch, epoch.data, epoch.len);
-        d->has_epoch = 1;
+/* NGX_DONE: the log was recreated under the member, which resyncs */
+
+static ngx_int_t
+ngx_http_collab_doc_read_epoch(ngx_http_collab_sub_t *sub,
+    ngx_http_collab_read_t *rd)
+{
+    ngx_http_collab_doc_t  *d;
+
+    d = sub->doc;
+
+    if (rd->epoch.len != NGX_HTTP_COLLAB_EPOCH_LEN) {
+        return NGX_OK;
     }
 
-    joined = 0;
-
-    if (sub->state == NGX_HTTP_COLLAB_SUB_JOINING) {
-
-        joined = (mode == 1);
-
-        if (mode == 1) {
-            sub->pos = snap_seq;
-
-            snap.data = (u_char *) e[4]->str;
-            snap.len = e[4]->len;
-
-            m = ngx_http_collab_msg_alloc(256 + doc->len + rname->len
-                                          + snap.len);
-            if (m) {
-                p = ngx_sprintf(m->json, "{\"type\":\"subscribed\","
-                                "\"doc\":\"%V\",\"role\":\"%V\","
-                                "\"epoch\":\"%V\",\"seq\":%L,"
-                                "\"state\":{\"seq\":%L,\"data\":",
-                                doc, rname, &epoch, head, snap_seq);
-
-                if (e[4]->type == REDIS_REPLY_STRING) {
-                    p = ngx_cpymem(p, snap.data, snap.len);
-
-                } else {
-                    p = ngx_cpymem(p, "null", 4);
-                }
-
-                *p++ = '}';
-                *p++ = '}';
-
-                m->len = p - m->json;
-                m->seq = snap_seq;
-                m->epoch.data = d->epoch;
-                m->epoch.len = NGX_HTTP_COLLAB_EPOCH_LEN;
-                ngx_str_set(&m->type, "subscribed");
-            }
-
-        } else {
-            sub->pos = sub->since;
-
-            m = ngx_http_collab_msg_build("subscribed", "doc", 'S', doc,
-                                          "role", 'S', rname,
-                                          "epoch", 'S', &epoch,
-                                          "seq", 'I', head, NULL);
-            if (m) {
-                m->seq = sub->pos;
-                m->epoch.data = d->epoch;
-                m->epoch.len = NGX_HTTP_COLLAB_EPOCH_LEN;
-            }
-        }
-
-        sub->state = NGX_HTTP_COLLAB_SUB_CATCHUP;
-
-        if (m == NULL || ngx_http_collab_session_send(s, m) != NGX_OK) {
-            ngx_http_collab_msg_release(m);
-            return;
-        }
-
-        ngx_http_collab_msg_release(m);
-
-    } else if (mode == 1) {
-        /* the entries after pos were trimmed away */
-        ngx_http_collab_doc_resync(sub, head, "trimmed");
-        return;
+    if (d->has_epoch && sub->state != NGX_HTTP_COLLAB_SUB_JOINING
+        && ngx_memcmp(d->epoch, rd->epoch.data, rd->epoch.len) != 0)
+    {
+        ngx_memcpy(d->epoch, rd->epoch.data, rd->epoch.len);
+        ngx_http_collab_doc_resync(sub, rd->head, "epoch");
+        return NGX_DONE;
     }
 
-    n = (reply->elements - 7) / 5;
-    used = 0;
+    ngx_memcpy(d->epoch, rd->epoch.data, rd->epoch.len);
+    d->has_epoch = 1;
 
-    for (i = 0; i < n; i++) {
-        e = &reply->element[7 + i * 5];
+    return NGX_OK;
+}
 
-        /* as collab_read counts its byte budget */
-        used += e[4]->len + e[1]->len + e[2]->len + 64;
 
-        if (e[0]->type != REDIS_REPLY_STRING) {
+/* the answer to a subscribe: from the snapshot, or from since */
+
+static ngx_int_t
+ngx_http_collab_doc_join(ngx_http_collab_sub_t *sub,
+    ngx_http_collab_read_t *rd)
+{
+    ngx_int_t               rc;
+    ngx_http_collab_msg_t  *m;
+
+    if (rd->from_snap) {
+        sub->pos = rd->snap_seq;
+        m = ngx_http_collab_doc_snapshot(sub, rd);
+
+    } else {
+        sub->pos = sub->since;
+
+        m = ngx_http_collab_msg_build("subscribed", "doc", 'S',
+                                      &sub->doc->node.str, "role", 'S',
+                                      ngx_http_collab_role_name(sub->role),
+                                      "epoch", 'S', &rd->epoch,
+                                      "seq", 'I', rd->head, NULL);
+        if (m) {
+            m->seq = sub->pos;
+            m->epoch.data = sub->doc->epoch;
+            m->epoch.len = NGX_HTTP_COLLAB_EPOCH_LEN;
+        }
+    }
+
+    sub->state = NGX_HTTP_COLLAB_SUB_CATCHUP;
+
+    if (m == NULL) {
+        return NGX_ERROR;
+    }
+
+    rc = ngx_http_collab_session_send(sub->session, m);
+
+    ngx_http_collab_msg_release(m);
+
+    return rc;
+}
+
+
+/* "subscribed" with the state snapshot, the data as stored */
+
+static ngx_http_collab_msg_t *
+ngx_http_collab_doc_snapshot(ngx_http_collab_sub_t *sub,
+    ngx_http_collab_read_t *rd)
+{
+    u_char                 *p;
+    ngx_str_t              *doc, *rname;
+    ngx_http_collab_msg_t  *m;
+
+    doc = &sub->doc->node.str;
+    rname = ngx_http_collab_role_name(sub->role);
+
+    m = ngx_http_collab_msg_alloc(256 + doc->len + rname->len + rd->snap.len);
+    if (m == NULL) {
+        return NULL;
+    }
+
+    p = ngx_sprintf(m->json, "{\"type\":\"subscribed\","
+                    "\"doc\":\"%V\",\"role\":\"%V\","
+                    "\"epoch\":\"%V\",\"seq\":%L,"
+                    "\"state\":{\"seq\":%L,\"data\":",
+                    doc, rname, &rd->epoch, rd->head, rd->snap_seq);
+
+    if (rd->snap.data) {
+        p = ngx_cpymem(p, rd->snap.data, rd->snap.len);
+
+    } else {
+        p = ngx_cpymem(p, "null", 4);
+    }
+
+    *p++ = '}';
+    *p++ = '}';
+
+    m->len = p - m->json;
+    m->seq = rd->snap_seq;
+    m->epoch.data = sub->doc->epoch;
+    m->epoch.len = NGX_HTTP_COLLAB_EPOCH_LEN;
+    ngx_str_set(&m->type, "subscribed");
+
+    return m;
+}
+
+
+/*
+ * The entries that follow pos, while the send queue has room for them.
+ * NGX_OK: all were taken; "used" is their cost in the read's budget.
+ */
+
+static ngx_int_t
+ngx_http_collab_doc_read_entries(ngx_http_collab_sub_t *sub,
+    ngx_http_collab_read_t *rd, ngx_uint_t joined, size_t *used)
+{
+    uint64_t                    seq;
+    ngx_int_t                   rc;
+    ngx_uint_t                  i;
+    ngx_http_collab_msg_t      *m;
+    ngx_http_collab_entry_t     e;
+    ngx_http_collab_session_t  *s;
+
+    s = sub->session;
+    *used = 0;
+
+    for (i = 0; i < rd->nentries; i++) {
+        ngx_http_collab_store_read_entry(rd, i, &e);
+
+        *used += e.cost;
+
+        if (e.seq < 0 || (uint64_t) e.seq <= sub->pos) {
             continue;
         }
 
-        v = ngx_atoi((u_char *) e[0]->str, e[0]->len);
-        if (v == NGX_ERROR) {
-            continue;
-        }
-
-        seq = v;
-
-        if (seq <= sub->pos) {
-            continue;
-        }
+        seq = e.seq;
 
         if (seq != sub->pos + 1) {
             if (joined) {
                 /* re-subscribing would meet the same hole */
                 ngx_http_collab_doc_broken(sub);
-                return;
+                return NGX_DONE;
             }
 
-            ngx_http_collab_doc_resync(sub, head, "trimmed");
-            return;
+            ngx_http_collab_doc_resync(sub, rd->head, "trimmed");
+            return NGX_DONE;
         }
 
         if (s->out_bytes
-            && s->out_bytes + e[4]->len + e[1]->len + e[2]->len + 256
+            && s->out_bytes + e.data.len + e.id.len + e.user.len + 256
                > s->conf->send_queue)
         {
             /* the rest is read again from pos once the queue drained */
             sub->stalled = 1;
-            return;
+            return NGX_DONE;
         }
 
-        id.data = (u_char *) e[1]->str;
-        id.len = e[1]->len;
-        user.data = (u_char *) e[2]->str;
-        user.len = e[2]->len;
-        ts.data = (u_char *) e[3]->str;
-        ts.len = e[3]->len;
-        data.data = (u_char *) e[4]->str;
-        data.len = e[4]->len;
-
-        m = ngx_http_collab_msg_delta(doc, seq, &id, &user, &ts, &data);
+        m = ngx_http_collab_msg_delta(&sub->doc->node.str, seq, &e.id,
+                                      &e.user, &e.ts, &e.data);
         if (m == NULL) {
-            return;
+            return NGX_ERROR;
         }
 
-        m->epoch.data = d->epoch;
+        m->epoch.data = sub->doc->epoch;
         m->epoch.len = NGX_HTTP_COLLAB_EPOCH_LEN;
 
         sub->pos = seq;
 
-        if (ngx_http_collab_session_send(s, m) != NGX_OK) {
-            ngx_http_collab_msg_release(m);
-            return;
-        }
+        rc = ngx_http_collab_session_send(s, m);
 
         ngx_http_collab_msg_release(m);
+
+        if (rc != NGX_OK) {
+            return rc;
+        }
     }
+
+    return NGX_OK;
+}
+
+
+/* after the entries: another read, a log that ends short, or live */
+
+static void
+ngx_http_collab_doc_read_next(ngx_http_collab_sub_t *sub,
+    ngx_http_collab_read_t *rd, ngx_uint_t joined, size_t used)
+{
+    ngx_uint_t              n;
+    ngx_http_collab_doc_t  *d;
+
+    d = sub->doc;
+    n = rd->nentries;
 
     if (n == NGX_HTTP_COLLAB_READ_BATCH || (n && used >= sub->budget)) {
         /* more to read: once the queue has room */
@@ -1094,14 +1273,14 @@ ngx_http_collab_doc_read_done(ngx_http_collab_sub_t *sub, redisReply *reply)
         return;
     }
 
-    if ((uint64_t) head > sub->pos) {
+    if ((uint64_t) rd->head > sub->pos) {
         /* the log ends before its head */
         if (joined) {
             ngx_http_collab_doc_broken(sub);
             return;
         }
 
-        ngx_http_collab_doc_resync(sub, head, "trimmed");
+        ngx_http_collab_doc_resync(sub, rd->head, "trimmed");
         return;
     }
 

@@ -21,6 +21,25 @@ typedef struct {
 } ngx_http_collab_json_t;
 
 
+/* the states of ngx_http_collab_json_scan() */
+#define NGX_HTTP_COLLAB_JSON_VALUE    0
+#define NGX_HTTP_COLLAB_JSON_AFTER    1
+#define NGX_HTTP_COLLAB_JSON_KEY      2
+#define NGX_HTTP_COLLAB_JSON_END      3
+#define NGX_HTTP_COLLAB_JSON_INVALID  4
+
+
+typedef struct {
+    ngx_http_collab_json_t        j;
+    const char                   *name;
+    size_t                        name_len;
+    ngx_http_collab_json_span_t  *member;
+    size_t                        depth;
+    int                           capture;   /* 1: next value, 2: in it */
+    unsigned char                 object[NGX_HTTP_COLLAB_JSON_DEPTH / 8 + 1];
+} ngx_http_collab_json_scan_t;
+
+
 static void ngx_http_collab_json_space(ngx_http_collab_json_t *j);
 static int ngx_http_collab_json_string(ngx_http_collab_json_t *j);
 static int ngx_http_collab_json_utf8(ngx_http_collab_json_t *j);
@@ -30,6 +49,10 @@ static int ngx_http_collab_json_number(ngx_http_collab_json_t *j);
 static int ngx_http_collab_json_literal(ngx_http_collab_json_t *j);
 static int ngx_http_collab_json_key_is(const unsigned char *p,
     const unsigned char *last, const char *name, size_t name_len);
+static int ngx_http_collab_json_scan_value(ngx_http_collab_json_scan_t *s);
+static int ngx_http_collab_json_scan_open(ngx_http_collab_json_scan_t *s);
+static int ngx_http_collab_json_scan_after(ngx_http_collab_json_scan_t *s);
+static int ngx_http_collab_json_scan_key(ngx_http_collab_json_scan_t *s);
 
 
 static void
@@ -343,174 +366,218 @@ ngx_http_collab_json_scan(const unsigned char *text, size_t len,
     const char *name, size_t name_len, ngx_http_collab_json_span_t *member,
     size_t *error)
 {
-    int                     rc, capture, is_object;
-    size_t                  depth;
-    const unsigned char    *key;
-    ngx_http_collab_json_t  j;
-    unsigned char           object[NGX_HTTP_COLLAB_JSON_DEPTH / 8 + 1];
+    int                          state;
+    ngx_http_collab_json_scan_t  s;
 
-    j.start = text;
-    j.p = text;
-    j.last = text + len;
+    s.j.start = text;
+    s.j.p = text;
+    s.j.last = text + len;
+    s.name = name;
+    s.name_len = name_len;
+    s.member = member;
 
     member->found = 0;
     member->start = 0;
     member->end = 0;
 
-    depth = 0;
-    capture = 0;
+    s.depth = 0;
+    s.capture = 0;
 
-value:
+    state = NGX_HTTP_COLLAB_JSON_VALUE;
 
-    ngx_http_collab_json_space(&j);
+    for ( ;; ) {
 
-    if (j.p == j.last) {
-        goto invalid;
+        switch (state) {
+
+        case NGX_HTTP_COLLAB_JSON_VALUE:
+            state = ngx_http_collab_json_scan_value(&s);
+            break;
+
+        case NGX_HTTP_COLLAB_JSON_AFTER:
+            state = ngx_http_collab_json_scan_after(&s);
+            break;
+
+        case NGX_HTTP_COLLAB_JSON_KEY:
+            state = ngx_http_collab_json_scan_key(&s);
+            break;
+
+        case NGX_HTTP_COLLAB_JSON_END:
+            return 0;
+
+        default: /* NGX_HTTP_COLLAB_JSON_INVALID */
+            *error = s.j.p - text;
+            member->found = 0;
+
+            return -1;
+        }
+    }
+}
+
+
+/* a value starts at s->j.p, after optional white space */
+
+static int
+ngx_http_collab_json_scan_value(ngx_http_collab_json_scan_t *s)
+{
+    int  rc;
+
+    ngx_http_collab_json_space(&s->j);
+
+    if (s->j.p == s->j.last) {
+        return NGX_HTTP_COLLAB_JSON_INVALID;
     }
 
-    if (capture == 1) {
-        member->start = j.p - text;
-        capture = 2;
+    if (s->capture == 1) {
+        s->member->start = s->j.p - s->j.start;
+        s->capture = 2;
     }
 
-    switch (*j.p) {
+    switch (*s->j.p) {
 
     case '{':
     case '[':
-        if (depth == NGX_HTTP_COLLAB_JSON_DEPTH) {
-            goto invalid;
-        }
-
-        is_object = (*j.p == '{');
-
-        if (is_object) {
-            object[depth / 8] |= (unsigned char) (1 << (depth % 8));
-
-        } else {
-            object[depth / 8] &= (unsigned char) ~(1 << (depth % 8));
-        }
-
-        depth++;
-        j.p++;
-
-        ngx_http_collab_json_space(&j);
-
-        if (j.p < j.last && *j.p == (is_object ? '}' : ']')) {
-            depth--;
-            j.p++;
-            goto done;
-        }
-
-        if (is_object) {
-            goto key;
-        }
-
-        goto value;
+        return ngx_http_collab_json_scan_open(s);
 
     case '"':
-        rc = ngx_http_collab_json_string(&j);
+        rc = ngx_http_collab_json_string(&s->j);
         break;
 
     case 't':
     case 'f':
     case 'n':
-        rc = ngx_http_collab_json_literal(&j);
+        rc = ngx_http_collab_json_literal(&s->j);
         break;
 
     default:
-        rc = ngx_http_collab_json_number(&j);
+        rc = ngx_http_collab_json_number(&s->j);
         break;
     }
 
-    if (rc != 0) {
-        goto invalid;
+    return (rc != 0) ? NGX_HTTP_COLLAB_JSON_INVALID
+                     : NGX_HTTP_COLLAB_JSON_AFTER;
+}
+
+
+/* "{" or "[" at s->j.p: an empty container is a complete value */
+
+static int
+ngx_http_collab_json_scan_open(ngx_http_collab_json_scan_t *s)
+{
+    int  is_object;
+
+    if (s->depth == NGX_HTTP_COLLAB_JSON_DEPTH) {
+        return NGX_HTTP_COLLAB_JSON_INVALID;
     }
 
-done:
+    is_object = (*s->j.p == '{');
 
-    /* a value is complete */
+    if (is_object) {
+        s->object[s->depth / 8] |= (unsigned char) (1 << (s->depth % 8));
 
-    if (capture == 2 && depth == 1) {
-        member->end = j.p - text;
-        member->found = 1;
-        capture = 0;
+    } else {
+        s->object[s->depth / 8] &= (unsigned char) ~(1 << (s->depth % 8));
     }
 
-    ngx_http_collab_json_space(&j);
+    s->depth++;
+    s->j.p++;
 
-    if (depth == 0) {
-        if (j.p != j.last) {
-            goto invalid;
-        }
+    ngx_http_collab_json_space(&s->j);
 
-        return 0;
+    if (s->j.p < s->j.last && *s->j.p == (is_object ? '}' : ']')) {
+        s->depth--;
+        s->j.p++;
+        return NGX_HTTP_COLLAB_JSON_AFTER;
     }
 
-    if (j.p == j.last) {
-        goto invalid;
+    return is_object ? NGX_HTTP_COLLAB_JSON_KEY : NGX_HTTP_COLLAB_JSON_VALUE;
+}
+
+
+/* a value is complete: the end of the text, a "," or a closing bracket */
+
+static int
+ngx_http_collab_json_scan_after(ngx_http_collab_json_scan_t *s)
+{
+    int  in_object;
+
+    if (s->capture == 2 && s->depth == 1) {
+        s->member->end = s->j.p - s->j.start;
+        s->member->found = 1;
+        s->capture = 0;
     }
 
-    if (*j.p == ',') {
-        j.p++;
+    ngx_http_collab_json_space(&s->j);
 
-        if (ngx_http_collab_json_in_object(object, depth)) {
-            goto key;
-        }
-
-        goto value;
+    if (s->depth == 0) {
+        return (s->j.p != s->j.last) ? NGX_HTTP_COLLAB_JSON_INVALID
+                                     : NGX_HTTP_COLLAB_JSON_END;
     }
 
-    if (*j.p != (ngx_http_collab_json_in_object(object, depth) ? '}' : ']')) {
-        goto invalid;
+    if (s->j.p == s->j.last) {
+        return NGX_HTTP_COLLAB_JSON_INVALID;
     }
 
-    depth--;
-    j.p++;
+    in_object = ngx_http_collab_json_in_object(s->object, s->depth);
 
-    goto done;
+    if (*s->j.p == ',') {
+        s->j.p++;
 
-key:
-
-    ngx_http_collab_json_space(&j);
-
-    if (j.p == j.last || *j.p != '"') {
-        goto invalid;
+        return in_object ? NGX_HTTP_COLLAB_JSON_KEY
+                         : NGX_HTTP_COLLAB_JSON_VALUE;
     }
 
-    key = j.p;
-
-    if (ngx_http_collab_json_string(&j) != 0) {
-        goto invalid;
+    if (*s->j.p != (in_object ? '}' : ']')) {
+        return NGX_HTTP_COLLAB_JSON_INVALID;
     }
 
-    if (depth == 1
-        && ngx_http_collab_json_key_is(key + 1, j.p - 1, name, name_len))
+    s->depth--;
+    s->j.p++;
+
+    return NGX_HTTP_COLLAB_JSON_AFTER;
+}
+
+
+/* a member's name and ":"; the member looked for is captured at depth 1 */
+
+static int
+ngx_http_collab_json_scan_key(ngx_http_collab_json_scan_t *s)
+{
+    const unsigned char  *key;
+
+    ngx_http_collab_json_space(&s->j);
+
+    if (s->j.p == s->j.last || *s->j.p != '"') {
+        return NGX_HTTP_COLLAB_JSON_INVALID;
+    }
+
+    key = s->j.p;
+
+    if (ngx_http_collab_json_string(&s->j) != 0) {
+        return NGX_HTTP_COLLAB_JSON_INVALID;
+    }
+
+    if (s->depth == 1
+        && ngx_http_collab_json_key_is(key + 1, s->j.p - 1, s->name,
+                                       s->name_len))
     {
-        if (member->found || capture) {
+        if (s->member->found || s->capture) {
             /* a duplicate */
-            j.p = key;
-            goto invalid;
+            s->j.p = key;
+            return NGX_HTTP_COLLAB_JSON_INVALID;
         }
 
-        capture = 1;
+        s->capture = 1;
     }
 
-    ngx_http_collab_json_space(&j);
+    ngx_http_collab_json_space(&s->j);
 
-    if (j.p == j.last || *j.p != ':') {
-        goto invalid;
+    if (s->j.p == s->j.last || *s->j.p != ':') {
+        return NGX_HTTP_COLLAB_JSON_INVALID;
     }
 
-    j.p++;
+    s->j.p++;
 
-    goto value;
-
-invalid:
-
-    *error = j.p - text;
-    member->found = 0;
-
-    return -1;
+    return NGX_HTTP_COLLAB_JSON_VALUE;
 }
 
 

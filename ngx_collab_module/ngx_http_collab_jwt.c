@@ -65,6 +65,17 @@ struct ngx_http_collab_jwt_keys_s {
 
 static const ngx_http_collab_jwt_alg_t *ngx_http_collab_jwt_alg(
     const char *name, int config);
+static int ngx_http_collab_jwt_kid_check(ngx_http_collab_jwt_keys_t *keys,
+    const ngx_http_collab_jwt_alg_t *a, const char *kid, size_t *kid_len,
+    const char **err);
+static int ngx_http_collab_jwt_secret_load(ngx_http_collab_jwt_key_t *key,
+    const unsigned char *data, size_t len, const char **err);
+static int ngx_http_collab_jwt_pkey_load(ngx_http_collab_jwt_key_t *key,
+    const unsigned char *data, size_t len, const char **err);
+static int ngx_http_collab_jwt_key_store(ngx_http_collab_jwt_keys_t *keys,
+    ngx_http_collab_jwt_key_t *key, const char *kid, size_t kid_len,
+    const char **err);
+static void ngx_http_collab_jwt_key_clear(ngx_http_collab_jwt_key_t *key);
 static int ngx_http_collab_jwt_key_check(const ngx_http_collab_jwt_alg_t *alg,
     EVP_PKEY *pkey, const char **err);
 static EVP_PKEY *ngx_http_collab_jwt_pem_load(const unsigned char *data,
@@ -73,6 +84,14 @@ static int ngx_http_collab_jwt_no_password(char *buf, int size, int rwflag,
     void *u);
 static int ngx_http_collab_jwt_has(const unsigned char *data, size_t len,
     const char *s);
+static int ngx_http_collab_jwt_split(const unsigned char *t, size_t len,
+    size_t *dot);
+static const ngx_http_collab_jwt_key_t *ngx_http_collab_jwt_header(
+    ngx_http_collab_jwt_keys_t *keys, const unsigned char *src, size_t len,
+    unsigned char *buf, const char **err);
+static json_t *ngx_http_collab_jwt_claims(const unsigned char *src,
+    size_t len, unsigned char *buf, long long now,
+    const ngx_http_collab_jwt_opts_t *opts, const char **err);
 static int ngx_http_collab_jwt_b64url_decode(const unsigned char *src,
     size_t len, unsigned char *dst, size_t *out);
 static json_t *ngx_http_collab_jwt_json(const unsigned char *src,
@@ -119,24 +138,14 @@ ngx_http_collab_jwt_keys_create(void)
 void
 ngx_http_collab_jwt_keys_free(ngx_http_collab_jwt_keys_t *keys)
 {
-    size_t                      i;
-    ngx_http_collab_jwt_key_t  *k;
+    size_t  i;
 
     if (keys == NULL) {
         return;
     }
 
     for (i = 0; i < keys->nkeys; i++) {
-        k = &keys->key[i];
-
-        free(k->kid);
-
-        if (k->secret) {
-            OPENSSL_cleanse(k->secret, k->secret_len);
-            free(k->secret);
-        }
-
-        EVP_PKEY_free(k->pkey);
+        ngx_http_collab_jwt_key_clear(&keys->key[i]);
     }
 
     free(keys->key);
@@ -157,8 +166,8 @@ ngx_http_collab_jwt_key_add(ngx_http_collab_jwt_keys_t *keys,
     const char **err)
 {
     int                               rc;
-    size_t                            i, kid_len, n;
-    ngx_http_collab_jwt_key_t         key, *k;
+    size_t                            kid_len;
+    ngx_http_collab_jwt_key_t         key;
     const ngx_http_collab_jwt_alg_t  *a;
 
     if (keys == NULL || alg == NULL || (data == NULL && len)) {
@@ -173,17 +182,62 @@ ngx_http_collab_jwt_key_add(ngx_http_collab_jwt_keys_t *keys,
         return -1;
     }
 
-    kid_len = 0;
+    if (ngx_http_collab_jwt_kid_check(keys, a, kid, &kid_len, err) != 0) {
+        return -1;
+    }
+
+    if (len > NGX_HTTP_COLLAB_JWT_MAX_KEY) {
+        *err = "key data too large";
+        return -1;
+    }
+
+    memset(&key, 0, sizeof(ngx_http_collab_jwt_key_t));
+    key.alg = a;
+
+    ERR_set_mark();
+
+    if (a->type == NGX_HTTP_COLLAB_JWT_HMAC) {
+        rc = ngx_http_collab_jwt_secret_load(&key, data, len, err);
+
+    } else {
+        rc = ngx_http_collab_jwt_pkey_load(&key, data, len, err);
+    }
+
+    if (rc == 0) {
+        rc = ngx_http_collab_jwt_key_store(keys, &key, kid, kid_len, err);
+    }
+
+    if (rc != 0) {
+        ngx_http_collab_jwt_key_clear(&key);
+    }
+
+    ERR_pop_to_mark();
+
+    return rc;
+}
+
+
+/* one key without a kid per algorithm, and no kid twice */
+
+static int
+ngx_http_collab_jwt_kid_check(ngx_http_collab_jwt_keys_t *keys,
+    const ngx_http_collab_jwt_alg_t *a, const char *kid, size_t *kid_len,
+    const char **err)
+{
+    size_t                      i;
+    ngx_http_collab_jwt_key_t  *k;
+
+    *kid_len = 0;
 
     if (kid) {
-        kid_len = strlen(kid);
+        *kid_len = strlen(kid);
 
-        if (kid_len == 0) {
+        if (*kid_len == 0) {
             *err = "empty kid";
             return -1;
         }
 
-        if (kid_len > NGX_HTTP_COLLAB_JWT_MAX_KID) {
+        if (*kid_len > NGX_HTTP_COLLAB_JWT_MAX_KID) {
             *err = "kid too long";
             return -1;
         }
@@ -203,86 +257,98 @@ ngx_http_collab_jwt_key_add(ngx_http_collab_jwt_keys_t *keys,
         }
     }
 
-    if (len > NGX_HTTP_COLLAB_JWT_MAX_KEY) {
-        *err = "key data too large";
+    return 0;
+}
+
+
+static int
+ngx_http_collab_jwt_secret_load(ngx_http_collab_jwt_key_t *key,
+    const unsigned char *data, size_t len, const char **err)
+{
+    size_t  i, n;
+
+    /*
+     * the newline of "echo secret > file" is not part of a text
+     * secret; a binary secret may end in 0x0a and is kept as it is
+     */
+    if (len && data[len - 1] == '\n') {
+        n = len - 1;
+
+        if (n && data[n - 1] == '\r') {
+            n--;
+        }
+
+        for (i = 0; i < n; i++) {
+            if (data[i] < 0x20 || data[i] > 0x7e) {
+                break;
+            }
+        }
+
+        if (i == n) {
+            len = n;
+        }
+    }
+
+    if (len < key->alg->min_secret) {
+        *err = key->alg->short_err;
         return -1;
     }
 
-    memset(&key, 0, sizeof(ngx_http_collab_jwt_key_t));
-    key.alg = a;
-
-    ERR_set_mark();
-
-    rc = -1;
-
-    if (a->type == NGX_HTTP_COLLAB_JWT_HMAC) {
-
-        /*
-         * the newline of "echo secret > file" is not part of a text
-         * secret; a binary secret may end in 0x0a and is kept as it is
-         */
-        if (len && data[len - 1] == '\n') {
-            n = len - 1;
-
-            if (n && data[n - 1] == '\r') {
-                n--;
-            }
-
-            for (i = 0; i < n; i++) {
-                if (data[i] < 0x20 || data[i] > 0x7e) {
-                    break;
-                }
-            }
-
-            if (i == n) {
-                len = n;
-            }
-        }
-
-        if (len < a->min_secret) {
-            *err = a->short_err;
-            goto done;
-        }
-
-        /*
-         * a public key configured as a secret is the very algorithm
-         * confusion this module otherwise prevents: anybody could sign
-         */
-        if (ngx_http_collab_jwt_has(data, len, "-----BEGIN")) {
-            *err = "hs* key is a PEM object, not an HMAC secret";
-            goto done;
-        }
-
-        key.secret = malloc(len);
-        if (key.secret == NULL) {
-            *err = "out of memory";
-            goto done;
-        }
-
-        memcpy(key.secret, data, len);
-        key.secret_len = len;
-
-    } else {
-        key.pkey = ngx_http_collab_jwt_pem_load(data, len);
-        if (key.pkey == NULL) {
-            *err = "no PEM public key or certificate found";
-            goto done;
-        }
-
-        if (ngx_http_collab_jwt_key_check(a, key.pkey, err) != 0) {
-            goto done;
-        }
+    /*
+     * a public key configured as a secret is the very algorithm
+     * confusion this module otherwise prevents: anybody could sign
+     */
+    if (ngx_http_collab_jwt_has(data, len, "-----BEGIN")) {
+        *err = "hs* key is a PEM object, not an HMAC secret";
+        return -1;
     }
 
+    key->secret = malloc(len);
+    if (key->secret == NULL) {
+        *err = "out of memory";
+        return -1;
+    }
+
+    memcpy(key->secret, data, len);
+    key->secret_len = len;
+
+    return 0;
+}
+
+
+static int
+ngx_http_collab_jwt_pkey_load(ngx_http_collab_jwt_key_t *key,
+    const unsigned char *data, size_t len, const char **err)
+{
+    key->pkey = ngx_http_collab_jwt_pem_load(data, len);
+    if (key->pkey == NULL) {
+        *err = "no PEM public key or certificate found";
+        return -1;
+    }
+
+    return ngx_http_collab_jwt_key_check(key->alg, key->pkey, err);
+}
+
+
+/* the key, with a copy of its kid, becomes the last of keys */
+
+static int
+ngx_http_collab_jwt_key_store(ngx_http_collab_jwt_keys_t *keys,
+    ngx_http_collab_jwt_key_t *key, const char *kid, size_t kid_len,
+    const char **err)
+{
+    size_t                      n;
+    ngx_http_collab_jwt_key_t  *k;
+
     if (kid) {
-        key.kid = malloc(kid_len + 1);
-        if (key.kid == NULL) {
+        key->kid = malloc(kid_len + 1);
+        if (key->kid == NULL) {
             *err = "out of memory";
-            goto done;
+            return -1;
         }
 
-        memcpy(key.kid, kid, kid_len + 1);
-        key.kid_len = kid_len;
+        memcpy(key->kid, kid, kid_len + 1);
+        key->kid_len = kid_len;
     }
 
     if (keys->nkeys == keys->nalloc) {
@@ -291,32 +357,30 @@ ngx_http_collab_jwt_key_add(ngx_http_collab_jwt_keys_t *keys,
         k = realloc(keys->key, n * sizeof(ngx_http_collab_jwt_key_t));
         if (k == NULL) {
             *err = "out of memory";
-            goto done;
+            return -1;
         }
 
         keys->key = k;
         keys->nalloc = n;
     }
 
-    keys->key[keys->nkeys++] = key;
-    rc = 0;
+    keys->key[keys->nkeys++] = *key;
 
-done:
+    return 0;
+}
 
-    if (rc != 0) {
-        free(key.kid);
 
-        if (key.secret) {
-            OPENSSL_cleanse(key.secret, key.secret_len);
-            free(key.secret);
-        }
+static void
+ngx_http_collab_jwt_key_clear(ngx_http_collab_jwt_key_t *key)
+{
+    free(key->kid);
 
-        EVP_PKEY_free(key.pkey);
+    if (key->secret) {
+        OPENSSL_cleanse(key->secret, key->secret_len);
+        free(key->secret);
     }
 
-    ERR_pop_to_mark();
-
-    return rc;
+    EVP_PKEY_free(key->pkey);
 }
 
 
@@ -462,11 +526,8 @@ ngx_http_collab_jwt_verify(ngx_http_collab_jwt_keys_t *keys,
     const char **err)
 {
     int                               rc;
-    size_t                            i, dot[2], ndots, n;
-    json_t                           *header, *payload, *v, *kid;
-    const char                       *alg_name;
+    size_t                            dot[2], n;
     const unsigned char              *t;
-    const ngx_http_collab_jwt_alg_t  *alg;
     const ngx_http_collab_jwt_key_t  *key;
     unsigned char                     buf[NGX_HTTP_COLLAB_JWT_MAX_TOKEN];
 
@@ -483,12 +544,63 @@ ngx_http_collab_jwt_verify(ngx_http_collab_jwt_keys_t *keys,
     }
 
     t = (const unsigned char *) token;
+
+    if (ngx_http_collab_jwt_split(t, len, dot) != 0) {
+        *err = "malformed token";
+        return -1;
+    }
+
+    rc = -1;
+
+    ERR_set_mark();
+
+    key = ngx_http_collab_jwt_header(keys, t, dot[0], buf, err);
+    if (key == NULL) {
+        goto done;
+    }
+
+    /* the signature, over the ASCII of header.payload */
+
+    if (ngx_http_collab_jwt_b64url_decode(t + dot[1] + 1, len - dot[1] - 1,
+                                          buf, &n)
+        != 0)
+    {
+        *err = "malformed token";
+        goto done;
+    }
+
+    if (ngx_http_collab_jwt_sig_check(key, t, dot[1], buf, n, err) != 0) {
+        goto done;
+    }
+
+    /* the claims are parsed only once the signature holds */
+
+    *claims = ngx_http_collab_jwt_claims(t + dot[0] + 1, dot[1] - dot[0] - 1,
+                                         buf, now, opts, err);
+    if (*claims) {
+        rc = 0;
+    }
+
+done:
+
+    ERR_pop_to_mark();
+
+    return rc;
+}
+
+
+/* header.payload.signature: the offsets of the two dots */
+
+static int
+ngx_http_collab_jwt_split(const unsigned char *t, size_t len, size_t *dot)
+{
+    size_t  i, ndots;
+
     ndots = 0;
 
     for (i = 0; i < len; i++) {
         if (t[i] == '.') {
             if (ndots == 2) {
-                *err = "malformed token";
                 return -1;
             }
 
@@ -496,29 +608,38 @@ ngx_http_collab_jwt_verify(ngx_http_collab_jwt_keys_t *keys,
         }
     }
 
-    if (ndots != 2) {
+    return (ndots == 2) ? 0 : -1;
+}
+
+
+/*
+ * The header: a JSON object with "alg", and "kid" and "typ" strings; the
+ * key it names.  buf holds the decoded header.
+ */
+
+static const ngx_http_collab_jwt_key_t *
+ngx_http_collab_jwt_header(ngx_http_collab_jwt_keys_t *keys,
+    const unsigned char *src, size_t len, unsigned char *buf,
+    const char **err)
+{
+    size_t                            n;
+    json_t                           *header, *v, *kid;
+    const char                       *alg_name;
+    const ngx_http_collab_jwt_alg_t  *alg;
+    const ngx_http_collab_jwt_key_t  *key;
+
+    if (ngx_http_collab_jwt_b64url_decode(src, len, buf, &n) != 0) {
         *err = "malformed token";
-        return -1;
-    }
-
-    header = NULL;
-    payload = NULL;
-    rc = -1;
-
-    ERR_set_mark();
-
-    /* the header: JSON object with "alg", and "kid" and "typ" strings */
-
-    if (ngx_http_collab_jwt_b64url_decode(t, dot[0], buf, &n) != 0) {
-        *err = "malformed token";
-        goto done;
+        return NULL;
     }
 
     header = ngx_http_collab_jwt_json(buf, n);
     if (header == NULL) {
         *err = "malformed header";
-        goto done;
+        return NULL;
     }
+
+    key = NULL;
 
     v = json_object_get(header, "alg");
     if (!json_is_string(v)) {
@@ -554,56 +675,42 @@ ngx_http_collab_jwt_verify(ngx_http_collab_jwt_keys_t *keys,
     }
 
     key = ngx_http_collab_jwt_key_find(keys, alg, kid, err);
-    if (key == NULL) {
-        goto done;
-    }
 
-    /* the signature, over the ASCII of header.payload */
+done:
 
-    if (ngx_http_collab_jwt_b64url_decode(t + dot[1] + 1, len - dot[1] - 1,
-                                          buf, &n)
-        != 0)
-    {
+    json_decref(header);
+
+    return key;
+}
+
+
+/* the payload: a JSON object whose claims hold now; buf holds it decoded */
+
+static json_t *
+ngx_http_collab_jwt_claims(const unsigned char *src, size_t len,
+    unsigned char *buf, long long now, const ngx_http_collab_jwt_opts_t *opts,
+    const char **err)
+{
+    size_t   n;
+    json_t  *payload;
+
+    if (ngx_http_collab_jwt_b64url_decode(src, len, buf, &n) != 0) {
         *err = "malformed token";
-        goto done;
-    }
-
-    if (ngx_http_collab_jwt_sig_check(key, t, dot[1], buf, n, err) != 0) {
-        goto done;
-    }
-
-    /* the claims are parsed only once the signature holds */
-
-    if (ngx_http_collab_jwt_b64url_decode(t + dot[0] + 1, dot[1] - dot[0] - 1,
-                                          buf, &n)
-        != 0)
-    {
-        *err = "malformed token";
-        goto done;
+        return NULL;
     }
 
     payload = ngx_http_collab_jwt_json(buf, n);
     if (payload == NULL) {
         *err = "malformed claims";
-        goto done;
+        return NULL;
     }
 
     if (ngx_http_collab_jwt_claims_check(payload, now, opts, err) != 0) {
-        goto done;
+        json_decref(payload);
+        return NULL;
     }
 
-    *claims = payload;
-    payload = NULL;
-    rc = 0;
-
-done:
-
-    json_decref(header);
-    json_decref(payload);
-
-    ERR_pop_to_mark();
-
-    return rc;
+    return payload;
 }
 
 

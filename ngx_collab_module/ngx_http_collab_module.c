@@ -15,8 +15,18 @@ static ngx_int_t ngx_http_collab_rewrite_handler(ngx_http_request_t *r);
 static char *ngx_http_collab(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 static char *ngx_http_collab_redis(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static ngx_int_t ngx_http_collab_redis_parse_addr(ngx_conf_t *cf,
+    ngx_http_collab_main_conf_t *mcf, ngx_str_t *addr);
+static ngx_int_t ngx_http_collab_redis_parse_option(
+    ngx_http_collab_main_conf_t *mcf, ngx_str_t *v);
+static ngx_int_t ngx_http_collab_redis_parse_msec(ngx_str_t *v, size_t skip,
+    ngx_msec_t *ms);
 static char *ngx_http_collab_rate(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static ngx_int_t ngx_http_collab_rate_parse(ngx_conf_t *cf, ngx_str_t *v,
+    ngx_int_t *rate, ngx_int_t *scale);
+static ngx_int_t ngx_http_collab_rate_parse_option(ngx_conf_t *cf,
+    ngx_str_t *v, ngx_uint_t user, ngx_int_t *burst, ssize_t *bytes);
 static char *ngx_http_collab_allow_origin(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static ngx_int_t ngx_http_collab_init(ngx_conf_t *cf);
@@ -26,6 +36,18 @@ static void *ngx_http_collab_create_loc_conf(ngx_conf_t *cf);
 static char *ngx_http_collab_merge_loc_conf(ngx_conf_t *cf, void *parent,
     void *child);
 static ngx_int_t ngx_http_collab_cookie_check(ngx_conf_t *cf,
+    ngx_http_collab_loc_conf_t *conf);
+static void ngx_http_collab_merge_session(ngx_http_collab_loc_conf_t *prev,
+    ngx_http_collab_loc_conf_t *conf);
+static void ngx_http_collab_merge_limits(ngx_http_collab_loc_conf_t *prev,
+    ngx_http_collab_loc_conf_t *conf);
+static void ngx_http_collab_merge_auth(ngx_http_collab_loc_conf_t *prev,
+    ngx_http_collab_loc_conf_t *conf);
+static ngx_int_t ngx_http_collab_check_limits(ngx_conf_t *cf,
+    ngx_http_collab_loc_conf_t *conf);
+static ngx_int_t ngx_http_collab_check_auth(ngx_conf_t *cf,
+    ngx_http_collab_loc_conf_t *conf);
+static ngx_int_t ngx_http_collab_check_main(ngx_conf_t *cf,
     ngx_http_collab_loc_conf_t *conf);
 static ngx_int_t ngx_http_collab_init_process(ngx_cycle_t *cycle);
 static void ngx_http_collab_exit_process(ngx_cycle_t *cycle);
@@ -416,226 +438,6 @@ ngx_http_collab_rewrite_handler(ngx_http_request_t *r)
 }
 
 
-ngx_int_t
-ngx_http_collab_origin_allowed(ngx_http_request_t *r,
-    ngx_http_collab_loc_conf_t *lcf)
-{
-    size_t            n;
-    ngx_str_t        *pat, origin;
-    ngx_uint_t        i;
-    ngx_table_elt_t  *h;
-
-    if (lcf->allow_origin == NULL) {
-        return 1;
-    }
-
-    ngx_str_null(&origin);
-
-    h = ngx_http_collab_header(r, "Origin", 6);
-
-    if (h) {
-        origin = h->value;
-    }
-
-    /* non-browser clients send no Origin; browsers always do */
-
-    if (origin.len == 0) {
-        return 1;
-    }
-
-    pat = lcf->allow_origin->elts;
-
-    for (i = 0; i < lcf->allow_origin->nelts; i++) {
-
-        if (pat[i].len == 1 && pat[i].data[0] == '*') {
-            return 1;
-        }
-
-        if (pat[i].len > 2 && pat[i].data[0] == '*' && pat[i].data[1] == '.')
-        {
-            /* "*.example.com" matches "https://a.b.example.com" */
-
-            n = pat[i].len - 1;
-
-            if (origin.len > n
-                && ngx_strncasecmp(origin.data + origin.len - n,
-                                   pat[i].data + 1, n) == 0
-                && ngx_strlchr(origin.data, origin.data + origin.len - n,
-                               '/') != NULL)
-            {
-                return 1;
-            }
-
-            continue;
-        }
-
-        if (pat[i].len == origin.len
-            && ngx_strncasecmp(pat[i].data, origin.data, origin.len) == 0)
-        {
-            return 1;
-        }
-    }
-
-    return 0;
-}
-
-
-ngx_str_t *
-ngx_http_collab_log_escape(ngx_str_t *dst, u_char *buf, ngx_str_t *src)
-{
-    u_char        c, *p, *end;
-    size_t        i;
-    static u_char  hex[] = "0123456789ABCDEF";
-
-    /* the room for "..." when the string is cut */
-    end = buf + NGX_HTTP_COLLAB_LOG_ESC - 3;
-
-    for (p = buf, i = 0; i < src->len; i++) {
-        c = src->data[i];
-
-        if (c >= 0x20 && c <= 0x7e && c != '"' && c != '\\') {
-            if (p + 1 > end) {
-                p = ngx_cpymem(p, "...", 3);
-                break;
-            }
-
-            *p++ = c;
-            continue;
-        }
-
-        if (p + 4 > end) {
-            p = ngx_cpymem(p, "...", 3);
-            break;
-        }
-
-        *p++ = '\\';
-        *p++ = 'x';
-        *p++ = hex[c >> 4];
-        *p++ = hex[c & 0xf];
-    }
-
-    dst->data = buf;
-    dst->len = p - buf;
-
-    return dst;
-}
-
-
-/* a small file read whole at configuration time: keys and secrets */
-
-ngx_int_t
-ngx_http_collab_conf_read_file(ngx_conf_t *cf, ngx_str_t *name, size_t max,
-    ngx_pool_t *pool, ngx_str_t *out)
-{
-    ssize_t          n;
-    ngx_file_t       f;
-    ngx_file_info_t  fi;
-
-    if (ngx_conf_full_name(cf->cycle, name, 1) != NGX_OK) {
-        return NGX_ERROR;
-    }
-
-    ngx_memzero(&f, sizeof(ngx_file_t));
-
-    f.name = *name;
-    f.log = cf->log;
-    f.fd = ngx_open_file(name->data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
-
-    if (f.fd == NGX_INVALID_FILE) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
-                           ngx_open_file_n " \"%V\" failed", name);
-        return NGX_ERROR;
-    }
-
-    if (ngx_fd_info(f.fd, &fi) == NGX_FILE_ERROR
-        || ngx_file_size(&fi) == 0 || (size_t) ngx_file_size(&fi) > max)
-    {
-        ngx_close_file(f.fd);
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "file \"%V\" is empty or larger than %uz bytes",
-                           name, max);
-        return NGX_ERROR;
-    }
-
-    out->data = ngx_pnalloc(pool, ngx_file_size(&fi) + 1);
-    if (out->data == NULL) {
-        ngx_close_file(f.fd);
-        return NGX_ERROR;
-    }
-
-    n = ngx_read_file(&f, out->data, ngx_file_size(&fi), 0);
-
-    ngx_close_file(f.fd);
-
-    if (n != ngx_file_size(&fi)) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "cannot read \"%V\"", name);
-        return NGX_ERROR;
-    }
-
-    out->len = n;
-
-    return NGX_OK;
-}
-
-
-/* a request header nginx does not keep a pointer to */
-
-ngx_table_elt_t *
-ngx_http_collab_header(ngx_http_request_t *r, const char *name, size_t len)
-{
-    ngx_uint_t        i;
-    ngx_list_part_t  *part;
-    ngx_table_elt_t  *h;
-
-    part = &r->headers_in.headers.part;
-    h = part->elts;
-
-    for (i = 0; /* void */; i++) {
-
-        if (i >= part->nelts) {
-            if (part->next == NULL) {
-                return NULL;
-            }
-
-            part = part->next;
-            h = part->elts;
-            i = 0;
-        }
-
-        if (h[i].key.len == len
-            && ngx_strncasecmp(h[i].key.data, (u_char *) name, len) == 0)
-        {
-            return &h[i];
-        }
-    }
-}
-
-
-ngx_int_t
-ngx_http_collab_doc_id_valid(u_char *p, size_t len)
-{
-    u_char  *last;
-
-    if (len == 0 || len > NGX_HTTP_COLLAB_DOC_MAX) {
-        return 0;
-    }
-
-    for (last = p + len; p < last; p++) {
-        if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z')
-            || (*p >= '0' && *p <= '9')
-            || *p == '.' || *p == '_' || *p == ':' || *p == '-')
-        {
-            continue;
-        }
-
-        return 0;
-    }
-
-    return 1;
-}
-
-
 static char *
 ngx_http_collab(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
@@ -665,10 +467,7 @@ ngx_http_collab_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_collab_main_conf_t *mcf = conf;
 
-    u_char      *p;
-    ngx_str_t   *value, s;
-    ngx_url_t    u;
-    ngx_int_t    n;
+    ngx_str_t   *value;
     ngx_uint_t   i;
 
     if (mcf->redis_addr.data) {
@@ -678,144 +477,165 @@ ngx_http_collab_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     value = cf->args->elts;
     mcf->redis_addr = value[1];
 
-    if (value[1].len > 5 && ngx_strncmp(value[1].data, "unix:", 5) == 0) {
-        mcf->redis_unix.len = value[1].len - 5;
-        mcf->redis_unix.data = ngx_pnalloc(cf->pool, value[1].len - 4);
-        if (mcf->redis_unix.data == NULL) {
-            return NGX_CONF_ERROR;
-        }
-
-        ngx_memcpy(mcf->redis_unix.data, value[1].data + 5,
-                   mcf->redis_unix.len);
-        mcf->redis_unix.data[mcf->redis_unix.len] = '\0';
-
-    } else {
-        ngx_memzero(&u, sizeof(ngx_url_t));
-
-        u.url = value[1];
-        u.no_resolve = 0;
-
-        if (ngx_parse_url(cf->pool, &u) != NGX_OK) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "invalid Redis address \"%V\"%s%s",
-                               &value[1], u.err ? ": " : "",
-                               u.err ? u.err : "");
-            return NGX_CONF_ERROR;
-        }
-
-        if (u.no_port || u.port == 0) {
-            u.port = 6379;
-        }
-
-        if (u.naddrs == 0 || u.addrs[0].sockaddr->sa_family == AF_UNIX) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "invalid Redis address \"%V\"", &value[1]);
-            return NGX_CONF_ERROR;
-        }
-
-        /* hiredis 0.14 resolves with blocking getaddrinfo(): keep an IP */
-
-        p = ngx_pnalloc(cf->pool, NGX_SOCKADDR_STRLEN + 1);
-        if (p == NULL) {
-            return NGX_CONF_ERROR;
-        }
-
-        n = ngx_sock_ntop(u.addrs[0].sockaddr, u.addrs[0].socklen, p,
-                          NGX_SOCKADDR_STRLEN, 0);
-        p[n] = '\0';
-
-        if (u.addrs[0].sockaddr->sa_family == AF_INET6 && p[0] == '[') {
-            p[n - 1] = '\0';
-            p++;
-            n -= 2;
-        }
-
-        mcf->redis_host.data = p;
-        mcf->redis_host.len = n;
-        mcf->redis_port = u.port;
+    if (ngx_http_collab_redis_parse_addr(cf, mcf, &value[1]) != NGX_OK) {
+        return NGX_CONF_ERROR;
     }
 
     for (i = 2; i < cf->args->nelts; i++) {
 
-        if (ngx_strncmp(value[i].data, "password=", 9) == 0) {
-            mcf->redis_password.len = value[i].len - 9;
-            mcf->redis_password.data = value[i].data + 9;
-
-            if (mcf->redis_password.len == 0) {
-                goto invalid;
-            }
-
-            continue;
+        if (ngx_http_collab_redis_parse_option(mcf, &value[i]) != NGX_OK) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid parameter \"%V\"", &value[i]);
+            return NGX_CONF_ERROR;
         }
-
-        if (ngx_strncmp(value[i].data, "db=", 3) == 0) {
-            mcf->redis_db = ngx_atoi(value[i].data + 3, value[i].len - 3);
-            if (mcf->redis_db == NGX_ERROR || mcf->redis_db > 65535) {
-                goto invalid;
-            }
-
-            continue;
-        }
-
-        if (ngx_strncmp(value[i].data, "timeout=", 8) == 0) {
-            s.len = value[i].len - 8;
-            s.data = value[i].data + 8;
-
-            mcf->redis_timeout = ngx_parse_time(&s, 0);
-            if (mcf->redis_timeout == (ngx_msec_t) NGX_ERROR
-                || mcf->redis_timeout == 0)
-            {
-                goto invalid;
-            }
-
-            continue;
-        }
-
-        if (ngx_strncmp(value[i].data, "connect_timeout=", 16) == 0) {
-            s.len = value[i].len - 16;
-            s.data = value[i].data + 16;
-
-            mcf->redis_connect_timeout = ngx_parse_time(&s, 0);
-            if (mcf->redis_connect_timeout == (ngx_msec_t) NGX_ERROR
-                || mcf->redis_connect_timeout == 0)
-            {
-                goto invalid;
-            }
-
-            continue;
-        }
-
-        if (ngx_strncmp(value[i].data, "max_inflight=", 13) == 0) {
-            n = ngx_atoi(value[i].data + 13, value[i].len - 13);
-            if (n == NGX_ERROR || n == 0) {
-                goto invalid;
-            }
-
-            mcf->redis_max_inflight = n;
-            continue;
-        }
-
-        if (ngx_strncmp(value[i].data, "session_inflight=", 17) == 0) {
-            n = ngx_atoi(value[i].data + 17, value[i].len - 17);
-            if (n == NGX_ERROR || n == 0) {
-                goto invalid;
-            }
-
-            mcf->redis_session_inflight = n;
-            continue;
-        }
-
-        goto invalid;
     }
 
     return NGX_CONF_OK;
+}
 
-invalid:
 
-    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                       "invalid parameter \"%V\"", &value[i]);
+/* "unix:/path" or "host[:port]" */
 
-    return NGX_CONF_ERROR;
+static ngx_int_t
+ngx_http_collab_redis_parse_addr(ngx_conf_t *cf,
+    ngx_http_collab_main_conf_t *mcf, ngx_str_t *addr)
+{
+    u_char     *p;
+    ngx_url_t   u;
+    ngx_int_t   n;
+
+    if (addr->len > 5 && ngx_strncmp(addr->data, "unix:", 5) == 0) {
+        mcf->redis_unix.len = addr->len - 5;
+        mcf->redis_unix.data = ngx_pnalloc(cf->pool, addr->len - 4);
+        if (mcf->redis_unix.data == NULL) {
+            return NGX_ERROR;
+        }
+
+        ngx_memcpy(mcf->redis_unix.data, addr->data + 5, mcf->redis_unix.len);
+        mcf->redis_unix.data[mcf->redis_unix.len] = '\0';
+
+        return NGX_OK;
+    }
+
+    ngx_memzero(&u, sizeof(ngx_url_t));
+
+    u.url = *addr;
+    u.no_resolve = 0;
+
+    if (ngx_parse_url(cf->pool, &u) != NGX_OK) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid Redis address \"%V\"%s%s",
+                           addr, u.err ? ": " : "", u.err ? u.err : "");
+        return NGX_ERROR;
+    }
+
+    if (u.no_port || u.port == 0) {
+        u.port = 6379;
+    }
+
+    if (u.naddrs == 0 || u.addrs[0].sockaddr->sa_family == AF_UNIX) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid Redis address \"%V\"", addr);
+        return NGX_ERROR;
+    }
+
+    /* hiredis 0.14 resolves with blocking getaddrinfo(): keep an IP */
+
+    p = ngx_pnalloc(cf->pool, NGX_SOCKADDR_STRLEN + 1);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    n = ngx_sock_ntop(u.addrs[0].sockaddr, u.addrs[0].socklen, p,
+                      NGX_SOCKADDR_STRLEN, 0);
+    p[n] = '\0';
+
+    if (u.addrs[0].sockaddr->sa_family == AF_INET6 && p[0] == '[') {
+        p[n - 1] = '\0';
+        p++;
+        n -= 2;
+    }
+
+    mcf->redis_host.data = p;
+    mcf->redis_host.len = n;
+    mcf->redis_port = u.port;
+
+    return NGX_OK;
+}
+
+
+/* one "name=value" option; NGX_DECLINED: unknown or invalid */
+
+static ngx_int_t
+ngx_http_collab_redis_parse_option(ngx_http_collab_main_conf_t *mcf,
+    ngx_str_t *v)
+{
+    ngx_int_t  n;
+
+    if (ngx_strncmp(v->data, "password=", 9) == 0) {
+        mcf->redis_password.len = v->len - 9;
+        mcf->redis_password.data = v->data + 9;
+
+        return mcf->redis_password.len ? NGX_OK : NGX_DECLINED;
+    }
+
+    if (ngx_strncmp(v->data, "db=", 3) == 0) {
+        mcf->redis_db = ngx_atoi(v->data + 3, v->len - 3);
+
+        return (mcf->redis_db == NGX_ERROR || mcf->redis_db > 65535)
+               ? NGX_DECLINED : NGX_OK;
+    }
+
+    if (ngx_strncmp(v->data, "timeout=", 8) == 0) {
+        return ngx_http_collab_redis_parse_msec(v, 8, &mcf->redis_timeout);
+    }
+
+    if (ngx_strncmp(v->data, "connect_timeout=", 16) == 0) {
+        return ngx_http_collab_redis_parse_msec(v, 16,
+                                                &mcf->redis_connect_timeout);
+    }
+
+    if (ngx_strncmp(v->data, "max_inflight=", 13) == 0) {
+        n = ngx_atoi(v->data + 13, v->len - 13);
+        if (n == NGX_ERROR || n == 0) {
+            return NGX_DECLINED;
+        }
+
+        mcf->redis_max_inflight = n;
+        return NGX_OK;
+    }
+
+    if (ngx_strncmp(v->data, "session_inflight=", 17) == 0) {
+        n = ngx_atoi(v->data + 17, v->len - 17);
+        if (n == NGX_ERROR || n == 0) {
+            return NGX_DECLINED;
+        }
+
+        mcf->redis_session_inflight = n;
+        return NGX_OK;
+    }
+
+    return NGX_DECLINED;
+}
+
+
+/* a time after a "name=" prefix of skip bytes: more than zero */
+
+static ngx_int_t
+ngx_http_collab_redis_parse_msec(ngx_str_t *v, size_t skip, ngx_msec_t *ms)
+{
+    ngx_str_t  s;
+
+    s.len = v->len - skip;
+    s.data = v->data + skip;
+
+    *ms = ngx_parse_time(&s, 0);
+
+    if (*ms == (ngx_msec_t) NGX_ERROR || *ms == 0) {
+        return NGX_DECLINED;
+    }
+
+    return NGX_OK;
 }
 
 
@@ -826,11 +646,9 @@ ngx_http_collab_rate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_collab_loc_conf_t *lcf = conf;
 
-    u_char      *p;
-    size_t       len;
     ssize_t      bytes;
     ngx_int_t    rate, scale, burst;
-    ngx_str_t   *value, s;
+    ngx_str_t   *value;
     ngx_uint_t   i, user, *prate, *pburst;
 
     user = (cmd->name.len == sizeof("collab_user_rate") - 1);
@@ -856,28 +674,7 @@ ngx_http_collab_rate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_OK;
     }
 
-    len = value[1].len;
-    p = value[1].data + len - 3;
-    scale = 1;
-
-    if (len > 3 && ngx_strncmp(p, "r/s", 3) == 0) {
-        len -= 3;
-
-    } else if (len > 3 && ngx_strncmp(p, "r/m", 3) == 0) {
-        scale = 60;
-        len -= 3;
-
-    } else {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid rate \"%V\", expected \"Nr/s\" or "
-                           "\"Nr/m\"", &value[1]);
-        return NGX_CONF_ERROR;
-    }
-
-    rate = ngx_atoi(value[1].data, len);
-    if (rate <= 0) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid rate \"%V\"", &value[1]);
+    if (ngx_http_collab_rate_parse(cf, &value[1], &rate, &scale) != NGX_OK) {
         return NGX_CONF_ERROR;
     }
 
@@ -885,35 +682,12 @@ ngx_http_collab_rate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     bytes = 0;
 
     for (i = 2; i < cf->args->nelts; i++) {
-
-        if (ngx_strncmp(value[i].data, "burst=", 6) == 0) {
-            burst = ngx_atoi(value[i].data + 6, value[i].len - 6);
-            if (burst <= 0) {
-                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                                   "invalid burst value \"%V\"", &value[i]);
-                return NGX_CONF_ERROR;
-            }
-
-            continue;
+        if (ngx_http_collab_rate_parse_option(cf, &value[i], user, &burst,
+                                              &bytes)
+            != NGX_OK)
+        {
+            return NGX_CONF_ERROR;
         }
-
-        if (!user && ngx_strncmp(value[i].data, "bytes=", 6) == 0) {
-            s.data = value[i].data + 6;
-            s.len = value[i].len - 6;
-
-            bytes = ngx_parse_size(&s);
-            if (bytes <= 0) {
-                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                                   "invalid bytes value \"%V\"", &value[i]);
-                return NGX_CONF_ERROR;
-            }
-
-            continue;
-        }
-
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid parameter \"%V\"", &value[i]);
-        return NGX_CONF_ERROR;
     }
 
     *prate = rate * 1000 / scale;
@@ -925,6 +699,83 @@ ngx_http_collab_rate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     return NGX_CONF_OK;
+}
+
+
+/* "Nr/s" or "Nr/m": N and the seconds it counts over */
+
+static ngx_int_t
+ngx_http_collab_rate_parse(ngx_conf_t *cf, ngx_str_t *v, ngx_int_t *rate,
+    ngx_int_t *scale)
+{
+    u_char  *p;
+    size_t   len;
+
+    len = v->len;
+    p = v->data + len - 3;
+    *scale = 1;
+
+    if (len > 3 && ngx_strncmp(p, "r/s", 3) == 0) {
+        len -= 3;
+
+    } else if (len > 3 && ngx_strncmp(p, "r/m", 3) == 0) {
+        *scale = 60;
+        len -= 3;
+
+    } else {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid rate \"%V\", expected \"Nr/s\" or "
+                           "\"Nr/m\"", v);
+        return NGX_ERROR;
+    }
+
+    *rate = ngx_atoi(v->data, len);
+    if (*rate <= 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid rate \"%V\"", v);
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+/* "burst=M", or "bytes=SIZE" of collab_rate */
+
+static ngx_int_t
+ngx_http_collab_rate_parse_option(ngx_conf_t *cf, ngx_str_t *v,
+    ngx_uint_t user, ngx_int_t *burst, ssize_t *bytes)
+{
+    ngx_str_t  s;
+
+    if (ngx_strncmp(v->data, "burst=", 6) == 0) {
+        *burst = ngx_atoi(v->data + 6, v->len - 6);
+        if (*burst <= 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid burst value \"%V\"", v);
+            return NGX_ERROR;
+        }
+
+        return NGX_OK;
+    }
+
+    if (!user && ngx_strncmp(v->data, "bytes=", 6) == 0) {
+        s.data = v->data + 6;
+        s.len = v->len - 6;
+
+        *bytes = ngx_parse_size(&s);
+        if (*bytes <= 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid bytes value \"%V\"", v);
+            return NGX_ERROR;
+        }
+
+        return NGX_OK;
+    }
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid parameter \"%V\"", v);
+    return NGX_ERROR;
 }
 
 
@@ -1107,10 +958,29 @@ ngx_http_collab_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_http_collab_loc_conf_t *prev = parent;
     ngx_http_collab_loc_conf_t *conf = child;
 
-    ngx_http_collab_main_conf_t  *mcf;
-
     ngx_conf_merge_value(conf->enable, prev->enable, 0);
 
+    ngx_http_collab_merge_session(prev, conf);
+    ngx_http_collab_merge_limits(prev, conf);
+    ngx_http_collab_merge_auth(prev, conf);
+
+    if (ngx_http_collab_check_limits(cf, conf) != NGX_OK
+        || ngx_http_collab_check_auth(cf, conf) != NGX_OK
+        || ngx_http_collab_check_main(cf, conf) != NGX_OK)
+    {
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/* what a session is and how it is served */
+
+static void
+ngx_http_collab_merge_session(ngx_http_collab_loc_conf_t *prev,
+    ngx_http_collab_loc_conf_t *conf)
+{
     if (conf->doc == NULL) {
         conf->doc = prev->doc;
     }
@@ -1119,8 +989,6 @@ ngx_http_collab_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         conf->user = prev->user;
     }
 
-    ngx_conf_merge_uint_value(conf->auth, prev->auth,
-                              NGX_HTTP_COLLAB_AUTH_OFF);
     ngx_conf_merge_ptr_value(conf->allow_origin, prev->allow_origin, NULL);
     ngx_conf_merge_size_value(conf->max_message, prev->max_message,
                               64 * 1024);
@@ -1132,6 +1000,20 @@ ngx_http_collab_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                               NGX_HTTP_COLLAB_MERGE_NONE);
     ngx_conf_merge_uint_value(conf->conflict, prev->conflict,
                               NGX_HTTP_COLLAB_CONFLICT_ACCEPT);
+    ngx_conf_merge_msec_value(conf->send_timeout, prev->send_timeout, 30000);
+    ngx_conf_merge_uint_value(conf->post_max_messages,
+                              prev->post_max_messages, 100);
+}
+
+
+/* rates, session counts and in-flight commands; needs max_message merged */
+
+static void
+ngx_http_collab_merge_limits(ngx_http_collab_loc_conf_t *prev,
+    ngx_http_collab_loc_conf_t *conf)
+{
+    /* a rate is inherited with its burst and bytes, as one directive */
+
     if (conf->rate == NGX_CONF_UNSET_UINT) {
         conf->rate = prev->rate;
         conf->burst = prev->burst;
@@ -1155,14 +1037,24 @@ ngx_http_collab_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                               prev->max_user_sessions, 0);
     ngx_conf_merge_uint_value(conf->max_doc_sessions,
                               prev->max_doc_sessions, 0);
-    ngx_conf_merge_msec_value(conf->send_timeout, prev->send_timeout, 30000);
 
     conf->rate_bytes_burst = ngx_max(2 * conf->rate_bytes, conf->max_message);
     ngx_conf_merge_uint_value(conf->max_inflight, prev->max_inflight, 64);
+}
+
+
+static void
+ngx_http_collab_merge_auth(ngx_http_collab_loc_conf_t *prev,
+    ngx_http_collab_loc_conf_t *conf)
+{
+    ngx_conf_merge_uint_value(conf->auth, prev->auth,
+                              NGX_HTTP_COLLAB_AUTH_OFF);
+
     /* left unset: see ngx_http_collab_default_role() */
     if (conf->default_role == NGX_CONF_UNSET_UINT) {
         conf->default_role = prev->default_role;
     }
+
     ngx_conf_merge_ptr_value(conf->jwt_keys, prev->jwt_keys, NULL);
     /* opt-in: a cookie is sent by any page that opens a socket */
     ngx_conf_merge_str_value(conf->jwt_cookie, prev->jwt_cookie, "");
@@ -1179,26 +1071,29 @@ ngx_http_collab_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_str_value(conf->jwt_audience, prev->jwt_audience, "");
     ngx_conf_merge_msec_value(conf->auth_timeout, prev->auth_timeout, 5000);
     ngx_conf_merge_str_value(conf->admin_key, prev->admin_key, "");
-    ngx_conf_merge_uint_value(conf->post_max_messages,
-                              prev->post_max_messages, 100);
+}
 
+
+static ngx_int_t
+ngx_http_collab_check_limits(ngx_conf_t *cf, ngx_http_collab_loc_conf_t *conf)
+{
     if (conf->max_message < 128) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"collab_max_message\" must be at least 128");
-        return NGX_CONF_ERROR;
+        return NGX_ERROR;
     }
 
     if (conf->send_queue < conf->max_message) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"collab_send_queue\" must not be less than "
                            "\"collab_max_message\"");
-        return NGX_CONF_ERROR;
+        return NGX_ERROR;
     }
 
     if (conf->ping < 100) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"collab_ping\" must be at least 100ms");
-        return NGX_CONF_ERROR;
+        return NGX_ERROR;
     }
 
     if (conf->merge == NGX_HTTP_COLLAB_MERGE_JSON && conf->enable == 1) {
@@ -1206,22 +1101,29 @@ ngx_http_collab_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"collab_merge json-merge\" is not supported "
                            "yet");
-        return NGX_CONF_ERROR;
+        return NGX_ERROR;
     }
 
     if (conf->max_inflight == 0) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"collab_max_inflight\" must be at least 1");
-        return NGX_CONF_ERROR;
+        return NGX_ERROR;
     }
 
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_collab_check_auth(ngx_conf_t *cf, ngx_http_collab_loc_conf_t *conf)
+{
     if (conf->auth == NGX_HTTP_COLLAB_AUTH_VARIABLE && conf->user == NULL
         && conf->enable == 1)
     {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"collab_auth variable\" requires "
                            "\"collab_user\"");
-        return NGX_CONF_ERROR;
+        return NGX_ERROR;
     }
 
     if (conf->auth == NGX_HTTP_COLLAB_AUTH_JWT && conf->enable == 1
@@ -1230,12 +1132,19 @@ ngx_http_collab_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"collab_auth jwt\" requires "
                            "\"collab_jwt_key\"");
-        return NGX_CONF_ERROR;
+        return NGX_ERROR;
     }
 
-    if (ngx_http_collab_cookie_check(cf, conf) != NGX_OK) {
-        return NGX_CONF_ERROR;
-    }
+    return ngx_http_collab_cookie_check(cf, conf);
+}
+
+
+/* what a location needs from the http block */
+
+static ngx_int_t
+ngx_http_collab_check_main(ngx_conf_t *cf, ngx_http_collab_loc_conf_t *conf)
+{
+    ngx_http_collab_main_conf_t  *mcf;
 
     mcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_collab_module);
 
@@ -1248,21 +1157,18 @@ ngx_http_collab_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                            "\"collab_user_rate\" and "
                            "\"collab_max_sessions_per_*\" require "
                            "\"collab_limit_zone\" in the http block");
-        return NGX_CONF_ERROR;
+        return NGX_ERROR;
     }
 
-    if (conf->enable == 1 || conf->admin) {
-
-        if (mcf->redis_addr.data == NULL) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "\"%s\" requires \"collab_redis\" "
-                               "in the http block",
-                               conf->admin ? "collab_admin" : "collab");
-            return NGX_CONF_ERROR;
-        }
+    if ((conf->enable == 1 || conf->admin) && mcf->redis_addr.data == NULL) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"%s\" requires \"collab_redis\" "
+                           "in the http block",
+                           conf->admin ? "collab_admin" : "collab");
+        return NGX_ERROR;
     }
 
-    return NGX_CONF_OK;
+    return NGX_OK;
 }
 
 

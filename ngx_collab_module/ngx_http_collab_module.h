@@ -89,6 +89,7 @@ typedef struct ngx_http_collab_msg_s        ngx_http_collab_msg_t;
 typedef struct ngx_http_collab_out_s        ngx_http_collab_out_t;
 typedef struct ngx_http_collab_cmd_s        ngx_http_collab_cmd_t;
 typedef struct ngx_http_collab_redis_s      ngx_http_collab_redis_t;
+typedef struct ngx_http_collab_read_s       ngx_http_collab_read_t;
 
 
 struct ngx_http_collab_main_conf_s {
@@ -369,7 +370,7 @@ extern ngx_module_t  ngx_http_collab_module;
 extern ngx_http_collab_worker_t  *ngx_http_collab_worker;
 
 
-/* module */
+/* helpers (ngx_http_collab_util.c) */
 ngx_int_t ngx_http_collab_conf_read_file(ngx_conf_t *cf, ngx_str_t *name,
     size_t max, ngx_pool_t *pool, ngx_str_t *out);
 ngx_table_elt_t *ngx_http_collab_header(ngx_http_request_t *r,
@@ -466,7 +467,7 @@ void ngx_http_collab_doc_retry_handler(ngx_event_t *ev);
 ngx_int_t ngx_http_collab_doc_publish(ngx_http_collab_session_t *s,
     ngx_str_t *doc, ngx_http_collab_msg_t *m);
 void ngx_http_collab_doc_read_done(ngx_http_collab_sub_t *sub,
-    redisReply *reply);
+    ngx_http_collab_read_t *rd);
 
 ngx_http_collab_sub_t *ngx_http_collab_doc_find(ngx_http_collab_session_t *s,
     ngx_str_t *name);
@@ -545,6 +546,58 @@ void ngx_http_collab_cmd_discard(ngx_http_collab_cmd_t *cmd,
 void ngx_http_collab_redis_setup_done(ngx_http_collab_redis_t *rc);
 
 /* Redis commands of the document store */
+
+/*
+ * The layouts the store's functions reply and publish in, decoded by the
+ * store: the strings point into the Redis reply (an event's into its
+ * JSON), valid while the reply handler runs.
+ */
+
+/* a collab_read reply */
+struct ngx_http_collab_read_s {
+    ngx_int_t                    status;         /* NGX_OK; NGX_AGAIN: no
+                                                    reply; NGX_DECLINED: no
+                                                    role; NGX_ERROR */
+    const char                  *error;          /* NGX_ERROR: why */
+    ngx_str_t                    epoch;
+    int64_t                      head;
+    int64_t                      snap_seq;
+    ngx_str_t                    snap;           /* data NULL: none */
+    ngx_str_t                    acl;            /* data NULL: none */
+    ngx_uint_t                   role;
+    unsigned                     from_snap:1;    /* read from the snapshot */
+    ngx_uint_t                   nentries;
+    redisReply                 **entries;        /* see store_read_entry */
+};
+
+
+/* a log entry of a collab_read reply */
+typedef struct {
+    int64_t                      seq;            /* -1: none */
+    ngx_str_t                    id;
+    ngx_str_t                    user;
+    ngx_str_t                    ts;
+    ngx_str_t                    data;
+    size_t                       cost;           /* in collab_read's budget */
+} ngx_http_collab_entry_t;
+
+
+/* a message on a document's channel */
+#define NGX_HTTP_COLLAB_EVENT_OTHER       0
+#define NGX_HTTP_COLLAB_EVENT_DELTA       1
+#define NGX_HTTP_COLLAB_EVENT_RESET       2
+#define NGX_HTTP_COLLAB_EVENT_ACL         3
+#define NGX_HTTP_COLLAB_EVENT_INTENT      4
+#define NGX_HTTP_COLLAB_EVENT_PRESENCE    5
+
+typedef struct {
+    ngx_uint_t                   type;
+    uint64_t                     seq;            /* delta */
+    u_char                      *epoch;          /* reset: NULL if invalid */
+    ngx_str_t                    session;        /* ephemera: the sender */
+    json_t                      *obj;            /* holds the strings */
+} ngx_http_collab_event_t;
+
 ngx_int_t ngx_http_collab_store_setup(ngx_http_collab_redis_t *rc);
 ngx_int_t ngx_http_collab_store_append(ngx_http_collab_session_t *s,
     ngx_str_t *doc, ngx_str_t *id, ngx_str_t *data, int64_t base,
@@ -552,6 +605,11 @@ ngx_int_t ngx_http_collab_store_append(ngx_http_collab_session_t *s,
 ngx_int_t ngx_http_collab_store_state(ngx_http_collab_session_t *s,
     ngx_str_t *doc, uint64_t seq, ngx_str_t *data, ngx_uint_t slot);
 ngx_int_t ngx_http_collab_store_read(ngx_http_collab_sub_t *sub);
+void ngx_http_collab_store_read_entry(ngx_http_collab_read_t *rd,
+    ngx_uint_t i, ngx_http_collab_entry_t *e);
+ngx_int_t ngx_http_collab_store_event(ngx_str_t *doc, u_char *p, size_t len,
+    ngx_http_collab_event_t *ev);
+void ngx_http_collab_store_event_free(ngx_http_collab_event_t *ev);
 void ngx_http_collab_store_epoch(u_char *epoch);
 size_t ngx_http_collab_key(u_char *buf, ngx_str_t *doc, const char *suffix);
 

@@ -308,6 +308,8 @@ static void ngx_http_collab_store_state_reply(ngx_http_collab_cmd_t *cmd,
     redisReply *reply);
 static void ngx_http_collab_store_read_reply(ngx_http_collab_cmd_t *cmd,
     redisReply *reply);
+static void ngx_http_collab_store_read_decode(redisReply *reply,
+    ngx_http_collab_read_t *rd);
 static ngx_int_t ngx_http_collab_store_triple(redisReply *reply,
     ngx_int_t *status, int64_t *seq);
 
@@ -1041,17 +1043,191 @@ static void
 ngx_http_collab_store_read_reply(ngx_http_collab_cmd_t *cmd,
     redisReply *reply)
 {
-    ngx_http_collab_sub_t  *sub;
+    ngx_http_collab_sub_t   *sub;
+    ngx_http_collab_read_t   rd;
 
     sub = cmd->sub;
 
+    ngx_http_collab_cmd_free(cmd);
+
     if (sub == NULL) {
         /* unsubscribed while reading */
-        ngx_http_collab_cmd_free(cmd);
         return;
     }
 
-    ngx_http_collab_cmd_free(cmd);
+    ngx_http_collab_store_read_decode(reply, &rd);
 
-    ngx_http_collab_doc_read_done(sub, reply);
+    ngx_http_collab_doc_read_done(sub, &rd);
+}
+
+
+/*
+ * The reply of collab_read: {-2} without a role, else epoch, head, mode,
+ * snapshot seq, snapshot data, role, ACL, then (seq, id, user, ts, data)
+ * per entry.
+ */
+
+static void
+ngx_http_collab_store_read_decode(redisReply *reply,
+    ngx_http_collab_read_t *rd)
+{
+    redisReply  **e;
+
+    ngx_memzero(rd, sizeof(ngx_http_collab_read_t));
+
+    if (reply == NULL) {
+        rd->status = NGX_AGAIN;
+        return;
+    }
+
+    e = reply->element;
+
+    if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 1
+        && e[0]->type == REDIS_REPLY_INTEGER && e[0]->integer == -2)
+    {
+        rd->status = NGX_DECLINED;
+        return;
+    }
+
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 7
+        || (reply->elements - 7) % 5 != 0
+        || e[0]->type != REDIS_REPLY_STRING
+        || e[1]->type != REDIS_REPLY_INTEGER
+        || e[2]->type != REDIS_REPLY_INTEGER
+        || e[3]->type != REDIS_REPLY_INTEGER
+        || e[5]->type != REDIS_REPLY_INTEGER)
+    {
+        rd->status = NGX_ERROR;
+        rd->error = reply->type == REDIS_REPLY_ERROR
+                    ? reply->str : "unexpected reply";
+        return;
+    }
+
+    rd->status = NGX_OK;
+    rd->epoch.data = (u_char *) e[0]->str;
+    rd->epoch.len = e[0]->len;
+    rd->head = e[1]->integer;
+    rd->from_snap = (e[2]->integer == 1);
+    rd->snap_seq = e[3]->integer;
+
+    if (e[4]->type == REDIS_REPLY_STRING) {
+        rd->snap.data = (u_char *) e[4]->str;
+        rd->snap.len = e[4]->len;
+    }
+
+    rd->role = (ngx_uint_t) e[5]->integer;
+
+    if (e[6]->type == REDIS_REPLY_STRING) {
+        rd->acl.data = (u_char *) e[6]->str;
+        rd->acl.len = e[6]->len;
+    }
+
+    rd->nentries = (reply->elements - 7) / 5;
+    rd->entries = &e[7];
+}
+
+
+/* entries are decoded one at a time, as they are sent: nothing is copied */
+
+void
+ngx_http_collab_store_read_entry(ngx_http_collab_read_t *rd, ngx_uint_t i,
+    ngx_http_collab_entry_t *e)
+{
+    ngx_int_t     v;
+    redisReply  **f;
+
+    f = &rd->entries[i * 5];
+
+    e->seq = -1;
+
+    if (f[0]->type == REDIS_REPLY_STRING) {
+        v = ngx_atoi((u_char *) f[0]->str, f[0]->len);
+        if (v != NGX_ERROR) {
+            e->seq = v;
+        }
+    }
+
+    e->id.data = (u_char *) f[1]->str;
+    e->id.len = f[1]->len;
+    e->user.data = (u_char *) f[2]->str;
+    e->user.len = f[2]->len;
+    e->ts.data = (u_char *) f[3]->str;
+    e->ts.len = f[3]->len;
+    e->data.data = (u_char *) f[4]->str;
+    e->data.len = f[4]->len;
+
+    /* as collab_read counts its byte budget */
+    e->cost = e->data.len + e->id.len + e->user.len + 64;
+}
+
+
+/*
+ * A message on a document's channel: the deltas and resets that the
+ * functions publish, the ACL notices, the ephemera of doc_publish.
+ * Deltas start with a fixed prefix and are found without a JSON parser.
+ * NGX_ERROR: not JSON.
+ */
+
+ngx_int_t
+ngx_http_collab_store_event(ngx_str_t *doc, u_char *p, size_t len,
+    ngx_http_collab_event_t *ev)
+{
+    json_t      *obj;
+    const char  *type, *epoch;
+
+    ngx_memzero(ev, sizeof(ngx_http_collab_event_t));
+
+    if (ngx_http_collab_msg_parse_delta(p, len, doc, &ev->seq) == NGX_OK) {
+        ev->type = NGX_HTTP_COLLAB_EVENT_DELTA;
+        return NGX_OK;
+    }
+
+    /* relayed ephemera keep integers of any size (see proto_handle) */
+    obj = json_loadb((char *) p, len, JSON_DECODE_INT_AS_REAL, NULL);
+    if (obj == NULL) {
+        return NGX_ERROR;
+    }
+
+    ev->obj = obj;
+
+    type = json_string_value(json_object_get(obj, "type"));
+
+    if (type == NULL) {
+        return NGX_OK;
+    }
+
+    if (ngx_strcmp(type, "acl") == 0) {
+        ev->type = NGX_HTTP_COLLAB_EVENT_ACL;
+
+    } else if (ngx_strcmp(type, "reset") == 0) {
+        ev->type = NGX_HTTP_COLLAB_EVENT_RESET;
+
+        epoch = json_string_value(json_object_get(obj, "epoch"));
+
+        if (epoch && ngx_strlen(epoch) == NGX_HTTP_COLLAB_EPOCH_LEN) {
+            ev->epoch = (u_char *) epoch;
+        }
+
+    } else if (ngx_strcmp(type, "intent") == 0
+               || ngx_strcmp(type, "presence") == 0)
+    {
+        ev->type = (type[0] == 'i') ? NGX_HTTP_COLLAB_EVENT_INTENT
+                                    : NGX_HTTP_COLLAB_EVENT_PRESENCE;
+
+        ev->session.data = (u_char *)
+                       json_string_value(json_object_get(obj, "session"));
+        ev->session.len = ev->session.data
+                          ? ngx_strlen(ev->session.data) : 0;
+    }
+
+    return NGX_OK;
+}
+
+
+void
+ngx_http_collab_store_event_free(ngx_http_collab_event_t *ev)
+{
+    if (ev->obj) {
+        json_decref(ev->obj);
+    }
 }
