@@ -557,6 +557,7 @@ ngx_http_collab_json_scan_key(ngx_http_collab_json_scan_t *s)
     }
 
     if (s->depth == 1
+        && s->name_len != 0
         && ngx_http_collab_json_key_is(key + 1, s->j.p - 1, s->name,
                                        s->name_len))
     {

@@ -40,6 +40,8 @@
 
 /* retry_after_ms for a session over its share of the Redis pipeline */
 #define NGX_HTTP_COLLAB_BUSY_RETRY        100
+/* how long a closing WebSocket waits for the peer's close frame, in ms */
+#define NGX_HTTP_COLLAB_LINGER            2000
 /* "collab:{" doc "}" suffix: the longest suffix is ":audit:limit" */
 #define NGX_HTTP_COLLAB_KEY_MAX                                              \
     (sizeof("collab:{}:audit:limit") + NGX_HTTP_COLLAB_DOC_MAX)

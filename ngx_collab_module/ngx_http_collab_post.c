@@ -27,6 +27,10 @@
 
 static ngx_int_t ngx_http_collab_post_is_json(ngx_http_request_t *r);
 static void ngx_http_collab_post_body(ngx_http_request_t *r);
+static json_t *ngx_http_collab_post_parse(ngx_http_request_t *r,
+    ngx_str_t *body, size_t *n);
+static ngx_uint_t ngx_http_collab_post_messages(ngx_http_collab_session_t *s,
+    json_t *root, ngx_str_t *body, size_t n, ngx_msec_t *retry);
 static ngx_msec_t ngx_http_collab_post_message(ngx_http_collab_session_t *s,
     json_t *root, ngx_uint_t i, ngx_str_t *raw);
 static ngx_int_t ngx_http_collab_post_is_delta(json_t *msg);
@@ -145,64 +149,21 @@ ngx_http_collab_post_is_json(ngx_http_request_t *r)
 static void
 ngx_http_collab_post_body(ngx_http_request_t *r)
 {
-    size_t                       n, i, pos;
-    json_t                      *root;
-    ngx_msec_t                   retry, t;
-    ngx_uint_t                   limited;
-    ngx_str_t                    body, raw;
-    json_error_t                 err;
-    ngx_http_collab_json_span_t  elem;
-    ngx_http_collab_session_t   *s;
-    ngx_http_collab_loc_conf_t  *lcf;
-    u_char                       text[200];
-
-    lcf = ngx_http_get_module_loc_conf(r, ngx_http_collab_module);
+    size_t                      n;
+    json_t                     *root;
+    ngx_str_t                   body;
+    ngx_msec_t                  retry;
+    ngx_uint_t                  limited;
+    ngx_http_collab_session_t  *s;
 
     if (ngx_http_collab_post_read(r, &body) != NGX_OK) {
         ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
         return;
     }
 
-    if (body.len == 0) {
-        ngx_http_collab_post_error(r, NGX_HTTP_BAD_REQUEST, "invalid",
-                                   "the request body is empty");
-        return;
-    }
-
-    root = json_loadb((char *) body.data, body.len,
-                      JSON_REJECT_DUPLICATES|JSON_DECODE_INT_AS_REAL, &err);
-
+    root = ngx_http_collab_post_parse(r, &body, &n);
     if (root == NULL) {
-        ngx_snprintf(text, sizeof(text) - 1, "invalid JSON at position %d: "
-                     "%s%Z", err.position, err.text);
-        ngx_http_collab_post_error(r, NGX_HTTP_BAD_REQUEST, "invalid",
-                                   (char *) text);
-        return;
-    }
-
-    n = json_is_array(root) ? json_array_size(root) : 1;
-
-    if (!json_is_array(root) && body.len > lcf->max_message) {
-        json_decref(root);
-        ngx_http_collab_post_error(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
-                                   "too_large", "the message is larger than "
-                                   "collab_max_message");
-        return;
-    }
-
-    if (n == 0 && json_is_array(root)) {
-        json_decref(root);
-        ngx_http_collab_post_empty(r);
-        return;
-    }
-
-    if (n > lcf->post_max_messages) {
-        json_decref(root);
-        ngx_snprintf(text, sizeof(text) - 1, "the body holds more than %ui "
-                     "messages (collab_post_max_messages)%Z",
-                     lcf->post_max_messages);
-        ngx_http_collab_post_error(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
-                                   "too_large", (char *) text);
+        /* answered as a whole */
         return;
     }
 
@@ -223,34 +184,7 @@ ngx_http_collab_post_body(ngx_http_request_t *r)
 
     r->write_event_handler = ngx_http_collab_post_finish;
 
-    limited = 0;
-    retry = 0;
-
-    /* each message is handled from its own text: numbers stay as sent */
-
-    raw = body;
-    pos = 0;
-
-    for (i = 0; i < n; i++) {
-        if (json_is_array(root)) {
-            if (ngx_http_collab_json_element(body.data, body.len, &pos, &elem)
-                != 1)
-            {
-                ngx_str_null(&raw);
-
-            } else {
-                raw.data = body.data + elem.start;
-                raw.len = elem.end - elem.start;
-            }
-        }
-
-        t = ngx_http_collab_post_message(s, root, i, &raw);
-
-        if (t) {
-            limited++;
-            retry = ngx_max(retry, t);
-        }
-    }
+    limited = ngx_http_collab_post_messages(s, root, &body, n, &retry);
 
     json_decref(root);
 
@@ -276,6 +210,145 @@ ngx_http_collab_post_body(ngx_http_request_t *r)
                                                : NGX_HTTP_OK,
                                   retry);
     }
+}
+
+
+/*
+ * The body as JSON, with the number of messages it holds; NULL: the
+ * request was answered as a whole (an error, or an empty array).
+ */
+
+static json_t *
+ngx_http_collab_post_parse(ngx_http_request_t *r, ngx_str_t *body,
+    size_t *n)
+{
+    int                           rc;
+    size_t                        pos;
+    json_t                       *root;
+    json_error_t                  err;
+    ngx_http_collab_loc_conf_t   *lcf;
+    ngx_http_collab_json_span_t   span;
+    u_char                        text[200];
+
+    lcf = ngx_http_get_module_loc_conf(r, ngx_http_collab_module);
+
+    if (body->len == 0) {
+        ngx_http_collab_post_error(r, NGX_HTTP_BAD_REQUEST, "invalid",
+                                   "the request body is empty");
+        return NULL;
+    }
+
+    /*
+     * The scanner checks and counts without allocating: a body of many
+     * small messages costs jansson far more memory than its size, so it
+     * is decoded only once it is known to be within the limits.
+     */
+
+    if (ngx_http_collab_json_scan(body->data, body->len, NULL, 0, &span,
+                                  &pos)
+        != 0)
+    {
+        ngx_snprintf(text, sizeof(text) - 1, "invalid JSON at position "
+                     "%uz%Z", pos);
+        ngx_http_collab_post_error(r, NGX_HTTP_BAD_REQUEST, "invalid",
+                                   (char *) text);
+        return NULL;
+    }
+
+    pos = 0;
+    *n = 0;
+
+    do {
+        rc = ngx_http_collab_json_element(body->data, body->len, &pos,
+                                          &span);
+        *n += (rc == 1);
+    } while (rc == 1 && *n <= lcf->post_max_messages);
+
+    if (rc == -1) {
+        *n = 1;
+
+        if (body->len > lcf->max_message) {
+            ngx_http_collab_post_error(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
+                                       "too_large", "the message is larger "
+                                       "than collab_max_message");
+            return NULL;
+        }
+    }
+
+    if (*n == 0) {
+        ngx_http_collab_post_empty(r);
+        return NULL;
+    }
+
+    if (*n > lcf->post_max_messages) {
+        ngx_snprintf(text, sizeof(text) - 1, "the body holds more than %ui "
+                     "messages (collab_post_max_messages)%Z",
+                     lcf->post_max_messages);
+        ngx_http_collab_post_error(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
+                                   "too_large", (char *) text);
+        return NULL;
+    }
+
+    root = json_loadb((char *) body->data, body->len,
+                      JSON_REJECT_DUPLICATES|JSON_DECODE_INT_AS_REAL, &err);
+
+    if (root == NULL) {
+        /* valid grammar: a duplicate name, a number out of range ... */
+        ngx_snprintf(text, sizeof(text) - 1, "invalid JSON at position %d: "
+                     "%s%Z", err.position, err.text);
+        ngx_http_collab_post_error(r, NGX_HTTP_BAD_REQUEST, "invalid",
+                                   (char *) text);
+        return NULL;
+    }
+
+    return root;
+}
+
+
+/*
+ * Each message is handled from its own text, so numbers stay as sent.
+ * Returns how many the POST limit refused, with the longest wait in *retry.
+ */
+
+static ngx_uint_t
+ngx_http_collab_post_messages(ngx_http_collab_session_t *s, json_t *root,
+    ngx_str_t *body, size_t n, ngx_msec_t *retry)
+{
+    size_t                       i, pos;
+    ngx_str_t                    raw;
+    ngx_msec_t                   t;
+    ngx_uint_t                   limited;
+    ngx_http_collab_json_span_t  elem;
+
+    limited = 0;
+    *retry = 0;
+
+    raw = *body;
+    pos = 0;
+
+    for (i = 0; i < n; i++) {
+        if (json_is_array(root)) {
+            if (ngx_http_collab_json_element(body->data, body->len, &pos,
+                                             &elem)
+                != 1)
+            {
+                ngx_str_null(&raw);
+
+            } else {
+                raw.data = body->data + elem.start;
+                raw.len = elem.end - elem.start;
+            }
+        }
+
+        t = ngx_http_collab_post_message(s, root, i, &raw);
+
+        if (t) {
+            limited++;
+            *retry = ngx_max(*retry, t);
+        }
+    }
+
+    return limited;
 }
 
 

@@ -25,7 +25,6 @@
 
 
 #define NGX_HTTP_COLLAB_FREE_OUT_MAX  4096
-#define NGX_HTTP_COLLAB_LINGER        2000
 
 
 static ngx_http_collab_out_t *ngx_http_collab_out_get(ngx_log_t *log);
@@ -36,72 +35,43 @@ static void ngx_http_collab_session_ping_handler(ngx_event_t *ev);
 static void ngx_http_collab_session_linger_handler(ngx_event_t *ev);
 static void ngx_http_collab_session_drain_handler(ngx_event_t *ev);
 static void ngx_http_collab_session_write_handler(ngx_http_request_t *r);
+static ngx_int_t ngx_http_collab_session_identity(ngx_http_request_t *r,
+    ngx_http_collab_loc_conf_t *lcf, ngx_uint_t transport, json_t **claims,
+    ngx_str_t *user, ngx_int_t *status);
+static ngx_http_collab_session_t *ngx_http_collab_session_alloc(
+    ngx_http_request_t *r, ngx_http_collab_loc_conf_t *lcf,
+    ngx_uint_t transport, ngx_int_t *status);
+static void ngx_http_collab_session_init_events(ngx_http_collab_session_t *s,
+    ngx_log_t *log);
+static ngx_int_t ngx_http_collab_session_identify(
+    ngx_http_collab_session_t *s, ngx_uint_t transport, ngx_str_t *user,
+    json_t *claims);
+static void ngx_http_collab_session_del_timers(ngx_http_collab_session_t *s);
+static void ngx_http_collab_session_cut(ngx_http_collab_session_t *s);
+static void ngx_http_collab_session_free_out(ngx_http_collab_session_t *s);
+static void ngx_http_collab_session_free_buffers(
+    ngx_http_collab_session_t *s);
 
 
 ngx_http_collab_session_t *
 ngx_http_collab_session_create(ngx_http_request_t *r,
     ngx_http_collab_loc_conf_t *lcf, ngx_uint_t transport, ngx_int_t *status)
 {
-    u_char                      raw[sizeof(((ngx_http_collab_session_t *)
-                                            NULL)->id) / 2];
     json_t                     *claims;
     ngx_int_t                   rc;
     ngx_str_t                   user;
-    ngx_http_cleanup_t         *cln;
     ngx_http_collab_session_t  *s;
 
     *status = NGX_HTTP_INTERNAL_SERVER_ERROR;
 
-    if (transport == NGX_HTTP_COLLAB_TRANSPORT_ADMIN) {
-        rc = NGX_OK;
-        claims = NULL;
-
-    } else {
-        rc = ngx_http_collab_auth_request(r, lcf, &claims);
-    }
-
-    if (rc == NGX_HTTP_UNAUTHORIZED
-        || (rc == NGX_DECLINED
-            && transport == NGX_HTTP_COLLAB_TRANSPORT_SSE))
+    if (ngx_http_collab_session_identity(r, lcf, transport, &claims, &user,
+                                         status)
+        != NGX_OK)
     {
-        *status = NGX_HTTP_UNAUTHORIZED;
         return NULL;
     }
 
-    ngx_str_null(&user);
-
-    if (lcf->auth != NGX_HTTP_COLLAB_AUTH_JWT && lcf->user
-        && transport != NGX_HTTP_COLLAB_TRANSPORT_ADMIN)
-    {
-        if (ngx_http_complex_value(r, lcf->user, &user) != NGX_OK) {
-            return NULL;
-        }
-
-        if (user.len > 256 || !ngx_http_collab_utf8_valid(user.data,
-                                                          user.len))
-        {
-            ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                          "collab: the identity is not valid UTF-8 or too "
-                          "long");
-            *status = NGX_HTTP_BAD_REQUEST;
-            return NULL;
-        }
-    }
-
-    if (user.len == 0 && lcf->auth == NGX_HTTP_COLLAB_AUTH_VARIABLE
-        && transport != NGX_HTTP_COLLAB_TRANSPORT_ADMIN)
-    {
-        /* an identity was required and none came with the request */
-        *status = NGX_HTTP_UNAUTHORIZED;
-        return NULL;
-    }
-
-    /*
-     * Not from the request pool: a WebSocket session outlives its request
-     * (see ngx_http_collab_ws_detach()).
-     */
-
-    s = ngx_calloc(sizeof(ngx_http_collab_session_t), r->connection->log);
+    s = ngx_http_collab_session_alloc(r, lcf, transport, status);
     if (s == NULL) {
         if (claims) {
             json_decref(claims);
@@ -110,114 +80,18 @@ ngx_http_collab_session_create(ngx_http_request_t *r,
         return NULL;
     }
 
-    cln = ngx_http_cleanup_add(r, 0);
-    if (cln == NULL) {
-        ngx_free(s);
-
-        if (claims) {
-            json_decref(claims);
-        }
-
+    if (ngx_http_collab_session_identify(s, transport, &user, claims)
+        != NGX_OK)
+    {
         return NULL;
-    }
-
-    s->cln = cln;
-
-    /*
-     * From here on the cleanup owns whatever the session takes (timers,
-     * claims, counts), including on the failure paths below.
-     */
-
-    s->request = r;
-    s->connection = r->connection;
-    s->conf = lcf;
-    s->transport = transport;
-    s->cursor_since = -1;
-
-    ngx_queue_init(&s->link);
-    ngx_queue_init(&s->subs);
-    ngx_queue_init(&s->cmds);
-    s->out_last = &s->out;
-
-    s->ping.handler = ngx_http_collab_session_ping_handler;
-    s->ping.data = s;
-    s->ping.log = r->connection->log;
-    s->ping.cancelable = 1;
-
-    s->linger.handler = ngx_http_collab_session_linger_handler;
-    s->linger.data = s;
-    s->linger.log = r->connection->log;
-
-    s->drain.handler = ngx_http_collab_session_drain_handler;
-    s->drain.data = s;
-    s->drain.log = r->connection->log;
-    s->drain.cancelable = 1;
-
-    s->expire.data = s;
-    s->expire.log = r->connection->log;
-    s->expire.cancelable = 1;
-
-    s->last_recv = ngx_current_msec;
-
-    cln->handler = ngx_http_collab_session_cleanup;
-    cln->data = s;
-
-    if (RAND_bytes(raw, sizeof(raw)) != 1) {
-        if (claims) {
-            json_decref(claims);
-        }
-
-        return NULL;
-    }
-
-    ngx_hex_dump(s->id, raw, sizeof(raw));
-
-    if (ngx_http_collab_proto_client(s, r) != NGX_OK) {
-        if (claims) {
-            json_decref(claims);
-        }
-
-        *status = NGX_HTTP_BAD_REQUEST;
-        return NULL;
-    }
-
-    if (transport == NGX_HTTP_COLLAB_TRANSPORT_ADMIN) {
-        ngx_str_set(&s->user, "admin");
-        s->authenticated = 1;
-        s->transport = NGX_HTTP_COLLAB_TRANSPORT_POST;
-
-    } else if (lcf->auth != NGX_HTTP_COLLAB_AUTH_JWT) {
-        if (user.len == 0) {
-            ngx_str_set(&s->user, "anonymous");
-
-        } else {
-            s->strings = ngx_alloc(user.len, r->connection->log);
-            if (s->strings == NULL) {
-                return NULL;
-            }
-
-            s->user.data = ngx_cpymem(s->strings, user.data, user.len)
-                           - user.len;
-            s->user.len = user.len;
-        }
-
-        s->authenticated = 1;
-
-    } else if (claims) {
-        /* the claims are the session's now, even when this fails */
-        if (ngx_http_collab_auth_apply(s, claims) != NGX_OK) {
-            return NULL;
-        }
-
-    } else {
-        /* the first message must be "auth" */
-        ngx_str_null(&s->user);
     }
 
     if (s->authenticated
         && transport != NGX_HTTP_COLLAB_TRANSPORT_POST
         && transport != NGX_HTTP_COLLAB_TRANSPORT_ADMIN)
     {
+        /* only long-lived sessions count against the per-user limit */
+
         rc = ngx_http_collab_limit_acquire(s, NULL, &s->limit_slot);
 
         if (rc == NGX_DECLINED) {
@@ -233,6 +107,7 @@ ngx_http_collab_session_create(ngx_http_request_t *r,
     ngx_http_set_ctx(r, s, ngx_http_collab_module);
 
     if (transport != NGX_HTTP_COLLAB_TRANSPORT_POST) {
+        /* the outbound queue's writer while the session has its request */
         r->write_event_handler = ngx_http_collab_session_write_handler;
     }
 
@@ -240,16 +115,208 @@ ngx_http_collab_session_create(ngx_http_request_t *r,
 }
 
 
+/*
+ * The identity that came with the request: claims of a token, or the
+ * collab_user variable; claims are only ever set for collab_auth jwt.
+ */
+
+static ngx_int_t
+ngx_http_collab_session_identity(ngx_http_request_t *r,
+    ngx_http_collab_loc_conf_t *lcf, ngx_uint_t transport, json_t **claims,
+    ngx_str_t *user, ngx_int_t *status)
+{
+    ngx_int_t  rc;
+
+    if (transport == NGX_HTTP_COLLAB_TRANSPORT_ADMIN) {
+        rc = NGX_OK;
+        *claims = NULL;
+
+    } else {
+        rc = ngx_http_collab_auth_request(r, lcf, claims);
+    }
+
+    /* an event stream has no channel to send a token in later */
+
+    if (rc == NGX_HTTP_UNAUTHORIZED
+        || (rc == NGX_DECLINED
+            && transport == NGX_HTTP_COLLAB_TRANSPORT_SSE))
+    {
+        *status = NGX_HTTP_UNAUTHORIZED;
+        return NGX_ERROR;
+    }
+
+    ngx_str_null(user);
+
+    if (lcf->auth != NGX_HTTP_COLLAB_AUTH_JWT && lcf->user
+        && transport != NGX_HTTP_COLLAB_TRANSPORT_ADMIN)
+    {
+        if (ngx_http_complex_value(r, lcf->user, user) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
+        if (user->len > 256 || !ngx_http_collab_utf8_valid(user->data,
+                                                           user->len))
+        {
+            ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                          "collab: the identity is not valid UTF-8 or too "
+                          "long");
+            *status = NGX_HTTP_BAD_REQUEST;
+            return NGX_ERROR;
+        }
+    }
+
+    if (user->len == 0 && lcf->auth == NGX_HTTP_COLLAB_AUTH_VARIABLE
+        && transport != NGX_HTTP_COLLAB_TRANSPORT_ADMIN)
+    {
+        /* an identity was required and none came with the request */
+        *status = NGX_HTTP_UNAUTHORIZED;
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * Not from the request pool: a WebSocket session outlives its request
+ * (see ngx_http_collab_ws_detach()).  Once the request cleanup is added,
+ * it owns whatever the session takes, on the failure paths too.
+ */
+
+static ngx_http_collab_session_t *
+ngx_http_collab_session_alloc(ngx_http_request_t *r,
+    ngx_http_collab_loc_conf_t *lcf, ngx_uint_t transport, ngx_int_t *status)
+{
+    u_char                      raw[sizeof(((ngx_http_collab_session_t *)
+                                            NULL)->id) / 2];
+    ngx_http_cleanup_t         *cln;
+    ngx_http_collab_session_t  *s;
+
+    s = ngx_calloc(sizeof(ngx_http_collab_session_t), r->connection->log);
+    if (s == NULL) {
+        return NULL;
+    }
+
+    cln = ngx_http_cleanup_add(r, 0);
+    if (cln == NULL) {
+        ngx_free(s);
+        return NULL;
+    }
+
+    s->cln = cln;
+
+    s->request = r;
+    s->connection = r->connection;
+    s->conf = lcf;
+    s->transport = transport;
+    s->cursor_since = -1;
+
+    ngx_queue_init(&s->link);
+    ngx_queue_init(&s->subs);
+    ngx_queue_init(&s->cmds);
+    s->out_last = &s->out;
+
+    ngx_http_collab_session_init_events(s, r->connection->log);
+
+    s->last_recv = ngx_current_msec;
+
+    cln->handler = ngx_http_collab_session_cleanup;
+    cln->data = s;
+
+    if (RAND_bytes(raw, sizeof(raw)) != 1) {
+        return NULL;
+    }
+
+    ngx_hex_dump(s->id, raw, sizeof(raw));
+
+    if (ngx_http_collab_proto_client(s, r) != NGX_OK) {
+        *status = NGX_HTTP_BAD_REQUEST;
+        return NULL;
+    }
+
+    return s;
+}
+
+
+static void
+ngx_http_collab_session_init_events(ngx_http_collab_session_t *s,
+    ngx_log_t *log)
+{
+    s->ping.handler = ngx_http_collab_session_ping_handler;
+    s->ping.data = s;
+    s->ping.log = log;
+    s->ping.cancelable = 1;
+
+    s->linger.handler = ngx_http_collab_session_linger_handler;
+    s->linger.data = s;
+    s->linger.log = log;
+
+    s->drain.handler = ngx_http_collab_session_drain_handler;
+    s->drain.data = s;
+    s->drain.log = log;
+    s->drain.cancelable = 1;
+
+    s->expire.data = s;
+    s->expire.log = log;
+    s->expire.cancelable = 1;
+}
+
+
+/* the session's user; the claims are the session's now, even on failure */
+
+static ngx_int_t
+ngx_http_collab_session_identify(ngx_http_collab_session_t *s,
+    ngx_uint_t transport, ngx_str_t *user, json_t *claims)
+{
+    if (transport == NGX_HTTP_COLLAB_TRANSPORT_ADMIN) {
+        ngx_str_set(&s->user, "admin");
+        s->authenticated = 1;
+        s->transport = NGX_HTTP_COLLAB_TRANSPORT_POST;
+
+    } else if (s->conf->auth != NGX_HTTP_COLLAB_AUTH_JWT) {
+        if (user->len == 0) {
+            ngx_str_set(&s->user, "anonymous");
+
+        } else {
+            s->strings = ngx_alloc(user->len, s->connection->log);
+            if (s->strings == NULL) {
+                return NGX_ERROR;
+            }
+
+            s->user.data = ngx_cpymem(s->strings, user->data, user->len)
+                           - user->len;
+            s->user.len = user->len;
+        }
+
+        s->authenticated = 1;
+
+    } else if (claims) {
+        if (ngx_http_collab_auth_apply(s, claims) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
+    } else {
+        /* the first message must be "auth" */
+        ngx_str_null(&s->user);
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * The order matters: the session leaves the worker's list and gives back
+ * its timers and posted events before anything it points to is freed, and
+ * Redis commands still in flight are cut, not freed: their replies free
+ * them.
+ */
+
 void
 ngx_http_collab_session_cleanup(void *data)
 {
     ngx_http_collab_session_t *s = data;
 
-    ngx_uint_t              i;
-    ngx_queue_t            *q;
-    ngx_http_request_t     *r;
-    ngx_http_collab_cmd_t  *cmd;
-    ngx_http_collab_out_t  *out, *next;
+    ngx_http_request_t  *r;
 
     ngx_log_debug2(NGX_LOG_DEBUG_HTTP, s->connection->log, 0,
                    "collab: session %*s cleanup", (size_t) 16, s->id);
@@ -264,6 +331,35 @@ ngx_http_collab_session_cleanup(void *data)
 
     ngx_queue_remove(&s->link);
 
+    ngx_http_collab_session_del_timers(s);
+
+    if (s->counted) {
+        ngx_http_collab_limit_release(s->limit_slot);
+        s->counted = 0;
+    }
+
+    if (s->claims) {
+        json_decref(s->claims);
+        s->claims = NULL;
+    }
+
+    if (s->ping.posted) {
+        ngx_delete_posted_event(&s->ping);
+    }
+
+    ngx_http_collab_session_cut(s);
+    ngx_http_collab_session_free_out(s);
+    ngx_http_collab_session_free_buffers(s);
+
+    ngx_free(s);
+}
+
+
+/* the timer tree must not point into a freed session */
+
+static void
+ngx_http_collab_session_del_timers(ngx_http_collab_session_t *s)
+{
     if (s->detach.posted) {
         ngx_delete_posted_event(&s->detach);
     }
@@ -283,20 +379,16 @@ ngx_http_collab_session_cleanup(void *data)
     if (s->drain.timer_set) {
         ngx_del_timer(&s->drain);
     }
+}
 
-    if (s->counted) {
-        ngx_http_collab_limit_release(s->limit_slot);
-        s->counted = 0;
-    }
 
-    if (s->claims) {
-        json_decref(s->claims);
-        s->claims = NULL;
-    }
+/* memberships go, Redis commands in flight are cut from the session */
 
-    if (s->ping.posted) {
-        ngx_delete_posted_event(&s->ping);
-    }
+static void
+ngx_http_collab_session_cut(ngx_http_collab_session_t *s)
+{
+    ngx_queue_t            *q;
+    ngx_http_collab_cmd_t  *cmd;
 
     while (!ngx_queue_empty(&s->subs)) {
         q = ngx_queue_head(&s->subs);
@@ -314,6 +406,13 @@ ngx_http_collab_session_cleanup(void *data)
         cmd->session = NULL;
         cmd->sub = NULL;
     }
+}
+
+
+static void
+ngx_http_collab_session_free_out(ngx_http_collab_session_t *s)
+{
+    ngx_http_collab_out_t  *out, *next;
 
     for (out = s->out; out; out = next) {
         next = out->next;
@@ -325,6 +424,13 @@ ngx_http_collab_session_cleanup(void *data)
     s->out_last = &s->out;
     s->out_bytes = 0;
     s->pong = NULL;
+}
+
+
+static void
+ngx_http_collab_session_free_buffers(ngx_http_collab_session_t *s)
+{
+    ngx_uint_t  i;
 
     if (s->parser) {
         ngx_free(s->parser);
@@ -360,8 +466,6 @@ ngx_http_collab_session_cleanup(void *data)
     if (s->groups.data) {
         ngx_free(s->groups.data);
     }
-
-    ngx_free(s);
 }
 
 

@@ -22,6 +22,21 @@
 
 static ngx_int_t ngx_http_collab_ws_token(ngx_str_t *value,
     const char *token, size_t len);
+static ngx_int_t ngx_http_collab_ws_check(ngx_http_request_t *r,
+    ngx_str_t *key);
+static ngx_int_t ngx_http_collab_ws_target(ngx_http_request_t *r,
+    ngx_http_collab_loc_conf_t *lcf, ngx_str_t *doc, ngx_int_t *since,
+    ngx_str_t *epoch);
+static ngx_int_t ngx_http_collab_ws_accept(ngx_http_request_t *r,
+    ngx_str_t *key);
+static ngx_int_t ngx_http_collab_ws_header(ngx_http_request_t *r,
+    ngx_str_t *key, ngx_str_t *value);
+static void ngx_http_collab_ws_switch(ngx_http_request_t *r,
+    ngx_http_collab_session_t *s);
+static ngx_int_t ngx_http_collab_ws_pending(ngx_http_collab_session_t *s,
+    ngx_str_t *doc, ngx_int_t since, ngx_str_t *epoch);
+static void ngx_http_collab_ws_takeover(ngx_http_request_t *r,
+    ngx_http_collab_session_t *s);
 static ngx_int_t ngx_http_collab_ws_refuse_version(ngx_http_request_t *r);
 static void ngx_http_collab_ws_read_handler(ngx_http_request_t *r);
 static void ngx_http_collab_ws_detach(ngx_event_t *ev);
@@ -30,6 +45,10 @@ static void ngx_http_collab_ws_conn_write(ngx_event_t *ev);
 static void ngx_http_collab_ws_read(ngx_http_collab_session_t *s);
 static ngx_int_t ngx_http_collab_ws_process(ngx_http_collab_session_t *s,
     u_char *pos, u_char *last);
+static ngx_int_t ngx_http_collab_ws_message(ngx_http_collab_session_t *s,
+    u_char *pos, u_char *last);
+static void ngx_http_collab_ws_close_received(ngx_http_collab_session_t *s,
+    ngx_http_collab_ws_parser_t *p);
 static ngx_int_t ngx_http_collab_ws_append(ngx_http_collab_session_t *s,
     const u_char *data, size_t len);
 
@@ -77,15 +96,84 @@ ngx_int_t
 ngx_http_collab_ws_handshake(ngx_http_request_t *r,
     ngx_http_collab_loc_conf_t *lcf)
 {
-    u_char                      *p;
-    ngx_int_t                    rc, since;
-    ngx_str_t                    key, decoded, accept, doc, arg, epoch;
-    ngx_sha1_t                   sha1;
-    ngx_table_elt_t             *version, *hkey, *proto, *h;
-    ngx_connection_t            *c;
-    ngx_http_collab_session_t   *s;
-    u_char                       digest[20];
-    u_char                       raw[32];
+    ngx_int_t                   rc, since;
+    ngx_str_t                   key, doc, epoch;
+    ngx_http_collab_session_t  *s;
+
+    rc = ngx_http_collab_ws_check(r, &key);
+
+    if (rc == NGX_DECLINED) {
+        return ngx_http_collab_ws_refuse_version(r);
+    }
+
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    rc = ngx_http_collab_ws_target(r, lcf, &doc, &since, &epoch);
+
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    s = ngx_http_collab_session_create(r, lcf,
+                                       NGX_HTTP_COLLAB_TRANSPORT_WS, &rc);
+    if (s == NULL) {
+        return rc;
+    }
+
+    s->parser = ngx_alloc(sizeof(ngx_http_collab_ws_parser_t),
+                          r->connection->log);
+    if (s->parser == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_http_collab_ws_parser_init(s->parser, lcf->max_message);
+
+    /* what can fail comes before the 101: after it, only the session ends */
+
+    if (ngx_http_collab_ws_pending(s, &doc, since, &epoch) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (ngx_http_collab_ws_accept(r, &key) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    rc = ngx_http_send_header(r);
+
+    if (rc == NGX_ERROR || rc > NGX_OK) {
+        return rc;
+    }
+
+    ngx_http_collab_ws_switch(r, s);
+
+    if (s->authenticated) {
+        ngx_http_collab_session_welcome(s);
+        ngx_http_collab_session_authenticated(s);
+
+    } else {
+        ngx_http_collab_auth_wait(s);
+    }
+
+    ngx_http_collab_ws_takeover(r, s);
+
+    return NGX_DONE;
+}
+
+
+/*
+ * NGX_OK with the client's key; NGX_DECLINED for a version other than 13
+ * (answered 426); otherwise the status to finalize with.
+ */
+
+static ngx_int_t
+ngx_http_collab_ws_check(ngx_http_request_t *r, ngx_str_t *key)
+{
+    ngx_str_t          decoded;
+    ngx_table_elt_t   *version, *hkey, *h;
+    ngx_connection_t  *c;
+    u_char             raw[32];
 
     c = r->connection;
 
@@ -110,8 +198,7 @@ ngx_http_collab_ws_handshake(ngx_http_request_t *r,
     {
         ngx_log_error(NGX_LOG_INFO, c->log, 0,
                       "collab: unsupported WebSocket version");
-
-        return ngx_http_collab_ws_refuse_version(r);
+        return NGX_DECLINED;
     }
 
     hkey = ngx_http_collab_header(r, "Sec-WebSocket-Key", 17);
@@ -122,35 +209,51 @@ ngx_http_collab_ws_handshake(ngx_http_request_t *r,
         return NGX_HTTP_BAD_REQUEST;
     }
 
-    key = hkey->value;
+    *key = hkey->value;
     decoded.data = raw;
 
-    if (ngx_decode_base64(&decoded, &key) != NGX_OK || decoded.len != 16) {
+    if (ngx_decode_base64(&decoded, key) != NGX_OK || decoded.len != 16) {
         ngx_log_error(NGX_LOG_INFO, c->log, 0,
                       "collab: invalid Sec-WebSocket-Key");
         return NGX_HTTP_BAD_REQUEST;
     }
 
-    ngx_str_null(&doc);
+    return NGX_OK;
+}
+
+
+/* the document named in the URL, resumable with ?since=&epoch= */
+
+static ngx_int_t
+ngx_http_collab_ws_target(ngx_http_request_t *r,
+    ngx_http_collab_loc_conf_t *lcf, ngx_str_t *doc, ngx_int_t *since,
+    ngx_str_t *epoch)
+{
+    ngx_str_t          arg;
+    ngx_connection_t  *c;
+
+    c = r->connection;
+
+    ngx_str_null(doc);
 
     if (lcf->doc) {
-        if (ngx_http_complex_value(r, lcf->doc, &doc) != NGX_OK) {
+        if (ngx_http_complex_value(r, lcf->doc, doc) != NGX_OK) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
-        if (doc.len && !ngx_http_collab_doc_id_valid(doc.data, doc.len)) {
+        if (doc->len && !ngx_http_collab_doc_id_valid(doc->data, doc->len)) {
             ngx_log_error(NGX_LOG_INFO, c->log, 0,
                           "collab: invalid document id");
             return NGX_HTTP_BAD_REQUEST;
         }
     }
 
-    since = -1;
-    ngx_str_null(&epoch);
+    *since = -1;
+    ngx_str_null(epoch);
 
     if (ngx_http_arg(r, (u_char *) "since", 5, &arg) == NGX_OK) {
-        since = ngx_atoi(arg.data, arg.len);
-        if (since == NGX_ERROR) {
+        *since = ngx_atoi(arg.data, arg.len);
+        if (*since == NGX_ERROR) {
             ngx_log_error(NGX_LOG_INFO, c->log, 0,
                           "collab: invalid \"since\" argument");
             return NGX_HTTP_BAD_REQUEST;
@@ -164,39 +267,44 @@ ngx_http_collab_ws_handshake(ngx_http_request_t *r,
             return NGX_HTTP_BAD_REQUEST;
         }
 
-        epoch = arg;
+        *epoch = arg;
     }
 
-    s = ngx_http_collab_session_create(r, lcf,
-                                       NGX_HTTP_COLLAB_TRANSPORT_WS, &rc);
-    if (s == NULL) {
-        return rc;
-    }
+    return NGX_OK;
+}
 
-    s->parser = ngx_alloc(sizeof(ngx_http_collab_ws_parser_t), c->log);
-    if (s->parser == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
 
-    ngx_http_collab_ws_parser_init(s->parser, lcf->max_message);
+/* the 101 response: Sec-WebSocket-Accept is base64(SHA-1(key + GUID)) */
 
-    /* Sec-WebSocket-Accept: base64(SHA-1(key + GUID)) */
+static ngx_int_t
+ngx_http_collab_ws_accept(ngx_http_request_t *r, ngx_str_t *key)
+{
+    ngx_str_t         accept, digest;
+    ngx_sha1_t        sha1;
+    ngx_table_elt_t  *proto;
+    u_char            hash[20];
+
+    static ngx_str_t  upgrade = ngx_string("Upgrade");
+    static ngx_str_t  websocket = ngx_string("websocket");
+    static ngx_str_t  sec_accept = ngx_string("Sec-WebSocket-Accept");
+    static ngx_str_t  sec_proto = ngx_string("Sec-WebSocket-Protocol");
+    static ngx_str_t  collab_v1 = ngx_string("collab.v1");
 
     ngx_sha1_init(&sha1);
-    ngx_sha1_update(&sha1, key.data, key.len);
+    ngx_sha1_update(&sha1, key->data, key->len);
     ngx_sha1_update(&sha1, NGX_HTTP_COLLAB_WS_GUID,
                     sizeof(NGX_HTTP_COLLAB_WS_GUID) - 1);
-    ngx_sha1_final(digest, &sha1);
+    ngx_sha1_final(hash, &sha1);
 
     accept.len = ngx_base64_encoded_length(20);
     accept.data = ngx_pnalloc(r->pool, accept.len);
     if (accept.data == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        return NGX_ERROR;
     }
 
-    decoded.data = digest;
-    decoded.len = 20;
-    ngx_encode_base64(&accept, &decoded);
+    digest.data = hash;
+    digest.len = 20;
+    ngx_encode_base64(&accept, &digest);
 
     r->headers_out.status = NGX_HTTP_SWITCHING_PROTOCOLS;
     ngx_str_set(&r->headers_out.status_line, "101 Switching Protocols");
@@ -205,85 +313,101 @@ ngx_http_collab_ws_handshake(ngx_http_request_t *r,
     r->keepalive = 0;
     r->lingering_close = 0;
 
-    h = ngx_list_push(&r->headers_out.headers);
-    if (h == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    if (ngx_http_collab_ws_header(r, &upgrade, &websocket) != NGX_OK
+        || ngx_http_collab_ws_header(r, &sec_accept, &accept) != NGX_OK)
+    {
+        return NGX_ERROR;
     }
-
-    h->hash = 1;
-    ngx_str_set(&h->key, "Upgrade");
-    ngx_str_set(&h->value, "websocket");
-
-    h = ngx_list_push(&r->headers_out.headers);
-    if (h == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    h->hash = 1;
-    ngx_str_set(&h->key, "Sec-WebSocket-Accept");
-    h->value = accept;
 
     proto = ngx_http_collab_header(r, "Sec-WebSocket-Protocol", 22);
 
     if (proto && ngx_http_collab_ws_token(&proto->value, "collab.v1", 9)) {
-        h = ngx_list_push(&r->headers_out.headers);
-        if (h == NULL) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
-        h->hash = 1;
-        ngx_str_set(&h->key, "Sec-WebSocket-Protocol");
-        ngx_str_set(&h->value, "collab.v1");
+        return ngx_http_collab_ws_header(r, &sec_proto, &collab_v1);
     }
 
-    rc = ngx_http_send_header(r);
+    return NGX_OK;
+}
 
-    if (rc == NGX_ERROR || rc > NGX_OK) {
-        return rc;
+
+static ngx_int_t
+ngx_http_collab_ws_header(ngx_http_request_t *r, ngx_str_t *key,
+    ngx_str_t *value)
+{
+    ngx_table_elt_t  *h;
+
+    h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL) {
+        return NGX_ERROR;
     }
 
+    h->hash = 1;
+    h->key = *key;
+    h->value = *value;
+
+    return NGX_OK;
+}
+
+
+/* the 101 went to the filters: the connection speaks WebSocket from here */
+
+static void
+ngx_http_collab_ws_switch(ngx_http_request_t *r, ngx_http_collab_session_t *s)
+{
     r->main->count++;
     r->read_event_handler = ngx_http_collab_ws_read_handler;
 
     /* small frames must not wait for Nagle and delayed ACKs */
-    (void) ngx_tcp_nodelay(c);
+    (void) ngx_tcp_nodelay(r->connection);
 
-    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, c->log, 0,
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                    "collab: websocket session %*s", (size_t) 16, s->id);
 
     ngx_http_collab_session_start_timers(s);
+}
 
-    /*
-     * The document named in the URL, resumable with ?since=&epoch=; kept
-     * out of the request pool for a session that authenticates later.
-     */
 
+/*
+ * The document of the URL and its resume cursor, kept out of the request
+ * pool for a session that authenticates later.
+ */
+
+static ngx_int_t
+ngx_http_collab_ws_pending(ngx_http_collab_session_t *s, ngx_str_t *doc,
+    ngx_int_t since, ngx_str_t *epoch)
+{
     s->cursor_since = since;
 
-    if (doc.len || epoch.len) {
-        s->pending_buf = ngx_alloc(doc.len + epoch.len, c->log);
-        if (s->pending_buf == NULL) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
-        s->pending_doc.data = s->pending_buf;
-        s->pending_doc.len = doc.len;
-        ngx_memcpy(s->pending_doc.data, doc.data, doc.len);
-
-        s->cursor_epoch.data = s->pending_buf + doc.len;
-        s->cursor_epoch.len = epoch.len;
-        ngx_memcpy(s->cursor_epoch.data, epoch.data, epoch.len);
+    if (doc->len == 0 && epoch->len == 0) {
+        return NGX_OK;
     }
 
-    if (s->authenticated) {
-        ngx_http_collab_session_welcome(s);
-        ngx_http_collab_session_authenticated(s);
-
-    } else {
-        ngx_http_collab_auth_wait(s);
+    s->pending_buf = ngx_alloc(doc->len + epoch->len, s->connection->log);
+    if (s->pending_buf == NULL) {
+        return NGX_ERROR;
     }
 
-    /* bytes that came with the handshake */
+    s->pending_doc.data = s->pending_buf;
+    s->pending_doc.len = doc->len;
+    ngx_memcpy(s->pending_doc.data, doc->data, doc->len);
+
+    s->cursor_epoch.data = s->pending_buf + doc->len;
+    s->cursor_epoch.len = epoch->len;
+    ngx_memcpy(s->cursor_epoch.data, epoch->data, epoch->len);
+
+    return NGX_OK;
+}
+
+
+/* reads what came with the handshake, then leaves the request behind */
+
+static void
+ngx_http_collab_ws_takeover(ngx_http_request_t *r,
+    ngx_http_collab_session_t *s)
+{
+    u_char            *p;
+    ngx_connection_t  *c;
+
+    c = r->connection;
 
     if (r->header_in->pos < r->header_in->last) {
         p = r->header_in->pos;
@@ -301,8 +425,6 @@ ngx_http_collab_ws_handshake(ngx_http_request_t *r,
     s->detach.data = s;
     s->detach.log = c->log;
     ngx_post_event(&s->detach, &ngx_posted_events);
-
-    return NGX_DONE;
 }
 
 
@@ -586,7 +708,6 @@ static ngx_int_t
 ngx_http_collab_ws_process(ngx_http_collab_session_t *s, u_char *pos,
     u_char *last)
 {
-    u_char                       code[2];
     ngx_http_collab_ws_parser_t  *p;
 
     p = s->parser;
@@ -626,42 +747,7 @@ ngx_http_collab_ws_process(ngx_http_collab_session_t *s, u_char *pos,
                 break;
             }
 
-            ngx_http_collab_proto_handle(s, s->msg, s->msg_len,
-                                         NGX_HTTP_COLLAB_NO_SLOT);
-            s->msg_len = 0;
-
-            /* an idle session keeps no message buffer */
-            ngx_free(s->msg);
-            s->msg = NULL;
-            s->msg_size = 0;
-
-            if ((s->inflight >= s->conf->max_inflight
-                 || s->out_bytes >= s->conf->send_queue)
-                && pos < last && !s->closing)
-            {
-                /*
-                 * Enough deltas in flight, or a full queue: the rest of
-                 * this read waits, and nothing more is read until acks
-                 * come back or the queue drains (see ws_read()).
-                 */
-
-                s->rest = ngx_alloc(last - pos, s->connection->log);
-                if (s->rest == NULL) {
-                    s->shutdown = 1;
-                    ngx_http_collab_session_close(s, 1011, "out of memory");
-                    return NGX_DONE;
-                }
-
-                s->rest_len = last - pos;
-                ngx_memcpy(s->rest, pos, s->rest_len);
-
-                if (s->inflight >= s->conf->max_inflight) {
-                    s->read_blocked = 1;
-
-                } else {
-                    s->read_full = 1;
-                }
-
+            if (ngx_http_collab_ws_message(s, pos, last) == NGX_DONE) {
                 return NGX_DONE;
             }
 
@@ -680,37 +766,7 @@ ngx_http_collab_ws_process(ngx_http_collab_session_t *s, u_char *pos,
                 break;
             }
 
-            s->close_received = 1;
-
-            if (!s->close_sent) {
-                /* echo the status code, as RFC 6455 5.5.1 suggests */
-
-                s->closing = 1;
-                s->finalize = 1;
-
-                if (s->ping.timer_set) {
-                    ngx_del_timer(&s->ping);
-                }
-
-                if (p->len >= 2) {
-                    code[0] = p->data[0];
-                    code[1] = p->data[1];
-                    (void) ngx_http_collab_session_send_ctl(s,
-                                                NGX_HTTP_COLLAB_WS_OP_CLOSE,
-                                                code, 2);
-
-                } else {
-                    (void) ngx_http_collab_session_send_ctl(s,
-                                                NGX_HTTP_COLLAB_WS_OP_CLOSE,
-                                                NULL, 0);
-                }
-
-                if (!s->linger.timer_set) {
-                    ngx_add_timer(&s->linger, 2000);
-                }
-            }
-
-            ngx_http_collab_session_post_write(s);
+            ngx_http_collab_ws_close_received(s, p);
             return NGX_DONE;
 
         default: /* NGX_HTTP_COLLAB_WS_ERROR */
@@ -730,6 +786,95 @@ ngx_http_collab_ws_process(ngx_http_collab_session_t *s, u_char *pos,
             return NGX_DONE;
         }
     }
+}
+
+
+/* a whole message; NGX_DONE: the rest of this read [pos, last) waits */
+
+static ngx_int_t
+ngx_http_collab_ws_message(ngx_http_collab_session_t *s, u_char *pos,
+    u_char *last)
+{
+    ngx_http_collab_proto_handle(s, s->msg, s->msg_len,
+                                 NGX_HTTP_COLLAB_NO_SLOT);
+    s->msg_len = 0;
+
+    /* an idle session keeps no message buffer */
+    ngx_free(s->msg);
+    s->msg = NULL;
+    s->msg_size = 0;
+
+    if ((s->inflight < s->conf->max_inflight
+         && s->out_bytes < s->conf->send_queue)
+        || pos >= last || s->closing)
+    {
+        return NGX_OK;
+    }
+
+    /*
+     * Enough deltas in flight, or a full queue: the rest of this read
+     * waits, and nothing more is read until acks come back or the queue
+     * drains (see ws_read()).
+     */
+
+    s->rest = ngx_alloc(last - pos, s->connection->log);
+    if (s->rest == NULL) {
+        s->shutdown = 1;
+        ngx_http_collab_session_close(s, 1011, "out of memory");
+        return NGX_DONE;
+    }
+
+    s->rest_len = last - pos;
+    ngx_memcpy(s->rest, pos, s->rest_len);
+
+    if (s->inflight >= s->conf->max_inflight) {
+        s->read_blocked = 1;
+
+    } else {
+        s->read_full = 1;
+    }
+
+    return NGX_DONE;
+}
+
+
+/* the peer's close frame: echo its status code, as RFC 6455 5.5.1 suggests */
+
+static void
+ngx_http_collab_ws_close_received(ngx_http_collab_session_t *s,
+    ngx_http_collab_ws_parser_t *p)
+{
+    u_char  code[2];
+
+    s->close_received = 1;
+
+    if (!s->close_sent) {
+        s->closing = 1;
+        s->finalize = 1;
+
+        if (s->ping.timer_set) {
+            ngx_del_timer(&s->ping);
+        }
+
+        if (p->len >= 2) {
+            code[0] = p->data[0];
+            code[1] = p->data[1];
+            (void) ngx_http_collab_session_send_ctl(s,
+                                                NGX_HTTP_COLLAB_WS_OP_CLOSE,
+                                                code, 2);
+
+        } else {
+            (void) ngx_http_collab_session_send_ctl(s,
+                                                NGX_HTTP_COLLAB_WS_OP_CLOSE,
+                                                NULL, 0);
+        }
+
+        if (!s->linger.timer_set) {
+            ngx_add_timer(&s->linger, NGX_HTTP_COLLAB_LINGER);
+        }
+    }
+
+    ngx_http_collab_session_post_write(s);
 }
 
 

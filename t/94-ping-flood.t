@@ -115,7 +115,13 @@ my $next_delta = time;
 }
 my $pings = int($sent / 6);
 my $elapsed = time() - $start;
-diag(sprintf "%d pings written in %.1f s", $pings, $elapsed);
+# the writes end within milliseconds, taken by the kernel's socket buffers:
+# what has not reached the server's socket yet is in the attacker's send
+# queue (SIOCOUTQ)
+my $q = pack('i', 0);
+my $unsent = ioctl($sock, 0x5411, $q) ? unpack('i', $q) / 1e6 : -1;
+diag(sprintf '%d pings (%.1f MB) written in %.0f ms, %.1f MB of them still in the attacker\'s send queue',
+    $pings, $sent / 1e6, $elapsed * 1000, $unsent);
 
 while (@lat + ($lost // 0) < $DELTAS) {
     my $l = one_delta();

@@ -6,6 +6,17 @@
 # on messages per request (collab_post_max_messages), role none refused
 # without an FCALL where the worker knows the ACL, and the Content-Type
 # check against cross-site form posts (415).
+#
+# Memory, during and after the flood (docs/limits.md, "POST limits"): the
+# worker's RSS, Redis used_memory and the worker's Redis buffers must not grow
+# with the number of requests.  What the limit lets through: the requests that
+# find a token read their body (this flood: 2; one token comes back every
+# 20 ms), each holds ~0.4 KB per message of 60 bytes until it is answered
+# (body, parse, replies, commands: 1000 x 0.4 KB); each refused one ~3 KB of
+# pools while its connection is open.  Measured: RSS +1.9 MB (ASan +9.7 MB),
+# used_memory +70..120 KB, buffers at Redis's 20 KB floor.  With the limit off
+# (collab_rate off) all 50 bodies are parsed and 10,000 deltas stored: RSS
+# +20.7 MB (ASan +201 MB) and used_memory +1.37 MB, over each bound below.
 
 use strict;
 use warnings;
@@ -17,6 +28,16 @@ use Time::HiRes qw(time sleep);
 use IO::Select;
 use Collab::Test;
 use Collab::HTTP;
+
+# 2 accepted x 1000 x 0.4 KB + 50 x 3 KB, with the worker's base growth
+# (1 MB): ~2 MB; four times that.  ASan keeps freed memory in quarantine, so
+# its RSS follows what was allocated: four times more again.
+my $RSS_BOUND_KB = 8 * 1024 * ($ENV{COLLAB_ASAN} ? 4 : 1);
+# plus 1 KB for each delta the limit lets through in the flood's time (a log
+# entry and an idempotency field take ~150 bytes for these deltas)
+my $USED_BASE = 256 * 1024;
+# the flood's 101 FCALLs at once are ~25 KB; Redis's buffers start at 20 KB
+my $BUF_BOUND = 256 * 1024;
 
 my $t = Collab::Test->new(timeout => 180);
 $t->jwt_keys;
@@ -72,7 +93,7 @@ sub post_many {
 }
 
 sub read_many {
-    my ($c, $secs) = @_;
+    my ($c, $secs, $each) = @_;
     my $deadline = time + $secs;
     my %open = map { $_ => $c->[$_] } 0 .. $#$c;
     while (%open && time < $deadline) {
@@ -82,6 +103,7 @@ sub read_many {
             my $n = sysread($fh, my $chunk, 65536);
             if ($n) { $open{$k}{buf} .= $chunk } else { delete $open{$k} }
         }
+        $each->() if $each;
     }
     my @out;
     for my $x (@$c) {
@@ -92,6 +114,27 @@ sub read_many {
         close $x->{s};
     }
     return \@out;
+}
+
+# the worker's RSS, Redis used_memory and the largest input (qbuf) and output
+# (omem) buffer of the worker's Redis connections: the peaks while sampled
+my ($worker) = $t->worker_pids;
+my %peak;
+sub redis_field {
+    my ($section, $field) = @_;
+    return $t->redis('INFO', $section) =~ /^$field:(\d+)/m ? $1 : 0;
+}
+sub sample {
+    my %now = (rss => $t->rss_kb($worker) // 0, used => redis_field('memory', 'used_memory'));
+    for (split /\n/, $t->redis('CLIENT', 'LIST')) {
+        next if /cmd=client/;    # the test's own
+        for my $f ('qbuf', 'omem') {
+            $now{$f} = $1 if /\b$f=(\d+)/ && $1 > ($now{$f} // 0);
+        }
+    }
+    for (keys %now) { $peak{$_} = $now{$_} if $now{$_} > ($peak{$_} // 0) }
+    $peak{n}++;
+    return \%now;
 }
 
 sub fcalls {
@@ -107,6 +150,8 @@ is($t->subscribe($sub, 'calm')->{type}, 'subscribed', 'a reader follows "calm"')
 my $polite = $t->ws_session;
 
 my $N = 50;
+my $base = sample();
+%peak = ();
 my $t0 = time;
 my $flood = post_many('/collab', map { my $c = $_; [map { delta('flood', "a$c-$_") } 1 .. 1000] } 1 .. $N);
 
@@ -117,6 +162,7 @@ for my $i (1 .. 20) {
     $polite->send_json(delta('calm', "p$i", { i => $i }));
     my $m = $polite->wait_for(sub { ($_[0]{id} // '') eq "p$i" }, 20);
     if ($m && $m->{type} eq 'ack') { push @acks, $m } else { push @bad, $m // { type => 'timeout' } }
+    sample();
 }
 $tp = time - $tp;
 is(scalar @acks, 20, 'the polite client: 20 of 20 deltas acked during the flood')
@@ -129,8 +175,9 @@ while (@got < 20) {
 }
 is(join(',', map { $_->{data}{i} } @got), join(',', 1 .. 20), '... and delivered to the reader, in order');
 
-my $res = read_many($flood, 60);
+my $res = read_many($flood, 60, \&sample);
 my $dt = time - $t0;
+my $after = sample();
 my (%status, %kinds, $retry_ok, $retry_after);
 $retry_ok = 1;
 for my $r (@$res) {
@@ -153,6 +200,24 @@ ok($acked <= 101 + 50 * $dt + 10, "the flood stored what the limit allows ($acke
 ok(($kinds{'nack:rate_limited'} // 0) > 40000 || ($status{429} // 0) > 0, 'the rest refused: rate_limited');
 ok($retry_ok, '... each rate_limited nack with retry_after_ms');
 is($t->log_len('flood'), $acked, 'the log holds exactly the acked deltas');
+
+# memory: the peaks of $peak{n} samples during the flood and one after it
+{
+    my $rss = $peak{rss} - $base->{rss};
+    my $used = $peak{used} - $base->{used};
+    my $used_bound = $USED_BASE + 1024 * int(101 + 50 * $dt);
+    # Redis's own record of the largest buffers of the last seconds
+    my %recent = map { $_ => redis_field('clients', "client_recent_max_${_}_buffer") } qw(input output);
+    my $buf = (sort { $b <=> $a } $peak{qbuf} // 0, $peak{omem} // 0, values %recent)[0];
+    diag sprintf('memory (%d samples): worker RSS %d KB, +%d KB at the peak, +%d KB after; '
+        . 'used_memory +%d at the peak, +%d after; buffers qbuf %d omem %d, recent max in %d out %d',
+        $peak{n}, $base->{rss}, $rss, $after->{rss} - $base->{rss}, $used,
+        $after->{used} - $base->{used}, $peak{qbuf} // 0, $peak{omem} // 0,
+        $recent{input}, $recent{output});
+    cmp_ok($rss, '<', $RSS_BOUND_KB, "the worker's RSS grew by less than $RSS_BOUND_KB KB (+$rss KB)");
+    cmp_ok($used, '<', $used_bound, "Redis used_memory grew by less than $used_bound (+$used)");
+    cmp_ok($buf, '<', $BUF_BOUND, "Redis client buffers stayed under $BUF_BOUND (max $buf)");
+}
 
 # another identity is not limited by someone else's flood
 {
@@ -190,6 +255,30 @@ is($t->log_len('flood'), $acked, 'the log holds exactly the acked deltas');
     ok($n <= 12, "... without an FCALL per delta ($n FCALLs for 50 deltas, audit included)");
     is($t->redis('EXISTS', 'collab:{secret}:log'), 0, '... nothing stored');
     $owner->close;
+}
+
+###########################################################################
+# 3b. one large body of many tiny messages: refused before it is decoded
+# (jansson takes ~80 bytes per "{}": 1 MB of them cost the worker ~78 MB)
+
+{
+    my ($pid) = $t->worker_pids;
+    my $body = '[' . join(',', ('{}') x 349_000) . ']';
+    my $clear = 0;
+    if (open(my $fh, '>', "/proc/$pid/clear_refs")) { $clear = print($fh "5") && close($fh) }
+    my $base = $t->rss_kb($pid);
+    my $r = Collab::HTTP::request(port => $t->port, method => 'POST', path => '/collab',
+        headers => ['Content-Type: application/json'], body => $body);
+    is($r->{status}, 413, '1 MB of 349,000 empty messages: 413') or diag explain $r;
+    like($r->{body} // '', qr/more than 1000 messages/, '... naming the limit');
+  SKIP: {
+        skip 'no /proc/PID/clear_refs', 1 unless $clear;
+        open(my $st, '<', "/proc/$pid/status") or die;
+        my ($hwm) = map { /^VmHWM:\s+(\d+)/ ? $1 : () } <$st>;
+        my $bound = 8 * 1024 * ($ENV{COLLAB_ASAN} ? 4 : 1);
+        ok($hwm - $base < $bound, "... the worker's peak RSS grew by " . ($hwm - $base)
+            . " KB (bound $bound KB)");
+    }
 }
 
 ###########################################################################
