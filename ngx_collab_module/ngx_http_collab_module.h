@@ -125,6 +125,7 @@ struct ngx_http_collab_loc_conf_s {
     size_t                       send_queue;
     ngx_msec_t                   ping;
     ngx_uint_t                   merge;
+    size_t                       state_max;      /* json-merge state */
     ngx_uint_t                   conflict;
     ngx_uint_t                   rate;           /* per 1000 s */
     ngx_uint_t                   burst;

@@ -896,6 +896,16 @@ ngx_http_collab_proto_state(ngx_http_collab_session_t *s, json_t *obj,
         return;
     }
 
+    /* a snapshot would no longer be the merge of the log */
+    if (s->conf->merge == NGX_HTTP_COLLAB_MERGE_JSON) {
+        ngx_http_collab_reply(s, slot,
+                              ngx_http_collab_msg_error("error", "invalid",
+                                  &doc, NULL, "the server keeps the state "
+                                  "of this document (collab_merge "
+                                  "json-merge)"));
+        return;
+    }
+
     if (ngx_http_collab_proto_seq(obj, "seq", &seq) != NGX_OK) {
         ngx_http_collab_reply(s, slot,
                               ngx_http_collab_msg_error("error", "invalid",

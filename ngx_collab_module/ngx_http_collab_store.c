@@ -27,7 +27,7 @@
  */
 
 
-#define NGX_HTTP_COLLAB_STORE_VERSION  3
+#define NGX_HTTP_COLLAB_STORE_VERSION  4
 #define NGX_HTTP_COLLAB_STORE_COMPAT   1
 
 /* a key every load changes: a check and a load WATCH it */
@@ -97,9 +97,183 @@ static const char  ngx_http_collab_store_lua[] =
 "local function head_of(state)\n"
 "  return tonumber(redis.call('HGET', state, 'head') or '0')\n"
 "end\n"
+/* collab_merge json-merge: a text-preserving JSON Merge Patch (RFC 7396).
+ * Only objects are split into members; every other value (arrays too) is
+ * kept as its source text, so numbers, escapes and [] survive exactly. */
+"local function jerr(why) error({invalid = why}) end\n"
+/* no string holds a bracket: %b skips a nested value at C speed */
+"local jfast = false\n"
+"local function jws(s, i)\n"
+"  return string.find(s, '[^ \\t\\r\\n]', i) or #s + 1\n"
+"end\n"
+"local function jstr(s, i)\n"
+"  local j = i + 1\n"
+"  while true do\n"
+"    local k = string.find(s, '\"', j, true)\n"
+"    if not k then jerr('string') end\n"
+"    local b = k - 1\n"
+"    while string.byte(s, b) == 92 do b = b - 1 end\n"
+"    if (k - 1 - b) % 2 == 0 then return k + 1 end\n"
+"    j = k + 1\n"
+"  end\n"
+"end\n"
+"local function jval(s, i)\n"
+"  local c = string.byte(s, i)\n"
+"  if c == 34 then return jstr(s, i) end\n"
+"  if c ~= 123 and c ~= 91 then\n"
+"    local _, e = string.find(s, '^[-+.%w]+', i)\n"
+"    if not e then jerr('value') end\n"
+"    return e + 1\n"
+"  end\n"
+"  if jfast then\n"
+"    local _, e = string.find(s, c == 123 and '^%b{}' or '^%b[]', i)\n"
+"    if not e then jerr('nesting') end\n"
+"    return e + 1\n"
+"  end\n"
+"  local depth, j = 0, i\n"
+"  while true do\n"
+"    local k = string.find(s, '[%[%]{}\"]', j)\n"
+"    if not k then jerr('nesting') end\n"
+"    local b = string.byte(s, k)\n"
+"    if b == 34 then\n"
+"      j = jstr(s, k)\n"
+"    else\n"
+"      if b == 123 or b == 91 then\n"
+"        depth = depth + 1\n"
+"      else\n"
+"        depth = depth - 1\n"
+"      end\n"
+"      j = k + 1\n"
+"      if depth == 0 then return j end\n"
+"    end\n"
+"  end\n"
+"end\n"
+"local function jutf8(c)\n"
+"  if c < 128 then return string.char(c) end\n"
+"  if c < 2048 then\n"
+"    return string.char(192 + math.floor(c / 64), 128 + c % 64)\n"
+"  end\n"
+"  if c < 65536 then\n"
+"    return string.char(224 + math.floor(c / 4096),\n"
+"                       128 + math.floor(c / 64) % 64, 128 + c % 64)\n"
+"  end\n"
+"  return string.char(240 + math.floor(c / 262144),\n"
+"                     128 + math.floor(c / 4096) % 64,\n"
+"                     128 + math.floor(c / 64) % 64, 128 + c % 64)\n"
+"end\n"
+"local junesc = {b = '\\b', f = '\\f', n = '\\n', r = '\\r', t = '\\t'}\n"
+/* the member name a key denotes: "\u00e9" and "é" are one member */
+"local function jkey(raw)\n"
+"  local s = string.sub(raw, 2, -2)\n"
+"  if not string.find(s, '\\\\', 1, true) then return s end\n"
+"  local out, i = {}, 1\n"
+"  while true do\n"
+"    local k = string.find(s, '\\\\', i, true)\n"
+"    if not k then break end\n"
+"    out[#out + 1] = string.sub(s, i, k - 1)\n"
+"    local c = string.sub(s, k + 1, k + 1)\n"
+"    if c == 'u' then\n"
+"      local u = tonumber(string.sub(s, k + 2, k + 5), 16) or 0\n"
+"      local lo = string.sub(s, k + 6, k + 7) == '\\\\u'\n"
+"      if lo and u >= 55296 and u < 56320 then\n"
+"        local l = tonumber(string.sub(s, k + 8, k + 11), 16) or 0\n"
+"        if l >= 56320 and l < 57344 then\n"
+"          u = 65536 + (u - 55296) * 1024 + l - 56320\n"
+"          k = k + 6\n"
+"        end\n"
+"      end\n"
+"      out[#out + 1] = jutf8(u)\n"
+"      i = k + 6\n"
+"    else\n"
+"      out[#out + 1] = junesc[c] or c\n"
+"      i = k + 2\n"
+"    end\n"
+"  end\n"
+"  out[#out + 1] = string.sub(s, i)\n"
+"  return table.concat(out)\n"
+"end\n"
+"local function jobj(s)\n"
+"  local o = {keys = {}, raw = {}, val = {}}\n"
+"  local i = jws(s, 2)\n"
+"  if string.byte(s, i) == 125 then return o end\n"
+"  while true do\n"
+"    if string.byte(s, i) ~= 34 then jerr('member') end\n"
+"    local e = jstr(s, i)\n"
+"    local rk = string.sub(s, i, e - 1)\n"
+"    local k = jkey(rk)\n"
+"    i = jws(s, e)\n"
+"    if string.byte(s, i) ~= 58 then jerr('colon') end\n"
+"    i = jws(s, i + 1)\n"
+"    local ve = jval(s, i)\n"
+"    if not o.raw[k] then\n"
+"      o.keys[#o.keys + 1] = k\n"
+"      o.raw[k] = rk\n"
+"    end\n"
+"    o.val[k] = string.sub(s, i, ve - 1)\n"
+"    i = jws(s, ve)\n"
+"    local c = string.byte(s, i)\n"
+"    if c == 125 then return o end\n"
+"    if c ~= 44 then jerr('comma') end\n"
+"    i = jws(s, i + 1)\n"
+"  end\n"
+"end\n"
+/* members keep their place and text; new ones are appended */
+"local function jmerge(target, patch, depth)\n"
+"  if string.byte(patch, 1) ~= 123 then return patch end\n"
+"  if depth > 64 then jerr('depth') end\n"
+"  local t = {keys = {}, raw = {}, val = {}}\n"
+"  if string.byte(target, 1) == 123 then t = jobj(target) end\n"
+"  local p = jobj(patch)\n"
+"  for _, k in ipairs(p.keys) do\n"
+"    local v = p.val[k]\n"
+"    if v == 'null' then\n"
+"      t.val[k] = nil\n"
+"    else\n"
+"      if not t.raw[k] then\n"
+"        t.keys[#t.keys + 1] = k\n"
+"        t.raw[k] = p.raw[k]\n"
+"      end\n"
+"      t.val[k] = jmerge(t.val[k] or 'null', v, depth + 1)\n"
+"    end\n"
+"  end\n"
+"  local out = {}\n"
+"  for _, k in ipairs(t.keys) do\n"
+"    local v = t.val[k]\n"
+"    if v then out[#out + 1] = t.raw[k] .. ':' .. v end\n"
+"  end\n"
+"  return '{' .. table.concat(out, ',') .. '}'\n"
+"end\n"
+/* true when no string of s holds a bracket (escapes dropped first) */
+"local function jplain(s)\n"
+"  local t = string.gsub(s, '\\\\.', '')\n"
+"  local _, n1 = string.gsub(t, '[%[%]{}]', '')\n"
+"  local bare = string.gsub(t, '\"[^\"]*\"', '')\n"
+"  local _, n2 = string.gsub(bare, '[%[%]{}]', '')\n"
+"  return n1 == n2\n"
+"end\n"
+/* the state after the patch: text, plain flag; or nil, status */
+"local function merged(state, patch, max)\n"
+"  local cur = redis.call('HMGET', state, 'data', 'plain')\n"
+"  local i, j = jws(patch, 1), #patch\n"
+"  while j > i and string.find(string.sub(patch, j, j), '^[ \\t\\r\\n]') do\n"
+"    j = j - 1\n"
+"  end\n"
+"  patch = string.sub(patch, i, j)\n"
+"  if not pcall(cjson.decode, patch) then return nil, -4 end\n"
+"  local plain = (cur[1] == false or cur[2] == '1') and jplain(patch)\n"
+"  jfast = plain\n"
+"  local ok, r = pcall(jmerge, cur[1] or 'null', patch, 1)\n"
+"  if not ok then\n"
+"    if type(r) == 'table' then return nil, -4 end\n"
+"    error(r)\n"
+"  end\n"
+"  if #r > max then return nil, -3, #r end\n"
+"  return r, plain and '1' or '0'\n"
+"end\n"
 /* keys: state log ops acl audit
  * args: epoch user id data base reject doc channel groups grant default
- *       client (the op key: #user ":" user #client ":" client id) */
+ *       client (the op key: #user ":" user #client ":" client id)
+ *       merge (json-merge: the largest state in bytes; else absent) */
 "local function append(keys, args)\n"
 "  local state, log, ops = keys[1], keys[2], keys[3]\n"
 "  local user, id, data = args[2], args[3], args[4]\n"
@@ -114,8 +288,13 @@ static const char  ngx_http_collab_store_lua[] =
 "  local prev = redis.call('HGET', ops, opk)\n"
 "  if prev then return {0, tonumber(prev), epoch} end\n"
 "  local head = head_of(state)\n"
-"  if args[6] == '1' and args[5] ~= '' and tonumber(args[5]) < head then\n"
+"  if args[6] == '1' and args[5] ~= '' and tonumber(args[5]) ~= head then\n"
 "    return {-1, head, epoch}\n"
+"  end\n"
+"  local json, plain, size\n"
+"  if args[13] and args[13] ~= '' and args[13] ~= '0' then\n"
+"    json, plain, size = merged(state, data, tonumber(args[13]))\n"
+"    if not json then return {plain, size or 0, epoch} end\n"
 "  end\n"
 "  local seq = head + 1\n"
 "  local t = redis.call('TIME')\n"
@@ -124,7 +303,12 @@ static const char  ngx_http_collab_store_lua[] =
 "  local sseq = string.format('%d', seq)\n"
 "  redis.call('XADD', log, sseq .. '-0', 'seq', sseq, 'id', id,\n"
 "             'user', user, 'ts', sts, 'data', data)\n"
-"  redis.call('HSET', state, 'head', sseq, 'ts', sts)\n"
+"  if json then\n"
+"    redis.call('HSET', state, 'head', sseq, 'ts', sts, 'seq', sseq,\n"
+"               'data', json, 'plain', plain)\n"
+"  else\n"
+"    redis.call('HSET', state, 'head', sseq, 'ts', sts)\n"
+"  end\n"
 "  redis.call('HSET', ops, opk, sseq)\n"
 "  redis.call('PUBLISH', args[8], '{\"type\":\"delta\",\"doc\":\"' ..\n"
 "    args[7] .. '\",\"seq\":' .. sseq .. ',\"id\":' .. cjson.encode(id) ..\n"
@@ -206,6 +390,7 @@ static const char  ngx_http_collab_store_lua[] =
 "  local cur = tonumber(redis.call('HGET', state, 'seq') or '-1')\n"
 "  if seq < cur then return {0, cur, epoch} end\n"
 "  redis.call('HSET', state, 'seq', seq, 'data', args[3])\n"
+"  redis.call('HDEL', state, 'plain')\n"
 "  return {1, seq, epoch}\n"
 "end\n"
 /* keys: acl audit state: the ACL for a worker that was told it changed;
@@ -302,6 +487,8 @@ static ngx_int_t ngx_http_collab_store_load(redisAsyncContext *ac,
     ngx_uint_t attempt);
 static void ngx_http_collab_store_load_reply(redisAsyncContext *ac,
     void *r, void *data);
+static ngx_http_collab_msg_t *ngx_http_collab_store_refusal(
+    ngx_http_collab_cmd_t *cmd, ngx_int_t status, int64_t n);
 static void ngx_http_collab_store_append_reply(ngx_http_collab_cmd_t *cmd,
     redisReply *reply);
 static void ngx_http_collab_store_state_reply(ngx_http_collab_cmd_t *cmd,
@@ -637,9 +824,11 @@ ngx_http_collab_store_append(ngx_http_collab_session_t *s, ngx_str_t *doc,
     u_char                  chan[NGX_HTTP_COLLAB_KEY_MAX];
     u_char                  epoch[NGX_HTTP_COLLAB_EPOCH_LEN];
     u_char                  sbase[NGX_INT64_LEN];
+    u_char                  smax[NGX_SIZE_T_LEN];
     u_char                  role[2];
-    const char             *argv[20];
-    size_t                  argvlen[20];
+    const char             *argv[21];
+    size_t                  argvlen[21];
+    int                     argc;
     ngx_int_t               rc;
     ngx_http_collab_cmd_t  *cmd;
     ngx_http_collab_msg_t  *m;
@@ -697,11 +886,19 @@ ngx_http_collab_store_append(ngx_http_collab_session_t *s, ngx_str_t *doc,
     ngx_http_collab_store_role_args(s, doc, &argv[16], &argvlen[16], role);
     argv[19] = (char *) s->client;
     argvlen[19] = s->client_len;
+    argc = 20;
+
+    /* merge none passes no argument: the library does no extra work */
+    if (s->conf->merge == NGX_HTTP_COLLAB_MERGE_JSON) {
+        argv[20] = (char *) smax;
+        argvlen[20] = ngx_sprintf(smax, "%uz", s->conf->state_max) - smax;
+        argc = 21;
+    }
 
     s->inflight++;
 
     rc = ngx_http_collab_redis_command(&ngx_http_collab_worker->cmd, cmd,
-                                       20, argv, argvlen);
+                                       argc, argv, argvlen);
 
     if (rc == NGX_OK) {
         return NGX_OK;
@@ -739,6 +936,41 @@ ngx_http_collab_store_triple(redisReply *reply, ngx_int_t *status,
     *seq = reply->element[1]->integer;
 
     return NGX_OK;
+}
+
+
+/* -1 conflict (n: the head), -3 too large (n: its size), -4 invalid */
+
+static ngx_http_collab_msg_t *
+ngx_http_collab_store_refusal(ngx_http_collab_cmd_t *cmd, ngx_int_t status,
+    int64_t n)
+{
+    u_char  text[64];
+
+    switch (status) {
+
+    case -3:
+        return ngx_http_collab_msg_error("nack", "too_large", &cmd->doc,
+                                         &cmd->id, "the document state "
+                                         "would exceed %uz bytes",
+                                         cmd->session->conf->state_max);
+
+    case -4:
+        return ngx_http_collab_msg_error("nack", "invalid", &cmd->doc,
+                                         &cmd->id, "\"data\" is not a valid "
+                                         "merge patch (objects nested more "
+                                         "than 64 deep)");
+
+    default:
+        /* the head lets the client rebase without asking for it */
+        *ngx_sprintf(text, "base is not the document head %L", n) = '\0';
+
+        return ngx_http_collab_msg_build("nack", "id", 'S', &cmd->id,
+                                         "doc", 'S', &cmd->doc,
+                                         "code", 'C', "conflict",
+                                         "message", 'C', (char *) text,
+                                         "seq", 'I', n, NULL);
+    }
 }
 
 
@@ -783,10 +1015,7 @@ ngx_http_collab_store_append_reply(ngx_http_collab_cmd_t *cmd,
                                       "not allowed");
 
     } else if (status < 0) {
-        m = ngx_http_collab_msg_error("nack", "conflict", &cmd->doc,
-                                      &cmd->id,
-                                      "base is behind the document head %L",
-                                      seq);
+        m = ngx_http_collab_store_refusal(cmd, status, seq);
 
     } else {
         m = ngx_http_collab_msg_alloc(cmd->doc.len + 2 * cmd->id.len
