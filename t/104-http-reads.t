@@ -135,12 +135,12 @@ is_deeply(\@seen, [1 .. 25], 'pages: every delta once, in order');
 $r = get('/collab?doc=pg&view=deltas&since=0&limit=1000');
 is($r->{status}, 200, 'limit above the maximum: capped');
 is(scalar @{ $r->{json}{deltas} || [] }, 25, 'all 25 (under the cap)');
-delta('pg', "p$_", 'x' x 1000) for 26 .. 250;
+delta('pg', "p$_", 'x' x 4000) for 26 .. 250;
 $r = get('/collab?doc=pg&view=deltas&since=0&limit=1000');
 cmp_ok(scalar @{ $r->{json}{deltas} || [] }, '<=', 100, 'a page is at most 100 deltas');
 is($r->{json}{next}, $r->{json}{deltas}[-1]{seq}, 'next = the last seq of the page');
 $r = get('/collab?doc=pg&view=deltas&since=100&limit=100');
-cmp_ok(length $r->{body}, '<', 200_000, 'a page of 1 KB deltas stays within the byte budget');
+cmp_ok(length $r->{body}, '<', 256 * 1024 + 5000, 'a page of 4 KB deltas stays within the byte budget');
 cmp_ok(scalar @{ $r->{json}{deltas} || [] }, '<', 100, 'so it holds fewer than 100');
 
 # --- bad arguments
