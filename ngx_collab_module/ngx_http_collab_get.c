@@ -53,6 +53,7 @@ ngx_http_collab_get_start(ngx_http_request_t *r,
     ngx_http_collab_loc_conf_t *lcf)
 {
     ngx_int_t                   rc;
+    ngx_msec_t                  retry;
     ngx_http_collab_get_t      *g;
     ngx_http_collab_session_t  *s;
 
@@ -76,6 +77,20 @@ ngx_http_collab_get_start(ngx_http_request_t *r,
         return rc;
     }
 
+    /* a read costs Redis what a POSTed message does: the same budget */
+
+    if (ngx_http_collab_limit_post(s, 0, &retry) == NGX_BUSY) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "collab: read over the rate limit");
+
+        ngx_http_collab_get_fail(r, g, NGX_HTTP_TOO_MANY_REQUESTS,
+                                 "rate_limited", "too many requests: "
+                                 "slow down");
+        g->retry = ngx_max(retry, 1);
+
+        return ngx_http_collab_get_send(r, g);
+    }
+
     /* the token was checked now; the read must not be cut by its expiry */
 
     if (s->expire.timer_set) {
@@ -95,6 +110,9 @@ ngx_http_collab_get_start(ngx_http_request_t *r,
 
     r->write_event_handler = ngx_http_collab_get_finish;
     r->main->count++;
+
+    /* a client that leaves ends the request: its reply is cut */
+    r->read_event_handler = ngx_http_test_reading;
 
     return NGX_DONE;
 }

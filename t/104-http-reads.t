@@ -12,13 +12,13 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
 use Collab::Test;
-use Collab::H2;
+use Collab::HTTP;
 
 my $t = Collab::Test->new(timeout => 120);
 $t->jwt_keys;
 $t->start_redis;
 $t->write_nginx_conf(<<'EOF');
-    collab_redis 127.0.0.1:%%REDIS_PORT%%;
+    collab_redis 127.0.0.1:%%REDIS_PORT%% timeout=1s;
     server {
         listen 127.0.0.1:%%PORT%%;
         collab_rate off;
@@ -26,6 +26,11 @@ $t->write_nginx_conf(<<'EOF');
             collab;
             collab_doc $arg_doc;
             collab_allow_origin https://app.example.com;
+        }
+        location = /slow {
+            collab;
+            collab_doc $arg_doc;
+            collab_rate 1r/s burst=2;
         }
         location = /acl {
             collab;
@@ -162,6 +167,14 @@ $r = get("/collab?doc=h1&view=deltas&since=6&epoch=0123456789abcdef");
 is($r->{json}{resync}, 'epoch', 'another epoch: resync epoch');
 is($r->{json}{epoch}, $epoch, 'the current epoch');
 
+# --- reads count against the POST limit of the user (here: the address)
+my @st = map { get('/slow?doc=h1&view=state')->{status} } 1 .. 4;
+is($st[0], 200, 'a read within the POST limit: 200');
+$r = get('/slow?doc=h1&view=state');
+is($r->{status}, 429, 'over it: 429') or diag "@st";
+like($r->{headers}{'retry-after'} // '', qr/^\d+$/, 'with Retry-After');
+is($r->{json}{code}, 'rate_limited', 'error rate_limited');
+
 # --- Origin
 is(get('/collab?doc=h1&view=state', 'Origin: https://evil.example')->{status}, 403,
    'Origin not allowed: 403');
@@ -190,8 +203,21 @@ my @denied = grep { ($_->{event} // '') eq 'denied' }
     map { +{ @{ $_->[1] } } } @{ $t->redis('XRANGE', 'collab:{sec}:audit', '-', '+') };
 is($denied[0]{user}, 'bob', 'the denial is audited');
 
-# --- over HTTP/2 (a second server with TLS would need its own file: the h2
-# case is in t/tls/50-http2.t)
+# (over HTTP/2: t/tls/50-http2.t)
+
+# --- Redis frozen: a client that leaves while its read waits, and one that
+# waits for the reply timeout (503)
+$t->freeze_redis;
+my $gone = Collab::HTTP::connect_socket(port => $t->port);
+print $gone "GET /collab?doc=h1&view=state HTTP/1.1\r\nHost: x\r\n\r\n";
+$t->idle(0.2);
+close $gone;
+$r = $t->http(path => '/collab?doc=h1&view=deltas&since=0', timeout => 15);
+is($r->{status}, 503, 'no reply within the Redis timeout: 503') or diag explain $r;
+like($r->{headers}{'retry-after'} // '', qr/^\d+$/, 'with Retry-After');
+$t->thaw_redis;
+Collab::Test::wait_until(sub { get('/collab?doc=h1&view=state')->{status} == 200 }, 15);
+is(get('/collab?doc=h1&view=state')->{status}, 200, 'Redis thawed: 200');
 
 # --- Redis down: 503 with Retry-After
 $t->kill_redis;
