@@ -36,6 +36,8 @@ static ngx_int_t ngx_http_collab_get_etag(ngx_http_request_t *r,
 static void ngx_http_collab_get_fail(ngx_http_request_t *r,
     ngx_http_collab_get_t *g, ngx_uint_t status, const char *code,
     const char *message);
+static void ngx_http_collab_get_error(ngx_http_request_t *r,
+    ngx_http_collab_get_t *g, ngx_uint_t status, ngx_http_collab_msg_t *m);
 static void ngx_http_collab_get_finish(ngx_http_request_t *r);
 static ngx_int_t ngx_http_collab_get_send(ngx_http_request_t *r,
     ngx_http_collab_get_t *g);
@@ -83,10 +85,15 @@ ngx_http_collab_get_start(ngx_http_request_t *r,
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                       "collab: read over the rate limit");
 
-        ngx_http_collab_get_fail(r, g, NGX_HTTP_TOO_MANY_REQUESTS,
-                                 "rate_limited", "too many requests: "
-                                 "slow down");
-        g->retry = ngx_max(retry, 1);
+        retry = ngx_max(retry, 1);
+
+        ngx_http_collab_get_error(r, g, NGX_HTTP_TOO_MANY_REQUESTS,
+            ngx_http_collab_msg_build("error", "doc", 'S', &g->doc,
+                                      "code", 'C', "rate_limited",
+                                      "message", 'C', "too many requests: "
+                                      "slow down", "retry_after_ms", 'I',
+                                      (int64_t) retry, NULL));
+        g->retry = retry;
 
         return ngx_http_collab_get_send(r, g);
     }
@@ -460,19 +467,29 @@ static void
 ngx_http_collab_get_fail(ngx_http_request_t *r, ngx_http_collab_get_t *g,
     ngx_uint_t status, const char *code, const char *message)
 {
-    ngx_buf_t              *b;
-    ngx_http_collab_msg_t  *m;
+    ngx_http_collab_get_error(r, g, status,
+                              ngx_http_collab_msg_error("error", code,
+                                                        &g->doc, NULL, "%s",
+                                                        message));
+
+    if (status == NGX_HTTP_SERVICE_UNAVAILABLE) {
+        g->retry = NGX_HTTP_COLLAB_GET_RETRY;
+    }
+}
+
+
+/* m NULL: no body, answered 500 */
+
+static void
+ngx_http_collab_get_error(ngx_http_request_t *r, ngx_http_collab_get_t *g,
+    ngx_uint_t status, ngx_http_collab_msg_t *m)
+{
+    ngx_buf_t  *b;
 
     g->status = status;
     g->body = NULL;
     ngx_str_null(&g->etag);
 
-    if (status == NGX_HTTP_SERVICE_UNAVAILABLE) {
-        g->retry = NGX_HTTP_COLLAB_GET_RETRY;
-    }
-
-    m = ngx_http_collab_msg_error("error", code, &g->doc, NULL, "%s",
-                                  message);
     if (m == NULL) {
         return;
     }

@@ -174,6 +174,7 @@ $r = get('/slow?doc=h1&view=state');
 is($r->{status}, 429, 'over it: 429') or diag "@st";
 like($r->{headers}{'retry-after'} // '', qr/^\d+$/, 'with Retry-After');
 is($r->{json}{code}, 'rate_limited', 'error rate_limited');
+cmp_ok($r->{json}{retry_after_ms} // 0, '>', 0, 'with retry_after_ms');
 
 # --- Origin
 is(get('/collab?doc=h1&view=state', 'Origin: https://evil.example')->{status}, 403,
