@@ -366,6 +366,7 @@ ngx_http_collab_worker_t  *ngx_http_collab_worker;
 static ngx_int_t
 ngx_http_collab_handler(ngx_http_request_t *r)
 {
+    ngx_str_t                    view;
     ngx_http_collab_loc_conf_t  *lcf;
 
     lcf = ngx_http_get_module_loc_conf(r, ngx_http_collab_module);
@@ -394,6 +395,11 @@ ngx_http_collab_handler(ngx_http_request_t *r)
 
     if (r->method != NGX_HTTP_GET) {
         return NGX_HTTP_NOT_ALLOWED;
+    }
+
+    if (ngx_http_arg(r, (u_char *) "view", 4, &view) == NGX_OK) {
+        /* a read ends with its answer: an exiting worker still gives it */
+        return ngx_http_collab_get_start(r, lcf);
     }
 
     if (ngx_exiting || ngx_terminate) {

@@ -54,6 +54,11 @@
 #define NGX_HTTP_COLLAB_TRANSPORT_SSE     2
 #define NGX_HTTP_COLLAB_TRANSPORT_POST    3
 #define NGX_HTTP_COLLAB_TRANSPORT_ADMIN   4   /* POST without a token */
+#define NGX_HTTP_COLLAB_TRANSPORT_GET     5   /* an HTTP read */
+
+/* an HTTP read's page: at most so many deltas, and about so many bytes */
+#define NGX_HTTP_COLLAB_GET_LIMIT         100
+#define NGX_HTTP_COLLAB_GET_BUDGET        (256 * 1024)
 
 #define NGX_HTTP_COLLAB_AUTH_OFF          0
 #define NGX_HTTP_COLLAB_AUTH_JWT          1
@@ -94,6 +99,7 @@ typedef struct ngx_http_collab_redis_s      ngx_http_collab_redis_t;
 typedef struct ngx_http_collab_read_s       ngx_http_collab_read_t;
 typedef struct ngx_http_collab_acl_load_s   ngx_http_collab_acl_load_t;
 typedef struct ngx_http_collab_acl_admin_s  ngx_http_collab_acl_admin_t;
+typedef struct ngx_http_collab_get_s        ngx_http_collab_get_t;
 
 
 struct ngx_http_collab_main_conf_s {
@@ -333,6 +339,8 @@ struct ngx_http_collab_session_s {
     ngx_uint_t                   pending;
     ngx_uint_t                   limit_slot;     /* where it is counted */
 
+    ngx_http_collab_get_t       *get;            /* an HTTP read */
+
     unsigned                     closing:1;      /* close frame queued */
     unsigned                     close_sent:1;
     unsigned                     close_received:1;
@@ -417,6 +425,28 @@ ngx_int_t ngx_http_collab_post_start(ngx_http_request_t *r,
     ngx_http_collab_loc_conf_t *lcf);
 void ngx_http_collab_post_reply(ngx_http_collab_session_t *s,
     ngx_uint_t slot, ngx_http_collab_msg_t *m);
+
+/* HTTP reads */
+
+/*
+ * What a GET asks and, once the store replied, its answer: built by the
+ * reply handler in the request pool, sent from the request's write event.
+ */
+struct ngx_http_collab_get_s {
+    ngx_str_t                    doc;
+    int64_t                      since;          /* -1: view=state */
+    ngx_str_t                    epoch;          /* the client's; or empty */
+    ngx_uint_t                   limit;
+    ngx_uint_t                   status;         /* 0: no answer yet */
+    ngx_str_t                    etag;
+    ngx_msec_t                   retry;          /* Retry-After, ms */
+    ngx_buf_t                   *body;
+};
+
+ngx_int_t ngx_http_collab_get_start(ngx_http_request_t *r,
+    ngx_http_collab_loc_conf_t *lcf);
+void ngx_http_collab_get_done(ngx_http_collab_session_t *s,
+    ngx_http_collab_read_t *rd);
 
 /* protocol */
 ngx_int_t ngx_http_collab_proto_client(ngx_http_collab_session_t *s,
@@ -633,6 +663,8 @@ ngx_int_t ngx_http_collab_store_append(ngx_http_collab_session_t *s,
 ngx_int_t ngx_http_collab_store_state(ngx_http_collab_session_t *s,
     ngx_str_t *doc, uint64_t seq, ngx_str_t *data, ngx_uint_t slot);
 ngx_int_t ngx_http_collab_store_read(ngx_http_collab_sub_t *sub);
+ngx_int_t ngx_http_collab_store_fetch(ngx_http_collab_session_t *s,
+    ngx_http_collab_get_t *g);
 void ngx_http_collab_store_read_entry(ngx_http_collab_read_t *rd,
     ngx_uint_t i, ngx_http_collab_entry_t *e);
 ngx_int_t ngx_http_collab_store_event(ngx_str_t *doc, u_char *p, size_t len,

@@ -495,6 +495,11 @@ static void ngx_http_collab_store_state_reply(ngx_http_collab_cmd_t *cmd,
     redisReply *reply);
 static void ngx_http_collab_store_read_reply(ngx_http_collab_cmd_t *cmd,
     redisReply *reply);
+static ngx_int_t ngx_http_collab_store_read_send(
+    ngx_http_collab_session_t *s, ngx_http_collab_cmd_t *cmd, ngx_str_t *doc,
+    int64_t since, ngx_uint_t count, ngx_str_t *client_epoch, size_t budget);
+static void ngx_http_collab_store_fetch_reply(ngx_http_collab_cmd_t *cmd,
+    redisReply *reply);
 static void ngx_http_collab_store_read_decode(redisReply *reply,
     ngx_http_collab_read_t *rd);
 static ngx_int_t ngx_http_collab_store_triple(redisReply *reply,
@@ -1178,20 +1183,10 @@ ngx_http_collab_store_state_reply(ngx_http_collab_cmd_t *cmd,
 ngx_int_t
 ngx_http_collab_store_read(ngx_http_collab_sub_t *sub)
 {
-    u_char                      kstate[NGX_HTTP_COLLAB_KEY_MAX];
-    u_char                      klog[NGX_HTTP_COLLAB_KEY_MAX];
-    u_char                      kacl[NGX_HTTP_COLLAB_KEY_MAX];
-    u_char                      kaudit[NGX_HTTP_COLLAB_KEY_MAX];
-    u_char                      epoch[NGX_HTTP_COLLAB_EPOCH_LEN];
-    u_char                      since[NGX_INT64_LEN + 1];
-    u_char                      count[NGX_INT_T_LEN];
-    u_char                      budget[NGX_SIZE_T_LEN];
-    u_char                      role[2];
-    const char                 *argv[16];
-    size_t                      argvlen[16];
     size_t                      room, used;
+    int64_t                     since;
     ngx_int_t                   rc;
-    ngx_str_t                  *doc;
+    ngx_str_t                   epoch;
     ngx_http_collab_cmd_t      *cmd;
     ngx_http_collab_session_t  *s;
 
@@ -1207,7 +1202,86 @@ ngx_http_collab_store_read(ngx_http_collab_sub_t *sub)
     sub->read = cmd;
     sub->stalled = 0;
 
-    doc = &sub->doc->node.str;
+    if (sub->state == NGX_HTTP_COLLAB_SUB_JOINING) {
+        since = sub->since;
+        epoch.data = sub->epoch;
+        epoch.len = sub->has_epoch ? NGX_HTTP_COLLAB_EPOCH_LEN : 0;
+
+    } else {
+        since = (int64_t) sub->pos;
+        ngx_str_set(&epoch, "");
+    }
+
+    /*
+     * Ask only for what fits the free part of the send queue, less what the
+     * session's other reads were promised (at least one entry comes back):
+     * the reply is what Redis buffers for this worker.
+     */
+
+    used = s->out_bytes + s->read_reserved;
+    room = (used < s->conf->send_queue) ? s->conf->send_queue - used : 1;
+
+    cmd->budget = room;
+    s->read_reserved += room;
+    sub->budget = room;
+
+    rc = ngx_http_collab_store_read_send(s, cmd, &sub->doc->node.str, since,
+                                         NGX_HTTP_COLLAB_READ_BATCH, &epoch,
+                                         room);
+
+    if (rc != NGX_OK) {
+        /* retried when Redis is back */
+        sub->stalled = 1;
+        return NGX_DECLINED;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * An HTTP read: the snapshot alone (since -1, no entries) or a page of the
+ * log; NGX_OK: the reply will come, else Redis cannot take the command.
+ */
+
+ngx_int_t
+ngx_http_collab_store_fetch(ngx_http_collab_session_t *s,
+    ngx_http_collab_get_t *g)
+{
+    ngx_http_collab_cmd_t  *cmd;
+
+    cmd = ngx_http_collab_cmd_alloc(s, 0);
+    if (cmd == NULL) {
+        return NGX_ERROR;
+    }
+
+    cmd->handler = ngx_http_collab_store_fetch_reply;
+
+    return ngx_http_collab_store_read_send(s, cmd, &g->doc, g->since,
+                                           g->since < 0 ? 0 : g->limit,
+                                           &g->epoch,
+                                           NGX_HTTP_COLLAB_GET_BUDGET);
+}
+
+
+/* collab_read; the command is freed when it cannot be sent */
+
+static ngx_int_t
+ngx_http_collab_store_read_send(ngx_http_collab_session_t *s,
+    ngx_http_collab_cmd_t *cmd, ngx_str_t *doc, int64_t since,
+    ngx_uint_t count, ngx_str_t *client_epoch, size_t budget)
+{
+    u_char       kstate[NGX_HTTP_COLLAB_KEY_MAX];
+    u_char       klog[NGX_HTTP_COLLAB_KEY_MAX];
+    u_char       kacl[NGX_HTTP_COLLAB_KEY_MAX];
+    u_char       kaudit[NGX_HTTP_COLLAB_KEY_MAX];
+    u_char       epoch[NGX_HTTP_COLLAB_EPOCH_LEN];
+    u_char       ssince[NGX_INT64_LEN + 1];
+    u_char       scount[NGX_INT_T_LEN];
+    u_char       sbudget[NGX_SIZE_T_LEN];
+    u_char       role[2];
+    const char  *argv[16];
+    size_t       argvlen[16];
 
     ngx_http_collab_store_epoch(epoch);
 
@@ -1227,52 +1301,20 @@ ngx_http_collab_store_read(ngx_http_collab_sub_t *sub)
     argvlen[6] = ngx_http_collab_key(kaudit, doc, ":audit");
     argv[7] = (char *) epoch;
     argvlen[7] = NGX_HTTP_COLLAB_EPOCH_LEN;
-    argv[8] = (char *) since;
-
-    if (sub->state == NGX_HTTP_COLLAB_SUB_JOINING) {
-        argvlen[8] = ngx_sprintf(since, "%L", sub->since) - since;
-        argv[10] = (char *) sub->epoch;
-        argvlen[10] = sub->has_epoch ? NGX_HTTP_COLLAB_EPOCH_LEN : 0;
-
-    } else {
-        argvlen[8] = ngx_sprintf(since, "%uL", sub->pos) - since;
-        argv[10] = "";
-        argvlen[10] = 0;
-    }
-
-    argv[9] = (char *) count;
-    argvlen[9] = ngx_sprintf(count, "%ui", (ngx_uint_t)
-                             NGX_HTTP_COLLAB_READ_BATCH) - count;
+    argv[8] = (char *) ssince;
+    argvlen[8] = ngx_sprintf(ssince, "%L", since) - ssince;
+    argv[9] = (char *) scount;
+    argvlen[9] = ngx_sprintf(scount, "%ui", count) - scount;
+    argv[10] = client_epoch->len ? (char *) client_epoch->data : "";
+    argvlen[10] = client_epoch->len;
     argv[11] = (char *) s->user.data;
     argvlen[11] = s->user.len;
     ngx_http_collab_store_role_args(s, doc, &argv[12], &argvlen[12], role);
+    argv[15] = (char *) sbudget;
+    argvlen[15] = ngx_sprintf(sbudget, "%uz", budget) - sbudget;
 
-    /*
-     * Ask only for what fits the free part of the send queue, less what the
-     * session's other reads were promised (at least one entry comes back):
-     * the reply is what Redis buffers for this worker.
-     */
-
-    used = s->out_bytes + s->read_reserved;
-    room = (used < s->conf->send_queue) ? s->conf->send_queue - used : 1;
-
-    cmd->budget = room;
-    s->read_reserved += room;
-    sub->budget = room;
-
-    argv[15] = (char *) budget;
-    argvlen[15] = ngx_sprintf(budget, "%uz", room) - budget;
-
-    rc = ngx_http_collab_redis_command(&ngx_http_collab_worker->cmd, cmd,
-                                       16, argv, argvlen);
-
-    if (rc != NGX_OK) {
-        /* retried when Redis is back */
-        sub->stalled = 1;
-        return NGX_DECLINED;
-    }
-
-    return NGX_OK;
+    return ngx_http_collab_redis_command(&ngx_http_collab_worker->cmd, cmd,
+                                         16, argv, argvlen);
 }
 
 
@@ -1295,6 +1337,23 @@ ngx_http_collab_store_read_reply(ngx_http_collab_cmd_t *cmd,
     ngx_http_collab_store_read_decode(reply, &rd);
 
     ngx_http_collab_doc_read_done(sub, &rd);
+}
+
+
+static void
+ngx_http_collab_store_fetch_reply(ngx_http_collab_cmd_t *cmd,
+    redisReply *reply)
+{
+    ngx_http_collab_read_t      rd;
+    ngx_http_collab_session_t  *s;
+
+    s = cmd->session;
+
+    ngx_http_collab_cmd_free(cmd);
+
+    ngx_http_collab_store_read_decode(reply, &rd);
+
+    ngx_http_collab_get_done(s, &rd);
 }
 
 
