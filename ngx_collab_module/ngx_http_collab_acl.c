@@ -38,8 +38,6 @@ static ngx_str_t  ngx_http_collab_role_names[] = {
 static ngx_uint_t ngx_http_collab_acl_rank(json_t *v);
 static ngx_int_t ngx_http_collab_acl_match(const char *pattern,
     ngx_str_t *doc);
-static void ngx_http_collab_acl_reply(ngx_http_collab_cmd_t *cmd,
-    redisReply *reply);
 static void ngx_http_collab_acl_failed(ngx_http_collab_doc_t *doc);
 static void ngx_http_collab_acl_retry_handler(ngx_event_t *ev);
 static void ngx_http_collab_acl_sub_update(ngx_http_collab_sub_t *sub);
@@ -264,13 +262,6 @@ ngx_http_collab_acl_set(ngx_http_collab_doc_t *doc, u_char *raw, size_t len)
 void
 ngx_http_collab_acl_changed(ngx_http_collab_doc_t *doc)
 {
-    u_char                  kacl[NGX_HTTP_COLLAB_KEY_MAX];
-    u_char                  kaudit[NGX_HTTP_COLLAB_KEY_MAX];
-    u_char                  kstate[NGX_HTTP_COLLAB_KEY_MAX];
-    const char             *argv[6];
-    size_t                  argvlen[6];
-    ngx_http_collab_cmd_t  *cmd;
-
     doc->acl_stale = 1;
 
     if (doc->acl_cmd) {
@@ -283,38 +274,9 @@ ngx_http_collab_acl_changed(ngx_http_collab_doc_t *doc)
         ngx_del_timer(&doc->acl_retry);
     }
 
-    cmd = ngx_http_collab_cmd_alloc(NULL, 0);
-    if (cmd == NULL) {
+    if (ngx_http_collab_store_acl(doc) != NGX_OK) {
         ngx_http_collab_acl_failed(doc);
-        return;
     }
-
-    cmd->doc_owner = doc;
-    cmd->handler = ngx_http_collab_acl_reply;
-
-    argv[0] = "FCALL";
-    argvlen[0] = 5;
-    argv[1] = "collab_acl";
-    argvlen[1] = 10;
-    argv[2] = "3";
-    argvlen[2] = 1;
-    argv[3] = (char *) kacl;
-    argvlen[3] = ngx_http_collab_key(kacl, &doc->node.str, ":acl");
-    argv[4] = (char *) kaudit;
-    argvlen[4] = ngx_http_collab_key(kaudit, &doc->node.str, ":audit");
-    argv[5] = (char *) kstate;
-    argvlen[5] = ngx_http_collab_key(kstate, &doc->node.str, ":state");
-
-    if (ngx_http_collab_redis_command(&ngx_http_collab_worker->cmd, cmd, 6,
-                                      argv, argvlen)
-        != NGX_OK)
-    {
-        /* freed already: connection down or pipeline full */
-        ngx_http_collab_acl_failed(doc);
-        return;
-    }
-
-    doc->acl_cmd = cmd;
 }
 
 
@@ -364,25 +326,21 @@ ngx_http_collab_acl_retry_handler(ngx_event_t *ev)
 }
 
 
-static void
-ngx_http_collab_acl_reply(ngx_http_collab_cmd_t *cmd, redisReply *reply)
+/* the reply of store_acl */
+
+void
+ngx_http_collab_acl_loaded(ngx_http_collab_doc_t *doc,
+    ngx_http_collab_acl_load_t *ld)
 {
     ngx_uint_t              again;
     ngx_queue_t            *q, *next;
-    ngx_http_collab_doc_t  *doc;
     ngx_http_collab_sub_t  *sub;
 
-    doc = cmd->doc_owner;
-    doc->acl_cmd = NULL;
-    cmd->doc_owner = NULL;
-
-    ngx_http_collab_cmd_free(cmd);
-
-    if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
-        if (reply) {
+    if (ld->status != NGX_OK) {
+        if (ld->status == NGX_ERROR) {
             ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
                           "collab: loading the ACL of \"%V\" failed: %s",
-                          &doc->node.str, reply->str);
+                          &doc->node.str, ld->error);
         }
 
         /* retried: the notice may have been the only one */
@@ -391,12 +349,7 @@ ngx_http_collab_acl_reply(ngx_http_collab_cmd_t *cmd, redisReply *reply)
         return;
     }
 
-    if (reply->type == REDIS_REPLY_STRING) {
-        ngx_http_collab_acl_set(doc, (u_char *) reply->str, reply->len);
-
-    } else {
-        ngx_http_collab_acl_set(doc, NULL, 0);
-    }
+    ngx_http_collab_acl_set(doc, ld->raw.data, ld->raw.len);
 
     doc->acl_known = 1;
     doc->acl_backoff = 0;
@@ -530,10 +483,6 @@ void
 ngx_http_collab_acl_deny(ngx_http_collab_session_t *s, ngx_str_t *doc,
     const char *action)
 {
-    u_char                     kaudit[NGX_HTTP_COLLAB_KEY_MAX];
-    const char                *argv[6];
-    size_t                     argvlen[6];
-    ngx_http_collab_cmd_t     *cmd;
     ngx_http_collab_worker_t  *w;
 
     w = ngx_http_collab_worker;
@@ -551,26 +500,5 @@ ngx_http_collab_acl_deny(ngx_http_collab_session_t *s, ngx_str_t *doc,
                   "collab: \"%V\" denied %s on \"%V\"",
                   ngx_http_collab_esc(&s->user), action, doc);
 
-    cmd = ngx_http_collab_cmd_alloc(NULL, 0);
-    if (cmd == NULL) {
-        return;
-    }
-
-    cmd->handler = ngx_http_collab_cmd_discard;
-
-    argv[0] = "FCALL";
-    argvlen[0] = 5;
-    argv[1] = "collab_deny";
-    argvlen[1] = 11;
-    argv[2] = "1";
-    argvlen[2] = 1;
-    argv[3] = (char *) kaudit;
-    argvlen[3] = ngx_http_collab_key(kaudit, doc, ":audit");
-    argv[4] = (char *) s->user.data;
-    argvlen[4] = s->user.len;
-    argv[5] = action;
-    argvlen[5] = ngx_strlen(action);
-
-    (void) ngx_http_collab_redis_command(&w->cmd, cmd, 6, argv, argvlen);
+    ngx_http_collab_store_deny(s, doc, action);
 }
-

@@ -27,8 +27,6 @@ static ngx_int_t ngx_http_collab_admin_validate(json_t *acl,
     const char **err);
 static ngx_int_t ngx_http_collab_admin_run(ngx_http_request_t *r,
     ngx_str_t *body);
-static void ngx_http_collab_admin_reply(ngx_http_collab_cmd_t *cmd,
-    redisReply *reply);
 static void ngx_http_collab_admin_respond(ngx_http_request_t *r,
     ngx_uint_t status, u_char *json, size_t len);
 
@@ -296,20 +294,11 @@ ngx_http_collab_admin_validate(json_t *acl, const char **err)
 static ngx_int_t
 ngx_http_collab_admin_run(ngx_http_request_t *r, ngx_str_t *body)
 {
-    u_char                       kacl[NGX_HTTP_COLLAB_KEY_MAX];
-    u_char                       kaudit[NGX_HTTP_COLLAB_KEY_MAX];
-    u_char                       kstate[NGX_HTTP_COLLAB_KEY_MAX];
-    u_char                       chan[NGX_HTTP_COLLAB_KEY_MAX];
-    u_char                       version[NGX_INT64_LEN];
-    u_char                       grant[2], deflt[2];
-    char                        *who;
     json_t                      *acl, *v;
-    ngx_int_t                    status, admin;
+    int64_t                      version, *vp;
+    ngx_int_t                    rc, status, admin;
     ngx_str_t                    doc;
-    const char                  *argv[16], *err;
-    size_t                       argvlen[16];
-    ngx_uint_t                   n;
-    ngx_http_collab_cmd_t       *cmd;
+    const char                  *err;
     ngx_http_collab_session_t   *s;
     ngx_http_collab_loc_conf_t  *lcf;
 
@@ -345,11 +334,7 @@ ngx_http_collab_admin_run(ngx_http_request_t *r, ngx_str_t *body)
         return NGX_HTTP_UNAUTHORIZED;
     }
 
-    who = admin ? "admin" : NULL;
-    n = 0;
-
-    argv[n] = "FCALL";
-    argvlen[n++] = 5;
+    vp = NULL;
 
     if (body) {
         acl = json_loadb((char *) body->data, body->len,
@@ -373,65 +358,20 @@ ngx_http_collab_admin_run(ngx_http_request_t *r, ngx_str_t *body)
         v = json_object_get(acl, "version");
 
         if (v) {
-            argvlen[11] = ngx_sprintf(version, "%L",
-                                      (int64_t) json_integer_value(v))
-                          - version;
-
-        } else {
-            argvlen[11] = 0;
+            version = json_integer_value(v);
+            vp = &version;
         }
 
         json_decref(acl);
-
-        argv[n] = "collab_acl_put";
-        argvlen[n++] = 14;
-        argv[n] = "4";
-        argvlen[n++] = 1;
-
-    } else {
-        argv[n] = "collab_acl_get";
-        argvlen[n++] = 14;
-        argv[n] = "4";
-        argvlen[n++] = 1;
-        argvlen[11] = 0;
     }
 
-    argv[3] = (char *) kacl;
-    argvlen[3] = ngx_http_collab_key(kacl, &doc, ":acl");
-    argv[4] = (char *) kaudit;
-    argvlen[4] = ngx_http_collab_key(kaudit, &doc, ":audit");
-    argv[5] = (char *) kstate;
-    argvlen[5] = ngx_http_collab_key(kstate, &doc, ":state");
-    argv[6] = (char *) chan;
-    argvlen[6] = ngx_http_collab_key(chan, &doc, "");
+    rc = ngx_http_collab_store_acl_admin(s, &doc, admin, vp, body);
 
-    argv[7] = admin ? "1" : "0";
-    argvlen[7] = 1;
-    argv[8] = who ? who : (char *) s->user.data;
-    argvlen[8] = who ? ngx_strlen(who) : s->user.len;
-    argv[9] = s->groups.len ? (char *) s->groups.data : "";
-    argvlen[9] = s->groups.len;
-    argv[10] = (char *) grant;
-    argvlen[10] = ngx_sprintf(grant, "%ui",
-                              ngx_http_collab_acl_grant(s, &doc)) - grant;
-    argv[11] = (char *) version;
-    argv[12] = (char *) deflt;
-    argvlen[12] = ngx_sprintf(deflt, "%ui",
-                              ngx_http_collab_default_role(lcf)) - deflt;
-    argv[13] = body ? (char *) body->data : "";
-    argvlen[13] = body ? body->len : 0;
-
-    cmd = ngx_http_collab_cmd_alloc(s, 0);
-    if (cmd == NULL) {
+    if (rc == NGX_ERROR) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    cmd->handler = ngx_http_collab_admin_reply;
-
-    if (ngx_http_collab_redis_command(&ngx_http_collab_worker->cmd, cmd, 14,
-                                      argv, argvlen)
-        != NGX_OK)
-    {
+    if (rc != NGX_OK) {
         return NGX_HTTP_SERVICE_UNAVAILABLE;
     }
 
@@ -439,46 +379,34 @@ ngx_http_collab_admin_run(ngx_http_request_t *r, ngx_str_t *body)
 }
 
 
-/* {status, version, raw}: 1 ok, -1 version conflict, -2 forbidden */
+/* the reply of store_acl_admin */
 
-static void
-ngx_http_collab_admin_reply(ngx_http_collab_cmd_t *cmd, redisReply *reply)
+void
+ngx_http_collab_admin_done(ngx_http_collab_session_t *s,
+    ngx_http_collab_acl_admin_t *res)
 {
     ngx_connection_t    *c;
     ngx_http_request_t  *r;
 
-    r = cmd->session->request;
+    r = s->request;
     c = r->connection;
 
-    ngx_http_collab_cmd_free(cmd);
+    switch (res->status) {
 
-    if (reply == NULL) {
+    case NGX_AGAIN:
         ngx_http_finalize_request(r, NGX_HTTP_SERVICE_UNAVAILABLE);
-        ngx_http_run_posted_requests(c);
-        return;
-    }
+        break;
 
-    if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 1
-        || reply->element[0]->type != REDIS_REPLY_INTEGER)
-    {
+    case NGX_ERROR:
         ngx_log_error(NGX_LOG_ERR, c->log, 0,
-                      "collab: ACL admin command failed: %s",
-                      reply->type == REDIS_REPLY_ERROR ? reply->str
-                                                       : "unexpected reply");
+                      "collab: ACL admin command failed: %s", res->error);
         ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
-        ngx_http_run_posted_requests(c);
-        return;
-    }
+        break;
 
-    switch (reply->element[0]->integer) {
-
-    case 1:
-        if (reply->elements == 3
-            && reply->element[2]->type == REDIS_REPLY_STRING)
-        {
-            ngx_http_collab_admin_respond(r, NGX_HTTP_OK,
-                                          (u_char *) reply->element[2]->str,
-                                          reply->element[2]->len);
+    case NGX_OK:
+        if (res->acl.data) {
+            ngx_http_collab_admin_respond(r, NGX_HTTP_OK, res->acl.data,
+                                          res->acl.len);
 
         } else {
             ngx_http_collab_admin_respond(r, NGX_HTTP_NOT_FOUND,
@@ -488,17 +416,20 @@ ngx_http_collab_admin_reply(ngx_http_collab_cmd_t *cmd, redisReply *reply)
 
         break;
 
-    case -1:
-        ngx_http_collab_admin_respond(r, NGX_HTTP_CONFLICT,
-                                      (u_char *) "{\"error\":\"conflict\","
-                                      "\"message\":\"the ACL changed: GET "
-                                      "it and retry\"}", 0);
-        break;
+    default: /* NGX_DECLINED */
+        if (res->conflict) {
+            ngx_http_collab_admin_respond(r, NGX_HTTP_CONFLICT,
+                                          (u_char *) "{\"error\":"
+                                          "\"conflict\",\"message\":"
+                                          "\"the ACL changed: GET it and "
+                                          "retry\"}", 0);
 
-    default:
-        ngx_http_collab_admin_respond(r, NGX_HTTP_FORBIDDEN,
-                                      (u_char *) "{\"error\":\"forbidden\"}",
-                                      0);
+        } else {
+            ngx_http_collab_admin_respond(r, NGX_HTTP_FORBIDDEN,
+                                          (u_char *) "{\"error\":"
+                                          "\"forbidden\"}", 0);
+        }
+
         break;
     }
 

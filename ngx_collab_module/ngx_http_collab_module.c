@@ -27,6 +27,8 @@ static ngx_int_t ngx_http_collab_rate_parse(ngx_conf_t *cf, ngx_str_t *v,
     ngx_int_t *rate, ngx_int_t *scale);
 static ngx_int_t ngx_http_collab_rate_parse_option(ngx_conf_t *cf,
     ngx_str_t *v, ngx_uint_t user, ngx_int_t *burst, ssize_t *bytes);
+static char *ngx_http_collab_state_max_check(ngx_conf_t *cf, void *post,
+    void *data);
 static char *ngx_http_collab_allow_origin(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_collab_log_retention(ngx_conf_t *cf,
@@ -87,6 +89,14 @@ static ngx_conf_enum_t  ngx_http_collab_roles[] = {
     { ngx_string("editor"), NGX_HTTP_COLLAB_ROLE_EDITOR },
     { ngx_string("owner"), NGX_HTTP_COLLAB_ROLE_OWNER },
     { ngx_null_string, 0 }
+};
+
+
+/* every delta rewrites the whole state in Redis (docs/state.md) */
+#define NGX_HTTP_COLLAB_STATE_MAX  (16 * 1024 * 1024)
+
+static ngx_conf_post_t  ngx_http_collab_state_max_post = {
+    ngx_http_collab_state_max_check
 };
 
 
@@ -270,6 +280,13 @@ static ngx_command_t  ngx_http_collab_commands[] = {
       offsetof(ngx_http_collab_loc_conf_t, doc_expire),
       NULL },
 
+    { ngx_string("collab_state_max"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_size_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_collab_loc_conf_t, state_max),
+      &ngx_http_collab_state_max_post },
+
     { ngx_string("collab_conflict"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_enum_slot,
@@ -374,6 +391,7 @@ ngx_http_collab_worker_t  *ngx_http_collab_worker;
 static ngx_int_t
 ngx_http_collab_handler(ngx_http_request_t *r)
 {
+    ngx_str_t                    view;
     ngx_http_collab_loc_conf_t  *lcf;
 
     lcf = ngx_http_get_module_loc_conf(r, ngx_http_collab_module);
@@ -402,6 +420,11 @@ ngx_http_collab_handler(ngx_http_request_t *r)
 
     if (r->method != NGX_HTTP_GET) {
         return NGX_HTTP_NOT_ALLOWED;
+    }
+
+    if (ngx_http_arg(r, (u_char *) "view", 4, &view) == NGX_OK) {
+        /* a read ends with its answer: an exiting worker still gives it */
+        return ngx_http_collab_get_start(r, lcf);
     }
 
     if (ngx_exiting || ngx_terminate) {
@@ -907,6 +930,19 @@ ngx_http_collab_msec_off(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
 
 static char *
+ngx_http_collab_state_max_check(ngx_conf_t *cf, void *post, void *data)
+{
+    size_t  *sp = data;
+
+    if (*sp == 0 || *sp > NGX_HTTP_COLLAB_STATE_MAX) {
+        return "must be between 1 and 16m";
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
 ngx_http_collab_allow_origin(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_collab_loc_conf_t *lcf = conf;
@@ -1058,6 +1094,7 @@ ngx_http_collab_create_loc_conf(ngx_conf_t *cf)
     lcf->send_queue = NGX_CONF_UNSET_SIZE;
     lcf->ping = NGX_CONF_UNSET_MSEC;
     lcf->merge = NGX_CONF_UNSET_UINT;
+    lcf->state_max = NGX_CONF_UNSET_SIZE;
     lcf->conflict = NGX_CONF_UNSET_UINT;
     lcf->rate = NGX_CONF_UNSET_UINT;
     lcf->burst = NGX_CONF_UNSET_UINT;
@@ -1128,6 +1165,7 @@ ngx_http_collab_merge_session(ngx_http_collab_loc_conf_t *prev,
     ngx_conf_merge_msec_value(conf->ping, prev->ping, 25000);
     ngx_conf_merge_uint_value(conf->merge, prev->merge,
                               NGX_HTTP_COLLAB_MERGE_NONE);
+    ngx_conf_merge_size_value(conf->state_max, prev->state_max, 64 * 1024);
     ngx_conf_merge_uint_value(conf->conflict, prev->conflict,
                               NGX_HTTP_COLLAB_CONFLICT_ACCEPT);
     ngx_conf_merge_msec_value(conf->send_timeout, prev->send_timeout, 30000);
@@ -1234,14 +1272,6 @@ ngx_http_collab_check_limits(ngx_conf_t *cf, ngx_http_collab_loc_conf_t *conf)
     if (conf->ping < 100) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"collab_ping\" must be at least 100ms");
-        return NGX_ERROR;
-    }
-
-    if (conf->merge == NGX_HTTP_COLLAB_MERGE_JSON && conf->enable == 1) {
-        /* better refused than silently ignored */
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"collab_merge json-merge\" is not supported "
-                           "yet");
         return NGX_ERROR;
     }
 

@@ -54,6 +54,11 @@
 #define NGX_HTTP_COLLAB_TRANSPORT_SSE     2
 #define NGX_HTTP_COLLAB_TRANSPORT_POST    3
 #define NGX_HTTP_COLLAB_TRANSPORT_ADMIN   4   /* POST without a token */
+#define NGX_HTTP_COLLAB_TRANSPORT_GET     5   /* an HTTP read */
+
+/* an HTTP read's page: at most so many deltas, and about so many bytes */
+#define NGX_HTTP_COLLAB_GET_LIMIT         100
+#define NGX_HTTP_COLLAB_GET_BUDGET        (256 * 1024)
 
 #define NGX_HTTP_COLLAB_AUTH_OFF          0
 #define NGX_HTTP_COLLAB_AUTH_JWT          1
@@ -92,6 +97,9 @@ typedef struct ngx_http_collab_out_s        ngx_http_collab_out_t;
 typedef struct ngx_http_collab_cmd_s        ngx_http_collab_cmd_t;
 typedef struct ngx_http_collab_redis_s      ngx_http_collab_redis_t;
 typedef struct ngx_http_collab_read_s       ngx_http_collab_read_t;
+typedef struct ngx_http_collab_acl_load_s   ngx_http_collab_acl_load_t;
+typedef struct ngx_http_collab_acl_admin_s  ngx_http_collab_acl_admin_t;
+typedef struct ngx_http_collab_get_s        ngx_http_collab_get_t;
 
 
 struct ngx_http_collab_main_conf_s {
@@ -123,6 +131,7 @@ struct ngx_http_collab_loc_conf_s {
     size_t                       send_queue;
     ngx_msec_t                   ping;
     ngx_uint_t                   merge;
+    size_t                       state_max;      /* json-merge state */
     ngx_uint_t                   conflict;
     ngx_uint_t                   rate;           /* per 1000 s */
     ngx_uint_t                   burst;
@@ -334,6 +343,8 @@ struct ngx_http_collab_session_s {
     ngx_uint_t                   pending;
     ngx_uint_t                   limit_slot;     /* where it is counted */
 
+    ngx_http_collab_get_t       *get;            /* an HTTP read */
+
     unsigned                     closing:1;      /* close frame queued */
     unsigned                     close_sent:1;
     unsigned                     close_received:1;
@@ -419,6 +430,28 @@ ngx_int_t ngx_http_collab_post_start(ngx_http_request_t *r,
 void ngx_http_collab_post_reply(ngx_http_collab_session_t *s,
     ngx_uint_t slot, ngx_http_collab_msg_t *m);
 
+/* HTTP reads */
+
+/*
+ * What a GET asks and, once the store replied, its answer: built by the
+ * reply handler in the request pool, sent from the request's write event.
+ */
+struct ngx_http_collab_get_s {
+    ngx_str_t                    doc;
+    int64_t                      since;          /* -1: view=state */
+    ngx_str_t                    epoch;          /* the client's; or empty */
+    ngx_uint_t                   limit;
+    ngx_uint_t                   status;         /* 0: no answer yet */
+    ngx_str_t                    etag;
+    ngx_msec_t                   retry;          /* Retry-After, ms */
+    ngx_buf_t                   *body;
+};
+
+ngx_int_t ngx_http_collab_get_start(ngx_http_request_t *r,
+    ngx_http_collab_loc_conf_t *lcf);
+void ngx_http_collab_get_done(ngx_http_collab_session_t *s,
+    ngx_http_collab_read_t *rd);
+
 /* protocol */
 ngx_int_t ngx_http_collab_proto_client(ngx_http_collab_session_t *s,
     ngx_http_request_t *r);
@@ -438,8 +471,6 @@ void ngx_http_collab_msg_release(ngx_http_collab_msg_t *m);
 ngx_http_collab_msg_t *ngx_http_collab_msg_delta(ngx_str_t *doc,
     uint64_t seq, ngx_str_t *id, ngx_str_t *user, ngx_str_t *ts,
     ngx_str_t *data);
-ngx_int_t ngx_http_collab_msg_parse_delta(u_char *p, size_t len,
-    ngx_str_t *doc, uint64_t *seq);
 
 /* sessions */
 ngx_http_collab_session_t *ngx_http_collab_session_create(
@@ -515,6 +546,8 @@ void ngx_http_collab_limit_release(ngx_uint_t index);
 char *ngx_http_collab_admin(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 char *ngx_http_collab_admin_key(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+void ngx_http_collab_admin_done(ngx_http_collab_session_t *s,
+    ngx_http_collab_acl_admin_t *res);
 
 /* roles */
 ngx_uint_t ngx_http_collab_default_role(ngx_http_collab_loc_conf_t *lcf);
@@ -527,6 +560,8 @@ ngx_uint_t ngx_http_collab_acl_role(ngx_http_collab_session_t *s,
 void ngx_http_collab_acl_set(ngx_http_collab_doc_t *doc, u_char *raw,
     size_t len);
 void ngx_http_collab_acl_changed(ngx_http_collab_doc_t *doc);
+void ngx_http_collab_acl_loaded(ngx_http_collab_doc_t *doc,
+    ngx_http_collab_acl_load_t *ld);
 void ngx_http_collab_acl_reevaluate_session(ngx_http_collab_session_t *s);
 ngx_int_t ngx_http_collab_acl_check(ngx_http_collab_session_t *s,
     ngx_str_t *doc, ngx_uint_t need, const char *action);
@@ -604,6 +639,27 @@ typedef struct {
     json_t                      *obj;            /* holds the strings */
 } ngx_http_collab_event_t;
 
+
+/* a collab_acl reply: the ACL document a worker was told changed */
+struct ngx_http_collab_acl_load_s {
+    ngx_int_t                    status;         /* NGX_OK; NGX_AGAIN: no
+                                                    reply; NGX_ERROR */
+    const char                  *error;          /* NGX_ERROR: why */
+    ngx_str_t                    raw;            /* data NULL: none */
+};
+
+
+/* a collab_acl_get or collab_acl_put reply */
+struct ngx_http_collab_acl_admin_s {
+    ngx_int_t                    status;         /* NGX_OK; NGX_AGAIN: no
+                                                    reply; NGX_DECLINED:
+                                                    refused; NGX_ERROR */
+    const char                  *error;          /* NGX_ERROR: why */
+    unsigned                     conflict:1;     /* refused: the version
+                                                    did not match */
+    ngx_str_t                    acl;            /* data NULL: none */
+};
+
 ngx_int_t ngx_http_collab_store_setup(ngx_http_collab_redis_t *rc);
 ngx_int_t ngx_http_collab_store_append(ngx_http_collab_session_t *s,
     ngx_str_t *doc, ngx_str_t *id, ngx_str_t *data, int64_t base,
@@ -611,11 +667,18 @@ ngx_int_t ngx_http_collab_store_append(ngx_http_collab_session_t *s,
 ngx_int_t ngx_http_collab_store_state(ngx_http_collab_session_t *s,
     ngx_str_t *doc, uint64_t seq, ngx_str_t *data, ngx_uint_t slot);
 ngx_int_t ngx_http_collab_store_read(ngx_http_collab_sub_t *sub);
+ngx_int_t ngx_http_collab_store_fetch(ngx_http_collab_session_t *s,
+    ngx_http_collab_get_t *g);
 void ngx_http_collab_store_read_entry(ngx_http_collab_read_t *rd,
     ngx_uint_t i, ngx_http_collab_entry_t *e);
 ngx_int_t ngx_http_collab_store_event(ngx_str_t *doc, u_char *p, size_t len,
     ngx_http_collab_event_t *ev);
 void ngx_http_collab_store_event_free(ngx_http_collab_event_t *ev);
+ngx_int_t ngx_http_collab_store_acl(ngx_http_collab_doc_t *doc);
+void ngx_http_collab_store_deny(ngx_http_collab_session_t *s,
+    ngx_str_t *doc, const char *action);
+ngx_int_t ngx_http_collab_store_acl_admin(ngx_http_collab_session_t *s,
+    ngx_str_t *doc, ngx_uint_t admin, int64_t *version, ngx_str_t *body);
 void ngx_http_collab_store_epoch(u_char *epoch);
 size_t ngx_http_collab_key(u_char *buf, ngx_str_t *doc, const char *suffix);
 

@@ -359,61 +359,6 @@ ngx_http_collab_msg_delta(ngx_str_t *doc, uint64_t seq, ngx_str_t *id,
 }
 
 
-/*
- * The deltas the store function publishes start with a fixed prefix, so
- * fan-out finds the seq without a JSON parser.
- */
-
-ngx_int_t
-ngx_http_collab_msg_parse_delta(u_char *p, size_t len, ngx_str_t *doc,
-    uint64_t *seq)
-{
-    u_char    *last;
-    uint64_t   n;
-
-    static const char  prefix[] = "{\"type\":\"delta\",\"doc\":\"";
-
-    last = p + len;
-
-    if (len < sizeof(prefix) - 1 + doc->len + sizeof("\",\"seq\":1") - 1
-        || ngx_memcmp(p, prefix, sizeof(prefix) - 1) != 0)
-    {
-        return NGX_DECLINED;
-    }
-
-    p += sizeof(prefix) - 1;
-
-    if (ngx_memcmp(p, doc->data, doc->len) != 0) {
-        return NGX_DECLINED;
-    }
-
-    p += doc->len;
-
-    if (ngx_memcmp(p, "\",\"seq\":", sizeof("\",\"seq\":") - 1) != 0) {
-        return NGX_DECLINED;
-    }
-
-    p += sizeof("\",\"seq\":") - 1;
-    n = 0;
-
-    while (p < last && *p >= '0' && *p <= '9') {
-        if (n > ((uint64_t) 1 << 53) / 10) {
-            return NGX_DECLINED;
-        }
-
-        n = n * 10 + (*p++ - '0');
-    }
-
-    if (p == last || *p != ',' || n == 0) {
-        return NGX_DECLINED;
-    }
-
-    *seq = n;
-
-    return NGX_OK;
-}
-
-
 void
 ngx_http_collab_reply(ngx_http_collab_session_t *s, ngx_uint_t slot,
     ngx_http_collab_msg_t *m)
@@ -948,6 +893,16 @@ ngx_http_collab_proto_state(ngx_http_collab_session_t *s, json_t *obj,
     if (ngx_http_collab_proto_doc(s, obj, &doc, slot, "error", NULL)
         != NGX_OK)
     {
+        return;
+    }
+
+    /* a snapshot would no longer be the merge of the log */
+    if (s->conf->merge == NGX_HTTP_COLLAB_MERGE_JSON) {
+        ngx_http_collab_reply(s, slot,
+                              ngx_http_collab_msg_error("error", "invalid",
+                                  &doc, NULL, "the server keeps the state "
+                                  "of this document (collab_merge "
+                                  "json-merge)"));
         return;
     }
 

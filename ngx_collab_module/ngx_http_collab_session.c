@@ -88,7 +88,8 @@ ngx_http_collab_session_create(ngx_http_request_t *r,
 
     if (s->authenticated
         && transport != NGX_HTTP_COLLAB_TRANSPORT_POST
-        && transport != NGX_HTTP_COLLAB_TRANSPORT_ADMIN)
+        && transport != NGX_HTTP_COLLAB_TRANSPORT_ADMIN
+        && transport != NGX_HTTP_COLLAB_TRANSPORT_GET)
     {
         /* only long-lived sessions count against the per-user limit */
 
@@ -106,7 +107,9 @@ ngx_http_collab_session_create(ngx_http_request_t *r,
 
     ngx_http_set_ctx(r, s, ngx_http_collab_module);
 
-    if (transport != NGX_HTTP_COLLAB_TRANSPORT_POST) {
+    if (transport != NGX_HTTP_COLLAB_TRANSPORT_POST
+        && transport != NGX_HTTP_COLLAB_TRANSPORT_GET)
+    {
         /* the outbound queue's writer while the session has its request */
         r->write_event_handler = ngx_http_collab_session_write_handler;
     }
@@ -135,11 +138,12 @@ ngx_http_collab_session_identity(ngx_http_request_t *r,
         rc = ngx_http_collab_auth_request(r, lcf, claims);
     }
 
-    /* an event stream has no channel to send a token in later */
+    /* an event stream or a read has no channel to send a token in later */
 
     if (rc == NGX_HTTP_UNAUTHORIZED
         || (rc == NGX_DECLINED
-            && transport == NGX_HTTP_COLLAB_TRANSPORT_SSE))
+            && (transport == NGX_HTTP_COLLAB_TRANSPORT_SSE
+                || transport == NGX_HTTP_COLLAB_TRANSPORT_GET)))
     {
         *status = NGX_HTTP_UNAUTHORIZED;
         return NGX_ERROR;
@@ -563,7 +567,9 @@ ngx_http_collab_session_send(ngx_http_collab_session_t *s,
     size_t                  len;
     ngx_http_collab_out_t  *out;
 
-    if (s->closing || s->transport == NGX_HTTP_COLLAB_TRANSPORT_POST) {
+    if (s->closing || s->transport == NGX_HTTP_COLLAB_TRANSPORT_POST
+        || s->transport == NGX_HTTP_COLLAB_TRANSPORT_GET)
+    {
         return NGX_DECLINED;
     }
 
@@ -1029,7 +1035,9 @@ ngx_http_collab_session_shutdown_all(void)
         next = ngx_queue_next(q);
         s = ngx_queue_data(q, ngx_http_collab_session_t, link);
 
-        if (s->transport == NGX_HTTP_COLLAB_TRANSPORT_POST) {
+        if (s->transport == NGX_HTTP_COLLAB_TRANSPORT_POST
+            || s->transport == NGX_HTTP_COLLAB_TRANSPORT_GET)
+        {
             continue;
         }
 

@@ -179,10 +179,184 @@ static const char  ngx_http_collab_store_lua[] =
 "    redis.call('XTRIM', log, 'MINID', string.format('%d', min) .. '-0')\n"
 "  end\n"
 "end\n"
+/* collab_merge json-merge: a text-preserving JSON Merge Patch (RFC 7396).
+ * Only objects are split into members; every other value (arrays too) is
+ * kept as its source text, so numbers, escapes and [] survive exactly. */
+"local function jerr(why) error({invalid = why}) end\n"
+/* no string holds a bracket: %b skips a nested value at C speed */
+"local jfast = false\n"
+"local function jws(s, i)\n"
+"  return string.find(s, '[^ \\t\\r\\n]', i) or #s + 1\n"
+"end\n"
+"local function jstr(s, i)\n"
+"  local j = i + 1\n"
+"  while true do\n"
+"    local k = string.find(s, '\"', j, true)\n"
+"    if not k then jerr('string') end\n"
+"    local b = k - 1\n"
+"    while string.byte(s, b) == 92 do b = b - 1 end\n"
+"    if (k - 1 - b) % 2 == 0 then return k + 1 end\n"
+"    j = k + 1\n"
+"  end\n"
+"end\n"
+"local function jval(s, i)\n"
+"  local c = string.byte(s, i)\n"
+"  if c == 34 then return jstr(s, i) end\n"
+"  if c ~= 123 and c ~= 91 then\n"
+"    local _, e = string.find(s, '^[-+.%w]+', i)\n"
+"    if not e then jerr('value') end\n"
+"    return e + 1\n"
+"  end\n"
+"  if jfast then\n"
+"    local _, e = string.find(s, c == 123 and '^%b{}' or '^%b[]', i)\n"
+"    if not e then jerr('nesting') end\n"
+"    return e + 1\n"
+"  end\n"
+"  local depth, j = 0, i\n"
+"  while true do\n"
+"    local k = string.find(s, '[%[%]{}\"]', j)\n"
+"    if not k then jerr('nesting') end\n"
+"    local b = string.byte(s, k)\n"
+"    if b == 34 then\n"
+"      j = jstr(s, k)\n"
+"    else\n"
+"      if b == 123 or b == 91 then\n"
+"        depth = depth + 1\n"
+"      else\n"
+"        depth = depth - 1\n"
+"      end\n"
+"      j = k + 1\n"
+"      if depth == 0 then return j end\n"
+"    end\n"
+"  end\n"
+"end\n"
+"local function jutf8(c)\n"
+"  if c < 128 then return string.char(c) end\n"
+"  if c < 2048 then\n"
+"    return string.char(192 + math.floor(c / 64), 128 + c % 64)\n"
+"  end\n"
+"  if c < 65536 then\n"
+"    return string.char(224 + math.floor(c / 4096),\n"
+"                       128 + math.floor(c / 64) % 64, 128 + c % 64)\n"
+"  end\n"
+"  return string.char(240 + math.floor(c / 262144),\n"
+"                     128 + math.floor(c / 4096) % 64,\n"
+"                     128 + math.floor(c / 64) % 64, 128 + c % 64)\n"
+"end\n"
+"local junesc = {b = '\\b', f = '\\f', n = '\\n', r = '\\r', t = '\\t'}\n"
+/* the member name a key denotes: "\u00e9" and "é" are one member */
+"local function jkey(raw)\n"
+"  local s = string.sub(raw, 2, -2)\n"
+"  if not string.find(s, '\\\\', 1, true) then return s end\n"
+"  local out, i = {}, 1\n"
+"  while true do\n"
+"    local k = string.find(s, '\\\\', i, true)\n"
+"    if not k then break end\n"
+"    out[#out + 1] = string.sub(s, i, k - 1)\n"
+"    local c = string.sub(s, k + 1, k + 1)\n"
+"    if c == 'u' then\n"
+"      local u = tonumber(string.sub(s, k + 2, k + 5), 16) or 0\n"
+"      local lo = string.sub(s, k + 6, k + 7) == '\\\\u'\n"
+"      if lo and u >= 55296 and u < 56320 then\n"
+"        local l = tonumber(string.sub(s, k + 8, k + 11), 16) or 0\n"
+"        if l >= 56320 and l < 57344 then\n"
+"          u = 65536 + (u - 55296) * 1024 + l - 56320\n"
+"          k = k + 6\n"
+"        end\n"
+"      end\n"
+"      out[#out + 1] = jutf8(u)\n"
+"      i = k + 6\n"
+"    else\n"
+"      out[#out + 1] = junesc[c] or c\n"
+"      i = k + 2\n"
+"    end\n"
+"  end\n"
+"  out[#out + 1] = string.sub(s, i)\n"
+"  return table.concat(out)\n"
+"end\n"
+"local function jobj(s)\n"
+"  local o = {keys = {}, raw = {}, val = {}}\n"
+"  local i = jws(s, 2)\n"
+"  if string.byte(s, i) == 125 then return o end\n"
+"  while true do\n"
+"    if string.byte(s, i) ~= 34 then jerr('member') end\n"
+"    local e = jstr(s, i)\n"
+"    local rk = string.sub(s, i, e - 1)\n"
+"    local k = jkey(rk)\n"
+"    i = jws(s, e)\n"
+"    if string.byte(s, i) ~= 58 then jerr('colon') end\n"
+"    i = jws(s, i + 1)\n"
+"    local ve = jval(s, i)\n"
+"    if not o.raw[k] then\n"
+"      o.keys[#o.keys + 1] = k\n"
+"      o.raw[k] = rk\n"
+"    end\n"
+"    o.val[k] = string.sub(s, i, ve - 1)\n"
+"    i = jws(s, ve)\n"
+"    local c = string.byte(s, i)\n"
+"    if c == 125 then return o end\n"
+"    if c ~= 44 then jerr('comma') end\n"
+"    i = jws(s, i + 1)\n"
+"  end\n"
+"end\n"
+/* members keep their place and text; new ones are appended */
+"local function jmerge(target, patch, depth)\n"
+"  if string.byte(patch, 1) ~= 123 then return patch end\n"
+"  if depth > 64 then jerr('depth') end\n"
+"  local t = {keys = {}, raw = {}, val = {}}\n"
+"  if string.byte(target, 1) == 123 then t = jobj(target) end\n"
+"  local p = jobj(patch)\n"
+"  for _, k in ipairs(p.keys) do\n"
+"    local v = p.val[k]\n"
+"    if v == 'null' then\n"
+"      t.val[k] = nil\n"
+"    else\n"
+"      if not t.raw[k] then\n"
+"        t.keys[#t.keys + 1] = k\n"
+"        t.raw[k] = p.raw[k]\n"
+"      end\n"
+"      t.val[k] = jmerge(t.val[k] or 'null', v, depth + 1)\n"
+"    end\n"
+"  end\n"
+"  local out = {}\n"
+"  for _, k in ipairs(t.keys) do\n"
+"    local v = t.val[k]\n"
+"    if v then out[#out + 1] = t.raw[k] .. ':' .. v end\n"
+"  end\n"
+"  return '{' .. table.concat(out, ',') .. '}'\n"
+"end\n"
+/* true when no string of s holds a bracket (escapes dropped first) */
+"local function jplain(s)\n"
+"  local t = string.gsub(s, '\\\\.', '')\n"
+"  local _, n1 = string.gsub(t, '[%[%]{}]', '')\n"
+"  local bare = string.gsub(t, '\"[^\"]*\"', '')\n"
+"  local _, n2 = string.gsub(bare, '[%[%]{}]', '')\n"
+"  return n1 == n2\n"
+"end\n"
+/* the state after the patch: text, plain flag; or nil, status */
+"local function merged(state, patch, max)\n"
+"  local cur = redis.call('HMGET', state, 'data', 'plain')\n"
+"  local i, j = jws(patch, 1), #patch\n"
+"  while j > i and string.find(string.sub(patch, j, j), '^[ \\t\\r\\n]') do\n"
+"    j = j - 1\n"
+"  end\n"
+"  patch = string.sub(patch, i, j)\n"
+"  if not pcall(cjson.decode, patch) then return nil, -4 end\n"
+"  local plain = (cur[1] == false or cur[2] == '1') and jplain(patch)\n"
+"  jfast = plain\n"
+"  local ok, r = pcall(jmerge, cur[1] or 'null', patch, 1)\n"
+"  if not ok then\n"
+"    if type(r) == 'table' then return nil, -4 end\n"
+"    error(r)\n"
+"  end\n"
+"  if #r > max then return nil, -3, #r end\n"
+"  return r, plain and '1' or '0'\n"
+"end\n"
 /* keys: state log ops acl audit
  * args: epoch user id data base reject doc channel groups grant default
  *       client (the op key: #user ":" user #client ":" client id)
- *       merge, then retention: keep (entries) age (ms), op window (ms),
+ *       merge (json-merge: the largest state in bytes; else empty),
+ *       then retention: keep (entries) age (ms), op window (ms),
  *       doc expire (ms); absent or 0: off */
 "local function append(keys, args)\n"
 "  local state, log, ops = keys[1], keys[2], keys[3]\n"
@@ -198,9 +372,14 @@ static const char  ngx_http_collab_store_lua[] =
 "  local prev, rot = op_find(ops, opk)\n"
 "  if prev then return {0, tonumber(prev), epoch} end\n"
 "  local head = head_of(state)\n"
-"  if args[6] == '1' and args[5] ~= '' and tonumber(args[5]) < head then\n"
+"  if args[6] == '1' and args[5] ~= '' and tonumber(args[5]) ~= head then\n"
 "    touch(state, tonumber(args[17]) or 0)\n"
 "    return {-1, head, epoch}\n"
+"  end\n"
+"  local json, plain, size\n"
+"  if args[13] and args[13] ~= '' and args[13] ~= '0' then\n"
+"    json, plain, size = merged(state, data, tonumber(args[13]))\n"
+"    if not json then return {plain, size or 0, epoch} end\n"
 "  end\n"
 "  local seq = head + 1\n"
 "  local t = redis.call('TIME')\n"
@@ -209,7 +388,12 @@ static const char  ngx_http_collab_store_lua[] =
 "  local sseq = string.format('%d', seq)\n"
 "  redis.call('XADD', log, sseq .. '-0', 'seq', sseq, 'id', id,\n"
 "             'user', user, 'ts', sts, 'data', data)\n"
-"  redis.call('HSET', state, 'head', sseq, 'ts', sts)\n"
+"  if json then\n"
+"    redis.call('HSET', state, 'head', sseq, 'ts', sts, 'seq', sseq,\n"
+"               'data', json, 'plain', plain)\n"
+"  else\n"
+"    redis.call('HSET', state, 'head', sseq, 'ts', sts)\n"
+"  end\n"
 "  op_record(ops, opk, sseq, rot, ts, sts, tonumber(args[16]) or 0)\n"
 "  redis.call('PUBLISH', args[8], '{\"type\":\"delta\",\"doc\":\"' ..\n"
 "    args[7] .. '\",\"seq\":' .. sseq .. ',\"id\":' .. cjson.encode(id) ..\n"
@@ -298,6 +482,7 @@ static const char  ngx_http_collab_store_lua[] =
 "  local cur = tonumber(redis.call('HGET', state, 'seq') or '-1')\n"
 "  if seq < cur then return {0, cur, epoch} end\n"
 "  redis.call('HSET', state, 'seq', seq, 'data', args[3])\n"
+"  redis.call('HDEL', state, 'plain')\n"
 "  return {1, seq, epoch}\n"
 "end\n"
 /* keys: acl audit state: the ACL for a worker that was told it changed;
@@ -399,16 +584,31 @@ static ngx_int_t ngx_http_collab_store_load(redisAsyncContext *ac,
     ngx_uint_t attempt);
 static void ngx_http_collab_store_load_reply(redisAsyncContext *ac,
     void *r, void *data);
+static ngx_http_collab_msg_t *ngx_http_collab_store_refusal(
+    ngx_http_collab_cmd_t *cmd, ngx_int_t status, int64_t n);
 static void ngx_http_collab_store_append_reply(ngx_http_collab_cmd_t *cmd,
     redisReply *reply);
 static void ngx_http_collab_store_state_reply(ngx_http_collab_cmd_t *cmd,
     redisReply *reply);
 static void ngx_http_collab_store_read_reply(ngx_http_collab_cmd_t *cmd,
     redisReply *reply);
+static ngx_int_t ngx_http_collab_store_read_send(
+    ngx_http_collab_session_t *s, ngx_http_collab_cmd_t *cmd, ngx_str_t *doc,
+    int64_t since, ngx_uint_t count, ngx_str_t *client_epoch, size_t budget);
+static void ngx_http_collab_store_fetch_reply(ngx_http_collab_cmd_t *cmd,
+    redisReply *reply);
 static void ngx_http_collab_store_read_decode(redisReply *reply,
     ngx_http_collab_read_t *rd);
 static ngx_int_t ngx_http_collab_store_triple(redisReply *reply,
     ngx_int_t *status, int64_t *seq);
+static ngx_int_t ngx_http_collab_store_event_delta(u_char *p, size_t len,
+    ngx_str_t *doc, uint64_t *seq);
+static void ngx_http_collab_store_acl_reply(ngx_http_collab_cmd_t *cmd,
+    redisReply *reply);
+static void ngx_http_collab_store_acl_admin_reply(ngx_http_collab_cmd_t *cmd,
+    redisReply *reply);
+static void ngx_http_collab_store_acl_admin_decode(redisReply *reply,
+    ngx_http_collab_acl_admin_t *res);
 
 
 ngx_int_t
@@ -743,6 +943,7 @@ ngx_http_collab_store_append(ngx_http_collab_session_t *s, ngx_str_t *doc,
     u_char                  chan[NGX_HTTP_COLLAB_KEY_MAX];
     u_char                  epoch[NGX_HTTP_COLLAB_EPOCH_LEN];
     u_char                  sbase[NGX_INT64_LEN];
+    u_char                  smax[NGX_SIZE_T_LEN];
     u_char                  role[2];
     u_char                  retain[4][NGX_INT64_LEN];
     const char             *argv[25];
@@ -806,6 +1007,12 @@ ngx_http_collab_store_append(ngx_http_collab_session_t *s, ngx_str_t *doc,
     argvlen[19] = s->client_len;
     argv[20] = "";
     argvlen[20] = 0;
+
+    if (s->conf->merge == NGX_HTTP_COLLAB_MERGE_JSON) {
+        argv[20] = (char *) smax;
+        argvlen[20] = ngx_sprintf(smax, "%uz", s->conf->state_max) - smax;
+    }
+
     ngx_http_collab_store_retain_args(s->conf, &argv[21], &argvlen[21],
                                       retain);
 
@@ -853,6 +1060,41 @@ ngx_http_collab_store_triple(redisReply *reply, ngx_int_t *status,
 }
 
 
+/* -1 conflict (n: the head), -3 too large (n: its size), -4 invalid */
+
+static ngx_http_collab_msg_t *
+ngx_http_collab_store_refusal(ngx_http_collab_cmd_t *cmd, ngx_int_t status,
+    int64_t n)
+{
+    u_char  text[64];
+
+    switch (status) {
+
+    case -3:
+        return ngx_http_collab_msg_error("nack", "too_large", &cmd->doc,
+                                         &cmd->id, "the document state "
+                                         "would exceed %uz bytes",
+                                         cmd->session->conf->state_max);
+
+    case -4:
+        return ngx_http_collab_msg_error("nack", "invalid", &cmd->doc,
+                                         &cmd->id, "\"data\" is not a valid "
+                                         "merge patch (objects nested more "
+                                         "than 64 deep)");
+
+    default:
+        /* the head lets the client rebase without asking for it */
+        *ngx_sprintf(text, "base is not the document head %L", n) = '\0';
+
+        return ngx_http_collab_msg_build("nack", "id", 'S', &cmd->id,
+                                         "doc", 'S', &cmd->doc,
+                                         "code", 'C', "conflict",
+                                         "message", 'C', (char *) text,
+                                         "seq", 'I', n, NULL);
+    }
+}
+
+
 static void
 ngx_http_collab_store_append_reply(ngx_http_collab_cmd_t *cmd,
     redisReply *reply)
@@ -894,10 +1136,7 @@ ngx_http_collab_store_append_reply(ngx_http_collab_cmd_t *cmd,
                                       "not allowed");
 
     } else if (status < 0) {
-        m = ngx_http_collab_msg_error("nack", "conflict", &cmd->doc,
-                                      &cmd->id,
-                                      "base is behind the document head %L",
-                                      seq);
+        m = ngx_http_collab_store_refusal(cmd, status, seq);
 
     } else {
         m = ngx_http_collab_msg_alloc(cmd->doc.len + 2 * cmd->id.len
@@ -1063,21 +1302,10 @@ ngx_http_collab_store_state_reply(ngx_http_collab_cmd_t *cmd,
 ngx_int_t
 ngx_http_collab_store_read(ngx_http_collab_sub_t *sub)
 {
-    u_char                      kstate[NGX_HTTP_COLLAB_KEY_MAX];
-    u_char                      klog[NGX_HTTP_COLLAB_KEY_MAX];
-    u_char                      kacl[NGX_HTTP_COLLAB_KEY_MAX];
-    u_char                      kaudit[NGX_HTTP_COLLAB_KEY_MAX];
-    u_char                      epoch[NGX_HTTP_COLLAB_EPOCH_LEN];
-    u_char                      since[NGX_INT64_LEN + 1];
-    u_char                      count[NGX_INT_T_LEN];
-    u_char                      budget[NGX_SIZE_T_LEN];
-    u_char                      expire[NGX_INT64_LEN];
-    u_char                      role[2];
-    const char                 *argv[17];
-    size_t                      argvlen[17];
     size_t                      room, used;
+    int64_t                     since;
     ngx_int_t                   rc;
-    ngx_str_t                  *doc;
+    ngx_str_t                   epoch;
     ngx_http_collab_cmd_t      *cmd;
     ngx_http_collab_session_t  *s;
 
@@ -1093,7 +1321,87 @@ ngx_http_collab_store_read(ngx_http_collab_sub_t *sub)
     sub->read = cmd;
     sub->stalled = 0;
 
-    doc = &sub->doc->node.str;
+    if (sub->state == NGX_HTTP_COLLAB_SUB_JOINING) {
+        since = sub->since;
+        epoch.data = sub->epoch;
+        epoch.len = sub->has_epoch ? NGX_HTTP_COLLAB_EPOCH_LEN : 0;
+
+    } else {
+        since = (int64_t) sub->pos;
+        ngx_str_set(&epoch, "");
+    }
+
+    /*
+     * Ask only for what fits the free part of the send queue, less what the
+     * session's other reads were promised (at least one entry comes back):
+     * the reply is what Redis buffers for this worker.
+     */
+
+    used = s->out_bytes + s->read_reserved;
+    room = (used < s->conf->send_queue) ? s->conf->send_queue - used : 1;
+
+    cmd->budget = room;
+    s->read_reserved += room;
+    sub->budget = room;
+
+    rc = ngx_http_collab_store_read_send(s, cmd, &sub->doc->node.str, since,
+                                         NGX_HTTP_COLLAB_READ_BATCH, &epoch,
+                                         room);
+
+    if (rc != NGX_OK) {
+        /* retried when Redis is back */
+        sub->stalled = 1;
+        return NGX_DECLINED;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * An HTTP read: the snapshot alone (since -1, no entries) or a page of the
+ * log; NGX_OK: the reply will come, else Redis cannot take the command.
+ */
+
+ngx_int_t
+ngx_http_collab_store_fetch(ngx_http_collab_session_t *s,
+    ngx_http_collab_get_t *g)
+{
+    ngx_http_collab_cmd_t  *cmd;
+
+    cmd = ngx_http_collab_cmd_alloc(s, 0);
+    if (cmd == NULL) {
+        return NGX_ERROR;
+    }
+
+    cmd->handler = ngx_http_collab_store_fetch_reply;
+
+    return ngx_http_collab_store_read_send(s, cmd, &g->doc, g->since,
+                                           g->since < 0 ? 0 : g->limit,
+                                           &g->epoch,
+                                           NGX_HTTP_COLLAB_GET_BUDGET);
+}
+
+
+/* collab_read; the command is freed when it cannot be sent */
+
+static ngx_int_t
+ngx_http_collab_store_read_send(ngx_http_collab_session_t *s,
+    ngx_http_collab_cmd_t *cmd, ngx_str_t *doc, int64_t since,
+    ngx_uint_t count, ngx_str_t *client_epoch, size_t budget)
+{
+    u_char       kstate[NGX_HTTP_COLLAB_KEY_MAX];
+    u_char       klog[NGX_HTTP_COLLAB_KEY_MAX];
+    u_char       kacl[NGX_HTTP_COLLAB_KEY_MAX];
+    u_char       kaudit[NGX_HTTP_COLLAB_KEY_MAX];
+    u_char       epoch[NGX_HTTP_COLLAB_EPOCH_LEN];
+    u_char       ssince[NGX_INT64_LEN + 1];
+    u_char       scount[NGX_INT_T_LEN];
+    u_char       sbudget[NGX_SIZE_T_LEN];
+    u_char       expire[NGX_INT64_LEN];
+    u_char       role[2];
+    const char  *argv[17];
+    size_t       argvlen[17];
 
     ngx_http_collab_store_epoch(epoch);
 
@@ -1113,54 +1421,23 @@ ngx_http_collab_store_read(ngx_http_collab_sub_t *sub)
     argvlen[6] = ngx_http_collab_key(kaudit, doc, ":audit");
     argv[7] = (char *) epoch;
     argvlen[7] = NGX_HTTP_COLLAB_EPOCH_LEN;
-    argv[8] = (char *) since;
-
-    if (sub->state == NGX_HTTP_COLLAB_SUB_JOINING) {
-        argvlen[8] = ngx_sprintf(since, "%L", sub->since) - since;
-        argv[10] = (char *) sub->epoch;
-        argvlen[10] = sub->has_epoch ? NGX_HTTP_COLLAB_EPOCH_LEN : 0;
-
-    } else {
-        argvlen[8] = ngx_sprintf(since, "%uL", sub->pos) - since;
-        argv[10] = "";
-        argvlen[10] = 0;
-    }
-
-    argv[9] = (char *) count;
-    argvlen[9] = ngx_sprintf(count, "%ui", (ngx_uint_t)
-                             NGX_HTTP_COLLAB_READ_BATCH) - count;
+    argv[8] = (char *) ssince;
+    argvlen[8] = ngx_sprintf(ssince, "%L", since) - ssince;
+    argv[9] = (char *) scount;
+    argvlen[9] = ngx_sprintf(scount, "%ui", count) - scount;
+    argv[10] = client_epoch->len ? (char *) client_epoch->data : "";
+    argvlen[10] = client_epoch->len;
     argv[11] = (char *) s->user.data;
     argvlen[11] = s->user.len;
     ngx_http_collab_store_role_args(s, doc, &argv[12], &argvlen[12], role);
+    argv[15] = (char *) sbudget;
+    argvlen[15] = ngx_sprintf(sbudget, "%uz", budget) - sbudget;
 
-    /*
-     * Ask only for what fits the free part of the send queue, less what the
-     * session's other reads were promised (at least one entry comes back):
-     * the reply is what Redis buffers for this worker.
-     */
-
-    used = s->out_bytes + s->read_reserved;
-    room = (used < s->conf->send_queue) ? s->conf->send_queue - used : 1;
-
-    cmd->budget = room;
-    s->read_reserved += room;
-    sub->budget = room;
-
-    argv[15] = (char *) budget;
-    argvlen[15] = ngx_sprintf(budget, "%uz", room) - budget;
     argv[16] = (char *) expire;
     argvlen[16] = ngx_sprintf(expire, "%M", s->conf->doc_expire) - expire;
 
-    rc = ngx_http_collab_redis_command(&ngx_http_collab_worker->cmd, cmd,
-                                       17, argv, argvlen);
-
-    if (rc != NGX_OK) {
-        /* retried when Redis is back */
-        sub->stalled = 1;
-        return NGX_DECLINED;
-    }
-
-    return NGX_OK;
+    return ngx_http_collab_redis_command(&ngx_http_collab_worker->cmd, cmd,
+                                         17, argv, argvlen);
 }
 
 
@@ -1183,6 +1460,23 @@ ngx_http_collab_store_read_reply(ngx_http_collab_cmd_t *cmd,
     ngx_http_collab_store_read_decode(reply, &rd);
 
     ngx_http_collab_doc_read_done(sub, &rd);
+}
+
+
+static void
+ngx_http_collab_store_fetch_reply(ngx_http_collab_cmd_t *cmd,
+    redisReply *reply)
+{
+    ngx_http_collab_read_t      rd;
+    ngx_http_collab_session_t  *s;
+
+    s = cmd->session;
+
+    ngx_http_collab_cmd_free(cmd);
+
+    ngx_http_collab_store_read_decode(reply, &rd);
+
+    ngx_http_collab_get_done(s, &rd);
 }
 
 
@@ -1302,7 +1596,7 @@ ngx_http_collab_store_event(ngx_str_t *doc, u_char *p, size_t len,
 
     ngx_memzero(ev, sizeof(ngx_http_collab_event_t));
 
-    if (ngx_http_collab_msg_parse_delta(p, len, doc, &ev->seq) == NGX_OK) {
+    if (ngx_http_collab_store_event_delta(p, len, doc, &ev->seq) == NGX_OK) {
         ev->type = NGX_HTTP_COLLAB_EVENT_DELTA;
         return NGX_OK;
     }
@@ -1349,10 +1643,322 @@ ngx_http_collab_store_event(ngx_str_t *doc, u_char *p, size_t len,
 }
 
 
+/*
+ * The deltas collab_append publishes start with a fixed prefix, so fan-out
+ * finds the seq without a JSON parser.
+ */
+
+static ngx_int_t
+ngx_http_collab_store_event_delta(u_char *p, size_t len, ngx_str_t *doc,
+    uint64_t *seq)
+{
+    u_char    *last;
+    uint64_t   n;
+
+    static const char  prefix[] = "{\"type\":\"delta\",\"doc\":\"";
+
+    last = p + len;
+
+    if (len < sizeof(prefix) - 1 + doc->len + sizeof("\",\"seq\":1") - 1
+        || ngx_memcmp(p, prefix, sizeof(prefix) - 1) != 0)
+    {
+        return NGX_DECLINED;
+    }
+
+    p += sizeof(prefix) - 1;
+
+    if (ngx_memcmp(p, doc->data, doc->len) != 0) {
+        return NGX_DECLINED;
+    }
+
+    p += doc->len;
+
+    if (ngx_memcmp(p, "\",\"seq\":", sizeof("\",\"seq\":") - 1) != 0) {
+        return NGX_DECLINED;
+    }
+
+    p += sizeof("\",\"seq\":") - 1;
+    n = 0;
+
+    while (p < last && *p >= '0' && *p <= '9') {
+        if (n > ((uint64_t) 1 << 53) / 10) {
+            return NGX_DECLINED;
+        }
+
+        n = n * 10 + (*p++ - '0');
+    }
+
+    if (p == last || *p != ',' || n == 0) {
+        return NGX_DECLINED;
+    }
+
+    *seq = n;
+
+    return NGX_OK;
+}
+
+
 void
 ngx_http_collab_store_event_free(ngx_http_collab_event_t *ev)
 {
     if (ev->obj) {
         json_decref(ev->obj);
+    }
+}
+
+
+/* the ACL for a worker that was told it changed; retried by the caller */
+
+ngx_int_t
+ngx_http_collab_store_acl(ngx_http_collab_doc_t *doc)
+{
+    u_char                  kacl[NGX_HTTP_COLLAB_KEY_MAX];
+    u_char                  kaudit[NGX_HTTP_COLLAB_KEY_MAX];
+    u_char                  kstate[NGX_HTTP_COLLAB_KEY_MAX];
+    const char             *argv[6];
+    size_t                  argvlen[6];
+    ngx_http_collab_cmd_t  *cmd;
+
+    cmd = ngx_http_collab_cmd_alloc(NULL, 0);
+    if (cmd == NULL) {
+        return NGX_ERROR;
+    }
+
+    cmd->doc_owner = doc;
+    cmd->handler = ngx_http_collab_store_acl_reply;
+
+    argv[0] = "FCALL";
+    argvlen[0] = 5;
+    argv[1] = "collab_acl";
+    argvlen[1] = 10;
+    argv[2] = "3";
+    argvlen[2] = 1;
+    argv[3] = (char *) kacl;
+    argvlen[3] = ngx_http_collab_key(kacl, &doc->node.str, ":acl");
+    argv[4] = (char *) kaudit;
+    argvlen[4] = ngx_http_collab_key(kaudit, &doc->node.str, ":audit");
+    argv[5] = (char *) kstate;
+    argvlen[5] = ngx_http_collab_key(kstate, &doc->node.str, ":state");
+
+    if (ngx_http_collab_redis_command(&ngx_http_collab_worker->cmd, cmd, 6,
+                                      argv, argvlen)
+        != NGX_OK)
+    {
+        /* freed already: connection down or pipeline full */
+        return NGX_ERROR;
+    }
+
+    doc->acl_cmd = cmd;
+
+    return NGX_OK;
+}
+
+
+/* the reply of collab_acl: the raw ACL, or nil without one */
+
+static void
+ngx_http_collab_store_acl_reply(ngx_http_collab_cmd_t *cmd,
+    redisReply *reply)
+{
+    ngx_http_collab_doc_t       *doc;
+    ngx_http_collab_acl_load_t   ld;
+
+    doc = cmd->doc_owner;
+    doc->acl_cmd = NULL;
+    cmd->doc_owner = NULL;
+
+    ngx_http_collab_cmd_free(cmd);
+
+    ngx_memzero(&ld, sizeof(ngx_http_collab_acl_load_t));
+
+    if (reply == NULL) {
+        ld.status = NGX_AGAIN;
+
+    } else if (reply->type == REDIS_REPLY_ERROR) {
+        ld.status = NGX_ERROR;
+        ld.error = reply->str;
+
+    } else if (reply->type == REDIS_REPLY_STRING) {
+        ld.raw.data = (u_char *) reply->str;
+        ld.raw.len = reply->len;
+    }
+
+    ngx_http_collab_acl_loaded(doc, &ld);
+}
+
+
+/* keys: audit; args: user action.  The reply does not matter. */
+
+void
+ngx_http_collab_store_deny(ngx_http_collab_session_t *s, ngx_str_t *doc,
+    const char *action)
+{
+    u_char                  kaudit[NGX_HTTP_COLLAB_KEY_MAX];
+    const char             *argv[6];
+    size_t                  argvlen[6];
+    ngx_http_collab_cmd_t  *cmd;
+
+    cmd = ngx_http_collab_cmd_alloc(NULL, 0);
+    if (cmd == NULL) {
+        return;
+    }
+
+    cmd->handler = ngx_http_collab_cmd_discard;
+
+    argv[0] = "FCALL";
+    argvlen[0] = 5;
+    argv[1] = "collab_deny";
+    argvlen[1] = 11;
+    argv[2] = "1";
+    argvlen[2] = 1;
+    argv[3] = (char *) kaudit;
+    argvlen[3] = ngx_http_collab_key(kaudit, doc, ":audit");
+    argv[4] = (char *) s->user.data;
+    argvlen[4] = s->user.len;
+    argv[5] = action;
+    argvlen[5] = ngx_strlen(action);
+
+    (void) ngx_http_collab_redis_command(&ngx_http_collab_worker->cmd, cmd,
+                                         6, argv, argvlen);
+}
+
+
+/*
+ * collab_acl_get (body NULL) or collab_acl_put for the admin endpoint:
+ * admin, the holder of the admin key, needs no role.  version NULL: put
+ * whatever the version is.  NGX_DECLINED: the store is unavailable.
+ */
+
+ngx_int_t
+ngx_http_collab_store_acl_admin(ngx_http_collab_session_t *s,
+    ngx_str_t *doc, ngx_uint_t admin, int64_t *version, ngx_str_t *body)
+{
+    u_char                  kacl[NGX_HTTP_COLLAB_KEY_MAX];
+    u_char                  kaudit[NGX_HTTP_COLLAB_KEY_MAX];
+    u_char                  kstate[NGX_HTTP_COLLAB_KEY_MAX];
+    u_char                  chan[NGX_HTTP_COLLAB_KEY_MAX];
+    u_char                  sversion[NGX_INT64_LEN];
+    u_char                  role[2];
+    const char             *argv[14], *rargv[3];
+    size_t                  argvlen[14], rargvlen[3];
+    ngx_http_collab_cmd_t  *cmd;
+
+    argv[0] = "FCALL";
+    argvlen[0] = 5;
+    argv[1] = body ? "collab_acl_put" : "collab_acl_get";
+    argvlen[1] = 14;
+    argv[2] = "4";
+    argvlen[2] = 1;
+    argv[3] = (char *) kacl;
+    argvlen[3] = ngx_http_collab_key(kacl, doc, ":acl");
+    argv[4] = (char *) kaudit;
+    argvlen[4] = ngx_http_collab_key(kaudit, doc, ":audit");
+    argv[5] = (char *) kstate;
+    argvlen[5] = ngx_http_collab_key(kstate, doc, ":state");
+    argv[6] = (char *) chan;
+    argvlen[6] = ngx_http_collab_key(chan, doc, "");
+
+    /* args: admin user groups grant version default body */
+
+    ngx_http_collab_store_role_args(s, doc, rargv, rargvlen, role);
+
+    argv[7] = admin ? "1" : "0";
+    argvlen[7] = 1;
+    argv[8] = admin ? "admin" : (char *) s->user.data;
+    argvlen[8] = admin ? 5 : s->user.len;
+    argv[9] = rargv[0];
+    argvlen[9] = rargvlen[0];
+    argv[10] = rargv[1];
+    argvlen[10] = rargvlen[1];
+    argv[11] = (char *) sversion;
+    argvlen[11] = version ? (size_t) (ngx_sprintf(sversion, "%L", *version)
+                                      - sversion)
+                          : 0;
+    argv[12] = rargv[2];
+    argvlen[12] = rargvlen[2];
+    argv[13] = body ? (char *) body->data : "";
+    argvlen[13] = body ? body->len : 0;
+
+    cmd = ngx_http_collab_cmd_alloc(s, 0);
+    if (cmd == NULL) {
+        return NGX_ERROR;
+    }
+
+    cmd->handler = ngx_http_collab_store_acl_admin_reply;
+
+    if (ngx_http_collab_redis_command(&ngx_http_collab_worker->cmd, cmd, 14,
+                                      argv, argvlen)
+        != NGX_OK)
+    {
+        return NGX_DECLINED;
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_collab_store_acl_admin_reply(ngx_http_collab_cmd_t *cmd,
+    redisReply *reply)
+{
+    ngx_http_collab_session_t    *s;
+    ngx_http_collab_acl_admin_t   res;
+
+    s = cmd->session;
+
+    ngx_http_collab_cmd_free(cmd);
+
+    ngx_http_collab_store_acl_admin_decode(reply, &res);
+
+    ngx_http_collab_admin_done(s, &res);
+}
+
+
+/* {status, version, raw}: 1 ok, -1 version conflict, -2 forbidden */
+
+static void
+ngx_http_collab_store_acl_admin_decode(redisReply *reply,
+    ngx_http_collab_acl_admin_t *res)
+{
+    redisReply  **e;
+
+    ngx_memzero(res, sizeof(ngx_http_collab_acl_admin_t));
+
+    if (reply == NULL) {
+        res->status = NGX_AGAIN;
+        return;
+    }
+
+    e = reply->element;
+
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 1
+        || e[0]->type != REDIS_REPLY_INTEGER)
+    {
+        res->status = NGX_ERROR;
+        res->error = reply->type == REDIS_REPLY_ERROR
+                     ? reply->str : "unexpected reply";
+        return;
+    }
+
+    switch (e[0]->integer) {
+
+    case 1:
+        res->status = NGX_OK;
+
+        if (reply->elements == 3 && e[2]->type == REDIS_REPLY_STRING) {
+            res->acl.data = (u_char *) e[2]->str;
+            res->acl.len = e[2]->len;
+        }
+
+        break;
+
+    case -1:
+        res->status = NGX_DECLINED;
+        res->conflict = 1;
+        break;
+
+    default:
+        res->status = NGX_DECLINED;
+        break;
     }
 }

@@ -72,6 +72,7 @@ good('every directive', conf('', <<'EOF', 'collab_redis 127.0.0.1:6379 password=
             collab_rate 50r/s burst=100;
 EOF
 good('collab_auth off', conf('', 'collab_auth off;'));
+good('collab_merge json-merge', conf('', 'collab_merge json-merge; collab_state_max 1m;'));
 good('collab_rate without burst', conf('', 'collab_rate 10r/s;'));
 good('directives inherited from http level', conf('collab_max_docs 4; collab_ping 5s;', ''));
 # ASSUMPTION: a unix socket path is not checked at configuration time
@@ -83,7 +84,6 @@ good('collab_redis without any collab location', <<'EOF');
 EOF
 
 # --- collab_auth
-bad('json-merge refused until implemented', conf('', 'collab_merge json-merge;'), qr/json-merge.*not supported yet/);
 bad('unknown collab_auth mode', conf('', 'collab_auth magic;'), qr/collab_auth|"magic"/);
 
 # --- sizes and numbers
@@ -94,6 +94,8 @@ bad('non-numeric collab_max_docs', conf('', 'collab_max_docs many;'), qr/collab_
 bad('collab_max_docs 0', conf('', 'collab_max_docs 0;'), qr/collab_max_docs|between 1 and/);
 bad('bad time for collab_ping', conf('', 'collab_ping soon;'), qr/collab_ping/);
 bad('unknown collab_merge', conf('', 'collab_merge crdt-magic;'), qr/collab_merge|"crdt-magic"/);
+bad('collab_state_max 0', conf('', 'collab_state_max 0;'), qr/collab_state_max/);
+bad('collab_state_max over 16m', conf('', 'collab_state_max 17m;'), qr/collab_state_max/);
 bad('unknown collab_conflict', conf('', 'collab_conflict last-wins;'), qr/collab_conflict|"last-wins"/);
 bad('bad collab_rate', conf('', 'collab_rate fast;'), qr/collab_rate|"fast"/);
 bad('bad collab_rate burst', conf('', 'collab_rate 10r/s burst=x;'), qr/collab_rate|burst/);

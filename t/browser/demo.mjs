@@ -88,6 +88,9 @@ class Tab {
             if (/\/favicon\.ico$/.test(where)) { return; }   // the demo has no favicon
             // reconnect attempts while the context is offline (step 2) fail like this
             if (/WebSocket connection to .* failed: .*ERR_INTERNET_DISCONNECTED/.test(m.text())) { return; }
+            // a reconnect that reaches an old worker of the nginx reload (step 2) is refused
+            // 503 (docs/protocol.md) and retried: the browser logs the refusal
+            if (/WebSocket connection to .* failed: .*Unexpected response code: 503/.test(m.text())) { return; }
             this.errors.push('console: ' + m.text() + (where ? ' (' + where + ')' : ''));
         });
         page.on('websocket', (ws) => {

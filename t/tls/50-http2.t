@@ -3,9 +3,9 @@
 # HTTP/2 (`listen ... ssl http2`, how browsers reach most edges), driven by
 # curl --http2: an event stream over h2, Last-Event-ID resume, 7 concurrent
 # streams on one connection, a WebSocket attempt over h2 answered 400, POST
-# over h2, a stream reset by the client frees its session at once (seen from
-# outside through collab_max_sessions_per_doc 1), many streams closing
-# together.  The WebSocket writers speak HTTP/1.1 over TLS on the same port
+# over h2, HTTP reads (state, deltas, 304), a stream reset by the client
+# frees its session at once (seen from outside through
+# collab_max_sessions_per_doc 1), many streams closing together.  The WebSocket writers speak HTTP/1.1 over TLS on the same port
 # (no ALPN).
 
 use strict;
@@ -164,6 +164,25 @@ $t->curl_stop($c);
     my $list = eval { Collab::Test::json_decode($json // '') } || [];
     is(scalar(grep { $_->{type} eq 'ack' } @$list), 100, 'POST over h2: 100 deltas of 2 KB acked (a 200 KB body)');
     is($t->log_len('h2post'), 100, 'and stored');
+}
+
+###########################################################################
+# HTTP reads over h2: the state, a page of deltas, 304 on the ETag
+
+{
+    delta('h2read', "r$_") for 1 .. 3;
+    my ($rc, $out) = $t->curl('--http2', '-i', "$BASE/collab?doc=h2read&view=deltas&since=1");
+    like($out, qr{\AHTTP/2 200}, 'a read over h2: 200');
+    my ($etag) = $out =~ /^etag: ("[^"]+")/mi;
+    my ($body) = $out =~ /\r?\n\r?\n(.*)\z/s;
+    my $page = eval { Collab::Test::json_decode($body // '') } || {};
+    is(join(',', map { $_->{seq} } @{ $page->{deltas} || [] }), '2,3', 'its deltas');
+    ok($etag, 'with an ETag');
+    ($rc, $out) = $t->curl('--http2', '-o', '/dev/null', '-w', '%{http_code} %{http_version}',
+        '-H', "If-None-Match: $etag", "$BASE/collab?doc=h2read&view=deltas&since=1");
+    is($out, '304 2', 'If-None-Match over h2: 304');
+    ($rc, $out) = $t->curl('--http2', "$BASE/collab?doc=h2read&view=state");
+    is(eval { Collab::Test::json_decode($out)->{seq} }, 0, 'the state over h2');
 }
 
 ###########################################################################
