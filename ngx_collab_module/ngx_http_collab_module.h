@@ -40,8 +40,13 @@
 
 /* retry_after_ms for a session over its share of the Redis pipeline */
 #define NGX_HTTP_COLLAB_BUSY_RETRY        100
-/* how long a closing WebSocket waits for the peer's close frame, in ms */
+/*
+ * How long a closing session waits for the peer's close frame, or for its
+ * queue to move, in ms; a queue that keeps moving extends the wait up to
+ * NGX_HTTP_COLLAB_LINGER_MAX from the close.
+ */
 #define NGX_HTTP_COLLAB_LINGER            2000
+#define NGX_HTTP_COLLAB_LINGER_MAX        10000
 /* "collab:{" doc "}" suffix: the longest suffix is ":audit:limit" */
 #define NGX_HTTP_COLLAB_KEY_MAX                                              \
     (sizeof("collab:{}:audit:limit") + NGX_HTTP_COLLAB_DOC_MAX)
@@ -308,6 +313,7 @@ struct ngx_http_collab_session_s {
     ngx_http_collab_out_t       *pong;           /* queued, not yet written */
     size_t                       out_bytes;
     ngx_msec_t                   out_moved;      /* queue last made progress */
+    ngx_msec_t                   closed_at;      /* close was decided */
 
     ngx_http_collab_ws_parser_t *parser;
     u_char                      *rest;           /* unparsed, blocked */

@@ -845,6 +845,7 @@ ngx_http_collab_session_close(ngx_http_collab_session_t *s, ngx_uint_t code,
 
     s->closing = 1;
     s->finalize = 1;
+    s->closed_at = ngx_current_msec;
 
     if (s->ping.timer_set) {
         ngx_del_timer(&s->ping);
@@ -910,6 +911,16 @@ ngx_http_collab_session_linger_handler(ngx_event_t *ev)
 
     s = ev->data;
     c = s->connection;
+
+    if ((s->out != NULL || c->buffered)
+        && ngx_current_msec - s->out_moved < NGX_HTTP_COLLAB_LINGER
+        && ngx_current_msec - s->closed_at < NGX_HTTP_COLLAB_LINGER_MAX)
+    {
+        /* a slow reader still reads: let it have its last deltas and close */
+        ngx_add_timer(&s->linger, NGX_HTTP_COLLAB_LINGER
+                                  - (ngx_current_msec - s->out_moved));
+        return;
+    }
 
     ngx_log_debug0(NGX_LOG_DEBUG_HTTP, c->log, 0,
                    "collab: close timed out");

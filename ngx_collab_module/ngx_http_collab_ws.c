@@ -851,6 +851,7 @@ ngx_http_collab_ws_close_received(ngx_http_collab_session_t *s,
     if (!s->close_sent) {
         s->closing = 1;
         s->finalize = 1;
+        s->closed_at = ngx_current_msec;
 
         if (s->ping.timer_set) {
             ngx_del_timer(&s->ping);

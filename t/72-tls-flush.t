@@ -200,5 +200,47 @@ my $pub = $t->ws_session(port => $t->port2);
     ok(Collab::Test::wait_until(sub { !$t->pid_alive($old) }, 10), 'the old worker exits');
 }
 
+# 3. a reader slower than the 2 s close bound: while its queue moves the
+# old worker waits for it (up to 10 s from the close), so a slow client on
+# a busy machine still gets everything and 1001; one that stops reading is
+# cut off 2 s after its queue last moved
+
+{
+    my $slow = tls_ws(rcvbuf => 4096);
+    my $dead = tls_ws(rcvbuf => 4096);
+    is($t->subscribe($slow, 'slow')->{type}, 'subscribed', 'a slow TLS subscriber');
+    is($t->subscribe($dead, 'slow')->{type}, 'subscribed', 'and one that stops reading');
+
+    $pub = $t->ws_session(port => $t->port2);    # the last reload closed it
+    is(publish($pub, 'slow', 1, 100), 100, '100 deltas acked while both stall');
+
+    my ($old) = $t->worker_pids;
+    my $t0 = time;
+    kill 'HUP', $t->master_pid;
+
+    # one 2 KB delta every 50 ms: about 5 s for all of them
+    my @seq;
+    my $deadline = time + 30;
+    while (time < $deadline) {
+        my $m = $slow->recv_json($deadline - time);
+        last unless $m;
+        next unless $m->{type} eq 'delta';
+        push @seq, $m->{seq};
+        sleep 0.05;
+    }
+    my $took = time - $t0;
+    is(scalar @seq, 100, 'the slow reader gets all 100 deltas')
+        or diag("got " . scalar(@seq) . ", last seq " . ($seq[-1] // 'none')
+                . sprintf(' in %.1f s', $took));
+    cmp_ok($took, '>', 2, sprintf('over more than 2 s (%.1f s)', $took));
+    is($slow->close_code, 1001, 'then close 1001');
+
+    ok(Collab::Test::wait_until(sub { !$t->pid_alive($old) }, 15), 'the old worker exits');
+    my $n = 0;
+    $n++ while $dead->recv_json(2);
+    ok($n < 100 && !$dead->got_close,
+       "the client that stopped reading was cut off (TCP close after $n messages)");
+}
+
 $t->done;
 done_testing;

@@ -197,8 +197,8 @@ is($acked, scalar @reload, 'deltas acked for every stalled subscriber');
 $t->reload_nginx;
 is($reader->expect_close(5), 1001, 'reload: a reading TLS client gets close 1001');
 # all of them read at once, 8 KB at a time, up to their close frame or their
-# end: within the 2 s an exiting worker gives a close frame (session.c
-# NGX_HTTP_COLLAB_LINGER), also on a busy machine
+# end: an exiting worker waits for a client whose queue moved within the last
+# 2 s, up to 10 s from the close (session.c NGX_HTTP_COLLAB_LINGER, _MAX)
 {
     my $deadline = time + 15;
     for my $c (@reload) { $c->{ws}{read_max} = 8192; $c->{seqs} = [] }
