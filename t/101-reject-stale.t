@@ -14,6 +14,7 @@ use lib "$FindBin::Bin/lib";
 use Test::More;
 use Collab::Test;
 use Collab::WS;
+use JSON::PP ();
 
 my $t = Collab::Test->new(timeout => 120);
 $t->start_redis;
@@ -128,6 +129,22 @@ sub delta {
     is($t->log_len('race'), 30, 'the log holds exactly the winners');
     $wa->close;
     $wb->close;
+}
+
+# --- www/collab.js: the rejection carries the head, and a rebase on it works
+SKIP: {
+    my ($node) = grep { -x } map { "$_/node" } split /:/, $ENV{PATH};
+    skip 'node is not installed', 4 unless $node;
+    my $url = 'ws://127.0.0.1:' . $t->port . '/collab';
+    my $out = `$node --no-warnings --experimental-websocket $FindBin::Bin/client/conflict.mjs $url js-cf 2>&1`;
+    my ($line) = $out =~ /^(\{.*\})\s*$/m;
+    my $r = eval { JSON::PP::decode_json($line // '') } // {};
+    is($r->{a} && $r->{a}{seq}, 1, 'collab.js: the first delta on base 0 is stored')
+        or diag $out;
+    is($r->{b} && $r->{b}{rejected} && $r->{b}{rejected}{code}, 'conflict',
+       'collab.js: the second is rejected with conflict');
+    is($r->{b} && $r->{b}{rejected} && $r->{b}{rejected}{seq}, 1, '... carrying the head');
+    is($r->{rebased} && $r->{rebased}{seq}, 2, '... and stored once rebased on it');
 }
 
 $t->done;

@@ -247,7 +247,8 @@
 
     /*
      * Send a change. Resolves with {doc, seq, id} once the server stored it, rejects with
-     * {code, message} on a final nack. opts.id: your own op id (1..128 chars); opts.base: the seq
+     * {code, message} on a final nack ({code: 'conflict', message, seq} when the document moved
+     * past opts.base under collab_conflict reject-stale: rebase on seq and send again). opts.id: your own op id (1..128 chars); opts.base: the seq
      * the change was made on (default: the last seq seen).
      */
     CollabClient.prototype.sendDelta = function (doc, data, opts) {
@@ -382,7 +383,10 @@
                 p.retries++;
                 p.timer = setTimeout(function () { p.timer = null; self.flush(p.doc); }, delay);
             } else if (p) {
-                this.fail(m.id, { code: m.code, message: m.message });
+                /* conflict (collab_conflict reject-stale): seq is the head to rebase on */
+                this.fail(m.id, m.code === 'conflict'
+                          ? { code: m.code, message: m.message, seq: m.seq }
+                          : { code: m.code, message: m.message });
             }
             this.emit('nack', m);
             this.emit('status', this.status());
