@@ -418,13 +418,17 @@ ngx_http_collab_handler(ngx_http_request_t *r)
         return ngx_http_collab_post_start(r, lcf);
     }
 
-    if (r->method != NGX_HTTP_GET) {
-        return NGX_HTTP_NOT_ALLOWED;
-    }
+    /* HEAD: the header filter drops the body of a read */
 
-    if (ngx_http_arg(r, (u_char *) "view", 4, &view) == NGX_OK) {
+    if ((r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))
+        && ngx_http_arg(r, (u_char *) "view", 4, &view) == NGX_OK)
+    {
         /* a read ends with its answer: an exiting worker still gives it */
         return ngx_http_collab_get_start(r, lcf);
+    }
+
+    if (r->method != NGX_HTTP_GET) {
+        return NGX_HTTP_NOT_ALLOWED;
     }
 
     if (ngx_exiting || ngx_terminate) {

@@ -206,6 +206,25 @@ is($denied[0]{user}, 'bob', 'the denial is audited');
 
 # (over HTTP/2: t/tls/50-http2.t)
 
+# --- HEAD: the headers a GET would have, no body (RFC 9110: every
+# general-purpose server supports HEAD); a plain HEAD with no view stays 405
+{
+    my $g = get('/collab?doc=h1&view=state');
+    my $h = $t->http(path => '/collab?doc=h1&view=state', method => 'HEAD');
+    is($h->{status}, 200, 'HEAD view=state: 200') or diag explain $h;
+    is($h->{headers}{etag}, $g->{headers}{etag}, '... the ETag of the GET');
+    is($h->{headers}{'content-length'}, length $g->{body}, '... its Content-Length');
+    is($h->{headers}{'cache-control'}, $g->{headers}{'cache-control'}, '... its Cache-Control');
+    is($h->{body} // '', '', '... no body');
+    $h = $t->http(path => '/collab?doc=h1&view=state', method => 'HEAD',
+                  headers => ["If-None-Match: $g->{headers}{etag}"]);
+    is($h->{status}, 304, 'HEAD with If-None-Match: 304');
+    $h = $t->http(path => '/collab?doc=h1&view=deltas&since=0&limit=1', method => 'HEAD');
+    is($h->{status}, 200, 'HEAD view=deltas: 200');
+    $h = $t->http(path => '/collab?doc=h1', method => 'HEAD');
+    is($h->{status}, 405, 'HEAD without a view: 405');
+}
+
 # --- Redis frozen: a client that leaves while its read waits, and one that
 # waits for the reply timeout (503)
 $t->freeze_redis;
