@@ -175,6 +175,10 @@ my $pub = $t->ws_session(port => $t->port2);
 {
     my $slow = tls_ws(rcvbuf => 4096);
     is($t->subscribe($slow, 'reload')->{type}, 'subscribed', 'second stalled TLS subscriber');
+    # stalled for real: what the harness read while waiting elsewhere would
+    # sit in this process, and the server would see no progress while the
+    # test consumes it
+    $slow->pump_on(0);
 
     is(publish($pub, 'reload', 1, 100), 100, '100 deltas acked while it stalls');
 
@@ -210,6 +214,7 @@ my $pub = $t->ws_session(port => $t->port2);
     my $dead = tls_ws(rcvbuf => 4096);
     is($t->subscribe($slow, 'slow')->{type}, 'subscribed', 'a slow TLS subscriber');
     is($t->subscribe($dead, 'slow')->{type}, 'subscribed', 'and one that stops reading');
+    $_->pump_on(0) for $slow, $dead;
 
     $pub = $t->ws_session(port => $t->port2);    # the last reload closed it
     is(publish($pub, 'slow', 1, 100), 100, '100 deltas acked while both stall');
