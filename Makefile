@@ -133,7 +133,7 @@ define prove
 	prove -r -It/lib $(PROVE_FLAGS) $(TEST)
 endef
 
-test: build t/browser/node_modules
+test: build t/browser/node_modules t/metrics/node_modules
 	$(call prove,$(MODULE),0)
 
 # t/99-browser.t drives Debian's chromium with playwright-core (t/browser/package-lock.json).
@@ -142,7 +142,12 @@ test: build t/browser/node_modules
 t/browser/node_modules: t/browser/package.json t/browser/package-lock.json | deps
 	cd t/browser && npm ci --no-audit --no-fund --loglevel=error && touch node_modules
 
-test-asan: build-asan
+# t/106-metrics.t parses the collab_metrics output with a real Prometheus text-format parser
+# (parse-prometheus-text-format, t/metrics/package-lock.json).
+t/metrics/node_modules: t/metrics/package.json t/metrics/package-lock.json | deps
+	cd t/metrics && npm ci --no-audit --no-fund --loglevel=error && touch node_modules
+
+test-asan: build-asan t/metrics/node_modules
 	$(call prove,$(ASAN_MODULE),1)
 
 # ---------------------------------------------------------------------------------------------

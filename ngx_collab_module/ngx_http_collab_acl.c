@@ -40,7 +40,8 @@ static ngx_int_t ngx_http_collab_acl_match(const char *pattern,
     ngx_str_t *doc);
 static void ngx_http_collab_acl_failed(ngx_http_collab_doc_t *doc);
 static void ngx_http_collab_acl_retry_handler(ngx_event_t *ev);
-static void ngx_http_collab_acl_sub_update(ngx_http_collab_sub_t *sub);
+static void ngx_http_collab_acl_sub_update(ngx_http_collab_sub_t *sub,
+    ngx_uint_t notice);
 
 
 /*
@@ -262,6 +263,11 @@ ngx_http_collab_acl_set(ngx_http_collab_doc_t *doc, u_char *raw, size_t len)
 void
 ngx_http_collab_acl_changed(ngx_http_collab_doc_t *doc)
 {
+    if (!doc->acl_stale) {
+        /* the first notice not applied yet: revocations are timed from it */
+        doc->acl_notice = ngx_current_msec;
+    }
+
     doc->acl_stale = 1;
 
     if (doc->acl_cmd) {
@@ -354,6 +360,8 @@ ngx_http_collab_acl_loaded(ngx_http_collab_doc_t *doc,
     doc->acl_known = 1;
     doc->acl_backoff = 0;
 
+    ngx_http_collab_metric_inc(NGX_HTTP_COLLAB_M_ACL_RELOADS);
+
     /* changed again meanwhile: apply this one, deliver after the next */
     again = doc->acl_again;
     doc->acl_again = 0;
@@ -370,7 +378,7 @@ ngx_http_collab_acl_loaded(ngx_http_collab_doc_t *doc,
         next = ngx_queue_next(q);
         sub = ngx_queue_data(q, ngx_http_collab_sub_t, doc_link);
 
-        ngx_http_collab_acl_sub_update(sub);
+        ngx_http_collab_acl_sub_update(sub, 1);
     }
 
     if (!again) {
@@ -400,13 +408,13 @@ ngx_http_collab_acl_reevaluate_session(ngx_http_collab_session_t *s)
         next = ngx_queue_next(q);
         sub = ngx_queue_data(q, ngx_http_collab_sub_t, session_link);
 
-        ngx_http_collab_acl_sub_update(sub);
+        ngx_http_collab_acl_sub_update(sub, 0);
     }
 }
 
 
 static void
-ngx_http_collab_acl_sub_update(ngx_http_collab_sub_t *sub)
+ngx_http_collab_acl_sub_update(ngx_http_collab_sub_t *sub, ngx_uint_t notice)
 {
     ngx_uint_t                  role;
     ngx_http_collab_msg_t      *m;
@@ -425,6 +433,13 @@ ngx_http_collab_acl_sub_update(ngx_http_collab_sub_t *sub)
     }
 
     sub->role = role;
+
+    if (notice) {
+        ngx_http_collab_metrics_observe(NGX_HTTP_COLLAB_H_REVOCATION,
+                                        (uint64_t) (ngx_current_msec
+                                                    - sub->doc->acl_notice)
+                                        * 1000);
+    }
 
     if (role == NGX_HTTP_COLLAB_ROLE_NONE) {
         ngx_http_collab_doc_revoke(sub);

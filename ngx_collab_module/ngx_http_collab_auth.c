@@ -489,6 +489,11 @@ ngx_http_collab_auth_expire_handler(ngx_event_t *ev)
                   s->authenticated ? "collab: token expired"
                                    : "collab: no \"auth\" message in time");
 
+    ngx_http_collab_metric_inc(NGX_HTTP_COLLAB_M_AUTH_FAILURES
+                               + (s->authenticated
+                                  ? NGX_HTTP_COLLAB_AUTHF_EXPIRED
+                                  : NGX_HTTP_COLLAB_AUTHF_TIMEOUT));
+
     ngx_http_collab_session_close(s, s->authenticated ? 4401 : 4408,
                                   s->authenticated ? "token expired"
                                                    : "authentication timeout");
@@ -541,6 +546,9 @@ ngx_http_collab_auth_message(ngx_http_collab_session_t *s, json_t *obj,
         ngx_log_error(NGX_LOG_INFO, s->connection->log, 0,
                       "collab: token rejected: %s", err);
 
+        ngx_http_collab_metric_inc(NGX_HTTP_COLLAB_M_AUTH_FAILURES
+                                   + NGX_HTTP_COLLAB_AUTHF_INVALID);
+
         if (s->transport == NGX_HTTP_COLLAB_TRANSPORT_WS) {
             ngx_http_collab_session_close(s, 4401, "authentication failed");
             return;
@@ -556,6 +564,11 @@ ngx_http_collab_auth_message(ngx_http_collab_session_t *s, json_t *obj,
     first = !s->authenticated;
 
     rc = ngx_http_collab_auth_apply(s, claims);
+
+    if (rc == NGX_DECLINED) {
+        ngx_http_collab_metric_inc(NGX_HTTP_COLLAB_M_AUTH_FAILURES
+                                   + NGX_HTTP_COLLAB_AUTHF_MISMATCH);
+    }
 
     if (s->transport == NGX_HTTP_COLLAB_TRANSPORT_POST) {
         /* a POST answers every message: it keeps the identity it has */
@@ -592,6 +605,11 @@ ngx_http_collab_auth_message(ngx_http_collab_session_t *s, json_t *obj,
         }
 
         s->counted = (rc == NGX_OK);
+
+        if (!s->metric_session) {
+            s->metric_session = 1;
+            ngx_http_collab_metrics_gauge(NGX_HTTP_COLLAB_G_SESSIONS, 1);
+        }
     }
 
     ngx_http_collab_session_welcome(s);

@@ -115,6 +115,7 @@ ngx_http_collab_doc_get(ngx_str_t *name, ngx_log_t *log)
 
     doc->node.node.key = ngx_crc32_long(name->data, name->len);
     ngx_rbtree_insert(&ngx_http_collab_worker->docs, &doc->node.node);
+    ngx_http_collab_metrics_gauge(NGX_HTTP_COLLAB_G_DOCUMENTS, 1);
 
     ngx_queue_init(&doc->subs);
 
@@ -144,6 +145,7 @@ ngx_http_collab_doc_free(ngx_http_collab_doc_t *doc)
     }
 
     ngx_rbtree_delete(&ngx_http_collab_worker->docs, &doc->node.node);
+    ngx_http_collab_metrics_gauge(NGX_HTTP_COLLAB_G_DOCUMENTS, -1);
     ngx_free(doc);
 }
 
@@ -745,6 +747,11 @@ ngx_http_collab_doc_deliver(ngx_http_collab_doc_t *doc, uint64_t seq,
         (void) ngx_http_collab_session_send(s, m);
     }
 
+    if (m) {
+        /* queued to the last local subscriber */
+        ngx_http_collab_metrics_fanout(payload, len);
+    }
+
     ngx_http_collab_msg_release(m);
 }
 
@@ -765,6 +772,8 @@ ngx_http_collab_doc_lagging(ngx_http_collab_sub_t *sub)
                   "collab: session %*s fell behind on \"%V\" "
                   "at seq %uL, sending resync", (size_t) 16,
                   s->id, &sub->doc->node.str, sub->pos);
+
+    ngx_http_collab_metric_inc(NGX_HTTP_COLLAB_M_LAGGING);
 
     ngx_http_collab_doc_resync(sub, sub->pos, "lagging");
 
@@ -963,6 +972,8 @@ ngx_http_collab_doc_read_done(ngx_http_collab_sub_t *sub,
     }
 
     joined = 0;
+
+    ngx_http_collab_metrics_observe(NGX_HTTP_COLLAB_H_REPLAY, rd->nentries);
 
     if (sub->state == NGX_HTTP_COLLAB_SUB_JOINING) {
 
@@ -1343,6 +1354,8 @@ static void
 ngx_http_collab_doc_resync(ngx_http_collab_sub_t *sub, uint64_t seq,
     const char *reason)
 {
+    ngx_http_collab_metrics_resync(reason);
+
     ngx_http_collab_doc_drop(sub,
         ngx_http_collab_msg_build("resync", "doc", 'S', &sub->doc->node.str,
                                   "seq", 'I', (int64_t) seq,

@@ -329,7 +329,7 @@ ngx_http_collab_limit_message(ngx_http_collab_session_t *s, ngx_uint_t cost,
     size_t len, ngx_msec_t *retry)
 {
     ngx_int_t                      rc;
-    ngx_uint_t                     units;
+    ngx_uint_t                     units, limit;
     ngx_msec_t                     t;
     ngx_slab_pool_t               *shpool;
     ngx_http_collab_limit_sh_t    *sh;
@@ -345,6 +345,8 @@ ngx_http_collab_limit_message(ngx_http_collab_session_t *s, ngx_uint_t cost,
 
     /* for a POST, the buckets of its request */
 
+    limit = NGX_HTTP_COLLAB_LIMIT_MESSAGES;
+
     if (lcf->rate) {
         rc = ngx_http_collab_limit_bucket(&s->limit_excess, &s->limit_last,
                                           lcf->rate, lcf->burst, units,
@@ -353,6 +355,7 @@ ngx_http_collab_limit_message(ngx_http_collab_session_t *s, ngx_uint_t cost,
 
     if (rc == NGX_OK && lcf->rate_bytes && len) {
         /* bytes: "excess" counts bytes * 1000 as well */
+        limit = NGX_HTTP_COLLAB_LIMIT_BYTES;
         rc = ngx_http_collab_limit_bucket(&s->limit_bytes_excess,
                                           &s->limit_bytes_last,
                                           lcf->rate_bytes * 1000,
@@ -363,6 +366,7 @@ ngx_http_collab_limit_message(ngx_http_collab_session_t *s, ngx_uint_t cost,
     mcf = ngx_http_collab_worker->mcf;
 
     if (rc == NGX_OK && lcf->user_rate && mcf->limit_sh) {
+        limit = NGX_HTTP_COLLAB_LIMIT_USER;
         shpool = (ngx_slab_pool_t *) mcf->limit_zone->shm.addr;
 
         ngx_http_collab_limit_key(mcf->limit_sh, 'u', &s->user, &key);
@@ -389,6 +393,8 @@ ngx_http_collab_limit_message(ngx_http_collab_session_t *s, ngx_uint_t cost,
     if (rc == NGX_OK) {
         return NGX_OK;
     }
+
+    ngx_http_collab_metric_inc(NGX_HTTP_COLLAB_M_RATE_LIMITED + limit);
 
     /* a client that keeps going after the nacks is cut off */
 
@@ -503,6 +509,11 @@ ngx_http_collab_limit_post(ngx_http_collab_session_t *s, ngx_uint_t peek,
 
     ngx_shmtx_unlock(&shpool->mutex);
 
+    if (rc == NGX_BUSY) {
+        ngx_http_collab_metric_inc(NGX_HTTP_COLLAB_M_RATE_LIMITED
+                                   + NGX_HTTP_COLLAB_LIMIT_POST);
+    }
+
     return rc;
 }
 
@@ -557,6 +568,10 @@ ngx_http_collab_limit_acquire(ngx_http_collab_session_t *s, ngx_str_t *doc,
     ngx_shmtx_unlock(&shpool->mutex);
 
     if (rc == NGX_DECLINED) {
+        ngx_http_collab_metric_inc(NGX_HTTP_COLLAB_M_RATE_LIMITED
+                                   + (doc ? NGX_HTTP_COLLAB_LIMIT_DOC_SESSIONS
+                                          : NGX_HTTP_COLLAB_LIMIT_USER_SESSIONS));
+
         ngx_log_error(NGX_LOG_INFO, s->connection->log, 0,
                       "collab: too many sessions for %s \"%V\"",
                       doc ? "document" : "user",
@@ -604,4 +619,42 @@ ngx_http_collab_limit_release(ngx_uint_t index)
     slot->seen = ngx_current_msec;
 
     ngx_shmtx_unlock(&shpool->mutex);
+}
+
+
+/* the slots that hold a key, for collab_metrics; NGX_DECLINED: no zone */
+
+ngx_int_t
+ngx_http_collab_limit_usage(ngx_uint_t *used, ngx_uint_t *total)
+{
+    ngx_uint_t                    i, n;
+    ngx_slab_pool_t              *shpool;
+    ngx_http_collab_limit_sh_t   *sh;
+    ngx_http_collab_main_conf_t  *mcf;
+
+    mcf = ngx_http_cycle_get_module_main_conf(ngx_cycle,
+                                              ngx_http_collab_module);
+
+    if (mcf == NULL || mcf->limit_zone == NULL || mcf->limit_sh == NULL) {
+        return NGX_DECLINED;
+    }
+
+    sh = mcf->limit_sh;
+    shpool = (ngx_slab_pool_t *) mcf->limit_zone->shm.addr;
+    n = 0;
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    for (i = 0; i < sh->nslots; i++) {
+        if (sh->slots[i].key.kind != 0) {
+            n++;
+        }
+    }
+
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    *used = n;
+    *total = sh->nslots;
+
+    return NGX_OK;
 }

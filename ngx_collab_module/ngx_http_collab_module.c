@@ -133,6 +133,13 @@ static ngx_command_t  ngx_http_collab_commands[] = {
       0,
       NULL },
 
+    { ngx_string("collab_metrics"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_collab_metrics_conf,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("collab_admin_key"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
       ngx_http_collab_admin_key,
@@ -1069,6 +1076,12 @@ ngx_http_collab_init_main_conf(ngx_conf_t *cf, void *conf)
         mcf->limit_implicit = 1;
     }
 
+    if ((mcf->enabled || mcf->metrics)
+        && ngx_http_collab_metrics_zone_add(cf, mcf) != NGX_OK)
+    {
+        return NGX_CONF_ERROR;
+    }
+
     return NGX_CONF_OK;
 }
 
@@ -1401,7 +1414,13 @@ ngx_http_collab_init_process(ngx_cycle_t *cycle)
     }
 
     mcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_collab_module);
-    if (mcf == NULL || !mcf->enabled) {
+    if (mcf == NULL) {
+        return NGX_OK;
+    }
+
+    ngx_http_collab_metrics_init_process(mcf, cycle->log);
+
+    if (!mcf->enabled) {
         return NGX_OK;
     }
 
@@ -1467,6 +1486,8 @@ static void
 ngx_http_collab_exit_process(ngx_cycle_t *cycle)
 {
     ngx_http_collab_worker_t  *w;
+
+    ngx_http_collab_metrics_exit_process();
 
     w = ngx_http_collab_worker;
     if (w == NULL) {

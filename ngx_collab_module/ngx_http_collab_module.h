@@ -105,6 +105,7 @@ typedef struct ngx_http_collab_read_s       ngx_http_collab_read_t;
 typedef struct ngx_http_collab_acl_load_s   ngx_http_collab_acl_load_t;
 typedef struct ngx_http_collab_acl_admin_s  ngx_http_collab_acl_admin_t;
 typedef struct ngx_http_collab_get_s        ngx_http_collab_get_t;
+typedef struct ngx_http_collab_metrics_sh_s ngx_http_collab_metrics_sh_t;
 
 
 struct ngx_http_collab_main_conf_s {
@@ -122,6 +123,8 @@ struct ngx_http_collab_main_conf_s {
     ngx_shm_zone_t              *limit_zone;
     void                        *limit_sh;
     ngx_flag_t                   limit_implicit; /* no collab_limit_zone */
+    ngx_flag_t                   metrics;        /* a collab_metrics location */
+    ngx_shm_zone_t              *metrics_zone;
 };
 
 
@@ -181,6 +184,8 @@ struct ngx_http_collab_msg_s {
     size_t                       ws_len;
     u_char                      *sse;
     size_t                       sse_len;
+    ngx_uint_t                   mtype;          /* metrics: MT_* + 1, 0: not
+                                                    known yet */
     u_char                       data[1];
 };
 
@@ -236,6 +241,7 @@ struct ngx_http_collab_doc_s {
     ngx_event_t                  acl_retry;
     ngx_msec_t                   acl_backoff;
     ngx_uint_t                   held;           /* callers walking it */
+    ngx_msec_t                   acl_notice;     /* first unapplied notice */
 };
 
 
@@ -361,6 +367,10 @@ struct ngx_http_collab_session_s {
     unsigned                     last_sent:1;
     unsigned                     authenticated:1;
     unsigned                     counted:1;      /* in the user limit */
+    unsigned                     metric_session:1; /* in collab_sessions */
+    ngx_uint_t                   metric_conn;    /* the transport counted in
+                                                    collab_connections */
+    ngx_uint_t                   metric_code;    /* close code sent */
 };
 
 
@@ -547,6 +557,92 @@ ngx_int_t ngx_http_collab_limit_message(ngx_http_collab_session_t *s,
 ngx_int_t ngx_http_collab_limit_acquire(ngx_http_collab_session_t *s,
     ngx_str_t *doc, ngx_uint_t *index);
 void ngx_http_collab_limit_release(ngx_uint_t index);
+
+ngx_int_t ngx_http_collab_limit_usage(ngx_uint_t *used, ngx_uint_t *total);
+
+/* metrics (ngx_http_collab_metrics.c) */
+
+/* counters: a family's labels follow its base */
+#define NGX_HTTP_COLLAB_M_IN              0    /* + MT_*, up to PRESENCE */
+#define NGX_HTTP_COLLAB_M_OUT             16   /* + MT_* */
+#define NGX_HTTP_COLLAB_M_BYTES_IN        32
+#define NGX_HTTP_COLLAB_M_BYTES_OUT       33
+#define NGX_HTTP_COLLAB_M_ACKS            34
+#define NGX_HTTP_COLLAB_M_NACKS           35   /* + code, 8 */
+#define NGX_HTTP_COLLAB_M_DISCONNECTS     43   /* + close code, 14 */
+#define NGX_HTTP_COLLAB_M_RATE_LIMITED    57   /* + LIMIT_* */
+#define NGX_HTTP_COLLAB_M_LAGGING         64
+#define NGX_HTTP_COLLAB_M_RESYNCS         65   /* + reason, 4 */
+#define NGX_HTTP_COLLAB_M_AUTH_FAILURES   69   /* + AUTHF_* */
+#define NGX_HTTP_COLLAB_M_ACL_RELOADS     74
+#define NGX_HTTP_COLLAB_M_REDIS_COMMANDS  75
+#define NGX_HTTP_COLLAB_M_REDIS_ERRORS    76
+#define NGX_HTTP_COLLAB_M_REDIS_RECONNECTS  77
+#define NGX_HTTP_COLLAB_M_N               80
+
+#define NGX_HTTP_COLLAB_MT_OTHER          0
+#define NGX_HTTP_COLLAB_MT_PRESENCE       7
+#define NGX_HTTP_COLLAB_MT_ACK            10
+#define NGX_HTTP_COLLAB_MT_NACK           11
+
+#define NGX_HTTP_COLLAB_LIMIT_MESSAGES    0
+#define NGX_HTTP_COLLAB_LIMIT_BYTES       1
+#define NGX_HTTP_COLLAB_LIMIT_USER        2
+#define NGX_HTTP_COLLAB_LIMIT_POST        3
+#define NGX_HTTP_COLLAB_LIMIT_USER_SESSIONS  4
+#define NGX_HTTP_COLLAB_LIMIT_DOC_SESSIONS   5
+#define NGX_HTTP_COLLAB_LIMIT_REDIS       6
+
+#define NGX_HTTP_COLLAB_AUTHF_MISSING     0
+#define NGX_HTTP_COLLAB_AUTHF_INVALID     1
+#define NGX_HTTP_COLLAB_AUTHF_EXPIRED     2
+#define NGX_HTTP_COLLAB_AUTHF_TIMEOUT     3
+#define NGX_HTTP_COLLAB_AUTHF_MISMATCH    4
+
+/* gauges, per process */
+#define NGX_HTTP_COLLAB_G_CONN            0    /* + transport - 1 */
+#define NGX_HTTP_COLLAB_G_SESSIONS        5
+#define NGX_HTTP_COLLAB_G_DOCUMENTS       6
+#define NGX_HTTP_COLLAB_G_REDIS_INFLIGHT  7
+#define NGX_HTTP_COLLAB_G_N               8
+
+#define NGX_HTTP_COLLAB_H_REDIS           0
+#define NGX_HTTP_COLLAB_H_FANOUT          1
+#define NGX_HTTP_COLLAB_H_REVOCATION      2
+#define NGX_HTTP_COLLAB_H_REPLAY          3
+#define NGX_HTTP_COLLAB_H_N               4
+#define NGX_HTTP_COLLAB_HIST_MAX          14
+
+#define NGX_HTTP_COLLAB_METRICS_SLOTS     256
+
+extern ngx_atomic_t  *ngx_http_collab_metrics_counter;
+
+/* one atomic add on the hot path, nothing without the zone */
+#define ngx_http_collab_metric_add(i, n)                                     \
+    do {                                                                     \
+        if (ngx_http_collab_metrics_counter) {                               \
+            (void) ngx_atomic_fetch_add(&ngx_http_collab_metrics_counter[i], \
+                                        (ngx_atomic_int_t) (n));             \
+        }                                                                    \
+    } while (0)
+
+#define ngx_http_collab_metric_inc(i)  ngx_http_collab_metric_add(i, 1)
+
+char *ngx_http_collab_metrics_conf(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+ngx_int_t ngx_http_collab_metrics_zone_add(ngx_conf_t *cf,
+    ngx_http_collab_main_conf_t *mcf);
+void ngx_http_collab_metrics_init_process(ngx_http_collab_main_conf_t *mcf,
+    ngx_log_t *log);
+void ngx_http_collab_metrics_exit_process(void);
+ngx_uint_t ngx_http_collab_metrics_type(u_char *p, size_t len);
+void ngx_http_collab_metrics_out(ngx_http_collab_msg_t *m, size_t len);
+void ngx_http_collab_metrics_disconnect(ngx_uint_t code);
+void ngx_http_collab_metrics_resync(const char *reason);
+void ngx_http_collab_metrics_observe(ngx_uint_t h, uint64_t v);
+void ngx_http_collab_metrics_gauge(ngx_uint_t g, ngx_int_t delta);
+void ngx_http_collab_metrics_gauge_set(ngx_uint_t g, ngx_uint_t v);
+void ngx_http_collab_metrics_fanout(u_char *payload, size_t len);
 
 /* ACL admin endpoint */
 char *ngx_http_collab_admin(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);

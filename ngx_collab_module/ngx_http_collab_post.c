@@ -536,6 +536,10 @@ ngx_http_collab_post_reply(ngx_http_collab_session_t *s, ngx_uint_t slot,
     answered[slot] = 1;
     s->replies[slot] = m;
 
+    if (m) {
+        ngx_http_collab_metrics_out(m, m->len);
+    }
+
     if (--s->pending == 0) {
         /* the caller may be a Redis reply handler: finish from the request */
         ngx_post_event(s->connection->write, &ngx_posted_events);

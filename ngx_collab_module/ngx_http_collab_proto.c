@@ -32,6 +32,7 @@ static void ngx_http_collab_proto_ephemeral(ngx_http_collab_session_t *s,
     json_t *obj, ngx_uint_t slot, const char *type);
 static ngx_int_t ngx_http_collab_proto_dump(ngx_http_collab_session_t *s,
     json_t *value, ngx_str_t *out);
+static void ngx_http_collab_proto_count(const char *type);
 
 
 ngx_http_collab_msg_t *
@@ -55,6 +56,7 @@ ngx_http_collab_msg_alloc(size_t len)
     m->ws_len = 0;
     m->sse = NULL;
     m->sse_len = 0;
+    m->mtype = 0;
 
     return m;
 }
@@ -447,6 +449,8 @@ ngx_http_collab_proto_handle(ngx_http_collab_session_t *s, u_char *text,
 
     s->cur_len = len;
 
+    ngx_http_collab_metric_add(NGX_HTTP_COLLAB_M_BYTES_IN, len);
+
     obj = json_loadb((char *) text, len,
                      JSON_REJECT_DUPLICATES|JSON_DECODE_INT_AS_REAL, &err);
 
@@ -504,6 +508,8 @@ ngx_http_collab_proto_handle_json(ngx_http_collab_session_t *s, json_t *obj,
 
     type = json_string_value(json_object_get(obj, "type"));
 
+    ngx_http_collab_proto_count(type);
+
     /* every message is charged to the session's budget before any work */
 
     if (ngx_http_collab_proto_charge(s, obj, type, slot) != NGX_OK) {
@@ -556,6 +562,27 @@ ngx_http_collab_proto_handle_json(ngx_http_collab_session_t *s, json_t *obj,
     }
 
     return NGX_OK;
+}
+
+
+/* collab_messages_in_total: a type clients do not send counts as other */
+
+static void
+ngx_http_collab_proto_count(const char *type)
+{
+    ngx_uint_t  mt;
+
+    mt = NGX_HTTP_COLLAB_MT_OTHER;
+
+    if (type) {
+        mt = ngx_http_collab_metrics_type((u_char *) type, ngx_strlen(type));
+
+        if (mt > NGX_HTTP_COLLAB_MT_PRESENCE) {
+            mt = NGX_HTTP_COLLAB_MT_OTHER;
+        }
+    }
+
+    ngx_http_collab_metric_inc(NGX_HTTP_COLLAB_M_IN + mt);
 }
 
 

@@ -218,6 +218,7 @@ ngx_http_collab_redis_reconnect_handler(ngx_event_t *ev)
     rc = ev->data;
 
     if (rc->ac == NULL) {
+        ngx_http_collab_metric_inc(NGX_HTTP_COLLAB_M_REDIS_RECONNECTS);
         ngx_http_collab_redis_connect(rc);
     }
 }
@@ -801,6 +802,8 @@ ngx_http_collab_redis_command(ngx_http_collab_redis_t *rc,
     if (cmd->session
         && cmd->session->ncmds > rc->mcf->redis_session_inflight)
     {
+        ngx_http_collab_metric_inc(NGX_HTTP_COLLAB_M_RATE_LIMITED
+                                   + NGX_HTTP_COLLAB_LIMIT_REDIS);
         ngx_http_collab_cmd_free(cmd);
         return NGX_BUSY;
     }
@@ -819,6 +822,7 @@ ngx_http_collab_redis_command(ngx_http_collab_redis_t *rc,
                           "more", rc->ninflight);
         }
 
+        ngx_http_collab_metric_inc(NGX_HTTP_COLLAB_M_REDIS_ERRORS);
         ngx_http_collab_cmd_free(cmd);
         return NGX_DECLINED;
     }
@@ -827,6 +831,7 @@ ngx_http_collab_redis_command(ngx_http_collab_redis_t *rc,
                               argc, argv, argvlen)
         != REDIS_OK)
     {
+        ngx_http_collab_metric_inc(NGX_HTTP_COLLAB_M_REDIS_ERRORS);
         ngx_http_collab_cmd_free(cmd);
         return NGX_DECLINED;
     }
@@ -834,6 +839,10 @@ ngx_http_collab_redis_command(ngx_http_collab_redis_t *rc,
     cmd->sent = ngx_current_msec;
     ngx_queue_insert_tail(&rc->inflight, &cmd->redis_link);
     rc->ninflight++;
+
+    ngx_http_collab_metric_inc(NGX_HTTP_COLLAB_M_REDIS_COMMANDS);
+    ngx_http_collab_metrics_gauge_set(NGX_HTTP_COLLAB_G_REDIS_INFLIGHT,
+                                      rc->ninflight);
 
     if (!rc->watchdog.timer_set) {
         rc->watchdog.cancelable = 0;
@@ -855,6 +864,18 @@ ngx_http_collab_redis_reply(redisAsyncContext *ac, void *r, void *data)
 
     ngx_queue_remove(&cmd->redis_link);
     rc->ninflight--;
+
+    ngx_http_collab_metrics_gauge_set(NGX_HTTP_COLLAB_G_REDIS_INFLIGHT,
+                                      rc->ninflight);
+
+    if (r == NULL || ((redisReply *) r)->type == REDIS_REPLY_ERROR) {
+        ngx_http_collab_metric_inc(NGX_HTTP_COLLAB_M_REDIS_ERRORS);
+
+    } else {
+        ngx_http_collab_metrics_observe(NGX_HTTP_COLLAB_H_REDIS,
+                                        (uint64_t) (ngx_current_msec
+                                                    - cmd->sent) * 1000);
+    }
 
     if (ngx_queue_empty(&rc->inflight) && rc->watchdog.timer_set
         && rc->state == NGX_HTTP_COLLAB_REDIS_READY)

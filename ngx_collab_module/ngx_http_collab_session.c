@@ -47,6 +47,8 @@ static ngx_int_t ngx_http_collab_session_identify(
     ngx_http_collab_session_t *s, ngx_uint_t transport, ngx_str_t *user,
     json_t *claims);
 static void ngx_http_collab_session_del_timers(ngx_http_collab_session_t *s);
+static void ngx_http_collab_session_metrics_end(
+    ngx_http_collab_session_t *s);
 static void ngx_http_collab_session_cut(ngx_http_collab_session_t *s);
 static void ngx_http_collab_session_free_out(ngx_http_collab_session_t *s);
 static void ngx_http_collab_session_free_buffers(
@@ -107,6 +109,17 @@ ngx_http_collab_session_create(ngx_http_request_t *r,
 
     ngx_http_set_ctx(r, s, ngx_http_collab_module);
 
+    s->metric_conn = transport;
+    ngx_http_collab_metrics_gauge(NGX_HTTP_COLLAB_G_CONN + transport - 1, 1);
+
+    if (s->authenticated
+        && (transport == NGX_HTTP_COLLAB_TRANSPORT_WS
+            || transport == NGX_HTTP_COLLAB_TRANSPORT_SSE))
+    {
+        s->metric_session = 1;
+        ngx_http_collab_metrics_gauge(NGX_HTTP_COLLAB_G_SESSIONS, 1);
+    }
+
     if (transport != NGX_HTTP_COLLAB_TRANSPORT_POST
         && transport != NGX_HTTP_COLLAB_TRANSPORT_GET)
     {
@@ -145,6 +158,10 @@ ngx_http_collab_session_identity(ngx_http_request_t *r,
             && (transport == NGX_HTTP_COLLAB_TRANSPORT_SSE
                 || transport == NGX_HTTP_COLLAB_TRANSPORT_GET)))
     {
+        ngx_http_collab_metric_inc(NGX_HTTP_COLLAB_M_AUTH_FAILURES
+                                   + (rc == NGX_DECLINED
+                                      ? NGX_HTTP_COLLAB_AUTHF_MISSING
+                                      : NGX_HTTP_COLLAB_AUTHF_INVALID));
         *status = NGX_HTTP_UNAUTHORIZED;
         return NGX_ERROR;
     }
@@ -173,6 +190,8 @@ ngx_http_collab_session_identity(ngx_http_request_t *r,
         && transport != NGX_HTTP_COLLAB_TRANSPORT_ADMIN)
     {
         /* an identity was required and none came with the request */
+        ngx_http_collab_metric_inc(NGX_HTTP_COLLAB_M_AUTH_FAILURES
+                                   + NGX_HTTP_COLLAB_AUTHF_MISSING);
         *status = NGX_HTTP_UNAUTHORIZED;
         return NGX_ERROR;
     }
@@ -335,6 +354,8 @@ ngx_http_collab_session_cleanup(void *data)
 
     ngx_queue_remove(&s->link);
 
+    ngx_http_collab_session_metrics_end(s);
+
     ngx_http_collab_session_del_timers(s);
 
     if (s->counted) {
@@ -356,6 +377,50 @@ ngx_http_collab_session_cleanup(void *data)
     ngx_http_collab_session_free_buffers(s);
 
     ngx_free(s);
+}
+
+
+/*
+ * A session leaves the gauges; a WebSocket or event stream counts once in
+ * collab_disconnects_total, by the close code sent (a stream's end counts
+ * as 1000), or 1006 when the peer went away without a close.
+ */
+
+static void
+ngx_http_collab_session_metrics_end(ngx_http_collab_session_t *s)
+{
+    ngx_uint_t  code, transport;
+
+    if (!s->metric_conn) {
+        return;
+    }
+
+    transport = s->metric_conn;
+    s->metric_conn = 0;
+
+    ngx_http_collab_metrics_gauge(NGX_HTTP_COLLAB_G_CONN + transport - 1, -1);
+
+    if (s->metric_session) {
+        s->metric_session = 0;
+        ngx_http_collab_metrics_gauge(NGX_HTTP_COLLAB_G_SESSIONS, -1);
+    }
+
+    if (transport != NGX_HTTP_COLLAB_TRANSPORT_WS
+        && transport != NGX_HTTP_COLLAB_TRANSPORT_SSE)
+    {
+        return;
+    }
+
+    code = s->metric_code;
+
+    if (!s->closing) {
+        code = 1006;
+
+    } else if (code == 0) {
+        code = 1000;
+    }
+
+    ngx_http_collab_metrics_disconnect(code);
 }
 
 
@@ -600,6 +665,8 @@ ngx_http_collab_session_send(ngx_http_collab_session_t *s,
 
     out->msg = m;
     m->refs++;
+
+    ngx_http_collab_metrics_out(m, len);
 
     out->buf.pos = p;
     out->buf.last = p + len;
@@ -846,6 +913,7 @@ ngx_http_collab_session_close(ngx_http_collab_session_t *s, ngx_uint_t code,
     s->closing = 1;
     s->finalize = 1;
     s->closed_at = ngx_current_msec;
+    s->metric_code = code;
 
     if (s->ping.timer_set) {
         ngx_del_timer(&s->ping);

@@ -849,6 +849,9 @@ ngx_http_collab_ws_close_received(ngx_http_collab_session_t *s,
     s->close_received = 1;
 
     if (!s->close_sent) {
+        /* collab_disconnects_total: the peer's code, 1005 for none */
+        s->metric_code = (p->len >= 2) ? (p->data[0] << 8 | p->data[1])
+                                       : 1005;
         s->closing = 1;
         s->finalize = 1;
         s->closed_at = ngx_current_msec;

@@ -58,6 +58,18 @@ sub bad {
 
 # --- valid
 good('minimal', conf('', ''));
+
+# collab_metrics: a location of its own, no arguments, once
+sub metrics_conf {
+    my ($loc) = @_;
+    return conf("server { listen 127.0.0.1:%%PORT2%%; location = /m { $loc } }", '');
+}
+good('collab_metrics', metrics_conf('collab_metrics;'));
+bad('collab_metrics with an argument', metrics_conf('collab_metrics on;'), qr/collab_metrics/);
+bad('collab_metrics twice', metrics_conf('collab_metrics; collab_metrics;'),
+    qr/collab_metrics.*is duplicate/);
+bad('collab_metrics at http level', conf('', '', 'collab_redis 127.0.0.1:6379; collab_metrics;'),
+    qr/collab_metrics.*not allowed/);
 good('every directive', conf('', <<'EOF', 'collab_redis 127.0.0.1:6379 password=secret db=2 timeout=3s connect_timeout=500ms;'));
             collab_doc $arg_doc;
             collab_user $remote_user;
