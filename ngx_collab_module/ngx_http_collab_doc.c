@@ -387,6 +387,8 @@ ngx_http_collab_doc_revoke(ngx_http_collab_sub_t *sub)
                   "collab: \"%V\" lost access to \"%V\"",
                   ngx_http_collab_esc(&sub->session->user), name);
 
+    sub->leave_reason = "revoked";
+
     ngx_http_collab_doc_drop(sub,
         ngx_http_collab_msg_build("unsubscribed", "doc", 'S', name,
                                   "reason", 'C', "forbidden", NULL),
@@ -417,6 +419,7 @@ ngx_http_collab_doc_unsubscribe(ngx_http_collab_session_t *s,
     sub = ngx_http_collab_doc_find(s, name);
 
     if (sub) {
+        sub->leave_reason = "unsubscribed";
         ngx_http_collab_doc_sub_free(sub);
 
         m = ngx_http_collab_msg_build("unsubscribed", "doc", 'S', name,
@@ -446,6 +449,8 @@ ngx_http_collab_doc_sub_free(ngx_http_collab_sub_t *sub)
         sub->read->sub = NULL;
         sub->read = NULL;
     }
+
+    ngx_http_collab_presence_leave(sub);
 
     doc = sub->doc;
 
@@ -640,11 +645,27 @@ ngx_http_collab_doc_fanout(ngx_http_collab_doc_t *doc, u_char *payload,
         break;
 
     case NGX_HTTP_COLLAB_EVENT_INTENT:
-    case NGX_HTTP_COLLAB_EVENT_PRESENCE:
 
         /* none while the roles are not known */
 
         if (!doc->acl_stale) {
+            ngx_http_collab_doc_relay(doc, &ev, payload, len);
+        }
+
+        break;
+
+    case NGX_HTTP_COLLAB_EVENT_PRESENCE:
+
+        if (ev.pseq > doc->presence_seq) {
+            doc->presence_seq = ev.pseq;
+        }
+
+        /*
+         * A leave tells no more than the snapshot did, and must not be
+         * lost to an ACL reload that a revocation itself caused.
+         */
+
+        if (!doc->acl_stale || ev.left) {
             ngx_http_collab_doc_relay(doc, &ev, payload, len);
         }
 
@@ -784,7 +805,10 @@ ngx_http_collab_doc_lagging(ngx_http_collab_sub_t *sub)
 }
 
 
-/* intent and presence to the live members but the sender */
+/*
+ * Intents to the live members but the sender; presence to the members
+ * that had their snapshot, when newer than it.
+ */
 
 static void
 ngx_http_collab_doc_relay(ngx_http_collab_doc_t *doc,
@@ -805,7 +829,14 @@ ngx_http_collab_doc_relay(ngx_http_collab_doc_t *doc,
         sub = ngx_queue_data(q, ngx_http_collab_sub_t, doc_link);
         s = sub->session;
 
-        if (sub->state != NGX_HTTP_COLLAB_SUB_LIVE
+        if (ev->type == NGX_HTTP_COLLAB_EVENT_PRESENCE
+            && (!sub->presence_ready || ev->pseq <= sub->presence_seq))
+        {
+            continue;
+        }
+
+        if ((ev->type == NGX_HTTP_COLLAB_EVENT_INTENT
+             && sub->state != NGX_HTTP_COLLAB_SUB_LIVE)
             || s->out_bytes + len > s->conf->send_queue / 2)
         {
             /* ephemera are the first to go when a reader is behind */
@@ -1020,6 +1051,7 @@ ngx_http_collab_doc_read_failed(ngx_http_collab_sub_t *sub,
                                   "reason", 'C', "internal", NULL);
     ngx_http_collab_reply(s, NGX_HTTP_COLLAB_NO_SLOT, m);
 
+    sub->leave_reason = "dropped";
     ngx_http_collab_doc_sub_free(sub);
     ngx_http_collab_doc_dropped(s);
 }
@@ -1142,6 +1174,10 @@ ngx_http_collab_doc_join(ngx_http_collab_sub_t *sub,
     rc = ngx_http_collab_session_send(sub->session, m);
 
     ngx_http_collab_msg_release(m);
+
+    if (rc == NGX_OK) {
+        ngx_http_collab_presence_join(sub);
+    }
 
     return rc;
 }
@@ -1376,6 +1412,10 @@ ngx_http_collab_doc_drop(ngx_http_collab_sub_t *sub, ngx_http_collab_msg_t *m1,
     ngx_http_collab_session_t  *s;
 
     s = sub->session;
+
+    if (sub->leave_reason == NULL) {
+        sub->leave_reason = "dropped";
+    }
 
     ngx_http_collab_doc_sub_free(sub);
 

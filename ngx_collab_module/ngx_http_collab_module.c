@@ -110,6 +110,22 @@ static ngx_conf_num_bounds_t  ngx_http_collab_post_max_bounds = {
 };
 
 
+static ngx_conf_num_bounds_t  ngx_http_collab_presence_rate_bounds = {
+    ngx_conf_check_num_bounds, 1, 1000
+};
+
+
+static ngx_conf_num_bounds_t  ngx_http_collab_presence_max_bounds = {
+    ngx_conf_check_num_bounds, 0, 10000
+};
+
+
+/* a presence entry is a message's "data": within collab_max_message */
+static ngx_conf_num_bounds_t  ngx_http_collab_presence_size_bounds = {
+    ngx_conf_check_num_bounds, 4, 64 * 1024
+};
+
+
 static ngx_command_t  ngx_http_collab_commands[] = {
 
     { ngx_string("collab_redis"),
@@ -356,6 +372,34 @@ static ngx_command_t  ngx_http_collab_commands[] = {
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_collab_loc_conf_t, post_max_messages),
       &ngx_http_collab_post_max_bounds },
+
+    { ngx_string("collab_presence_ttl"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_collab_main_conf_t, presence_ttl),
+      NULL },
+
+    { ngx_string("collab_presence_rate"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_collab_loc_conf_t, presence_rate),
+      &ngx_http_collab_presence_rate_bounds },
+
+    { ngx_string("collab_presence_max"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_collab_loc_conf_t, presence_max),
+      &ngx_http_collab_presence_max_bounds },
+
+    { ngx_string("collab_presence_size"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_size_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_collab_loc_conf_t, presence_size),
+      &ngx_http_collab_presence_size_bounds },
 
       ngx_null_command
 };
@@ -1050,6 +1094,7 @@ ngx_http_collab_create_main_conf(ngx_conf_t *cf)
     mcf->redis_connect_timeout = NGX_CONF_UNSET_MSEC;
     mcf->redis_max_inflight = NGX_CONF_UNSET_UINT;
     mcf->redis_session_inflight = NGX_CONF_UNSET_UINT;
+    mcf->presence_ttl = NGX_CONF_UNSET_MSEC;
 
     return mcf;
 }
@@ -1066,6 +1111,13 @@ ngx_http_collab_init_main_conf(ngx_conf_t *cf, void *conf)
     /* a session's share: a flooder cannot fill the pipeline of everyone */
     ngx_conf_init_uint_value(mcf->redis_session_inflight,
                              ngx_max(4, mcf->redis_max_inflight / 8));
+    ngx_conf_init_msec_value(mcf->presence_ttl, 30000);
+
+    if (mcf->presence_ttl < 1000) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"collab_presence_ttl\" must be at least 1s");
+        return NGX_CONF_ERROR;
+    }
 
     if (mcf->enabled && mcf->limit_zone == NULL) {
         /* POST is limited per user or address by default: it needs a table */
@@ -1109,6 +1161,9 @@ ngx_http_collab_create_loc_conf(ngx_conf_t *cf)
     lcf->max_message = NGX_CONF_UNSET_SIZE;
     lcf->max_docs = NGX_CONF_UNSET_UINT;
     lcf->send_queue = NGX_CONF_UNSET_SIZE;
+    lcf->presence_rate = NGX_CONF_UNSET_UINT;
+    lcf->presence_max = NGX_CONF_UNSET_UINT;
+    lcf->presence_size = NGX_CONF_UNSET_SIZE;
     lcf->ping = NGX_CONF_UNSET_MSEC;
     lcf->merge = NGX_CONF_UNSET_UINT;
     lcf->state_max = NGX_CONF_UNSET_SIZE;
@@ -1180,6 +1235,10 @@ ngx_http_collab_merge_session(ngx_http_collab_loc_conf_t *prev,
     ngx_conf_merge_size_value(conf->send_queue, prev->send_queue,
                               256 * 1024);
     ngx_conf_merge_msec_value(conf->ping, prev->ping, 25000);
+    ngx_conf_merge_uint_value(conf->presence_rate, prev->presence_rate, 10);
+    ngx_conf_merge_uint_value(conf->presence_max, prev->presence_max, 100);
+    ngx_conf_merge_size_value(conf->presence_size, prev->presence_size,
+                              1024);
     ngx_conf_merge_uint_value(conf->merge, prev->merge,
                               NGX_HTTP_COLLAB_MERGE_NONE);
     ngx_conf_merge_size_value(conf->state_max, prev->state_max, 64 * 1024);
@@ -1466,6 +1525,8 @@ ngx_http_collab_init_process(ngx_cycle_t *cycle)
 
     ngx_http_collab_worker = w;
 
+    ngx_http_collab_presence_init(cycle);
+
     if (ngx_http_collab_redis_init(cycle, &w->cmd, mcf, 0, "command")
         != NGX_OK)
     {
@@ -1497,6 +1558,8 @@ ngx_http_collab_exit_process(ngx_cycle_t *cycle)
     if (w->retry.timer_set) {
         ngx_del_timer(&w->retry);
     }
+
+    ngx_http_collab_presence_exit();
 
     ngx_http_collab_redis_exit(&w->cmd);
     ngx_http_collab_redis_exit(&w->sub);

@@ -125,6 +125,7 @@ struct ngx_http_collab_main_conf_s {
     ngx_flag_t                   limit_implicit; /* no collab_limit_zone */
     ngx_flag_t                   metrics;        /* a collab_metrics location */
     ngx_shm_zone_t              *metrics_zone;
+    ngx_msec_t                   presence_ttl;
 };
 
 
@@ -166,6 +167,9 @@ struct ngx_http_collab_loc_conf_s {
     ngx_msec_t                   log_age;        /* 0: off */
     ngx_msec_t                   op_window;      /* 0: forever */
     ngx_msec_t                   doc_expire;     /* 0: never */
+    ngx_uint_t                   presence_rate;  /* per second */
+    ngx_uint_t                   presence_max;   /* in a snapshot */
+    size_t                       presence_size;
 };
 
 
@@ -219,6 +223,17 @@ struct ngx_http_collab_sub_s {
     unsigned                     again:1;        /* re-subscribed: the read
                                                     in flight is stale */
     size_t                       budget;         /* bytes asked of it */
+
+    /* the session's presence on the document: see presence.c */
+    u_char                      *presence;       /* collab_presence_size */
+    size_t                       presence_len;
+    uint64_t                     presence_seq;   /* of the snapshot */
+    ngx_uint_t                   presence_gen;   /* snapshot asked */
+    const char                  *leave_reason;
+    unsigned                     presence_pending:1;
+    unsigned                     presence_stored:1;
+    unsigned                     presence_ready:1; /* had its snapshot */
+    unsigned                     presence_tries:2;
 };
 
 
@@ -242,6 +257,7 @@ struct ngx_http_collab_doc_s {
     ngx_msec_t                   acl_backoff;
     ngx_uint_t                   held;           /* callers walking it */
     ngx_msec_t                   acl_notice;     /* first unapplied notice */
+    uint64_t                     presence_seq;   /* highest seen live */
 };
 
 
@@ -371,6 +387,9 @@ struct ngx_http_collab_session_s {
     ngx_uint_t                   metric_conn;    /* the transport counted in
                                                     collab_connections */
     ngx_uint_t                   metric_code;    /* close code sent */
+
+    ngx_event_t                  presence;       /* sends the latest */
+    ngx_msec_t                   presence_last;  /* last sent */
 };
 
 
@@ -396,6 +415,7 @@ typedef struct {
     ngx_log_t                   *log;
     u_char                      *recv_buf;
     size_t                       recv_size;
+    ngx_event_t                  presence_refresh;
 } ngx_http_collab_worker_t;
 
 
@@ -739,6 +759,8 @@ typedef struct {
     u_char                      *epoch;          /* reset: NULL if invalid */
     ngx_str_t                    session;        /* ephemera: the sender */
     json_t                      *obj;            /* holds the strings */
+    uint64_t                     pseq;           /* presence */
+    unsigned                     left:1;         /* presence: a leave */
 } ngx_http_collab_event_t;
 
 
@@ -762,6 +784,16 @@ struct ngx_http_collab_acl_admin_s {
     ngx_str_t                    acl;            /* data NULL: none */
 };
 
+/* a collab_presence_list reply: entries point into it */
+typedef struct {
+    ngx_int_t                    status;         /* NGX_OK; NGX_AGAIN: no
+                                                    reply; NGX_ERROR */
+    uint64_t                     pseq;
+    ngx_uint_t                   count;          /* members in Redis */
+    ngx_uint_t                   nentries;
+    redisReply                 **entries;        /* strings: JSON objects */
+} ngx_http_collab_presence_list_t;
+
 ngx_int_t ngx_http_collab_store_setup(ngx_http_collab_redis_t *rc);
 ngx_int_t ngx_http_collab_store_append(ngx_http_collab_session_t *s,
     ngx_str_t *doc, ngx_str_t *id, ngx_str_t *data, int64_t base,
@@ -783,6 +815,25 @@ ngx_int_t ngx_http_collab_store_acl_admin(ngx_http_collab_session_t *s,
     ngx_str_t *doc, ngx_uint_t admin, int64_t *version, ngx_str_t *body);
 void ngx_http_collab_store_epoch(u_char *epoch);
 size_t ngx_http_collab_key(u_char *buf, ngx_str_t *doc, const char *suffix);
+ngx_int_t ngx_http_collab_store_presence(ngx_http_collab_session_t *s,
+    ngx_str_t *doc, ngx_str_t *entry);
+ngx_int_t ngx_http_collab_store_presence_list(ngx_http_collab_session_t *s,
+    ngx_str_t *doc, ngx_uint_t max, ngx_uint_t gen);
+ngx_int_t ngx_http_collab_store_presence_leave(ngx_str_t *doc,
+    u_char *sid, const char *reason);
+ngx_int_t ngx_http_collab_store_presence_refresh(ngx_str_t *doc,
+    ngx_str_t *sids, ngx_uint_t n);
+
+/* presence */
+void ngx_http_collab_presence_set(ngx_http_collab_sub_t *sub,
+    ngx_str_t *data);
+void ngx_http_collab_presence_join(ngx_http_collab_sub_t *sub);
+void ngx_http_collab_presence_snapshot(ngx_http_collab_session_t *s,
+    ngx_str_t *doc, ngx_uint_t gen, ngx_http_collab_presence_list_t *pl);
+void ngx_http_collab_presence_leave(ngx_http_collab_sub_t *sub);
+void ngx_http_collab_presence_handler(ngx_event_t *ev);
+void ngx_http_collab_presence_init(ngx_cycle_t *cycle);
+void ngx_http_collab_presence_exit(void);
 
 
 #endif /* _NGX_HTTP_COLLAB_MODULE_H_INCLUDED_ */

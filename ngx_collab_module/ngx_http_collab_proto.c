@@ -30,6 +30,8 @@ static void ngx_http_collab_proto_state(ngx_http_collab_session_t *s,
     json_t *obj, ngx_uint_t slot);
 static void ngx_http_collab_proto_ephemeral(ngx_http_collab_session_t *s,
     json_t *obj, ngx_uint_t slot, const char *type);
+static void ngx_http_collab_proto_presence(ngx_http_collab_session_t *s,
+    json_t *obj, ngx_uint_t slot);
 static ngx_int_t ngx_http_collab_proto_dump(ngx_http_collab_session_t *s,
     json_t *value, ngx_str_t *out);
 static void ngx_http_collab_proto_count(const char *type);
@@ -549,10 +551,11 @@ ngx_http_collab_proto_handle_json(ngx_http_collab_session_t *s, json_t *obj,
     } else if (ngx_strcmp(type, "state") == 0) {
         ngx_http_collab_proto_state(s, obj, slot);
 
-    } else if (ngx_strcmp(type, "intent") == 0
-               || ngx_strcmp(type, "presence") == 0)
-    {
+    } else if (ngx_strcmp(type, "intent") == 0) {
         ngx_http_collab_proto_ephemeral(s, obj, slot, type);
+
+    } else if (ngx_strcmp(type, "presence") == 0) {
+        ngx_http_collab_proto_presence(s, obj, slot);
 
     } else {
         ngx_http_collab_reply(s, slot,
@@ -971,7 +974,7 @@ ngx_http_collab_proto_state(ngx_http_collab_session_t *s, json_t *obj,
 }
 
 
-/* intents and presence: relayed to the document's subscribers, not stored */
+/* intents: relayed to the document's subscribers, not stored */
 
 static void
 ngx_http_collab_proto_ephemeral(ngx_http_collab_session_t *s, json_t *obj,
@@ -1001,8 +1004,7 @@ ngx_http_collab_proto_ephemeral(ngx_http_collab_session_t *s, json_t *obj,
         return;
     }
 
-    need = (type[0] == 'i') ? NGX_HTTP_COLLAB_ROLE_COMMENTER
-                            : NGX_HTTP_COLLAB_ROLE_VIEWER;
+    need = NGX_HTTP_COLLAB_ROLE_COMMENTER;
 
     if (sub->role < need) {
         ngx_http_collab_acl_deny(s, &doc, type);
@@ -1053,6 +1055,78 @@ ngx_http_collab_proto_ephemeral(ngx_http_collab_session_t *s, json_t *obj,
     }
 
     ngx_http_collab_msg_release(m);
+
+    if (slot != NGX_HTTP_COLLAB_NO_SLOT) {
+        ngx_http_collab_reply(s, slot,
+                              ngx_http_collab_msg_build("ok", "doc", 'S',
+                                                        &doc, NULL));
+    }
+}
+
+
+/*
+ * A member's presence: kept (coalesced, see presence.c) and shown to the
+ * document's subscribers, viewers included.
+ */
+
+static void
+ngx_http_collab_proto_presence(ngx_http_collab_session_t *s, json_t *obj,
+    ngx_uint_t slot)
+{
+    json_t                 *v;
+    ngx_str_t               doc, data;
+    ngx_http_collab_sub_t  *sub;
+
+    if (ngx_http_collab_proto_doc(s, obj, &doc, slot, "error", NULL)
+        != NGX_OK)
+    {
+        return;
+    }
+
+    sub = ngx_http_collab_doc_find(s, &doc);
+
+    if (sub == NULL || sub->state == NGX_HTTP_COLLAB_SUB_JOINING) {
+        ngx_http_collab_reply(s, slot,
+                              ngx_http_collab_msg_error("error", "invalid",
+                                  &doc, NULL, "not subscribed to this "
+                                  "document"));
+        return;
+    }
+
+    if (sub->role < NGX_HTTP_COLLAB_ROLE_VIEWER) {
+        ngx_http_collab_acl_deny(s, &doc, "presence");
+        ngx_http_collab_reply(s, slot,
+                              ngx_http_collab_msg_error("error", "forbidden",
+                                  &doc, NULL, "\"presence\" is not allowed "
+                                  "on this document"));
+        return;
+    }
+
+    v = json_object_get(obj, "data");
+
+    if (v == NULL) {
+        ngx_http_collab_reply(s, slot,
+                              ngx_http_collab_msg_error("error", "invalid",
+                                  &doc, NULL, "\"data\" is missing"));
+        return;
+    }
+
+    if (ngx_http_collab_proto_dump(s, v, &data) != NGX_OK) {
+        return;
+    }
+
+    if (data.len > s->conf->presence_size) {
+        ngx_free(data.data);
+        ngx_http_collab_reply(s, slot,
+                              ngx_http_collab_msg_error("error", "too_large",
+                                  &doc, NULL, "presence data is larger than "
+                                  "%uz bytes", s->conf->presence_size));
+        return;
+    }
+
+    ngx_http_collab_presence_set(sub, &data);
+
+    ngx_free(data.data);
 
     if (slot != NGX_HTTP_COLLAB_NO_SLOT) {
         ngx_http_collab_reply(s, slot,

@@ -448,6 +448,10 @@ ngx_http_collab_session_del_timers(ngx_http_collab_session_t *s)
     if (s->drain.timer_set) {
         ngx_del_timer(&s->drain);
     }
+
+    if (s->presence.timer_set) {
+        ngx_del_timer(&s->presence);
+    }
 }
 
 

@@ -27,7 +27,7 @@
  */
 
 
-#define NGX_HTTP_COLLAB_STORE_VERSION  5
+#define NGX_HTTP_COLLAB_STORE_VERSION  6
 #define NGX_HTTP_COLLAB_STORE_COMPAT   1
 
 /* a key every load changes: a check and a load WATCH it */
@@ -588,7 +588,99 @@ static const char  ngx_http_collab_store_lua[] =
 "  redis.call('PUBLISH', keys[4], '{\"type\":\"acl\"}')\n"
 "  return {1, v + 1, raw}\n"
 "end\n"
+/* presence: keys pres exp.  pres maps a session id to its entry, the
+ * JSON object {"session","user","data"} the module built, and '~seq' to
+ * the last pseq; exp scores each session with its expiry time (ms), which
+ * the nginx that holds the session pushes forward (collab_presence_ttl).
+ * pseq orders the presence messages of a document: the time in us, or
+ * one more than the last, so it never goes back, even over a lost key */
+"local function pres_seq(pres)\n"
+"  local t = redis.call('TIME')\n"
+"  local us = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"
+"  local last = tonumber(redis.call('HGET', pres, '~seq') or '0')\n"
+"  local n = string.format('%d', math.max(us, last + 1))\n"
+"  redis.call('HSET', pres, '~seq', n)\n"
+"  return n\n"
+"end\n"
+"local function pres_now()\n"
+"  local t = redis.call('TIME')\n"
+"  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+"end\n"
+/* the leave is published only by whoever deletes the entry: once */
+"local function pres_leave(pres, exp, chan, doc, sid, reason)\n"
+"  redis.call('ZREM', exp, sid)\n"
+"  local v = redis.call('HGET', pres, sid)\n"
+"  if not v or redis.call('HDEL', pres, sid) ~= 1 then return 0 end\n"
+"  local e = string.find(v, ',\"data\":', 1, true) or #v\n"
+"  redis.call('PUBLISH', chan, '{\"type\":\"presence\",\"doc\":\"' .. doc ..\n"
+"    '\",\"pseq\":' .. pres_seq(pres) .. ',\"left\":true,\"reason\":\"' ..\n"
+"    reason .. '\",' .. string.sub(v, 2, e - 1) .. '}')\n"
+"  return 1\n"
+"end\n"
+/* entries whose nginx stopped refreshing them, 64 at a time */
+"local function pres_prune(pres, exp, chan, doc, now)\n"
+"  local old = redis.call('ZRANGEBYSCORE', exp, '-inf', now, 'LIMIT', 0, 64)\n"
+"  for _, sid in ipairs(old) do\n"
+"    pres_leave(pres, exp, chan, doc, sid, 'expired')\n"
+"  end\n"
+"end\n"
+/* the keys outlive their entries, and go when no nginx refreshes them */
+"local function pres_keep(pres, exp, ttl)\n"
+"  redis.call('PEXPIRE', pres, 2 * ttl)\n"
+"  redis.call('PEXPIRE', exp, 2 * ttl)\n"
+"end\n"
+/* args: channel doc session entry ttl */
+"local function presence(keys, args)\n"
+"  local pres, exp = keys[1], keys[2]\n"
+"  local now, ttl = pres_now(), tonumber(args[5])\n"
+"  pres_prune(pres, exp, args[1], args[2], now)\n"
+"  local n = pres_seq(pres)\n"
+"  redis.call('HSET', pres, args[3], args[4])\n"
+"  redis.call('ZADD', exp, now + ttl, args[3])\n"
+"  pres_keep(pres, exp, ttl)\n"
+"  redis.call('PUBLISH', args[1], '{\"type\":\"presence\",\"doc\":\"' ..\n"
+"    args[2] .. '\",\"pseq\":' .. n .. ',' .. string.sub(args[4], 2))\n"
+"  return 1\n"
+"end\n"
+/* args: channel doc ttl session...: the live sessions of one nginx; an
+ * entry that expired meanwhile is not brought back */
+"local function presence_refresh(keys, args)\n"
+"  local pres, exp = keys[1], keys[2]\n"
+"  if redis.call('EXISTS', exp) == 0 then return 0 end\n"
+"  local now, ttl = pres_now(), tonumber(args[3])\n"
+"  pres_prune(pres, exp, args[1], args[2], now)\n"
+"  for i = 4, #args do\n"
+"    redis.call('ZADD', exp, 'XX', now + ttl, args[i])\n"
+"  end\n"
+"  pres_keep(pres, exp, ttl)\n"
+"  return 1\n"
+"end\n"
+/* args: channel doc session reason */
+"local function presence_leave(keys, args)\n"
+"  local pres, exp = keys[1], keys[2]\n"
+"  pres_prune(pres, exp, args[1], args[2], pres_now())\n"
+"  return pres_leave(pres, exp, args[1], args[2], args[3], args[4])\n"
+"end\n"
+/* args: channel doc max: {pseq, count, entry...}, at most max entries */
+"local function presence_list(keys, args)\n"
+"  local pres, exp = keys[1], keys[2]\n"
+"  pres_prune(pres, exp, args[1], args[2], pres_now())\n"
+"  local n = redis.call('HGET', pres, '~seq')\n"
+"  if not n then return {'0', 0} end\n"
+"  local max = tonumber(args[3])\n"
+"  local res = {n, redis.call('HLEN', pres) - 1}\n"
+"  if max <= 0 then return res end\n"
+"  local r = redis.call('HRANDFIELD', pres, max + 1, 'WITHVALUES')\n"
+"  for i = 1, #r, 2 do\n"
+"    if r[i] ~= '~seq' and #res < max + 2 then res[#res + 1] = r[i + 1] end\n"
+"  end\n"
+"  return res\n"
+"end\n"
 "redis.register_function('collab_acl_get', acl_get)\n"
+"redis.register_function('collab_presence', presence)\n"
+"redis.register_function('collab_presence_refresh', presence_refresh)\n"
+"redis.register_function('collab_presence_leave', presence_leave)\n"
+"redis.register_function('collab_presence_list', presence_list)\n"
 "redis.register_function('collab_acl_put', acl_put)\n"
 "redis.register_function('collab_append', append)\n"
 "redis.register_function('collab_read', read)\n"
@@ -638,6 +730,8 @@ static void ngx_http_collab_store_acl_reply(ngx_http_collab_cmd_t *cmd,
     redisReply *reply);
 static void ngx_http_collab_store_acl_admin_reply(ngx_http_collab_cmd_t *cmd,
     redisReply *reply);
+static void ngx_http_collab_store_presence_list_reply(
+    ngx_http_collab_cmd_t *cmd, redisReply *reply);
 static void ngx_http_collab_store_acl_admin_decode(redisReply *reply,
     ngx_http_collab_acl_admin_t *res);
 
@@ -1622,7 +1716,7 @@ ngx_int_t
 ngx_http_collab_store_event(ngx_str_t *doc, u_char *p, size_t len,
     ngx_http_collab_event_t *ev)
 {
-    json_t      *obj;
+    json_t      *obj, *v;
     const char  *type, *epoch;
 
     ngx_memzero(ev, sizeof(ngx_http_collab_event_t));
@@ -1668,6 +1762,14 @@ ngx_http_collab_store_event(ngx_str_t *doc, u_char *p, size_t len,
                        json_string_value(json_object_get(obj, "session"));
         ev->session.len = ev->session.data
                           ? ngx_strlen(ev->session.data) : 0;
+
+        v = json_object_get(obj, "pseq");
+
+        if (json_is_number(v) && json_number_value(v) > 0) {
+            ev->pseq = (uint64_t) json_number_value(v);
+        }
+
+        ev->left = json_is_true(json_object_get(obj, "left"));
     }
 
     return NGX_OK;
@@ -1992,4 +2094,238 @@ ngx_http_collab_store_acl_admin_decode(redisReply *reply,
         res->status = NGX_DECLINED;
         break;
     }
+}
+
+
+/* the presence commands share their keys and first arguments */
+
+static void
+ngx_http_collab_store_presence_args(ngx_str_t *doc, const char *fn,
+    const char **argv, size_t *argvlen, u_char kpres[NGX_HTTP_COLLAB_KEY_MAX],
+    u_char kexp[NGX_HTTP_COLLAB_KEY_MAX], u_char chan[NGX_HTTP_COLLAB_KEY_MAX])
+{
+    argv[0] = "FCALL";
+    argvlen[0] = 5;
+    argv[1] = fn;
+    argvlen[1] = ngx_strlen(fn);
+    argv[2] = "2";
+    argvlen[2] = 1;
+    argv[3] = (char *) kpres;
+    argvlen[3] = ngx_http_collab_key(kpres, doc, ":presence");
+    argv[4] = (char *) kexp;
+    argvlen[4] = ngx_http_collab_key(kexp, doc, ":presence:exp");
+    argv[5] = (char *) chan;
+    argvlen[5] = ngx_http_collab_key(chan, doc, "");
+    argv[6] = (char *) doc->data;
+    argvlen[6] = doc->len;
+}
+
+
+/* keys: presence, presence:exp; args: channel doc session entry ttl */
+
+ngx_int_t
+ngx_http_collab_store_presence(ngx_http_collab_session_t *s, ngx_str_t *doc,
+    ngx_str_t *entry)
+{
+    u_char                  kpres[NGX_HTTP_COLLAB_KEY_MAX];
+    u_char                  kexp[NGX_HTTP_COLLAB_KEY_MAX];
+    u_char                  chan[NGX_HTTP_COLLAB_KEY_MAX];
+    u_char                  ttl[NGX_INT_T_LEN];
+    const char             *argv[10];
+    size_t                  argvlen[10];
+    ngx_http_collab_cmd_t  *cmd;
+
+    cmd = ngx_http_collab_cmd_alloc(s, 0);
+    if (cmd == NULL) {
+        return NGX_ERROR;
+    }
+
+    cmd->handler = ngx_http_collab_cmd_discard;
+
+    ngx_http_collab_store_presence_args(doc, "collab_presence", argv,
+                                        argvlen, kpres, kexp, chan);
+    argv[7] = (char *) s->id;
+    argvlen[7] = sizeof(s->id);
+    argv[8] = (char *) entry->data;
+    argvlen[8] = entry->len;
+    argv[9] = (char *) ttl;
+    argvlen[9] = ngx_sprintf(ttl, "%M",
+                             ngx_http_collab_worker->mcf->presence_ttl)
+                 - ttl;
+
+    return ngx_http_collab_redis_command(&ngx_http_collab_worker->cmd, cmd,
+                                         10, argv, argvlen);
+}
+
+
+/*
+ * Not a session's: the leave must reach Redis after the session is gone.
+ * Commands go out in order, so it follows the session's last set.
+ */
+
+ngx_int_t
+ngx_http_collab_store_presence_leave(ngx_str_t *doc, u_char *sid,
+    const char *reason)
+{
+    u_char                  kpres[NGX_HTTP_COLLAB_KEY_MAX];
+    u_char                  kexp[NGX_HTTP_COLLAB_KEY_MAX];
+    u_char                  chan[NGX_HTTP_COLLAB_KEY_MAX];
+    const char             *argv[9];
+    size_t                  argvlen[9];
+    ngx_http_collab_cmd_t  *cmd;
+
+    cmd = ngx_http_collab_cmd_alloc(NULL, 0);
+    if (cmd == NULL) {
+        return NGX_ERROR;
+    }
+
+    cmd->handler = ngx_http_collab_cmd_discard;
+
+    ngx_http_collab_store_presence_args(doc, "collab_presence_leave", argv,
+                                        argvlen, kpres, kexp, chan);
+    argv[7] = (char *) sid;
+    argvlen[7] = 16;
+    argv[8] = reason;
+    argvlen[8] = ngx_strlen(reason);
+
+    return ngx_http_collab_redis_command(&ngx_http_collab_worker->cmd, cmd,
+                                         9, argv, argvlen);
+}
+
+
+/* args: channel doc ttl session...; the reply does not matter */
+
+ngx_int_t
+ngx_http_collab_store_presence_refresh(ngx_str_t *doc, ngx_str_t *sids,
+    ngx_uint_t n)
+{
+    u_char                  kpres[NGX_HTTP_COLLAB_KEY_MAX];
+    u_char                  kexp[NGX_HTTP_COLLAB_KEY_MAX];
+    u_char                  chan[NGX_HTTP_COLLAB_KEY_MAX];
+    u_char                  ttl[NGX_INT_T_LEN];
+    size_t                 *argvlen;
+    ngx_int_t               rc;
+    ngx_uint_t              i;
+    const char            **argv;
+    ngx_http_collab_cmd_t  *cmd;
+
+    argv = ngx_alloc((8 + n) * (sizeof(char *) + sizeof(size_t)),
+                     ngx_cycle->log);
+    if (argv == NULL) {
+        return NGX_ERROR;
+    }
+
+    argvlen = (size_t *) (argv + 8 + n);
+
+    cmd = ngx_http_collab_cmd_alloc(NULL, 0);
+    if (cmd == NULL) {
+        ngx_free(argv);
+        return NGX_ERROR;
+    }
+
+    cmd->handler = ngx_http_collab_cmd_discard;
+
+    ngx_http_collab_store_presence_args(doc, "collab_presence_refresh", argv,
+                                        argvlen, kpres, kexp, chan);
+    argv[7] = (char *) ttl;
+    argvlen[7] = ngx_sprintf(ttl, "%M",
+                             ngx_http_collab_worker->mcf->presence_ttl)
+                 - ttl;
+
+    for (i = 0; i < n; i++) {
+        argv[8 + i] = (char *) sids[i].data;
+        argvlen[8 + i] = sids[i].len;
+    }
+
+    rc = ngx_http_collab_redis_command(&ngx_http_collab_worker->cmd, cmd,
+                                       8 + n, argv, argvlen);
+
+    ngx_free(argv);
+
+    return rc;
+}
+
+
+/* args: channel doc max; the reply goes to the session's membership */
+
+ngx_int_t
+ngx_http_collab_store_presence_list(ngx_http_collab_session_t *s,
+    ngx_str_t *doc, ngx_uint_t max, ngx_uint_t gen)
+{
+    u_char                  kpres[NGX_HTTP_COLLAB_KEY_MAX];
+    u_char                  kexp[NGX_HTTP_COLLAB_KEY_MAX];
+    u_char                  chan[NGX_HTTP_COLLAB_KEY_MAX];
+    u_char                  smax[NGX_INT_T_LEN];
+    const char             *argv[8];
+    size_t                  argvlen[8];
+    ngx_http_collab_cmd_t  *cmd;
+
+    cmd = ngx_http_collab_cmd_alloc(s, doc->len);
+    if (cmd == NULL) {
+        return NGX_ERROR;
+    }
+
+    cmd->handler = ngx_http_collab_store_presence_list_reply;
+    cmd->slot = gen;
+    cmd->doc.data = cmd->data;
+    cmd->doc.len = doc->len;
+    ngx_memcpy(cmd->doc.data, doc->data, doc->len);
+
+    ngx_http_collab_store_presence_args(doc, "collab_presence_list", argv,
+                                        argvlen, kpres, kexp, chan);
+    argv[7] = (char *) smax;
+    argvlen[7] = ngx_sprintf(smax, "%ui", max) - smax;
+
+    return ngx_http_collab_redis_command(&ngx_http_collab_worker->cmd, cmd,
+                                         8, argv, argvlen);
+}
+
+
+static void
+ngx_http_collab_store_presence_list_reply(ngx_http_collab_cmd_t *cmd,
+    redisReply *reply)
+{
+    off_t                             seq;
+    ngx_uint_t                        i, gen;
+    ngx_str_t                         doc;
+    u_char                            name[NGX_HTTP_COLLAB_DOC_MAX];
+    ngx_http_collab_session_t        *s;
+    ngx_http_collab_presence_list_t   pl;
+
+    s = cmd->session;
+    gen = cmd->slot;
+    doc.len = ngx_min(cmd->doc.len, NGX_HTTP_COLLAB_DOC_MAX);
+    doc.data = ngx_cpymem(name, cmd->doc.data, doc.len) - doc.len;
+
+    ngx_http_collab_cmd_free(cmd);
+
+    ngx_memzero(&pl, sizeof(ngx_http_collab_presence_list_t));
+
+    if (reply == NULL) {
+        pl.status = NGX_AGAIN;
+
+    } else if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 2
+               || reply->element[0]->type != REDIS_REPLY_STRING
+               || reply->element[1]->type != REDIS_REPLY_INTEGER)
+    {
+        pl.status = NGX_ERROR;
+
+    } else {
+        seq = ngx_atoof((u_char *) reply->element[0]->str,
+                        reply->element[0]->len);
+        pl.pseq = seq < 0 ? 0 : (uint64_t) seq;
+        pl.count = reply->element[1]->integer < 0
+                   ? 0 : (ngx_uint_t) reply->element[1]->integer;
+        pl.entries = reply->element + 2;
+        pl.nentries = reply->elements - 2;
+
+        for (i = 0; i < pl.nentries; i++) {
+            if (pl.entries[i]->type != REDIS_REPLY_STRING) {
+                pl.status = NGX_ERROR;
+                break;
+            }
+        }
+    }
+
+    ngx_http_collab_presence_snapshot(s, &doc, gen, &pl);
 }
