@@ -446,6 +446,7 @@ ngx_http_collab_proto_handle(ngx_http_collab_session_t *s, u_char *text,
     ngx_http_collab_json_span_t  data;
 
     s->cur_len = len;
+    s->log_msgs_in++;
 
     obj = json_loadb((char *) text, len,
                      JSON_REJECT_DUPLICATES|JSON_DECODE_INT_AS_REAL, &err);
@@ -671,6 +672,8 @@ ngx_http_collab_proto_doc(ngx_http_collab_session_t *s, json_t *obj,
                                   "A-Za-z0-9._:-"));
         return NGX_DECLINED;
     }
+
+    ngx_http_collab_log_doc(s, doc);
 
     return NGX_OK;
 }
