@@ -249,8 +249,11 @@ ok($l->{out} >= 3, "sse2: welcome, subscribed, delta counted ($l->{out})");
 # RSS per idle WebSocket, with and without the request kept (on demand)
 
 if (my $n = $ENV{COLLAB_RSS}) {
-    my ($worker) = $t->worker_pids;
-    for my $path ('/quiet', '/collab') {
+    for my $path ('/quiet', '/collab', '/quiet', '/collab') {
+        # a fresh worker each time: freed memory is not given back
+        $t->stop_nginx;
+        $t->start_nginx;
+        my ($worker) = $t->worker_pids;
         my @w = map { $t->ws_session(path => "$path?doc=warm&tag=rss") } 1 .. 50;
         $_->close(1000) for @w;
         $t->idle(0.5);
