@@ -170,9 +170,10 @@ ngx_http_collab_log_doc(ngx_http_collab_session_t *s, ngx_str_t *doc)
         return;
     }
 
-    p = ngx_cpymem(buf, s->log_docs, s->log_docs_len);
+    p = buf;
 
     if (s->log_docs_len) {
+        p = ngx_cpymem(p, s->log_docs, s->log_docs_len);
         *p++ = ',';
     }
 
@@ -248,7 +249,11 @@ ngx_http_collab_log_docs(ngx_http_collab_session_t *s, ngx_pool_t *pool,
         return NGX_ERROR;
     }
 
-    p = ngx_cpymem(out->data, s->log_docs, s->log_docs_len);
+    p = out->data;
+
+    if (s->log_docs_len) {
+        p = ngx_cpymem(p, s->log_docs, s->log_docs_len);
+    }
 
     if (s->log_docs_more) {
         p = ngx_sprintf(p, "%s+%ui", s->log_docs_len ? "," : "",
