@@ -79,6 +79,8 @@ ngx_http_collab_get_start(ngx_http_request_t *r,
         return rc;
     }
 
+    ngx_http_collab_log_doc(s, &g->doc);
+
     /* a read costs Redis what a POSTed message does: the same budget */
 
     if (ngx_http_collab_limit_post(s, 0, &retry) == NGX_BUSY) {
@@ -530,9 +532,10 @@ ngx_http_collab_get_finish(ngx_http_request_t *r)
 static ngx_int_t
 ngx_http_collab_get_send(ngx_http_request_t *r, ngx_http_collab_get_t *g)
 {
-    u_char       buf[NGX_TIME_T_LEN];
-    ngx_int_t    rc;
-    ngx_chain_t  out;
+    u_char                      buf[NGX_TIME_T_LEN];
+    ngx_int_t                   rc;
+    ngx_chain_t                 out;
+    ngx_http_collab_session_t  *s;
 
     if (g->body == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -590,6 +593,14 @@ ngx_http_collab_get_send(ngx_http_request_t *r, ngx_http_collab_get_t *g)
 
     g->body->last_buf = 1;
     g->body->last_in_chain = 1;
+
+    /* called once the session exists: the context is the session */
+    s = ngx_http_get_module_ctx(r, ngx_http_collab_module);
+
+    if (s) {
+        s->log_msgs_out++;
+        s->log_bytes_out += g->body->last - g->body->pos;
+    }
 
     out.buf = g->body;
     out.next = NULL;

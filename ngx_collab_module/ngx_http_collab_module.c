@@ -406,7 +406,7 @@ static ngx_command_t  ngx_http_collab_commands[] = {
 
 
 static ngx_http_module_t  ngx_http_collab_module_ctx = {
-    NULL,                                  /* preconfiguration */
+    ngx_http_collab_log_add_variables,     /* preconfiguration */
     ngx_http_collab_init,                  /* postconfiguration */
 
     ngx_http_collab_create_main_conf,      /* create main configuration */

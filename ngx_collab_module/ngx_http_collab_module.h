@@ -390,6 +390,16 @@ struct ngx_http_collab_session_s {
 
     ngx_event_t                  presence;       /* sends the latest */
     ngx_msec_t                   presence_last;  /* last sent */
+
+    /* what its access log line says (ngx_http_collab_log.c) */
+    ngx_msec_t                   log_start;
+    ngx_uint_t                   log_close_code; /* 0: none decided */
+    ngx_uint_t                   log_msgs_in;
+    ngx_uint_t                   log_msgs_out;
+    off_t                        log_bytes_out;
+    u_char                      *log_docs;       /* comma-separated */
+    size_t                       log_docs_len;
+    ngx_uint_t                   log_docs_more;  /* beyond the bound */
 };
 
 
@@ -443,6 +453,13 @@ ngx_str_t *ngx_http_collab_log_escape(ngx_str_t *dst, u_char *buf,
 #define ngx_http_collab_esc(s)                                               \
     ngx_http_collab_log_escape(&(ngx_str_t) { 0, NULL },                     \
                                (u_char [NGX_HTTP_COLLAB_LOG_ESC]) { 0 }, (s))
+
+/* access log variables */
+ngx_int_t ngx_http_collab_log_add_variables(ngx_conf_t *cf);
+ngx_int_t ngx_http_collab_log_wanted(ngx_http_request_t *r);
+void ngx_http_collab_log_doc(ngx_http_collab_session_t *s, ngx_str_t *doc);
+void ngx_http_collab_log_end(ngx_http_collab_session_t *s,
+    ngx_http_request_t *r);
 
 /* WebSocket transport */
 ngx_int_t ngx_http_collab_ws_handshake(ngx_http_request_t *r,

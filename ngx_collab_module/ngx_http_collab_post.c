@@ -618,6 +618,9 @@ ngx_http_collab_post_send(ngx_http_request_t *r, ngx_http_collab_session_t *s,
     b->last_buf = 1;
     b->last_in_chain = 1;
 
+    s->log_msgs_out += s->nreplies;
+    s->log_bytes_out += p - b->pos;
+
     out.buf = b;
     out.next = NULL;
 

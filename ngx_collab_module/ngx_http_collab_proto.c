@@ -450,6 +450,7 @@ ngx_http_collab_proto_handle(ngx_http_collab_session_t *s, u_char *text,
     ngx_http_collab_json_span_t  data;
 
     s->cur_len = len;
+    s->log_msgs_in++;
 
     ngx_http_collab_metric_add(NGX_HTTP_COLLAB_M_BYTES_IN, len);
 
@@ -701,6 +702,8 @@ ngx_http_collab_proto_doc(ngx_http_collab_session_t *s, json_t *obj,
                                   "A-Za-z0-9._:-"));
         return NGX_DECLINED;
     }
+
+    ngx_http_collab_log_doc(s, doc);
 
     return NGX_OK;
 }

@@ -242,6 +242,7 @@ ngx_http_collab_session_alloc(ngx_http_request_t *r,
     ngx_http_collab_session_init_events(s, r->connection->log);
 
     s->last_recv = ngx_current_msec;
+    s->log_start = ngx_current_msec;
 
     cln->handler = ngx_http_collab_session_cleanup;
     cln->data = s;
@@ -347,6 +348,9 @@ ngx_http_collab_session_cleanup(void *data)
     r = s->request;
 
     if (r) {
+        /* the access log line is written after this, from the request */
+        ngx_http_collab_log_end(s, r);
+
         ngx_http_set_ctx(r, NULL, ngx_http_collab_module);
         r->read_event_handler = ngx_http_block_reading;
         r->write_event_handler = ngx_http_request_empty_handler;
@@ -538,6 +542,10 @@ ngx_http_collab_session_free_buffers(ngx_http_collab_session_t *s)
 
     if (s->groups.data) {
         ngx_free(s->groups.data);
+    }
+
+    if (s->log_docs) {
+        ngx_free(s->log_docs);
     }
 }
 
@@ -886,6 +894,9 @@ ngx_http_collab_session_sent(ngx_http_collab_session_t *s)
             s->pong = NULL;
         }
 
+        s->log_bytes_out += out->buf.end - out->buf.start;
+        s->log_msgs_out += (out->msg != NULL);
+
         ngx_http_collab_msg_release(out->msg);
         ngx_http_collab_out_put(out);
     }
@@ -918,6 +929,11 @@ ngx_http_collab_session_close(ngx_http_collab_session_t *s, ngx_uint_t code,
     s->finalize = 1;
     s->closed_at = ngx_current_msec;
     s->metric_code = code;
+
+    if (s->log_close_code == 0) {
+        /* an event stream ended for an error has no code of its own */
+        s->log_close_code = code ? code : 1011;
+    }
 
     if (s->ping.timer_set) {
         ngx_del_timer(&s->ping);

@@ -63,6 +63,8 @@ ngx_http_collab_sse_start(ngx_http_request_t *r,
         return rc;
     }
 
+    ngx_http_collab_log_doc(s, &doc);
+
     if (ngx_http_collab_sse_cursor(r, s) != NGX_OK) {
         return NGX_HTTP_BAD_REQUEST;
     }

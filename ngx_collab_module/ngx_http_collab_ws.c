@@ -377,6 +377,10 @@ ngx_http_collab_ws_pending(ngx_http_collab_session_t *s, ngx_str_t *doc,
 {
     s->cursor_since = since;
 
+    if (doc->len) {
+        ngx_http_collab_log_doc(s, doc);
+    }
+
     if (doc->len == 0 && epoch->len == 0) {
         return NGX_OK;
     }
@@ -459,6 +463,15 @@ ngx_http_collab_ws_detach(ngx_event_t *ev)
          * session ends, not now: limit_conn's count of the connection,
          * realip's restoring of the address.  Such a session keeps its
          * request.
+         */
+        return;
+    }
+
+    if (ngx_http_collab_log_wanted(r)) {
+        /*
+         * The access log line is written when the session ends, from the
+         * request (any variable of the log format may need it): only
+         * "access_log off" sessions go without.
          */
         return;
     }
@@ -847,6 +860,13 @@ ngx_http_collab_ws_close_received(ngx_http_collab_session_t *s,
     u_char  code[2];
 
     s->close_received = 1;
+
+    if (s->log_close_code == 0) {
+        /* the peer closed first: its code, 1005 for none */
+        s->log_close_code = (p->len >= 2) ? (ngx_uint_t) p->data[0] << 8
+                                            | p->data[1]
+                                          : 1005;
+    }
 
     if (!s->close_sent) {
         /* collab_disconnects_total: the peer's code, 1005 for none */

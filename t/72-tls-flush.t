@@ -51,6 +51,9 @@ $t->write_nginx_conf(<<'EOF');
         ssl_certificate_key %%TESTDIR%%/key.pem;
         collab_ping 30s;
         collab_rate off;
+        # the detached session of this test: a location that logs keeps
+        # its request until the session ends (t/107-log-vars.t)
+        access_log off;
 
         location = /collab {
             collab;
