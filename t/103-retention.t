@@ -312,7 +312,7 @@ sub doc_memory {
         # random, but both paths at least once whatever the machine's speed:
         # 0 is behind any trimmed log, the head is served from the log
         my $since = !$seen{snapshot} && $runs % 2 ? 0
-                  : !$seen{log} ? $h
+                  : !$seen{log} ? $h + 0
                   : int rand($h + 1);
         my $ws = $t->ws_session(path => '/load');
         my $s = $t->subscribe($ws, $doc, since => $since, epoch => epoch($doc));
