@@ -226,7 +226,7 @@ ngx_http_collab_log_end(ngx_http_collab_session_t *s, ngx_http_request_t *r)
         || s->transport == NGX_HTTP_COLLAB_TRANSPORT_SSE)
     {
         /* no close frame either way: the connection just ended */
-        rec->close_code = s->log_close_code ? s->log_close_code : 1006;
+        rec->close_code = s->close_code ? s->close_code : 1006;
     }
 
     rec->msgs_in = s->log_msgs_in;

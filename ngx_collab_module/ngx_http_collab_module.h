@@ -386,14 +386,15 @@ struct ngx_http_collab_session_s {
     unsigned                     metric_session:1; /* in collab_sessions */
     ngx_uint_t                   metric_conn;    /* the transport counted in
                                                     collab_connections */
-    ngx_uint_t                   metric_code;    /* close code sent */
+    ngx_uint_t                   close_code;     /* of the end, first
+                                                    decided wins; 0: none
+                                                    (the peer went away) */
 
     ngx_event_t                  presence;       /* sends the latest */
     ngx_msec_t                   presence_last;  /* last sent */
 
     /* what its access log line says (ngx_http_collab_log.c) */
     ngx_msec_t                   log_start;
-    ngx_uint_t                   log_close_code; /* 0: none decided */
     ngx_uint_t                   log_msgs_in;
     ngx_uint_t                   log_msgs_out;
     off_t                        log_bytes_out;

@@ -386,8 +386,8 @@ ngx_http_collab_session_cleanup(void *data)
 
 /*
  * A session leaves the gauges; a WebSocket or event stream counts once in
- * collab_disconnects_total, by the close code sent (a stream's end counts
- * as 1000), or 1006 when the peer went away without a close.
+ * collab_disconnects_total, by the code of its end (s->close_code), or
+ * 1006 when the peer went away without a close.
  */
 
 static void
@@ -415,14 +415,8 @@ ngx_http_collab_session_metrics_end(ngx_http_collab_session_t *s)
         return;
     }
 
-    code = s->metric_code;
-
-    if (!s->closing) {
-        code = 1006;
-
-    } else if (code == 0) {
-        code = 1000;
-    }
+    /* the same code as $collab_close_code */
+    code = s->close_code ? s->close_code : 1006;
 
     ngx_http_collab_metrics_disconnect(code);
 }
@@ -928,11 +922,10 @@ ngx_http_collab_session_close(ngx_http_collab_session_t *s, ngx_uint_t code,
     s->closing = 1;
     s->finalize = 1;
     s->closed_at = ngx_current_msec;
-    s->metric_code = code;
 
-    if (s->log_close_code == 0) {
+    if (s->close_code == 0) {
         /* an event stream ended for an error has no code of its own */
-        s->log_close_code = code ? code : 1011;
+        s->close_code = code ? code : 1011;
     }
 
     if (s->ping.timer_set) {

@@ -861,17 +861,14 @@ ngx_http_collab_ws_close_received(ngx_http_collab_session_t *s,
 
     s->close_received = 1;
 
-    if (s->log_close_code == 0) {
+    if (s->close_code == 0) {
         /* the peer closed first: its code, 1005 for none */
-        s->log_close_code = (p->len >= 2) ? (ngx_uint_t) p->data[0] << 8
-                                            | p->data[1]
-                                          : 1005;
+        s->close_code = (p->len >= 2) ? (ngx_uint_t) p->data[0] << 8
+                                        | p->data[1]
+                                      : 1005;
     }
 
     if (!s->close_sent) {
-        /* collab_disconnects_total: the peer's code, 1005 for none */
-        s->metric_code = (p->len >= 2) ? (p->data[0] << 8 | p->data[1])
-                                       : 1005;
         s->closing = 1;
         s->finalize = 1;
         s->closed_at = ngx_current_msec;

@@ -1,0 +1,135 @@
+#!/usr/bin/perl
+
+# Presence edge cases (docs/protocol.md "presence"): exactly one leave per
+# membership when a session unsubscribes and subscribes again at once, when
+# one user has two sessions, when Redis restarts without its data (the
+# presence keys are lost); sessions that go away while their presence set
+# or their snapshot read is in flight (run under COLLAB_ASAN=1).
+
+use strict;
+use warnings;
+
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use Test::More;
+use Collab::Test;
+
+my $t = Collab::Test->new(timeout => 120);
+$t->start_redis;
+$t->write_nginx_conf(<<'EOF', workers => 1);
+    collab_redis 127.0.0.1:%%REDIS_PORT%%;
+    collab_presence_ttl 2s;
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        collab_ping 30s;
+        location = /collab {
+            collab;
+            collab_user $arg_user;
+            collab_rate off;
+        }
+    }
+EOF
+$t->start_nginx;
+
+sub sess { $t->ws_session(path => "/collab?user=$_[0]") }
+sub sid { $_[0]{welcome}{session} }
+
+sub is_pres {
+    my ($m, $sid, $left) = @_;
+    return $m->{type} eq 'presence' && $m->{session} eq $sid
+        && ($left ? $m->{left} : !$m->{left});
+}
+
+sub count_leaves {
+    my ($ws, $sid, $secs) = @_;
+    return scalar grep { is_pres($_, $sid, 1) } $ws->collect($secs);
+}
+
+my $obs = sess('observer');
+is($t->subscribe($obs, 'e')->{type}, 'subscribed', 'observer subscribed');
+
+# --- unsubscribe and subscribe again at once: one leave, then the new one
+{
+    my $u = sess('ursula');
+    $t->subscribe($u, 'e');
+    $u->send_json({ type => 'presence', doc => 'e', data => 1 });
+    ok($obs->wait_for(sub { is_pres($_[0], sid($u)) }, 5), 'resub: presence seen');
+    $u->send_json({ type => 'unsubscribe', doc => 'e' });
+    $u->send_json({ type => 'subscribe', doc => 'e' });
+    ok($u->wait_for({ type => 'subscribed', doc => 'e' }, 5), 'resub: subscribed again');
+    $u->send_json({ type => 'presence', doc => 'e', data => 3 });
+    my @m = grep { $_->{type} eq 'presence' && $_->{session} eq sid($u) }
+            $obs->collect(1.5);
+    is(join(',', map { $_->{left} ? 'left' : $_->{data} } @m), 'left,3',
+       'resub: one leave, then the new presence');
+    $u->close;
+    is(count_leaves($obs, sid($u), 1.5), 1, 'resub: one leave at the close');
+}
+
+# --- one user, two sessions: each its own entry and its own leave
+{
+    my $a1 = sess('twin');
+    my $a2 = sess('twin');
+    for my $w ($a1, $a2) {
+        $t->subscribe($w, 'e');
+        $w->send_json({ type => 'presence', doc => 'e', data => sid($w) });
+        ok($obs->wait_for(sub { is_pres($_[0], sid($w)) }, 5), 'twin: presence seen');
+    }
+    $a1->close;
+    is(count_leaves($obs, sid($a1), 1.5), 1, 'twin: one leave for the session that closed');
+    ok($t->redis('HEXISTS', 'collab:{e}:presence', sid($a2)), 'twin: the other one stays');
+    $a2->close;
+    is(count_leaves($obs, sid($a2), 1.5), 1, 'twin: then one for the other');
+}
+
+# --- sessions that go away with a presence set or a snapshot read in flight
+{
+    my $v = sess('victor');
+    $t->subscribe($v, 'e');
+    $v->send_json({ type => 'presence', doc => 'e', data => 'v' });
+    ok($obs->wait_for(sub { is_pres($_[0], sid($v)) }, 5), 'inflight: presence seen');
+    $t->freeze_redis;
+    $v->send_json({ type => 'presence', doc => 'e', data => 'v2' });
+    my $s2 = sess('walter');
+    $s2->send_json({ type => 'subscribe', doc => 'e' });
+    $obs->collect(0.3);
+    $v->drop;
+    $s2->drop;
+    $t->idle(0.3);
+    $t->thaw_redis;
+    my $w = sess('xena');
+    is($t->subscribe($w, 'e')->{type}, 'subscribed', 'inflight: the worker goes on');
+    $w->close;
+    ok(Collab::Test::wait_until(sub {
+        !$t->redis('HEXISTS', 'collab:{e}:presence', sid($v)) }, 8),
+       'inflight: the entry goes (leave or expiry)');
+    my $n = count_leaves($obs, sid($v), 3);
+    ok($n <= 1, "inflight: at most one leave ($n)");
+}
+
+# --- Redis restarts without its data (the presence keys are lost): the
+# member that goes must still be seen to go.  TODO: today its leave finds
+# no entry and is never published (a subscriber that was not resynced
+# shows the member for ever); see the report of r11.
+{
+    my $p = sess('paula');
+    $t->subscribe($p, 'r');
+    my $q = sess('quinn');
+    $t->subscribe($q, 'r');
+    $p->send_json({ type => 'presence', doc => 'r', data => 'p' });
+    ok($q->wait_for(sub { is_pres($_[0], sid($p))
+                          || ($_[0]{type} eq 'presence_snapshot'
+                              && grep { $_->{session} eq sid($p) } @{ $_[0]{members} }) }, 5),
+       'restart: presence seen');
+    $t->kill_redis;
+    unlink glob($t->dir . '/redis/*.rdb'), glob($t->dir . '/redis/*.aof');
+    $t->restart_redis;
+    $q->collect(3);
+    $p->close;
+    local $TODO = 'a leave whose entry Redis lost is not published';
+    is(count_leaves($q, sid($p), 3), 1, 'restart: one leave when the member goes');
+}
+
+$obs->close;
+$t->done;
+done_testing;
