@@ -102,6 +102,7 @@ p '';
 p '## Setup';
 p '';
 p '- **collab**: `location = /collab { collab; collab_rate off; }`, `collab_redis 127.0.0.1:PORT`,';
+p '  `location = /metrics { collab_metrics; }` (the counters on, as in production),';
 p '  all other directives at their defaults (`collab_rate off`: the generator\'s few publishers send';
 p '  hundreds of deltas/s each, far above the default per-session limit of 50/s). Subscribers send `{"type":"subscribe","doc":D}` and wait for';
 p '  `subscribed`; publishers send `{"type":"delta","doc":D,"id":UNIQUE,"data":{"t":SEND_US,"p":"xx…"}}`';

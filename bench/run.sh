@@ -22,6 +22,9 @@
 #   BENCH_OUT=dir          results, configs, logs (default bench/out)
 #   BENCH_DOC=file         report (default docs/benchmarks.md; the plot goes next to it)
 #   BENCH_COLLAB_EXTRA / BENCH_NCHAN_EXTRA   directives added to the collab / nchan locations
+#   BENCH_COLLAB_SERVER    added to collab's server block (default: a collab_metrics location,
+#                          so that the counters are on as in production; "" for a module
+#                          built before collab_metrics)
 #   COLLAB_MODULE, NGINX_BIN, REDIS_SERVER   as for the tests
 #
 # Everything listens on 127.0.0.1; the load generator connects from 127.0.0.2.. (loopback).
@@ -49,6 +52,7 @@ BENCH=$ROOT/bench/collab-bench
 RESULTS=$OUT/results.jsonl
 COLLAB_EXTRA=${BENCH_COLLAB_EXTRA:-}
 NCHAN_EXTRA=${BENCH_NCHAN_EXTRA:-}
+COLLAB_SERVER=${BENCH_COLLAB_SERVER-"location = /metrics { collab_metrics; }"}
 
 log() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
 fail() { log "ERROR: $*"; exit 1; }
@@ -180,6 +184,7 @@ EOF
             collab_rate off;
             $COLLAB_EXTRA
         }
+        $COLLAB_SERVER
     }
 }
 EOF
