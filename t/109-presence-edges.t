@@ -13,7 +13,10 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
 use Time::HiRes qw(time);
+use IO::Socket::INET;
+use Socket qw(SOL_SOCKET SO_RCVBUF sockaddr_in inet_aton);
 use Collab::Test;
+use Collab::HTTP;
 
 my $t = Collab::Test->new(timeout => 120);
 $t->start_redis;
@@ -21,12 +24,21 @@ $t->write_nginx_conf(<<'EOF', workers => 1);
     collab_redis 127.0.0.1:%%REDIS_PORT%%;
     collab_presence_ttl 2s;
     server {
-        listen 127.0.0.1:%%PORT%%;
+        listen 127.0.0.1:%%PORT%% sndbuf=32k;
         collab_ping 30s;
         location = /collab {
             collab;
             collab_user $arg_user;
             collab_rate off;
+            collab_post_max_messages 1000;
+            client_max_body_size 1m;
+        }
+        location = /slow {
+            collab;
+            collab_user $arg_user;
+            collab_rate off;
+            collab_send_queue 64k;
+            collab_send_timeout 60s;
         }
     }
 EOF
@@ -106,6 +118,46 @@ is($t->subscribe($obs, 'e')->{type}, 'subscribed', 'observer subscribed');
        'inflight: the entry goes (leave or expiry)');
     my $n = count_leaves($obs, sid($v), 3);
     ok($n <= 1, "inflight: at most one leave ($n)");
+}
+
+# --- a reader whose queue is above half of collab_send_queue: presence
+# updates are dropped for it, a leave is not (no ghost member).  Its kernel
+# receive buffer is 4096 bytes and the server's send buffer 32k, so what it
+# does not read stays in the module's queue.
+{
+    no warnings 'redefine';
+    my $slow = do {
+        local *Collab::HTTP::connect_socket = sub {
+            my (%c) = @_;
+            my $s = IO::Socket::INET->new(Proto => 'tcp') or die "socket: $!";
+            setsockopt($s, SOL_SOCKET, SO_RCVBUF, 4096) or die "SO_RCVBUF: $!";
+            connect($s, sockaddr_in($c{port}, inet_aton('127.0.0.1'))) or die "connect: $!";
+            $s->autoflush(1);
+            binmode $s;
+            return $s;
+        };
+        $t->ws_session(path => '/slow?user=sam', pump => 0);
+    };
+    $t->subscribe($slow, $_) for 'fill', 'g';
+    my $m = sess('mia');
+    $t->subscribe($m, 'g');
+    $m->send_json({ type => 'presence', doc => 'g', data => 'm' });
+    ok($slow->wait_for(sub { is_pres($_[0], sid($m)) }, 5), 'slow: presence seen');
+    $slow->pump_on(0);
+    my $pad = 'p' x 250;
+    my $r = $t->post('/collab', [map { { type => 'delta', doc => 'fill', id => "f-$_",
+        data => { n => $_, pad => $pad } } } 1 .. 800], timeout => 20);
+    is(scalar(grep { $_->{type} eq 'ack' } @{ $r->{json} || [] }), 800, 'slow: filler deltas acked');
+    ok(Collab::Test::wait_until(sub { $t->grep_error_log(qr/fell behind on "fill"/) }, 5),
+       'slow: its queue is full');
+    $m->close;
+    ok(Collab::Test::wait_until(sub {
+        !$t->redis('HEXISTS', 'collab:{g}:presence', sid($m)) }, 5), 'slow: the entry is gone');
+    $t->idle(0.3);
+    $slow->pump_on(1);
+    is(count_leaves($slow, sid($m), 3), 1, 'slow: the leave reached the reader that was behind');
+    ok($slow->is_open, 'slow: still open');
+    $slow->close;
 }
 
 # --- Redis restarts without its data (the presence keys are lost): the
