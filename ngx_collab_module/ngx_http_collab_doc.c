@@ -807,7 +807,9 @@ ngx_http_collab_doc_lagging(ngx_http_collab_sub_t *sub)
 
 /*
  * Intents to the live members but the sender; presence to the members
- * that had their snapshot, when newer than it.
+ * that had their snapshot, when newer than it.  Above half the queue a
+ * reader loses intents and presence updates, not leaves: a lost leave
+ * would leave a ghost member on it (the hard limit still applies).
  */
 
 static void
@@ -837,7 +839,7 @@ ngx_http_collab_doc_relay(ngx_http_collab_doc_t *doc,
 
         if ((ev->type == NGX_HTTP_COLLAB_EVENT_INTENT
              && sub->state != NGX_HTTP_COLLAB_SUB_LIVE)
-            || s->out_bytes + len > s->conf->send_queue / 2)
+            || (!ev->left && s->out_bytes + len > s->conf->send_queue / 2))
         {
             /* ephemera are the first to go when a reader is behind */
             if (sub->state == NGX_HTTP_COLLAB_SUB_LIVE) {

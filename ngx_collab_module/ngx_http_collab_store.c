@@ -1780,7 +1780,9 @@ ngx_http_collab_store_event(ngx_str_t *doc, u_char *p, size_t len,
             ev->pseq = (uint64_t) json_number_value(v);
         }
 
-        ev->left = json_is_true(json_object_get(obj, "left"));
+        /* only Redis publishes a leave: it is never dropped */
+        ev->left = ev->type == NGX_HTTP_COLLAB_EVENT_PRESENCE
+                   && json_is_true(json_object_get(obj, "left"));
     }
 
     return NGX_OK;
