@@ -61,6 +61,23 @@ sub count_leaves {
 my $obs = sess('observer');
 is($t->subscribe($obs, 'e')->{type}, 'subscribed', 'observer subscribed');
 
+# --- a snapshot always follows "subscribed", empty when nobody is present,
+# also on a re-subscribe, so that the client can replace its view
+{
+    my $z = sess('zoe');
+    $z->send_json({ type => 'subscribe', doc => 'z' });
+    my @m = grep { $_->{doc} eq 'z' } $z->collect(1);
+    is(join(',', map { $_->{type} } @m), 'subscribed,presence_snapshot',
+       'empty: subscribed, then a snapshot');
+    ok($m[1] && $m[1]{count} == 0 && !@{ $m[1]{members} } && !$m[1]{truncated},
+       'empty: no members');
+    $z->send_json({ type => 'subscribe', doc => 'z' });
+    @m = grep { $_->{doc} eq 'z' } $z->collect(1);
+    is(join(',', map { $_->{type} } @m), 'subscribed,presence_snapshot',
+       'empty: again on a re-subscribe');
+    $z->close;
+}
+
 # --- unsubscribe and subscribe again at once: one leave, then the new one
 {
     my $u = sess('ursula');
