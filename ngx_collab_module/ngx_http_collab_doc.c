@@ -831,8 +831,12 @@ ngx_http_collab_doc_relay(ngx_http_collab_doc_t *doc,
         sub = ngx_queue_data(q, ngx_http_collab_sub_t, doc_link);
         s = sub->session;
 
+        /* a re-subscribe waits for its snapshot, as the first one */
+
         if (ev->type == NGX_HTTP_COLLAB_EVENT_PRESENCE
-            && (!sub->presence_ready || ev->pseq <= sub->presence_seq))
+            && (!sub->presence_ready
+                || sub->state == NGX_HTTP_COLLAB_SUB_JOINING
+                || ev->pseq <= sub->presence_seq))
         {
             continue;
         }

@@ -359,10 +359,7 @@ ngx_http_collab_presence_snapshot(ngx_http_collab_session_t *s,
     sub->presence_ready = 1;
     sub->presence_seq = pl->pseq;
 
-    if (pl->count == 0) {
-        /* nobody to show: clients that use no presence see no change */
-        return;
-    }
+    /* also when empty: the client replaces its view, after a resync too */
 
     m = ngx_http_collab_presence_build(s, doc, pl);
     if (m == NULL) {
