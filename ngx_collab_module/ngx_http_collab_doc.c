@@ -807,7 +807,9 @@ ngx_http_collab_doc_lagging(ngx_http_collab_sub_t *sub)
 
 /*
  * Intents to the live members but the sender; presence to the members
- * that had their snapshot, when newer than it.
+ * that had their snapshot, when newer than it.  Above half the queue a
+ * reader loses intents and presence updates, not leaves: a lost leave
+ * would leave a ghost member on it (the hard limit still applies).
  */
 
 static void
@@ -829,15 +831,19 @@ ngx_http_collab_doc_relay(ngx_http_collab_doc_t *doc,
         sub = ngx_queue_data(q, ngx_http_collab_sub_t, doc_link);
         s = sub->session;
 
+        /* a re-subscribe waits for its snapshot, as the first one */
+
         if (ev->type == NGX_HTTP_COLLAB_EVENT_PRESENCE
-            && (!sub->presence_ready || ev->pseq <= sub->presence_seq))
+            && (!sub->presence_ready
+                || sub->state == NGX_HTTP_COLLAB_SUB_JOINING
+                || ev->pseq <= sub->presence_seq))
         {
             continue;
         }
 
         if ((ev->type == NGX_HTTP_COLLAB_EVENT_INTENT
              && sub->state != NGX_HTTP_COLLAB_SUB_LIVE)
-            || s->out_bytes + len > s->conf->send_queue / 2)
+            || (!ev->left && s->out_bytes + len > s->conf->send_queue / 2))
         {
             /* ephemera are the first to go when a reader is behind */
             if (sub->state == NGX_HTTP_COLLAB_SUB_LIVE) {

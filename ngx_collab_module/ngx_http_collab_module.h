@@ -281,6 +281,8 @@ struct ngx_http_collab_cmd_s {
     size_t                       budget;         /* log read: reserved */
     ngx_str_t                    doc;
     ngx_str_t                    id;
+    unsigned                     by_name:1;      /* the worker's: the reply
+                                                    finds its doc by name */
     u_char                       data[1];
 };
 
@@ -849,6 +851,8 @@ void ngx_http_collab_presence_join(ngx_http_collab_sub_t *sub);
 void ngx_http_collab_presence_snapshot(ngx_http_collab_session_t *s,
     ngx_str_t *doc, ngx_uint_t gen, ngx_http_collab_presence_list_t *pl);
 void ngx_http_collab_presence_leave(ngx_http_collab_sub_t *sub);
+void ngx_http_collab_presence_lost(ngx_str_t *doc, u_char **sids,
+    ngx_uint_t n);
 void ngx_http_collab_presence_handler(ngx_event_t *ev);
 void ngx_http_collab_presence_init(ngx_cycle_t *cycle);
 void ngx_http_collab_presence_exit(void);

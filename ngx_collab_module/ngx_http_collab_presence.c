@@ -24,7 +24,10 @@
  */
 
 
+static void ngx_http_collab_presence_schedule(ngx_http_collab_sub_t *sub);
 static void ngx_http_collab_presence_flush(ngx_http_collab_session_t *s);
+static int ngx_libc_cdecl ngx_http_collab_presence_sid_cmp(const void *one,
+    const void *two);
 static ngx_int_t ngx_http_collab_presence_send(ngx_http_collab_sub_t *sub);
 static void ngx_http_collab_presence_ask(ngx_http_collab_sub_t *sub);
 static ngx_http_collab_msg_t *ngx_http_collab_presence_build(
@@ -46,7 +49,6 @@ ngx_http_collab_presence_interval(ngx_http_collab_session_t *s)
 void
 ngx_http_collab_presence_set(ngx_http_collab_sub_t *sub, ngx_str_t *data)
 {
-    ngx_msec_t                  interval, elapsed;
     ngx_http_collab_session_t  *s;
 
     s = sub->session;
@@ -61,6 +63,20 @@ ngx_http_collab_presence_set(ngx_http_collab_sub_t *sub, ngx_str_t *data)
 
     sub->presence_len = ngx_min(data->len, s->conf->presence_size);
     ngx_memcpy(sub->presence, data->data, sub->presence_len);
+
+    ngx_http_collab_presence_schedule(sub);
+}
+
+
+/* the membership's value goes out now, or with the session's timer */
+
+static void
+ngx_http_collab_presence_schedule(ngx_http_collab_sub_t *sub)
+{
+    ngx_msec_t                  interval, elapsed;
+    ngx_http_collab_session_t  *s;
+
+    s = sub->session;
     sub->presence_pending = 1;
 
     interval = ngx_http_collab_presence_interval(s);
@@ -212,6 +228,65 @@ ngx_http_collab_presence_leave(ngx_http_collab_sub_t *sub)
 
 
 /*
+ * Redis has no entry for these live members (it restarted without its
+ * data, or was away longer than collab_presence_ttl): each sends the value
+ * it holds again, so the others see it again and its leave is published.
+ */
+
+void
+ngx_http_collab_presence_lost(ngx_str_t *name, u_char **sids, ngx_uint_t n)
+{
+    u_char                 *sid;
+    ngx_queue_t            *q;
+    ngx_http_collab_doc_t  *doc;
+    ngx_http_collab_sub_t  *sub;
+
+    doc = ngx_http_collab_doc_lookup(name);
+    if (doc == NULL || n == 0) {
+        return;
+    }
+
+    ngx_qsort(sids, n, sizeof(u_char *), ngx_http_collab_presence_sid_cmp);
+
+    for (q = ngx_queue_head(&doc->subs);
+         q != ngx_queue_sentinel(&doc->subs);
+         q = ngx_queue_next(q))
+    {
+        sub = ngx_queue_data(q, ngx_http_collab_sub_t, doc_link);
+
+        if (!sub->presence_stored || sub->presence == NULL
+            || sub->presence_pending || sub->session->closing)
+        {
+            continue;
+        }
+
+        sid = sub->session->id;
+
+        if (bsearch(&sid, sids, n, sizeof(u_char *),
+                    ngx_http_collab_presence_sid_cmp)
+            == NULL)
+        {
+            continue;
+        }
+
+        ngx_log_error(NGX_LOG_INFO, sub->session->connection->log, 0,
+                      "collab: presence of session %*s on \"%V\" lost by "
+                      "Redis, set again", (size_t) 16, sub->session->id,
+                      name);
+
+        ngx_http_collab_presence_schedule(sub);
+    }
+}
+
+
+static int ngx_libc_cdecl
+ngx_http_collab_presence_sid_cmp(const void *one, const void *two)
+{
+    return ngx_memcmp(*(u_char **) one, *(u_char **) two, 16);
+}
+
+
+/*
  * "subscribed" was sent: the snapshot follows.  Until it comes the member
  * gets no presence messages; those that came meanwhile are in it, or it
  * is asked again (see presence_snapshot).
@@ -284,10 +359,7 @@ ngx_http_collab_presence_snapshot(ngx_http_collab_session_t *s,
     sub->presence_ready = 1;
     sub->presence_seq = pl->pseq;
 
-    if (pl->count == 0) {
-        /* nobody to show: clients that use no presence see no change */
-        return;
-    }
+    /* also when empty: the client replaces its view, after a resync too */
 
     m = ngx_http_collab_presence_build(s, doc, pl);
     if (m == NULL) {
@@ -360,7 +432,8 @@ ngx_http_collab_presence_build(ngx_http_collab_session_t *s, ngx_str_t *doc,
  * The worker refreshes the entries of its live members and, for every
  * document it follows, lets Redis prune the entries nobody refreshes: the
  * leave of a dead instance's members reaches the others within
- * collab_presence_ttl and one refresh interval.
+ * collab_presence_ttl and one refresh interval.  Redis names the members
+ * it has no entry of: see presence_lost.
  */
 
 void

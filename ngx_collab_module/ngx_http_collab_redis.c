@@ -883,7 +883,9 @@ ngx_http_collab_redis_reply(redisAsyncContext *ac, void *r, void *data)
         ngx_del_timer(&rc->watchdog);
     }
 
-    if ((cmd->session == NULL && cmd->doc_owner == NULL) || rc->exiting) {
+    if ((cmd->session == NULL && cmd->doc_owner == NULL && !cmd->by_name)
+        || rc->exiting)
+    {
         /* the session left while the command was in flight */
 
         if (cmd->doc_owner) {

@@ -27,7 +27,7 @@
  */
 
 
-#define NGX_HTTP_COLLAB_STORE_VERSION  6
+#define NGX_HTTP_COLLAB_STORE_VERSION  7
 #define NGX_HTTP_COLLAB_STORE_COMPAT   1
 
 /* a key every load changes: a check and a load WATCH it */
@@ -642,18 +642,27 @@ static const char  ngx_http_collab_store_lua[] =
 "    args[2] .. '\",\"pseq\":' .. n .. ',' .. string.sub(args[4], 2))\n"
 "  return 1\n"
 "end\n"
-/* args: channel doc ttl session...: the live sessions of one nginx; an
- * entry that expired meanwhile is not brought back */
+/* args: channel doc ttl session...: the live sessions of one nginx;
+ * returns those that have no entry (it expired, or Redis lost it): their
+ * nginx sets them again */
 "local function presence_refresh(keys, args)\n"
 "  local pres, exp = keys[1], keys[2]\n"
-"  if redis.call('EXISTS', exp) == 0 then return 0 end\n"
+"  local lost = {}\n"
+"  if redis.call('EXISTS', exp) == 0 then\n"
+"    for i = 4, #args do lost[#lost + 1] = args[i] end\n"
+"    return lost\n"
+"  end\n"
 "  local now, ttl = pres_now(), tonumber(args[3])\n"
 "  pres_prune(pres, exp, args[1], args[2], now)\n"
 "  for i = 4, #args do\n"
-"    redis.call('ZADD', exp, 'XX', now + ttl, args[i])\n"
+"    if redis.call('HEXISTS', pres, args[i]) == 0 then\n"
+"      lost[#lost + 1] = args[i]\n"
+"    else\n"
+"      redis.call('ZADD', exp, 'XX', now + ttl, args[i])\n"
+"    end\n"
 "  end\n"
 "  pres_keep(pres, exp, ttl)\n"
-"  return 1\n"
+"  return lost\n"
 "end\n"
 /* args: channel doc session reason */
 "local function presence_leave(keys, args)\n"
@@ -730,6 +739,8 @@ static void ngx_http_collab_store_acl_reply(ngx_http_collab_cmd_t *cmd,
     redisReply *reply);
 static void ngx_http_collab_store_acl_admin_reply(ngx_http_collab_cmd_t *cmd,
     redisReply *reply);
+static void ngx_http_collab_store_presence_refresh_reply(
+    ngx_http_collab_cmd_t *cmd, redisReply *reply);
 static void ngx_http_collab_store_presence_list_reply(
     ngx_http_collab_cmd_t *cmd, redisReply *reply);
 static void ngx_http_collab_store_acl_admin_decode(redisReply *reply,
@@ -1769,7 +1780,9 @@ ngx_http_collab_store_event(ngx_str_t *doc, u_char *p, size_t len,
             ev->pseq = (uint64_t) json_number_value(v);
         }
 
-        ev->left = json_is_true(json_object_get(obj, "left"));
+        /* only Redis publishes a leave: it is never dropped */
+        ev->left = ev->type == NGX_HTTP_COLLAB_EVENT_PRESENCE
+                   && json_is_true(json_object_get(obj, "left"));
     }
 
     return NGX_OK;
@@ -2193,7 +2206,7 @@ ngx_http_collab_store_presence_leave(ngx_str_t *doc, u_char *sid,
 }
 
 
-/* args: channel doc ttl session...; the reply does not matter */
+/* args: channel doc ttl session...; the reply names the entries lost */
 
 ngx_int_t
 ngx_http_collab_store_presence_refresh(ngx_str_t *doc, ngx_str_t *sids,
@@ -2217,13 +2230,17 @@ ngx_http_collab_store_presence_refresh(ngx_str_t *doc, ngx_str_t *sids,
 
     argvlen = (size_t *) (argv + 8 + n);
 
-    cmd = ngx_http_collab_cmd_alloc(NULL, 0);
+    cmd = ngx_http_collab_cmd_alloc(NULL, doc->len);
     if (cmd == NULL) {
         ngx_free(argv);
         return NGX_ERROR;
     }
 
-    cmd->handler = ngx_http_collab_cmd_discard;
+    cmd->handler = ngx_http_collab_store_presence_refresh_reply;
+    cmd->by_name = 1;
+    cmd->doc.data = cmd->data;
+    cmd->doc.len = doc->len;
+    ngx_memcpy(cmd->doc.data, doc->data, doc->len);
 
     ngx_http_collab_store_presence_args(doc, "collab_presence_refresh", argv,
                                         argvlen, kpres, kexp, chan);
@@ -2243,6 +2260,48 @@ ngx_http_collab_store_presence_refresh(ngx_str_t *doc, ngx_str_t *sids,
     ngx_free(argv);
 
     return rc;
+}
+
+
+/*
+ * The sessions whose entries Redis no longer has: the document is looked
+ * up by name, as it may have gone meanwhile.
+ */
+
+static void
+ngx_http_collab_store_presence_refresh_reply(ngx_http_collab_cmd_t *cmd,
+    redisReply *reply)
+{
+    u_char      **sids;
+    ngx_uint_t    i, n;
+
+    if (reply == NULL || reply->type != REDIS_REPLY_ARRAY
+        || reply->elements == 0)
+    {
+        ngx_http_collab_cmd_free(cmd);
+        return;
+    }
+
+    sids = ngx_alloc(reply->elements * sizeof(u_char *), ngx_cycle->log);
+    if (sids == NULL) {
+        ngx_http_collab_cmd_free(cmd);
+        return;
+    }
+
+    n = 0;
+
+    for (i = 0; i < reply->elements; i++) {
+        if (reply->element[i]->type == REDIS_REPLY_STRING
+            && reply->element[i]->len == 16)
+        {
+            sids[n++] = (u_char *) reply->element[i]->str;
+        }
+    }
+
+    ngx_http_collab_presence_lost(&cmd->doc, sids, n);
+
+    ngx_free(sids);
+    ngx_http_collab_cmd_free(cmd);
 }
 
 

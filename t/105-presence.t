@@ -73,7 +73,9 @@ my ($wa, $wb);
     $wb = sess('bob', instance => 'b');
     ok($t->subscribe($wa, 'p1')->{type} eq 'subscribed', 'alice subscribed on a');
     ok($t->subscribe($wb, 'p1')->{type} eq 'subscribed', 'bob subscribed on b');
-    ok(!$wb->wait_for({ type => 'presence_snapshot' }, 0.5), 'no snapshot without members');
+    my $empty = $wb->wait_for({ type => 'presence_snapshot' }, 5);
+    ok($empty && $empty->{count} == 0 && !@{ $empty->{members} },
+       'an empty snapshot without members');
 
     $wa->send_json({ type => 'presence', doc => 'p1', data => { cursor => 1 } });
     my $m = $wb->wait_for(sub { is_pres($_[0], sid($wa)) }, 5);
