@@ -1114,7 +1114,12 @@ ngx_http_collab_doc_read_role(ngx_http_collab_sub_t *sub,
 }
 
 
-/* NGX_DONE: the log was recreated under the member, which resyncs */
+/*
+ * NGX_DONE: the log was recreated under the member.  Every member of the
+ * old log resyncs, not only this one: the "reset" the new log published
+ * may have come before the channel was subscribed again, and a member left
+ * with its old position would skip the new log's first deltas.
+ */
 
 static ngx_int_t
 ngx_http_collab_doc_read_epoch(ngx_http_collab_sub_t *sub,
@@ -1131,8 +1136,9 @@ ngx_http_collab_doc_read_epoch(ngx_http_collab_sub_t *sub,
     if (d->has_epoch && sub->state != NGX_HTTP_COLLAB_SUB_JOINING
         && ngx_memcmp(d->epoch, rd->epoch.data, rd->epoch.len) != 0)
     {
-        ngx_memcpy(d->epoch, rd->epoch.data, rd->epoch.len);
-        ngx_http_collab_doc_resync(sub, rd->head, "epoch");
+        ngx_http_collab_doc_hold(d);
+        ngx_http_collab_doc_reset(d, rd->epoch.data);
+        (void) ngx_http_collab_doc_release(d);
         return NGX_DONE;
     }
 

@@ -300,8 +300,17 @@ for my $seed (1 .. 20) {
     my $at = $sub && $sub->{state} ? $sub->{state}{seq} : -1;
     my $ok = $at >= 0;
     while ($ok && $at < $head) {
-        my $d = $reader->wait_for({ type => 'delta' }, 10) or do { $ok = 0; last };
-        $ok = 0, last if $d->{seq} != $at + 1;
+        my $d = $reader->wait_for({ type => 'delta' }, 10) or do {
+            diag "seed $seed: no delta after $at within 10 s; pending: "
+                . join(' ', map { $_->{type} . ':' . ($_->{seq} // '') } @{ $reader->pending });
+            $ok = 0;
+            last;
+        };
+        if ($d->{seq} != $at + 1) {
+            diag "seed $seed: delta $d->{seq} after $at";
+            $ok = 0;
+            last;
+        }
         $mine = jmerge($mine, $d->{data});
         $at = $d->{seq};
     }

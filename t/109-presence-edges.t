@@ -177,35 +177,53 @@ is($t->subscribe($obs, 'e')->{type}, 'subscribed', 'observer subscribed');
     $slow->close;
 }
 
-# --- Redis restarts without its data (the presence keys are lost): the
-# refresh finds no entry for a live member, its nginx sends the value it
-# holds again, the others see it again, and its leave is published once.
-# quinn reads first after the restart and gets the resync (the log is new
-# too); it subscribes again as a client does.  paula stays a member.
+# --- the presence keys are lost while the log stays (evicted, deleted):
+# the refresh finds no entry for a live member, its nginx sends the value
+# it holds again, the others see it again, and its leave is published once.
 {
     my $q = sess('quinn');
     $t->subscribe($q, 'r');
     my $p = sess('paula');
     $t->subscribe($p, 'r');
     $p->send_json({ type => 'presence', doc => 'r', data => 'p' });
+    ok($q->wait_for(sub { is_pres($_[0], sid($p)) }, 5), 'keys lost: presence seen');
+    $t->redis('DEL', 'collab:{r}:presence', 'collab:{r}:presence:exp');
+    ok($q->wait_for(sub { is_pres($_[0], sid($p)) && $_[0]{data} eq 'p' }, 6),
+       'keys lost: the member is shown again');
+    ok($t->redis('HEXISTS', 'collab:{r}:presence', sid($p)), 'keys lost: its entry is back');
+    ok(!grep({ $_->{type} eq 'resync' } $p->collect(0.2)), 'keys lost: paula stayed a member');
+    $p->close;
+    is(count_leaves($q, sid($p), 3), 1, 'keys lost: one leave when the member goes');
+    $q->close;
+}
+
+# --- Redis restarts without its data: the log is new, so every member
+# resyncs (t/61-redis-lost.t) and subscribes again as a client does; the
+# presence set again is seen, and its leave is published once.
+{
+    my $q = sess('quinn');
+    $t->subscribe($q, 'r2');
+    my $p = sess('paula');
+    $t->subscribe($p, 'r2');
+    $p->send_json({ type => 'presence', doc => 'r2', data => 'p' });
     ok($q->wait_for(sub { is_pres($_[0], sid($p)) }, 5), 'restart: presence seen');
     $t->kill_redis;
     unlink glob($t->dir . '/redis/*.rdb'), glob($t->dir . '/redis/*.aof');
     $t->restart_redis;
-    my ($m, $resync);
-    my $deadline = time + 6;
-    while (!$m && time < $deadline) {
-        my $r = $q->recv_json($deadline - time) or last;
-        if ($r->{type} eq 'resync') {
-            $resync++;
-            $q->send_json({ type => 'subscribe', doc => 'r' });
+    for my $c ($q, $p) {
+        ok($c->wait_for({ type => 'resync' }, 10), 'restart: a member resyncs');
+        my $s;
+        my $deadline = time + 10;
+        while (time < $deadline) {
+            $s = $t->subscribe($c, 'r2');
+            last if $s && $s->{type} eq 'subscribed';
+            $t->idle(0.3);
         }
-        $m = $r if is_pres($r, sid($p));
+        is($s && $s->{type}, 'subscribed', '... and subscribes again');
     }
-    ok($m && $m->{data} eq 'p', 'restart: the member is shown again'
-       . ($resync ? ' (after a resync)' : ''));
-    ok($t->redis('HEXISTS', 'collab:{r}:presence', sid($p)), 'restart: its entry is back');
-    ok(!grep({ $_->{type} eq 'resync' } $p->collect(0.2)), 'restart: paula stayed a member');
+    $p->send_json({ type => 'presence', doc => 'r2', data => 'p2' });
+    ok($q->wait_for(sub { is_pres($_[0], sid($p)) && $_[0]{data} eq 'p2' }, 5),
+       'restart: the presence set again is seen');
     $p->close;
     is(count_leaves($q, sid($p), 3), 1, 'restart: one leave when the member goes');
     $q->close;
