@@ -312,6 +312,16 @@ EOF
     p '';
 }
 
+# ---- comparisons between builds, measured by hand (bench/ab-notes.md)
+my $ab = dirname(abs_path($0)) . "/ab-notes.md";
+if (-s $ab) {
+    open my $n, '<', $ab or die;
+    local $/;
+    $md .= <$n>;
+    close $n;
+    p '';
+}
+
 # ---- profile
 my $notes = dirname(abs_path($0)) . "/profile-notes.md";
 my $have_prof = grep { -s "$o{out}/profile-$_.txt" } @T;
