@@ -553,12 +553,18 @@ ngx_http_collab(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return "is duplicate";
     }
 
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+
+    if (clcf->handler) {
+        /* collab_metrics or collab_admin: one would silently replace the other */
+        return "conflicts with another handler of the location";
+    }
+
     lcf->enable = 1;
 
     mcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_collab_module);
     mcf->enabled = 1;
 
-    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
     clcf->handler = ngx_http_collab_handler;
 
     return NGX_CONF_OK;

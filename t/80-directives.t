@@ -68,6 +68,14 @@ good('collab_metrics', metrics_conf('collab_metrics;'));
 bad('collab_metrics with an argument', metrics_conf('collab_metrics on;'), qr/collab_metrics/);
 bad('collab_metrics twice', metrics_conf('collab_metrics; collab_metrics;'),
     qr/collab_metrics.*is duplicate/);
+bad('collab_metrics after collab', metrics_conf('collab; collab_metrics;'),
+    qr/collab_metrics.*conflicts/);
+bad('collab after collab_metrics', metrics_conf('collab_metrics; collab;'),
+    qr/"collab".*conflicts/);
+bad('collab_admin after collab_metrics', metrics_conf('collab_metrics; collab_admin;'),
+    qr/collab_admin.*conflicts/);
+bad('collab after collab_admin', metrics_conf('collab_admin; collab;'),
+    qr/"collab".*conflicts/);
 bad('collab_metrics at http level', conf('', '', 'collab_redis 127.0.0.1:6379; collab_metrics;'),
     qr/collab_metrics.*not allowed/);
 good('every directive', conf('', <<'EOF', 'collab_redis 127.0.0.1:6379 password=secret db=2 timeout=3s connect_timeout=500ms;'));
