@@ -569,8 +569,8 @@ ngx_http_collab_limit_acquire(ngx_http_collab_session_t *s, ngx_str_t *doc,
 
     if (rc == NGX_DECLINED) {
         ngx_http_collab_metric_inc(NGX_HTTP_COLLAB_M_RATE_LIMITED
-                                   + (doc ? NGX_HTTP_COLLAB_LIMIT_DOC_SESSIONS
-                                          : NGX_HTTP_COLLAB_LIMIT_USER_SESSIONS));
+                               + (doc ? NGX_HTTP_COLLAB_LIMIT_DOC_SESSIONS
+                                      : NGX_HTTP_COLLAB_LIMIT_USER_SESSIONS));
 
         ngx_log_error(NGX_LOG_INFO, s->connection->log, 0,
                       "collab: too many sessions for %s \"%V\"",

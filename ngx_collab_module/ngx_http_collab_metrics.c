@@ -374,7 +374,8 @@ ngx_http_collab_metrics_init_process(ngx_http_collab_main_conf_t *mcf,
                 continue;
             }
 
-            if (ngx_atomic_cmp_set(&slot->pid, pid, (ngx_atomic_uint_t) ngx_pid))
+            if (ngx_atomic_cmp_set(&slot->pid, pid,
+                                   (ngx_atomic_uint_t) ngx_pid))
             {
                 ngx_memzero((void *) slot->gauge, sizeof(slot->gauge));
                 ngx_http_collab_metrics_own = slot;

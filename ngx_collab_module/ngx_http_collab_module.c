@@ -556,7 +556,7 @@ ngx_http_collab(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
 
     if (clcf->handler) {
-        /* collab_metrics or collab_admin: one would silently replace the other */
+        /* collab_metrics, collab_admin: one would silently replace the other */
         return "conflicts with another handler of the location";
     }
 
