@@ -34,6 +34,9 @@ static void ngx_http_collab_proto_presence(ngx_http_collab_session_t *s,
     json_t *obj, ngx_uint_t slot);
 static ngx_int_t ngx_http_collab_proto_dump(ngx_http_collab_session_t *s,
     json_t *value, ngx_str_t *out);
+static ngx_http_collab_sub_t *ngx_http_collab_proto_member(
+    ngx_http_collab_session_t *s, json_t *obj, ngx_uint_t slot,
+    ngx_str_t *doc);
 static void ngx_http_collab_proto_count(const char *type);
 
 
@@ -989,21 +992,10 @@ ngx_http_collab_proto_ephemeral(ngx_http_collab_session_t *s, json_t *obj,
     ngx_http_collab_sub_t  *sub;
     ngx_http_collab_msg_t  *m;
 
-    if (ngx_http_collab_proto_doc(s, obj, &doc, slot, "error", NULL)
-        != NGX_OK)
-    {
-        return;
-    }
-
     /* ephemera go only where the sender is a member with a known role */
 
-    sub = ngx_http_collab_doc_find(s, &doc);
-
-    if (sub == NULL || sub->state == NGX_HTTP_COLLAB_SUB_JOINING) {
-        ngx_http_collab_reply(s, slot,
-                              ngx_http_collab_msg_error("error", "invalid",
-                                  &doc, NULL, "not subscribed to this "
-                                  "document"));
+    sub = ngx_http_collab_proto_member(s, obj, slot, &doc);
+    if (sub == NULL) {
         return;
     }
 
@@ -1080,19 +1072,8 @@ ngx_http_collab_proto_presence(ngx_http_collab_session_t *s, json_t *obj,
     ngx_str_t               doc, data;
     ngx_http_collab_sub_t  *sub;
 
-    if (ngx_http_collab_proto_doc(s, obj, &doc, slot, "error", NULL)
-        != NGX_OK)
-    {
-        return;
-    }
-
-    sub = ngx_http_collab_doc_find(s, &doc);
-
-    if (sub == NULL || sub->state == NGX_HTTP_COLLAB_SUB_JOINING) {
-        ngx_http_collab_reply(s, slot,
-                              ngx_http_collab_msg_error("error", "invalid",
-                                  &doc, NULL, "not subscribed to this "
-                                  "document"));
+    sub = ngx_http_collab_proto_member(s, obj, slot, &doc);
+    if (sub == NULL) {
         return;
     }
 
@@ -1172,4 +1153,32 @@ ngx_http_collab_proto_dump(ngx_http_collab_session_t *s, json_t *value,
     out->len = ngx_strlen(p);
 
     return NGX_OK;
+}
+
+
+/* the sender's membership of the message's document, or NULL: answered */
+
+static ngx_http_collab_sub_t *
+ngx_http_collab_proto_member(ngx_http_collab_session_t *s, json_t *obj,
+    ngx_uint_t slot, ngx_str_t *doc)
+{
+    ngx_http_collab_sub_t  *sub;
+
+    if (ngx_http_collab_proto_doc(s, obj, doc, slot, "error", NULL)
+        != NGX_OK)
+    {
+        return NULL;
+    }
+
+    sub = ngx_http_collab_doc_find(s, doc);
+
+    if (sub == NULL || sub->state == NGX_HTTP_COLLAB_SUB_JOINING) {
+        ngx_http_collab_reply(s, slot,
+                              ngx_http_collab_msg_error("error", "invalid",
+                                  doc, NULL, "not subscribed to this "
+                                  "document"));
+        return NULL;
+    }
+
+    return sub;
 }
