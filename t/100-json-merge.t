@@ -302,7 +302,12 @@ for my $seed (1 .. 20) {
     while ($ok && $at < $head) {
         my $d = $reader->wait_for({ type => 'delta' }, 10) or do {
             diag "seed $seed: no delta after $at within 10 s; pending: "
-                . join(' ', map { $_->{type} . ':' . ($_->{seq} // '') } @{ $reader->pending });
+                . join(' ', map { $_->{type} . ':' . ($_->{seq} // '') } @{ $reader->pending })
+                . ($reader->got_close ? '; closed ' . $reader->close_code : '')
+                . ($reader->is_eof ? '; eof' : '');
+            my @l = $t->grep_error_log(
+                qr/\[(?:info|notice|warn|error)\].*collab: (?!redis \w+ connection)/);
+            diag "  $_" for @l > 20 ? @l[-20 .. -1] : @l;
             $ok = 0;
             last;
         };
