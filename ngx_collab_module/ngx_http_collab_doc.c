@@ -1354,6 +1354,10 @@ ngx_http_collab_doc_read_next(ngx_http_collab_sub_t *sub,
             return;
         }
 
+        ngx_log_error(NGX_LOG_INFO, sub->session->connection->log, 0,
+                      "collab: seq %uL of \"%V\" not confirmed by the log, "
+                      "live at %uL", d->seq, &d->node.str, sub->pos);
+
         d->seq = sub->pos;
     }
 
