@@ -1345,9 +1345,17 @@ ngx_http_collab_doc_read_next(ngx_http_collab_sub_t *sub,
 
     if (d->seq > sub->pos) {
         /*
-         * Published after the read: read once more.  A seq that the log
-         * does not confirm after a few reads is not believed.
+         * Announced after the read was sent, and skipped by the fan-out
+         * meanwhile: read on while that brings entries.  A read sent after
+         * the announcement comes back with it, so a seq that reads which
+         * bring nothing do not confirm is one of a log that was reset.
          */
+
+        if (n) {
+            sub->rereads = 0;
+            ngx_http_collab_doc_sub_read(sub);
+            return;
+        }
 
         if (++sub->rereads <= 3) {
             ngx_http_collab_doc_sub_read(sub);

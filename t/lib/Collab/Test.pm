@@ -31,6 +31,7 @@ use File::Basename qw(dirname);
 use Cwd qw(abs_path);
 use IO::Socket::INET;
 use IO::Select;
+use Socket qw(IPPROTO_TCP TCP_NODELAY);
 use POSIX qw(WNOHANG);
 use Time::HiRes qw(time sleep);
 use JSON::PP;
@@ -225,6 +226,105 @@ sub restart_redis {
 sub freeze_redis { kill 'STOP', $_[0]{redis_pid} }
 sub thaw_redis   { kill 'CONT', $_[0]{redis_pid} }
 sub redis_pid    { $_[0]{redis_pid} }
+
+# --- a delaying TCP proxy (tc netem is not available)
+
+# Forwards 127.0.0.1:<returned port> to port "to", delaying what each side
+# sends by "up" (client to server) and "down" (server to client) seconds.
+# A connection whose first bytes match "fast" is not delayed at all (e.g.
+# qr/SUBSCRIBE/ for a Redis subscriber connection).  Order within a
+# connection is kept; the proxy is killed with the test.
+sub delay_proxy {
+    my ($self, %o) = @_;
+    my $port = free_port();
+    my $l = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => $port,
+                                  Listen => 64, ReuseAddr => 1, Proto => 'tcp')
+        or die "delay_proxy: listen on $port: $!";
+    my $pid = fork;
+    die "fork: $!" unless defined $pid;
+    if ($pid) {
+        close $l;
+        $KILL_AT_END{$pid} = 1;
+        push @{ $self->{proxies} }, $pid;
+        return $port;
+    }
+    _proxy_loop($l, $o{to}, $o{up} // 0, $o{down} // 0, $o{fast});
+    POSIX::_exit(0);
+}
+
+sub _proxy_loop {
+    my ($l, $to, $up, $down, $fast) = @_;
+    my (%peer, %delay, %queue, %classified);
+    my $sel = IO::Select->new($l);
+    $SIG{TERM} = sub { POSIX::_exit(0) };
+    $SIG{PIPE} = 'IGNORE';
+    for (;;) {
+        my $now = Time::HiRes::time();
+        my $next = 1;
+        for my $fd (keys %queue) {
+            my $q = $queue{$fd};
+            while (@$q && $q->[0][0] <= $now) {
+                my $item = shift @$q;
+                my $dst = $peer{$fd} or last;
+                if (!defined $item->[1]) { shutdown($dst->[1], 1); next }
+                my ($d, $off) = ($item->[1], 0);
+                while ($off < length $d) {
+                    my $w = syswrite($dst->[1], $d, length($d) - $off, $off);
+                    last unless $w;
+                    $off += $w;
+                }
+            }
+            $next = $q->[0][0] - $now if @$q && $q->[0][0] - $now < $next;
+        }
+        $next = 0.001 if $next < 0.001;
+        for my $s ($sel->can_read($next)) {
+            if ($s == $l) {
+                my $c = $l->accept or next;
+                my $r = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $to,
+                                              Proto => 'tcp');
+                if (!$r) { close $c; next }
+                $_->autoflush(1) for $c, $r;
+                setsockopt($_, IPPROTO_TCP, TCP_NODELAY, 1) for $c, $r;
+                $peer{ fileno $c } = [$c, $r];
+                $peer{ fileno $r } = [$r, $c];
+                $delay{ fileno $c } = $up;
+                $delay{ fileno $r } = $down;
+                $classified{ fileno $c } = !defined $fast;
+                $queue{$_} = [] for fileno $c, fileno $r;
+                $sel->add($c, $r);
+                next;
+            }
+            my $fd = fileno $s;
+            my $buf;
+            my $n = sysread($s, $buf, 65536);
+            next if !defined $n && Collab::HTTP::_again();
+            my $p = $peer{$fd} or next;
+            if (!$classified{$fd} && exists $classified{$fd}) {
+                $classified{$fd} = 1;
+                if ($n && $buf =~ $fast) {
+                    $delay{$fd} = 0;
+                    $delay{ fileno $p->[1] } = 0;
+                }
+            }
+            if (!$n) {
+                # EOF or error: the other side is told once the queue is out
+                $sel->remove($s);
+                push @{ $queue{$fd} }, [$now + $delay{$fd}, undef];
+                next;
+            }
+            push @{ $queue{$fd} }, [$now + $delay{$fd}, $buf];
+        }
+    }
+}
+
+sub stop_proxies {
+    my ($self) = @_;
+    for my $pid (@{ delete $self->{proxies} || [] }) {
+        kill 'TERM', $pid;
+        _reap($pid, 5);
+        delete $KILL_AT_END{$pid};
+    }
+}
 
 # --- minimal RESP client
 
@@ -787,6 +887,7 @@ sub _cleanup {
             $self->stop_nginx(name => $n, timeout => 3);
         }
     }
+    $self->stop_proxies;
     $self->stop_redis if $self->{own_redis};
     return $ok;
 }
