@@ -15,6 +15,8 @@ static ngx_int_t ngx_http_collab_rewrite_handler(ngx_http_request_t *r);
 static char *ngx_http_collab(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 static char *ngx_http_collab_redis(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static ngx_int_t ngx_http_collab_redis_sentinels(ngx_conf_t *cf,
+    ngx_http_collab_main_conf_t *mcf, ngx_str_t *v);
 static ngx_int_t ngx_http_collab_redis_parse_addr(ngx_conf_t *cf,
     ngx_http_collab_main_conf_t *mcf, ngx_str_t *addr);
 static ngx_int_t ngx_http_collab_redis_parse_option(
@@ -586,11 +588,27 @@ ngx_http_collab_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     value = cf->args->elts;
     mcf->redis_addr = value[1];
 
-    if (ngx_http_collab_redis_parse_addr(cf, mcf, &value[1]) != NGX_OK) {
+    if (value[1].len > 9 && ngx_strncmp(value[1].data, "sentinel:", 9) == 0) {
+        mcf->sentinel_master.len = value[1].len - 9;
+        mcf->sentinel_master.data = value[1].data + 9;
+
+    } else if (ngx_http_collab_redis_parse_addr(cf, mcf, &value[1])
+               != NGX_OK)
+    {
         return NGX_CONF_ERROR;
     }
 
     for (i = 2; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "sentinels=", 10) == 0) {
+            if (ngx_http_collab_redis_sentinels(cf, mcf, &value[i])
+                != NGX_OK)
+            {
+                return NGX_CONF_ERROR;
+            }
+
+            continue;
+        }
 
         if (ngx_http_collab_redis_parse_option(mcf, &value[i]) != NGX_OK) {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
@@ -599,7 +617,88 @@ ngx_http_collab_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         }
     }
 
+    if (mcf->sentinel_master.len && mcf->sentinels == NULL) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"%V\" needs \"sentinels=host:port,...\"",
+                           &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    if (mcf->sentinels && mcf->sentinel_master.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"sentinels=\" needs the address "
+                           "\"sentinel:MASTER-NAME\"");
+        return NGX_CONF_ERROR;
+    }
+
     return NGX_CONF_OK;
+}
+
+
+/* sentinels=host:port,host:port,...: where to ask for the primary */
+
+static ngx_int_t
+ngx_http_collab_redis_sentinels(ngx_conf_t *cf,
+    ngx_http_collab_main_conf_t *mcf, ngx_str_t *v)
+{
+    u_char                  *p, *last, *comma;
+    ngx_str_t                one;
+    ngx_http_collab_addr_t  *a;
+
+    if (mcf->sentinels) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "duplicate \"sentinels=\"");
+        return NGX_ERROR;
+    }
+
+    mcf->sentinels = ngx_array_create(cf->pool, 3,
+                                      sizeof(ngx_http_collab_addr_t));
+    if (mcf->sentinels == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = v->data + 10;
+    last = v->data + v->len;
+
+    if (p == last || last[-1] == ',') {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid Sentinel address \"\" in \"%V\"", v);
+        return NGX_ERROR;
+    }
+
+    while (p < last) {
+        comma = ngx_strlchr(p, last, ',');
+        if (comma == NULL) {
+            comma = last;
+        }
+
+        one.data = p;
+        one.len = comma - p;
+
+        a = ngx_array_push(mcf->sentinels);
+        if (a == NULL) {
+            return NGX_ERROR;
+        }
+
+        if (one.len == 0
+            || ngx_http_collab_addr_parse(cf->pool, &one, a) != NGX_OK)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid Sentinel address \"%V\" in \"%V\"",
+                               &one, v);
+            return NGX_ERROR;
+        }
+
+        p = comma + 1;
+    }
+
+    if (mcf->sentinels->nelts == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "no Sentinel address in \"%V\"", v);
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
 }
 
 
@@ -712,6 +811,30 @@ ngx_http_collab_redis_parse_option(ngx_http_collab_main_conf_t *mcf,
 
         mcf->redis_max_inflight = n;
         return NGX_OK;
+    }
+
+    if (v->len == 14 && ngx_strncmp(v->data, "ack=replicated", 14) == 0) {
+        mcf->ack_replicas = 1;
+        return NGX_OK;
+    }
+
+    if (ngx_strncmp(v->data, "ack=replicated:", 15) == 0) {
+        n = ngx_atoi(v->data + 15, v->len - 15);
+        if (n == NGX_ERROR || n == 0 || n > 16) {
+            return NGX_DECLINED;
+        }
+
+        mcf->ack_replicas = n;
+        return NGX_OK;
+    }
+
+    if (v->len == 9 && ngx_strncmp(v->data, "ack=local", 9) == 0) {
+        mcf->ack_replicas = 0;
+        return NGX_OK;
+    }
+
+    if (ngx_strncmp(v->data, "ack_timeout=", 12) == 0) {
+        return ngx_http_collab_redis_parse_msec(v, 12, &mcf->ack_timeout);
     }
 
     if (ngx_strncmp(v->data, "session_inflight=", 17) == 0) {
@@ -1101,6 +1224,7 @@ ngx_http_collab_create_main_conf(ngx_conf_t *cf)
     mcf->redis_max_inflight = NGX_CONF_UNSET_UINT;
     mcf->redis_session_inflight = NGX_CONF_UNSET_UINT;
     mcf->presence_ttl = NGX_CONF_UNSET_MSEC;
+    mcf->ack_timeout = NGX_CONF_UNSET_MSEC;
 
     return mcf;
 }
@@ -1118,6 +1242,7 @@ ngx_http_collab_init_main_conf(ngx_conf_t *cf, void *conf)
     ngx_conf_init_uint_value(mcf->redis_session_inflight,
                              ngx_max(4, mcf->redis_max_inflight / 8));
     ngx_conf_init_msec_value(mcf->presence_ttl, 30000);
+    ngx_conf_init_msec_value(mcf->ack_timeout, 1000);
 
     if (mcf->presence_ttl < 1000) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
@@ -1545,6 +1670,18 @@ ngx_http_collab_init_process(ngx_cycle_t *cycle)
         return NGX_ERROR;
     }
 
+    if (mcf->sentinel_master.len) {
+        /* the two above wait for the primary that this one learns */
+        w->watch.sentinel = 1;
+
+        if (ngx_http_collab_redis_init(cycle, &w->watch, mcf, 0,
+                                       "sentinel")
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
     return NGX_OK;
 }
 
@@ -1569,6 +1706,10 @@ ngx_http_collab_exit_process(ngx_cycle_t *cycle)
 
     ngx_http_collab_redis_exit(&w->cmd);
     ngx_http_collab_redis_exit(&w->sub);
+
+    if (w->watch.sentinel) {
+        ngx_http_collab_redis_exit(&w->watch);
+    }
 
     if (w->watcher) {
         w->watcher->fd = (ngx_socket_t) -1;

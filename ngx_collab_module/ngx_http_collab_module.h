@@ -108,6 +108,15 @@ typedef struct ngx_http_collab_get_s        ngx_http_collab_get_t;
 typedef struct ngx_http_collab_metrics_sh_s ngx_http_collab_metrics_sh_t;
 
 
+/* a Redis or Sentinel TCP address: an IP, for hiredis's blocking resolver */
+typedef struct {
+    u_char                       host[NGX_SOCKADDR_STRLEN + 1];
+    in_port_t                    port;           /* 0: not known */
+    size_t                       text_len;
+    u_char                       text[NGX_SOCKADDR_STRLEN + 8];
+} ngx_http_collab_addr_t;
+
+
 struct ngx_http_collab_main_conf_s {
     ngx_str_t                    redis_addr;     /* as configured */
     ngx_str_t                    redis_host;     /* IP text, NUL-ended */
@@ -119,6 +128,10 @@ struct ngx_http_collab_main_conf_s {
     ngx_msec_t                   redis_connect_timeout;
     ngx_uint_t                   redis_max_inflight;
     ngx_uint_t                   redis_session_inflight;
+    ngx_str_t                    sentinel_master; /* "sentinel:NAME" */
+    ngx_array_t                 *sentinels;      /* ngx_http_collab_addr_t */
+    ngx_uint_t                   ack_replicas;   /* ack=replicated[:N] */
+    ngx_msec_t                   ack_timeout;
     ngx_uint_t                   enabled;        /* any collab location */
     ngx_shm_zone_t              *limit_zone;
     void                        *limit_sh;
@@ -279,6 +292,7 @@ struct ngx_http_collab_cmd_s {
     ngx_msec_t                   sent;
     ngx_uint_t                   slot;           /* POST reply index */
     size_t                       budget;         /* log read: reserved */
+    int64_t                      seq;            /* stored, awaiting WAIT */
     ngx_str_t                    doc;
     ngx_str_t                    id;
     unsigned                     by_name:1;      /* the worker's: the reply
@@ -301,7 +315,11 @@ struct ngx_http_collab_redis_s {
     time_t                       full_logged;
     ngx_log_t                   *log;
     ngx_http_collab_main_conf_t *mcf;
+    ngx_str_t                    addr;           /* of this connection */
+    ngx_http_collab_addr_t       target;         /* sentinel mode */
+    ngx_uint_t                   next_sentinel;
     unsigned                     subscriber:1;
+    unsigned                     sentinel:1;     /* to a Redis Sentinel */
     unsigned                     exiting:1;
     unsigned                     heartbeat_pending:1;
     const char                  *name;
@@ -418,6 +436,9 @@ typedef struct {
     ngx_rbtree_node_t            sentinel;
     ngx_http_collab_redis_t      cmd;
     ngx_http_collab_redis_t      sub;
+    ngx_http_collab_redis_t      watch;          /* sentinel mode: the sentinel */
+    ngx_http_collab_addr_t       primary;        /* as the sentinels say */
+    ngx_msec_t                   replicas_short; /* a WAIT fell short then */
     ngx_connection_t            *watcher;
     ngx_event_t                  retry;
     time_t                       deny_sec;
@@ -727,6 +748,16 @@ void ngx_http_collab_cmd_free(ngx_http_collab_cmd_t *cmd);
 void ngx_http_collab_cmd_discard(ngx_http_collab_cmd_t *cmd,
     redisReply *reply);
 void ngx_http_collab_redis_setup_done(ngx_http_collab_redis_t *rc);
+void ngx_http_collab_redis_kick(ngx_http_collab_redis_t *rc,
+    const char *why);
+
+/* Redis Sentinel (ngx_http_collab_sentinel.c) */
+void ngx_http_collab_sentinel_ready(ngx_http_collab_redis_t *rc);
+void ngx_http_collab_sentinel_refresh(void);
+ngx_int_t ngx_http_collab_addr_parse(ngx_pool_t *pool, ngx_str_t *text,
+    ngx_http_collab_addr_t *addr);
+ngx_int_t ngx_http_collab_addr_set(ngx_http_collab_addr_t *addr,
+    u_char *host, size_t len, ngx_int_t port);
 
 /* Redis commands of the document store */
 

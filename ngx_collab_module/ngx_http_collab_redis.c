@@ -29,6 +29,7 @@
 static void ngx_http_collab_redis_connect(ngx_http_collab_redis_t *rc);
 static void ngx_http_collab_redis_reconnect_handler(ngx_event_t *ev);
 static void ngx_http_collab_redis_watchdog_handler(ngx_event_t *ev);
+static ngx_int_t ngx_http_collab_redis_target(ngx_http_collab_redis_t *rc);
 static void ngx_http_collab_redis_schedule(ngx_http_collab_redis_t *rc);
 static void ngx_http_collab_redis_drop(ngx_http_collab_redis_t *rc,
     const char *why);
@@ -58,6 +59,7 @@ ngx_http_collab_redis_init(ngx_cycle_t *cycle, ngx_http_collab_redis_t *rc,
 {
     rc->mcf = mcf;
     rc->log = cycle->log;
+    rc->addr = mcf->redis_addr;
     rc->subscriber = subscriber;
     rc->name = name;
     rc->state = NGX_HTTP_COLLAB_REDIS_DOWN;
@@ -124,7 +126,16 @@ ngx_http_collab_redis_connect(ngx_http_collab_redis_t *rc)
 
     mcf = rc->mcf;
 
-    if (mcf->redis_unix.len) {
+    if (mcf->sentinel_master.len) {
+        if (ngx_http_collab_redis_target(rc) != NGX_OK) {
+            /* the primary is not known yet: the sentinels connect us */
+            rc->state = NGX_HTTP_COLLAB_REDIS_DOWN;
+            return;
+        }
+
+        ac = redisAsyncConnect((char *) rc->target.host, rc->target.port);
+
+    } else if (mcf->redis_unix.len) {
         ac = redisAsyncConnectUnix((char *) mcf->redis_unix.data);
 
     } else {
@@ -142,7 +153,7 @@ ngx_http_collab_redis_connect(ngx_http_collab_redis_t *rc)
     if (ac->err) {
         ngx_log_error(NGX_LOG_ERR, rc->log, 0,
                       "collab: redis %s connection to \"%V\" failed: %s",
-                      rc->name, &mcf->redis_addr, ac->errstr);
+                      rc->name, &rc->addr, ac->errstr);
         redisAsyncFree(ac);
         ngx_http_collab_redis_schedule(rc);
         return;
@@ -189,10 +200,69 @@ ngx_http_collab_redis_connect(ngx_http_collab_redis_t *rc)
 }
 
 
+/* sentinel mode: the next sentinel to ask, or the primary they named */
+
+static ngx_int_t
+ngx_http_collab_redis_target(ngx_http_collab_redis_t *rc)
+{
+    ngx_http_collab_addr_t       *a;
+    ngx_http_collab_main_conf_t  *mcf;
+
+    mcf = rc->mcf;
+
+    if (rc->sentinel) {
+        a = mcf->sentinels->elts;
+        a = &a[rc->next_sentinel++ % mcf->sentinels->nelts];
+
+    } else {
+        a = &ngx_http_collab_worker->primary;
+
+        if (a->port == 0) {
+            return NGX_DECLINED;
+        }
+    }
+
+    rc->target = *a;
+    rc->addr.len = rc->target.text_len;
+    rc->addr.data = rc->target.text;
+
+    return NGX_OK;
+}
+
+
+/* reconnects at once, e.g. to the primary that the sentinels now name */
+
+void
+ngx_http_collab_redis_kick(ngx_http_collab_redis_t *rc, const char *why)
+{
+    rc->backoff = NGX_HTTP_COLLAB_BACKOFF_MIN;
+
+    if (rc->ac) {
+        ngx_http_collab_redis_drop(rc, why);
+        return;
+    }
+
+    if (rc->exiting || ngx_exiting || ngx_terminate || ngx_quit) {
+        return;
+    }
+
+    if (rc->reconnect.timer_set) {
+        ngx_del_timer(&rc->reconnect);
+    }
+
+    ngx_http_collab_redis_connect(rc);
+}
+
+
 static void
 ngx_http_collab_redis_schedule(ngx_http_collab_redis_t *rc)
 {
     rc->state = NGX_HTTP_COLLAB_REDIS_DOWN;
+
+    if (rc->mcf->sentinel_master.len && !rc->sentinel && !rc->exiting) {
+        /* the primary may have moved: the sentinels know */
+        ngx_http_collab_sentinel_refresh();
+    }
 
     if (rc->exiting || ngx_exiting || ngx_terminate || ngx_quit) {
         return;
@@ -241,7 +311,7 @@ ngx_http_collab_redis_drop(ngx_http_collab_redis_t *rc, const char *why)
 
     ngx_log_error(NGX_LOG_ERR, rc->log, 0,
                   "collab: redis %s connection to \"%V\" dropped: %s",
-                  rc->name, &rc->mcf->redis_addr, why);
+                  rc->name, &rc->addr, why);
 
     rc->ac = NULL;
 
@@ -478,7 +548,7 @@ ngx_http_collab_redis_on_connect(const redisAsyncContext *ac, int status)
 
         ngx_log_error(NGX_LOG_ERR, rc->log, 0,
                       "collab: redis %s connection to \"%V\" failed: %s",
-                      rc->name, &rc->mcf->redis_addr,
+                      rc->name, &rc->addr,
                       ac->errstr[0] ? ac->errstr : ac->c.errstr);
 
         rc->ac = NULL;
@@ -488,11 +558,16 @@ ngx_http_collab_redis_on_connect(const redisAsyncContext *ac, int status)
 
     ngx_log_error(NGX_LOG_INFO, rc->log, 0,
                   "collab: redis %s connection to \"%V\" established",
-                  rc->name, &rc->mcf->redis_addr);
+                  rc->name, &rc->addr);
 
     mcf = rc->mcf;
     rc->state = NGX_HTTP_COLLAB_REDIS_SETUP;
     rc->setup_pending = 0;
+
+    if (rc->sentinel) {
+        ngx_http_collab_sentinel_ready(rc);
+        return;
+    }
 
     /* commands pipeline behind these, so nothing waits for the replies */
 
@@ -568,6 +643,10 @@ ngx_http_collab_redis_setup_done(ngx_http_collab_redis_t *rc)
 
     ngx_log_error(NGX_LOG_INFO, rc->log, 0,
                   "collab: redis %s connection ready", rc->name);
+
+    if (rc->sentinel) {
+        return;
+    }
 
     if (rc->subscriber) {
         rc->heartbeat_pending = 0;
@@ -685,7 +764,7 @@ ngx_http_collab_redis_on_disconnect(const redisAsyncContext *ac, int status)
 
     ngx_log_error(level, rc->log, 0,
                   "collab: redis %s connection to \"%V\" lost%s%s",
-                  rc->name, &rc->mcf->redis_addr,
+                  rc->name, &rc->addr,
                   status == REDIS_OK ? "" : ": ",
                   status == REDIS_OK ? "" : ac->errstr);
 
@@ -870,6 +949,23 @@ ngx_http_collab_redis_reply(redisAsyncContext *ac, void *r, void *data)
 
     if (r == NULL || ((redisReply *) r)->type == REDIS_REPLY_ERROR) {
         ngx_http_collab_metric_inc(NGX_HTTP_COLLAB_M_REDIS_ERRORS);
+
+        if (r && ngx_strncmp(((redisReply *) r)->str, "READONLY", 8) == 0) {
+            /*
+             * A replica now (after a failover): the command is answered
+             * as if the link was lost, and the primary is looked up again.
+             */
+
+            if (!(ac->c.flags & REDIS_DISCONNECTING)) {
+                ngx_log_error(NGX_LOG_ERR, rc->log, 0,
+                              "collab: redis %s connection to \"%V\" "
+                              "reached a replica: %s", rc->name, &rc->addr,
+                              ((redisReply *) r)->str);
+                redisAsyncDisconnect(ac);
+            }
+
+            r = NULL;
+        }
 
     } else {
         ngx_http_collab_metrics_observe(NGX_HTTP_COLLAB_H_REDIS,

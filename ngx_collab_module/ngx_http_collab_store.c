@@ -27,7 +27,7 @@
  */
 
 
-#define NGX_HTTP_COLLAB_STORE_VERSION  7
+#define NGX_HTTP_COLLAB_STORE_VERSION  8
 #define NGX_HTTP_COLLAB_STORE_COMPAT   1
 
 /* a key every load changes: a check and a load WATCH it */
@@ -91,15 +91,30 @@ static const char  ngx_http_collab_store_lua[] =
 "  end\n"
 "end\n"
 /* a new log: every worker that knew the old one resyncs its sessions */
+/* collab:fence, set by collab_fence in sentinel mode, names the primary's
+ * tenure: a document last used under another one may have lost a tail
+ * that clients saw (replication is asynchronous), so it gets a new epoch
+ * and its clients a fresh start */
 "local function epoch_of(state, new)\n"
-"  local e = redis.call('HGET', state, 'epoch')\n"
-"  if not e then\n"
+"  local e = redis.call('HMGET', state, 'epoch', 'fence')\n"
+"  local fence = redis.call('GET', 'collab:fence')\n"
+"  if e[1] and (not fence or e[2] == fence) then return e[1], false end\n"
+"  if e[1] then\n"
+"    redis.call('HSET', state, 'epoch', new, 'fence', fence)\n"
+"  else\n"
 "    redis.call('HSET', state, 'epoch', new, 'head', 0)\n"
-"    redis.call('PUBLISH', string.sub(state, 1, #state - 6),\n"
-"               '{\"type\":\"reset\",\"epoch\":\"' .. new .. '\"}')\n"
-"    return new, true\n"
+"    if fence then redis.call('HSET', state, 'fence', fence) end\n"
 "  end\n"
-"  return e, false\n"
+"  redis.call('PUBLISH', string.sub(state, 1, #state - 6),\n"
+"             '{\"type\":\"reset\",\"epoch\":\"' .. new .. '\"}')\n"
+"  return new, not e[1]\n"
+"end\n"
+"local function fence()\n"
+"  local info = redis.call('INFO', 'replication')\n"
+"  local id = string.match(info, 'master_replid:(%x+)')\n"
+"  if not id then return redis.error_reply('ERR no replication id') end\n"
+"  redis.call('SET', 'collab:fence', id)\n"
+"  return id\n"
 "end\n"
 "local function head_of(state)\n"
 "  return tonumber(redis.call('HGET', state, 'head') or '0')\n"
@@ -696,6 +711,7 @@ static const char  ngx_http_collab_store_lua[] =
 "redis.register_function('collab_state', setstate)\n"
 "redis.register_function('collab_acl', acl)\n"
 "redis.register_function('collab_deny', denied)\n"
+"redis.register_function('collab_fence', fence)\n"
 /* {version, oldest module version served} */
 "redis.register_function{function_name = 'collab_version',\n"
 "  callback = function() return {"
@@ -714,12 +730,26 @@ static void ngx_http_collab_store_version_reply(redisAsyncContext *ac,
     void *r, void *data);
 static ngx_int_t ngx_http_collab_store_load(redisAsyncContext *ac,
     ngx_uint_t attempt);
+static void ngx_http_collab_store_loaded(redisAsyncContext *ac,
+    ngx_http_collab_redis_t *rc);
+static void ngx_http_collab_store_fence_reply(redisAsyncContext *ac,
+    void *r, void *data);
 static void ngx_http_collab_store_load_reply(redisAsyncContext *ac,
     void *r, void *data);
 static ngx_http_collab_msg_t *ngx_http_collab_store_refusal(
     ngx_http_collab_cmd_t *cmd, ngx_int_t status, int64_t n);
 static void ngx_http_collab_store_append_reply(ngx_http_collab_cmd_t *cmd,
     redisReply *reply);
+static ngx_http_collab_msg_t *ngx_http_collab_store_ack(
+    ngx_http_collab_cmd_t *cmd, int64_t seq);
+static void ngx_http_collab_store_replicate(ngx_http_collab_cmd_t *cmd,
+    int64_t seq);
+static void ngx_http_collab_store_wait_reply(ngx_http_collab_cmd_t *cmd,
+    redisReply *reply);
+static void ngx_http_collab_store_answered(ngx_http_collab_cmd_t *cmd,
+    ngx_http_collab_msg_t *m);
+static void ngx_http_collab_store_woke(ngx_http_collab_session_t *s);
+static ngx_uint_t ngx_http_collab_store_replicas_short(void);
 static void ngx_http_collab_store_state_reply(ngx_http_collab_cmd_t *cmd,
     redisReply *reply);
 static void ngx_http_collab_store_read_reply(ngx_http_collab_cmd_t *cmd,
@@ -885,6 +915,67 @@ ngx_http_collab_store_version_reply(redisAsyncContext *ac, void *r,
         return;
     }
 
+    ngx_http_collab_store_loaded(ac, rc);
+}
+
+
+/* the library is there; in sentinel mode this primary fences the logs */
+
+static void
+ngx_http_collab_store_loaded(redisAsyncContext *ac,
+    ngx_http_collab_redis_t *rc)
+{
+    const char  *argv[3];
+    size_t       argvlen[3];
+
+    if (rc->mcf->sentinel_master.len == 0) {
+        if (--rc->setup_pending == 0) {
+            ngx_http_collab_redis_setup_done(rc);
+        }
+
+        return;
+    }
+
+    argv[0] = "FCALL";
+    argvlen[0] = 5;
+    argv[1] = "collab_fence";
+    argvlen[1] = sizeof("collab_fence") - 1;
+    argv[2] = "0";
+    argvlen[2] = 1;
+
+    if (redisAsyncCommandArgv(ac, ngx_http_collab_store_fence_reply, NULL, 3,
+                              argv, argvlen)
+        != REDIS_OK)
+    {
+        redisAsyncDisconnect(ac);
+    }
+}
+
+
+static void
+ngx_http_collab_store_fence_reply(redisAsyncContext *ac, void *r,
+    void *data)
+{
+    redisReply               *reply;
+    ngx_http_collab_redis_t  *rc;
+
+    rc = ac->data;
+    reply = r;
+
+    if (reply == NULL) {
+        return;
+    }
+
+    if (reply->type == REDIS_REPLY_ERROR) {
+        /* READONLY: a replica, the sentinels are asked again */
+
+        ngx_log_error(NGX_LOG_ERR, rc->log, 0,
+                      "collab: redis %s connection to \"%V\" is not to "
+                      "the primary: %s", rc->name, &rc->addr, reply->str);
+        redisAsyncDisconnect(ac);
+        return;
+    }
+
     if (--rc->setup_pending == 0) {
         ngx_http_collab_redis_setup_done(rc);
     }
@@ -982,9 +1073,7 @@ ngx_http_collab_store_load_reply(redisAsyncContext *ac, void *r, void *data)
         return;
     }
 
-    if (--rc->setup_pending == 0) {
-        ngx_http_collab_redis_setup_done(rc);
-    }
+    ngx_http_collab_store_loaded(ac, rc);
 }
 
 
@@ -1088,6 +1177,14 @@ ngx_http_collab_store_append(ngx_http_collab_session_t *s, ngx_str_t *doc,
     ngx_http_collab_cmd_t  *cmd;
     ngx_http_collab_msg_t  *m;
 
+    if (ngx_http_collab_store_replicas_short()) {
+        ngx_http_collab_reply(s, slot,
+            ngx_http_collab_msg_error("nack", "unavailable", doc, id,
+                                      "the replicas do not confirm deltas "
+                                      "now; retry later with the same id"));
+        return NGX_OK;
+    }
+
     cmd = ngx_http_collab_cmd_alloc(s, doc->len + id->len);
     if (cmd == NULL) {
         return NGX_ERROR;
@@ -1178,6 +1275,28 @@ ngx_http_collab_store_append(ngx_http_collab_session_t *s, ngx_str_t *doc,
 }
 
 
+/* ack=replicated: a WAIT fell short less than a second ago */
+
+static ngx_uint_t
+ngx_http_collab_store_replicas_short(void)
+{
+    ngx_http_collab_worker_t  *w;
+
+    w = ngx_http_collab_worker;
+
+    if (w->mcf->ack_replicas == 0 || w->replicas_short == 0) {
+        return 0;
+    }
+
+    if ((ngx_msec_int_t) (ngx_current_msec - w->replicas_short) >= 0) {
+        w->replicas_short = 0;
+        return 0;
+    }
+
+    return 1;
+}
+
+
 static ngx_int_t
 ngx_http_collab_store_triple(redisReply *reply, ngx_int_t *status,
     int64_t *seq)
@@ -1235,10 +1354,8 @@ static void
 ngx_http_collab_store_append_reply(ngx_http_collab_cmd_t *cmd,
     redisReply *reply)
 {
-    u_char                     *p;
     int64_t                     seq;
     ngx_int_t                   status;
-    ngx_uint_t                  slot;
     ngx_http_collab_msg_t      *m;
     ngx_http_collab_session_t  *s;
 
@@ -1274,32 +1391,163 @@ ngx_http_collab_store_append_reply(ngx_http_collab_cmd_t *cmd,
     } else if (status < 0) {
         m = ngx_http_collab_store_refusal(cmd, status, seq);
 
+    } else if (ngx_http_collab_worker->mcf->ack_replicas == 0) {
+        m = ngx_http_collab_store_ack(cmd, seq);
+
     } else {
-        m = ngx_http_collab_msg_alloc(cmd->doc.len + 2 * cmd->id.len
-                                      + 6 * cmd->id.len + NGX_INT64_LEN
-                                      + sizeof("{\"type\":\"ack\",\"id\":\"\","
-                                               "\"doc\":\"\",\"seq\":}"));
-        if (m != NULL) {
-            p = ngx_cpymem(m->json, "{\"type\":\"ack\",\"id\":\"",
-                           sizeof("{\"type\":\"ack\",\"id\":\"") - 1);
-            p = (u_char *) ngx_escape_json(p, cmd->id.data, cmd->id.len);
-            p = ngx_sprintf(p, "\",\"doc\":\"%V\",\"seq\":%L}",
-                            &cmd->doc, seq);
-            m->len = p - m->json;
-            ngx_str_set(&m->type, "ack");
-        }
+        /* acked once replicas have it: the command lives on as a WAIT */
+        ngx_http_collab_store_replicate(cmd, seq);
+        return;
     }
 
+    ngx_http_collab_store_answered(cmd, m);
+}
+
+
+static ngx_http_collab_msg_t *
+ngx_http_collab_store_ack(ngx_http_collab_cmd_t *cmd, int64_t seq)
+{
+    u_char                 *p;
+    ngx_http_collab_msg_t  *m;
+
+    m = ngx_http_collab_msg_alloc(cmd->doc.len + 2 * cmd->id.len
+                                  + 6 * cmd->id.len + NGX_INT64_LEN
+                                  + sizeof("{\"type\":\"ack\",\"id\":\"\","
+                                           "\"doc\":\"\",\"seq\":}"));
+    if (m == NULL) {
+        return NULL;
+    }
+
+    p = ngx_cpymem(m->json, "{\"type\":\"ack\",\"id\":\"",
+                   sizeof("{\"type\":\"ack\",\"id\":\"") - 1);
+    p = (u_char *) ngx_escape_json(p, cmd->id.data, cmd->id.len);
+    p = ngx_sprintf(p, "\",\"doc\":\"%V\",\"seq\":%L}", &cmd->doc, seq);
+    m->len = p - m->json;
+    ngx_str_set(&m->type, "ack");
+
+    return m;
+}
+
+
+/*
+ * ack=replicated: WAIT for the replicas on the connection that stored the
+ * delta (WAIT counts that connection's writes); its reply answers.
+ */
+
+static void
+ngx_http_collab_store_replicate(ngx_http_collab_cmd_t *cmd, int64_t seq)
+{
+    u_char                       nrep[NGX_INT_T_LEN], ms[NGX_INT_T_LEN];
+    const char                  *argv[3];
+    size_t                       argvlen[3];
+    ngx_int_t                    rc;
+    ngx_uint_t                   slot;
+    ngx_http_collab_msg_t       *m;
+    ngx_http_collab_session_t   *s;
+    ngx_http_collab_main_conf_t *mcf;
+
+    s = cmd->session;
+    slot = cmd->slot;
+    mcf = ngx_http_collab_worker->mcf;
+
+    /* built first: a command that cannot be sent is freed */
+    m = ngx_http_collab_msg_error("nack", "unavailable", &cmd->doc, &cmd->id,
+                                  "the delta could not be confirmed by "
+                                  "the replicas; retry with the same id");
+
+    cmd->seq = seq;
+    cmd->handler = ngx_http_collab_store_wait_reply;
+
+    argv[0] = "WAIT";
+    argvlen[0] = 4;
+    argv[1] = (char *) nrep;
+    argvlen[1] = ngx_sprintf(nrep, "%ui", mcf->ack_replicas) - nrep;
+    argv[2] = (char *) ms;
+    argvlen[2] = ngx_sprintf(ms, "%M", mcf->ack_timeout) - ms;
+
+    s->inflight++;
+
+    rc = ngx_http_collab_redis_command(&ngx_http_collab_worker->cmd, cmd, 3,
+                                       argv, argvlen);
+    if (rc == NGX_OK) {
+        if (m) {
+            ngx_http_collab_msg_release(m);
+        }
+
+        return;
+    }
+
+    s->inflight--;
+
+    ngx_http_collab_store_woke(s);
+    ngx_http_collab_reply(s, slot, m);
+}
+
+
+static void
+ngx_http_collab_store_wait_reply(ngx_http_collab_cmd_t *cmd,
+    redisReply *reply)
+{
+    ngx_http_collab_msg_t      *m;
+    ngx_http_collab_session_t  *s;
+    ngx_http_collab_worker_t   *w;
+
+    s = cmd->session;
+    s->inflight--;
+    w = ngx_http_collab_worker;
+
+    if (reply && reply->type == REDIS_REPLY_INTEGER
+        && reply->integer >= (long long) ngx_http_collab_worker->mcf->ack_replicas)
+    {
+        m = ngx_http_collab_store_ack(cmd, cmd->seq);
+
+    } else {
+        if (reply && reply->type == REDIS_REPLY_INTEGER) {
+            /* appends are refused for a while rather than all waiting */
+            w->replicas_short = ngx_current_msec + 1000;
+
+            ngx_log_error(NGX_LOG_WARN, s->connection->log, 0,
+                          "collab: delta %L of \"%V\" reached %L of %ui "
+                          "replicas within %M", cmd->seq, &cmd->doc,
+                          (int64_t) reply->integer, ngx_http_collab_worker->mcf->ack_replicas,
+                          w->mcf->ack_timeout);
+        }
+
+        m = ngx_http_collab_msg_error("nack", "unavailable", &cmd->doc,
+                                      &cmd->id, "the delta was not confirmed "
+                                      "by enough replicas; retry with the "
+                                      "same id");
+    }
+
+    ngx_http_collab_store_answered(cmd, m);
+}
+
+
+/* the last use of the session: a reply may be what ends it */
+
+static void
+ngx_http_collab_store_answered(ngx_http_collab_cmd_t *cmd,
+    ngx_http_collab_msg_t *m)
+{
+    ngx_uint_t                  slot;
+    ngx_http_collab_session_t  *s;
+
+    s = cmd->session;
     slot = cmd->slot;
     ngx_http_collab_cmd_free(cmd);
 
+    ngx_http_collab_store_woke(s);
+    ngx_http_collab_reply(s, slot, m);
+}
+
+
+static void
+ngx_http_collab_store_woke(ngx_http_collab_session_t *s)
+{
     if (s->read_blocked && s->inflight < s->conf->max_inflight) {
         s->read_blocked = 0;
         ngx_post_event(s->connection->read, &ngx_posted_events);
     }
-
-    /* the last use of the session: a reply may be what ends it */
-    ngx_http_collab_reply(s, slot, m);
 }
 
 

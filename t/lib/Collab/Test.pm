@@ -227,6 +227,91 @@ sub freeze_redis { kill 'STOP', $_[0]{redis_pid} }
 sub thaw_redis   { kill 'CONT', $_[0]{redis_pid} }
 sub redis_pid    { $_[0]{redis_pid} }
 
+# --- more Redis processes: replicas, sentinels (killed with the test)
+
+# Starts redis-server as node $name on a free port and waits for PING;
+# sentinel => 1 runs it as a Sentinel with the lines of "conf".  Returns
+# the port.
+sub redis_node {
+    my ($self, $name, %o) = @_;
+    my $port = $o{port} // free_port();
+    my $dir = "$self->{dir}/node-$name";
+    mkdir $dir;
+    my @args;
+    if ($o{sentinel}) {
+        open my $f, '>', "$dir/sentinel.conf" or die "sentinel.conf: $!";
+        print $f "port $port\nbind 127.0.0.1\nprotected-mode no\ndir $dir\n"
+            . "logfile $dir/redis.log\n", map { "$_\n" } @{ $o{conf} || [] };
+        close $f;
+        @args = ("$dir/sentinel.conf", '--sentinel');
+    } else {
+        @args = ('--port', $port, '--bind', '127.0.0.1', '--dir', $dir,
+                 '--save', '', '--daemonize', 'no', '--protected-mode', 'no',
+                 '--logfile', "$dir/redis.log", @{ $o{args} || [] });
+    }
+    my $pid = fork;
+    die "fork: $!" unless defined $pid;
+    if (!$pid) {
+        open STDIN, '<', '/dev/null';
+        open STDOUT, '>>', "$dir/redis.out";
+        open STDERR, '>&', \*STDOUT;
+        exec(redis_bin(), @args) or POSIX::_exit(127);
+    }
+    $KILL_AT_END{$pid} = 1;
+    $self->{nodes}{$name} = { pid => $pid, port => $port, dir => $dir };
+    my $deadline = time + 15;
+    until ((($self->redis_at_try($port, 'PING'))[0] // '') eq 'PONG') {
+        die "redis node $name did not answer PING on $port\n" if time > $deadline;
+        Collab::HTTP::idle(0.05);
+    }
+    return $port;
+}
+
+sub node_port { $_[0]{nodes}{ $_[1] }{port} }
+sub node_dir  { $_[0]{nodes}{ $_[1] }{dir} }
+
+# signal a node (default KILL); KILL and TERM also reap it
+sub kill_node {
+    my ($self, $name, $sig) = @_;
+    my $n = $self->{nodes}{$name} or return;
+    $sig //= 'KILL';
+    kill 'CONT', $n->{pid} if $sig eq 'KILL' || $sig eq 'TERM';
+    kill $sig, $n->{pid};
+    return unless $sig eq 'KILL' || $sig eq 'TERM';
+    _reap($n->{pid}, 10) or do { kill 'KILL', $n->{pid}; _reap($n->{pid}, 5) };
+    delete $KILL_AT_END{ $n->{pid} };
+    delete $self->{nodes}{$name};
+}
+
+sub stop_nodes {
+    my ($self) = @_;
+    $self->kill_node($_, 'TERM') for keys %{ $self->{nodes} || {} };
+}
+
+# one command on a fresh connection to any port: ($reply, $error)
+sub redis_at_try {
+    my ($self, $port, @cmd) = @_;
+    my $r = eval {
+        my $s = Collab::HTTP::connect_socket(port => $port, timeout => 2, tls => 0)
+            or die "connect to $port: $!\n";
+        my $c = { sock => $s, buf => '' };
+        Collab::HTTP::write_all($s, _resp_encode(@cmd), 5) or die "write failed\n";
+        my $reply = _resp_read($c, time + 5);
+        close $s;
+        $reply;
+    };
+    return (undef, $@) if $@;
+    return (undef, $r->{err}) if ref $r eq 'Collab::Test::RedisError';
+    return ($r, undef);
+}
+
+sub redis_at {
+    my ($self, $port, @cmd) = @_;
+    my ($r, $err) = $self->redis_at_try($port, @cmd);
+    die "redis :$port @cmd: $err" if defined $err;
+    return $r;
+}
+
 # --- a delaying TCP proxy (tc netem is not available)
 
 # Forwards 127.0.0.1:<returned port> to port "to", delaying what each side
@@ -888,6 +973,7 @@ sub _cleanup {
         }
     }
     $self->stop_proxies;
+    $self->stop_nodes;
     $self->stop_redis if $self->{own_redis};
     return $ok;
 }
