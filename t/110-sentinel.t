@@ -40,10 +40,17 @@ for my $i (1 .. 3) {
 }
 my $SENTINELS = join ',', map { "127.0.0.1:$_" } @sentinels;
 
+# what the sentinels name and is a primary indeed (one of them may lag)
 sub primary_port {
-    my ($a) = $t->redis_at_try($sentinels[0], 'SENTINEL', 'get-master-addr-by-name',
-                               'mymaster');
-    return ref $a ? $a->[1] : undef;
+    my $any;
+    for my $s (@sentinels) {
+        my ($a) = $t->redis_at_try($s, 'SENTINEL', 'get-master-addr-by-name', 'mymaster');
+        next unless ref $a;
+        $any //= $a->[1];
+        my ($info) = $t->redis_at_try($a->[1], 'INFO', 'replication');
+        return $a->[1] if defined $info && $info =~ /role:master/;
+    }
+    return $any;
 }
 
 sub wait_until {
@@ -57,11 +64,8 @@ sub wait_until {
 }
 
 # the replicas are in sync and the sentinels know them
-ok(wait_until('replicas', 30, sub {
-    my $info = $t->redis_at($primary, 'INFO', 'replication');
-    return (() = $info =~ /state=online/g) == 2
-        && ($t->redis_at_try($sentinels[0], 'SENTINEL', 'replicas', 'mymaster'))[0]
-        && @{ ($t->redis_at_try($sentinels[0], 'SENTINEL', 'replicas', 'mymaster'))[0] } == 2;
+ok(wait_until('replicas', 40, sub {
+    return replicas_online($primary) == 2 && settled($primary);
 }), 'a primary with two replicas, watched by three sentinels');
 
 my $CONF = <<"EOF";
@@ -133,6 +137,37 @@ sub session {
     $w->close(1000);
 }
 
+# --- replicas that do not confirm: nack unavailable, and the retry is stored once
+{
+    my $port = primary_port();
+    my @reps = grep { $t->node_port($_) != $port } @nodes;
+    $t->kill_node($_, 'STOP') for @reps;
+    my $w = session();
+    $w->send_json({ type => 'delta', doc => 'short', id => 'x1', data => 1 });
+    my $n = $w->wait_for(sub { ($_[0]{id} // '') eq 'x1' }, 10);
+    is($n && "$n->{type} $n->{code}", 'nack unavailable',
+       'replicas that do not answer: nack unavailable after ack_timeout');
+    like($n && $n->{message}, qr/retry with the same id/, '... which says to retry with the same id');
+    $w->send_json({ type => 'delta', doc => 'short', id => 'x2', data => 2 });
+    $n = $w->wait_for(sub { ($_[0]{id} // '') eq 'x2' }, 10);
+    is($n && "$n->{type} $n->{code}", 'nack unavailable',
+       'the next delta within a second is refused at once');
+    is($t->redis_at($port, 'XLEN', 'collab:{short}:log'), 1,
+       '... and not stored (the first one was)');
+    $t->kill_node($_, 'CONT') for @reps;
+    ok(wait_until('replicas', 40, sub { replicas_online($port) == 2 && settled($port) }),
+       'the replicas are back');
+    my $a;
+    wait_until('ack', 20, sub {
+        $w->send_json({ type => 'delta', doc => 'short', id => 'x1', data => 1 });
+        $a = $w->wait_for(sub { ($_[0]{id} // '') eq 'x1' }, 5);
+        return $a && $a->{type} eq 'ack' || !$a || Collab::HTTP::idle(0.3);
+    });
+    is($a && "$a->{type} $a->{seq}", 'ack 1', 'the retry of the unconfirmed delta is acked with its seq');
+    is($t->redis_at($port, 'XLEN', 'collab:{short}:log'), 1, '... stored once');
+    $w->close(1000);
+}
+
 # --- failover under load, $SEEDS times
 my $DOCS = 4;
 my $PER_WRITER = 15;
@@ -142,6 +177,26 @@ sub node_of_port {
     my ($port) = @_;
     for my $n (@nodes) { return $n if $t->node_port($n) && $t->node_port($n) == $port }
     return undef;
+}
+
+# every sentinel sees two healthy replicas of $port (else a kill right
+# now could find no replica it may promote)
+sub settled {
+    my ($port) = @_;
+    for my $s (@sentinels) {
+        my ($m) = $t->redis_at_try($s, 'SENTINEL', 'get-master-addr-by-name', 'mymaster');
+        return 0 unless ref $m && $m->[1] == $port;
+        my ($r) = $t->redis_at_try($s, 'SENTINEL', 'replicas', 'mymaster');
+        return 0 unless ref $r;
+        my $good = 0;
+        for my $x (@$r) {
+            my %f = @$x;
+            $good++ if $f{flags} eq 'slave' && $f{'master-link-status'} eq 'ok'
+                && $f{'master-port'} == $port && $f{'info-refresh'} < 3000;
+        }
+        return 0 unless $good == 2;
+    }
+    return 1;
 }
 
 sub replicas_online {
@@ -226,7 +281,8 @@ for my $seed (1 .. $SEEDS) {
         $pump_subs->();
         if (!$killed && keys %acked >= 15) {
             my $port = primary_port();
-            my $name = node_of_port($port);
+            my $name = defined $port ? node_of_port($port) : undef;
+            next unless defined $name;
             $dead{$name} = $port;
             $t->kill_node($name, 'KILL');
             $killed = 1;
@@ -237,10 +293,11 @@ for my $seed (1 .. $SEEDS) {
 
     # the promoted replica holds every acked delta, once, at its acked seq
     my $port;
-    wait_until('new primary', 20, sub {
+    wait_until('new primary', 30, sub {
         $port = primary_port();
-        return $port && !grep { $_ == $port } values %dead;
-    });
+        return $port && !(grep { $_ == $port } values %dead)
+            && replicas_online($port) >= 1;
+    }) or diag "seed $seed: no new primary; the sentinel says " . ($port // 'nothing');
     my ($seed_lost, $seed_dups, $seed_gaps) = (0, 0, 0);
     my %log;
     for my $doc (@docs) {
@@ -289,7 +346,7 @@ for my $seed (1 .. $SEEDS) {
     my $old = delete $dead{$name};
     $t->redis_node($name, port => $old, args => ['--replicaof', '127.0.0.1', $port,
                                                   '--repl-diskless-sync-delay', '0']);
-    wait_until('replicas', 30, sub { replicas_online($port) == 2 })
+    wait_until('replicas', 40, sub { replicas_online($port) == 2 && settled($port) })
         or diag "seed $seed: the replicas of $port did not come back online";
     $seeds_done++;
 }
