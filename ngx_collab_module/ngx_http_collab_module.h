@@ -439,6 +439,8 @@ typedef struct {
     ngx_http_collab_redis_t      watch;          /* sentinel mode: the sentinel */
     ngx_http_collab_addr_t       primary;        /* as the sentinels say */
     ngx_msec_t                   replicas_short; /* a WAIT fell short then */
+    size_t                       fence_len;      /* sentinel mode: the */
+    u_char                       fence[64];      /* primary's replid */
     ngx_connection_t            *watcher;
     ngx_event_t                  retry;
     time_t                       deny_sec;

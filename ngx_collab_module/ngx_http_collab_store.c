@@ -91,19 +91,21 @@ static const char  ngx_http_collab_store_lua[] =
 "  end\n"
 "end\n"
 /* a new log: every worker that knew the old one resyncs its sessions */
-/* collab:fence, set by collab_fence in sentinel mode, names the primary's
- * tenure: a document last used under another one may have lost a tail
- * that clients saw (replication is asynchronous), so it gets a new epoch
- * and its clients a fresh start */
-"local function epoch_of(state, new)\n"
-"  local e = redis.call('HMGET', state, 'epoch', 'fence')\n"
-"  local fence = redis.call('GET', 'collab:fence')\n"
-"  if e[1] and (not fence or e[2] == fence) then return e[1], false end\n"
+/* fence (sentinel mode; '' otherwise) names the primary's tenure, its
+ * replication id: a document last used under another one may have lost a
+ * tail that clients saw (replication is asynchronous), so it gets a new
+ * epoch and its clients a fresh start */
+"local function epoch_of(state, new, fence)\n"
+"  fence = fence or ''\n"
+"  local e\n"
+"  if fence == '' then e = {redis.call('HGET', state, 'epoch')}\n"
+"  else e = redis.call('HMGET', state, 'epoch', 'fence') end\n"
+"  if e[1] and (fence == '' or e[2] == fence) then return e[1], false end\n"
 "  if e[1] then\n"
 "    redis.call('HSET', state, 'epoch', new, 'fence', fence)\n"
 "  else\n"
 "    redis.call('HSET', state, 'epoch', new, 'head', 0)\n"
-"    if fence then redis.call('HSET', state, 'fence', fence) end\n"
+"    if fence ~= '' then redis.call('HSET', state, 'fence', fence) end\n"
 "  end\n"
 "  redis.call('PUBLISH', string.sub(state, 1, #state - 6),\n"
 "             '{\"type\":\"reset\",\"epoch\":\"' .. new .. '\"}')\n"
@@ -412,7 +414,7 @@ static const char  ngx_http_collab_store_lua[] =
 "    deny(keys[5], user, 'delta')\n"
 "    return {-2, role, ''}\n"
 "  end\n"
-"  local epoch = epoch_of(state, args[1])\n"
+"  local epoch = epoch_of(state, args[1], args[18])\n"
 "  local client = args[12] or ''\n"
 "  local opk = #user .. ':' .. user .. #client .. ':' .. client .. id\n"
 "  local prev, rot = op_find(ops, opk)\n"
@@ -463,7 +465,7 @@ static const char  ngx_http_collab_store_lua[] =
 "    deny(keys[4], args[5], 'subscribe')\n"
 "    return {-2}\n"
 "  end\n"
-"  local epoch, created = epoch_of(state, args[1])\n"
+"  local epoch, created = epoch_of(state, args[1], args[11])\n"
 "  if created then touch(state, tonumber(args[10]) or 0) end\n"
 "  local since = tonumber(args[2])\n"
 "  local count = tonumber(args[3])\n"
@@ -520,7 +522,7 @@ static const char  ngx_http_collab_store_lua[] =
 "    deny(keys[3], args[4], 'state')\n"
 "    return {-2, role, ''}\n"
 "  end\n"
-"  local epoch = epoch_of(state, args[1])\n"
+"  local epoch = epoch_of(state, args[1], args[9])\n"
 "  touch(state, tonumber(args[8]) or 0)\n"
 "  local seq = tonumber(args[2])\n"
 "  local head = head_of(state)\n"
@@ -734,6 +736,8 @@ static void ngx_http_collab_store_loaded(redisAsyncContext *ac,
     ngx_http_collab_redis_t *rc);
 static void ngx_http_collab_store_fence_reply(redisAsyncContext *ac,
     void *r, void *data);
+static void ngx_http_collab_store_fence_arg(const char **argv,
+    size_t *argvlen);
 static void ngx_http_collab_store_load_reply(redisAsyncContext *ac,
     void *r, void *data);
 static ngx_http_collab_msg_t *ngx_http_collab_store_refusal(
@@ -956,8 +960,9 @@ static void
 ngx_http_collab_store_fence_reply(redisAsyncContext *ac, void *r,
     void *data)
 {
-    redisReply               *reply;
-    ngx_http_collab_redis_t  *rc;
+    redisReply                *reply;
+    ngx_http_collab_redis_t   *rc;
+    ngx_http_collab_worker_t  *w;
 
     rc = ac->data;
     reply = r;
@@ -976,9 +981,33 @@ ngx_http_collab_store_fence_reply(redisAsyncContext *ac, void *r,
         return;
     }
 
+    w = ngx_http_collab_worker;
+
+    if (reply->type != REDIS_REPLY_STRING || reply->len == 0
+        || reply->len > sizeof(w->fence))
+    {
+        ngx_log_error(NGX_LOG_ERR, rc->log, 0,
+                      "collab: unexpected reply to collab_fence");
+        redisAsyncDisconnect(ac);
+        return;
+    }
+
+    w->fence_len = reply->len;
+    ngx_memcpy(w->fence, reply->str, reply->len);
+
     if (--rc->setup_pending == 0) {
         ngx_http_collab_redis_setup_done(rc);
     }
+}
+
+
+/* the primary's replication id, for epoch_of(); empty without Sentinel */
+
+static void
+ngx_http_collab_store_fence_arg(const char **argv, size_t *argvlen)
+{
+    *argv = (const char *) ngx_http_collab_worker->fence;
+    *argvlen = ngx_http_collab_worker->fence_len;
 }
 
 
@@ -1171,8 +1200,8 @@ ngx_http_collab_store_append(ngx_http_collab_session_t *s, ngx_str_t *doc,
     u_char                  smax[NGX_SIZE_T_LEN];
     u_char                  role[2];
     u_char                  retain[4][NGX_INT64_LEN];
-    const char             *argv[25];
-    size_t                  argvlen[25];
+    const char             *argv[26];
+    size_t                  argvlen[26];
     ngx_int_t               rc;
     ngx_http_collab_cmd_t  *cmd;
     ngx_http_collab_msg_t  *m;
@@ -1248,11 +1277,12 @@ ngx_http_collab_store_append(ngx_http_collab_session_t *s, ngx_str_t *doc,
 
     ngx_http_collab_store_retain_args(s->conf, &argv[21], &argvlen[21],
                                       retain);
+    ngx_http_collab_store_fence_arg(&argv[25], &argvlen[25]);
 
     s->inflight++;
 
     rc = ngx_http_collab_redis_command(&ngx_http_collab_worker->cmd, cmd,
-                                       25, argv, argvlen);
+                                       26, argv, argvlen);
 
     if (rc == NGX_OK) {
         return NGX_OK;
@@ -1562,8 +1592,8 @@ ngx_http_collab_store_state(ngx_http_collab_session_t *s, ngx_str_t *doc,
     u_char                  sseq[NGX_INT64_LEN];
     u_char                  role[2];
     u_char                  expire[NGX_INT64_LEN];
-    const char             *argv[14];
-    size_t                  argvlen[14];
+    const char             *argv[15];
+    size_t                  argvlen[15];
     ngx_int_t               rc;
     ngx_http_collab_cmd_t  *cmd;
     ngx_http_collab_msg_t  *m;
@@ -1604,9 +1634,10 @@ ngx_http_collab_store_state(ngx_http_collab_session_t *s, ngx_str_t *doc,
     ngx_http_collab_store_role_args(s, doc, &argv[10], &argvlen[10], role);
     argv[13] = (char *) expire;
     argvlen[13] = ngx_sprintf(expire, "%M", s->conf->doc_expire) - expire;
+    ngx_http_collab_store_fence_arg(&argv[14], &argvlen[14]);
 
     rc = ngx_http_collab_redis_command(&ngx_http_collab_worker->cmd, cmd,
-                                       14, argv, argvlen);
+                                       15, argv, argvlen);
 
     if (rc == NGX_OK) {
         return NGX_OK;
@@ -1784,8 +1815,8 @@ ngx_http_collab_store_read_send(ngx_http_collab_session_t *s,
     u_char       sbudget[NGX_SIZE_T_LEN];
     u_char       expire[NGX_INT64_LEN];
     u_char       role[2];
-    const char  *argv[17];
-    size_t       argvlen[17];
+    const char  *argv[18];
+    size_t       argvlen[18];
 
     ngx_http_collab_store_epoch(epoch);
 
@@ -1819,9 +1850,10 @@ ngx_http_collab_store_read_send(ngx_http_collab_session_t *s,
 
     argv[16] = (char *) expire;
     argvlen[16] = ngx_sprintf(expire, "%M", s->conf->doc_expire) - expire;
+    ngx_http_collab_store_fence_arg(&argv[17], &argvlen[17]);
 
     return ngx_http_collab_redis_command(&ngx_http_collab_worker->cmd, cmd,
-                                         17, argv, argvlen);
+                                         18, argv, argvlen);
 }
 
 
