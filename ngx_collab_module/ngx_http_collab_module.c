@@ -1244,6 +1244,15 @@ ngx_http_collab_init_main_conf(ngx_conf_t *cf, void *conf)
     ngx_conf_init_msec_value(mcf->presence_ttl, 30000);
     ngx_conf_init_msec_value(mcf->ack_timeout, 1000);
 
+    if (mcf->ack_replicas && mcf->ack_timeout * 2 > mcf->redis_timeout) {
+        /* later commands wait behind a WAIT: the watchdog must not fire */
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"collab_redis\" ack_timeout=%M is more than "
+                           "half of timeout=%M", mcf->ack_timeout,
+                           mcf->redis_timeout);
+        return NGX_CONF_ERROR;
+    }
+
     if (mcf->presence_ttl < 1000) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"collab_presence_ttl\" must be at least 1s");
@@ -1649,6 +1658,8 @@ ngx_http_collab_init_process(ngx_cycle_t *cycle)
     c->data = w;
     w->watcher = c;
 
+    ngx_queue_init(&w->acks);
+
     w->retry.handler = ngx_http_collab_doc_retry_handler;
     w->retry.data = w;
     w->retry.log = cycle->log;
@@ -1673,6 +1684,7 @@ ngx_http_collab_init_process(ngx_cycle_t *cycle)
     if (mcf->sentinel_master.len) {
         /* the two above wait for the primary that this one learns */
         w->watch.sentinel = 1;
+        w->watch.next_sentinel = ngx_worker;
 
         if (ngx_http_collab_redis_init(cycle, &w->watch, mcf, 0,
                                        "sentinel")

@@ -320,6 +320,7 @@ struct ngx_http_collab_redis_s {
     ngx_uint_t                   next_sentinel;
     unsigned                     subscriber:1;
     unsigned                     sentinel:1;     /* to a Redis Sentinel */
+    unsigned                     kicked:1;       /* dropped on purpose */
     unsigned                     exiting:1;
     unsigned                     heartbeat_pending:1;
     const char                  *name;
@@ -436,9 +437,13 @@ typedef struct {
     ngx_rbtree_node_t            sentinel;
     ngx_http_collab_redis_t      cmd;
     ngx_http_collab_redis_t      sub;
-    ngx_http_collab_redis_t      watch;          /* sentinel mode: the sentinel */
+    ngx_http_collab_redis_t      watch;          /* to a sentinel */
     ngx_http_collab_addr_t       primary;        /* as the sentinels say */
+    int64_t                      primary_epoch;  /* its config-epoch */
     ngx_msec_t                   replicas_short; /* a WAIT fell short then */
+    ngx_queue_t                  acks;           /* stored, await a WAIT */
+    ngx_http_collab_cmd_t       *wait;           /* the WAIT in flight */
+    ngx_uint_t                   wait_batch;     /* acks it answers */
     size_t                       fence_len;      /* sentinel mode: the */
     u_char                       fence[64];      /* primary's replid */
     ngx_connection_t            *watcher;

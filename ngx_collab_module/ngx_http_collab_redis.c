@@ -212,7 +212,7 @@ ngx_http_collab_redis_target(ngx_http_collab_redis_t *rc)
 
     if (rc->sentinel) {
         a = mcf->sentinels->elts;
-        a = &a[rc->next_sentinel++ % mcf->sentinels->nelts];
+        a = &a[rc->next_sentinel % mcf->sentinels->nelts];
 
     } else {
         a = &ngx_http_collab_worker->primary;
@@ -238,6 +238,8 @@ ngx_http_collab_redis_kick(ngx_http_collab_redis_t *rc, const char *why)
     rc->backoff = NGX_HTTP_COLLAB_BACKOFF_MIN;
 
     if (rc->ac) {
+        /* not a failure: no other sentinel, no asking again */
+        rc->kicked = 1;
         ngx_http_collab_redis_drop(rc, why);
         return;
     }
@@ -259,10 +261,18 @@ ngx_http_collab_redis_schedule(ngx_http_collab_redis_t *rc)
 {
     rc->state = NGX_HTTP_COLLAB_REDIS_DOWN;
 
-    if (rc->mcf->sentinel_master.len && !rc->sentinel && !rc->exiting) {
+    if (rc->sentinel && !rc->kicked) {
+        /* this sentinel failed: the next one */
+        rc->next_sentinel++;
+
+    } else if (rc->mcf->sentinel_master.len && !rc->sentinel && !rc->kicked
+               && !rc->exiting && !ngx_exiting && !ngx_quit && !ngx_terminate)
+    {
         /* the primary may have moved: the sentinels know */
         ngx_http_collab_sentinel_refresh();
     }
+
+    rc->kicked = 0;
 
     if (rc->exiting || ngx_exiting || ngx_terminate || ngx_quit) {
         return;

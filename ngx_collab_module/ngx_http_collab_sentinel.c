@@ -13,16 +13,19 @@
 /*
  * Redis Sentinel: "collab_redis sentinel:NAME sentinels=...".  A worker
  * keeps one more connection, to one sentinel at a time (the next one after
- * a failure): it asks for the primary of NAME, then listens for
- * +switch-master.  The command and subscriber connections go to the
- * primary named last; when it changes they reconnect at once, and the
- * documents catch up from the log as after any reconnect.  A command
- * connection that loses its primary asks the sentinels again (at most once
- * a second), so a missed event costs a reconnect, not the service.
+ * a failure): it asks for the primary of NAME (SENTINEL MASTER, which says
+ * its config-epoch: an answer older than one already taken is a sentinel
+ * that lags, and the next one is asked), then listens for +switch-master.
+ * The command and subscriber connections go to the primary named last;
+ * when it changes they reconnect at once, and the documents catch up from
+ * the log as after any reconnect.  A connection to the primary that fails
+ * has the same sentinel asked again within a second, and it is asked every
+ * 30 s anyway: a missed event costs a reconnect, not the service.
  */
 
 
-#define NGX_HTTP_COLLAB_SENTINEL_ASK  1000
+#define NGX_HTTP_COLLAB_SENTINEL_ASK    1000
+#define NGX_HTTP_COLLAB_SENTINEL_REASK  30000
 
 
 static void ngx_http_collab_sentinel_addr_reply(redisAsyncContext *ac,
@@ -57,22 +60,32 @@ ngx_http_collab_addr_parse(ngx_pool_t *pool, ngx_str_t *text,
     n = ngx_sock_ntop(u.addrs[0].sockaddr, u.addrs[0].socklen, host,
                       NGX_SOCKADDR_STRLEN, 0);
 
-    if (n > 2 && host[0] == '[') {
-        return ngx_http_collab_addr_set(addr, host + 1, n - 2, u.port);
-    }
-
     return ngx_http_collab_addr_set(addr, host, n, u.port);
 }
 
 
-/* an IP and a port, as a sentinel names them */
+/*
+ * An IP and a port, as a sentinel names them: a host name would be resolved
+ * by hiredis with a blocking getaddrinfo() in the worker.
+ */
 
 ngx_int_t
 ngx_http_collab_addr_set(ngx_http_collab_addr_t *addr, u_char *host,
     size_t len, ngx_int_t port)
 {
-    if (len == 0 || len > NGX_SOCKADDR_STRLEN || port <= 0 || port > 65535
-        || ngx_strlchr(host, host + len, ' ') != NULL)
+#if (NGX_HAVE_INET6)
+    u_char  in6[16];
+#endif
+
+    if (len == 0 || len > NGX_SOCKADDR_STRLEN || port <= 0 || port > 65535) {
+        return NGX_ERROR;
+    }
+
+    if (ngx_inet_addr(host, len) == INADDR_NONE
+#if (NGX_HAVE_INET6)
+        && ngx_inet6_addr(host, len, in6) != NGX_OK
+#endif
+        )
     {
         return NGX_ERROR;
     }
@@ -83,7 +96,7 @@ ngx_http_collab_addr_set(ngx_http_collab_addr_t *addr, u_char *host,
 
     addr->text_len = ngx_sprintf(addr->text,
                                  ngx_strlchr(host, host + len, ':')
-                                 ? "[%s]:%d" : "%s:%d",
+                                 ? "[%s]:%i" : "%s:%i",
                                  addr->host, port)
                      - addr->text;
 
@@ -106,8 +119,8 @@ ngx_http_collab_sentinel_ready(ngx_http_collab_redis_t *rc)
 
     argv[0] = "SENTINEL";
     argvlen[0] = 8;
-    argv[1] = "get-master-addr-by-name";
-    argvlen[1] = sizeof("get-master-addr-by-name") - 1;
+    argv[1] = "MASTER";
+    argvlen[1] = 6;
     argv[2] = (const char *) mcf->sentinel_master.data;
     argvlen[2] = mcf->sentinel_master.len;
 
@@ -130,7 +143,10 @@ ngx_http_collab_sentinel_ready(ngx_http_collab_redis_t *rc)
         goto failed;
     }
 
-    ngx_http_collab_redis_setup_done(rc);
+    /* ready once it answers; a sentinel that does not is left */
+
+    rc->watchdog.cancelable = 1;
+    ngx_add_timer(&rc->watchdog, mcf->redis_timeout);
 
     return;
 
@@ -147,26 +163,56 @@ static void
 ngx_http_collab_sentinel_addr_reply(redisAsyncContext *ac, void *r,
     void *data)
 {
-    ngx_int_t                 port;
-    ngx_uint_t                changed;
-    redisReply               *reply, *h, *p;
-    ngx_http_collab_addr_t    addr, *primary;
-    ngx_http_collab_redis_t  *rc;
+    size_t                     i;
+    int64_t                    epoch;
+    ngx_int_t                  port;
+    ngx_uint_t                 changed;
+    redisReply                *reply, *k, *v, *ip;
+    ngx_http_collab_addr_t     addr, *primary;
+    ngx_http_collab_redis_t   *rc;
+    ngx_http_collab_worker_t  *w;
 
     rc = ac->data;
     reply = r;
+    w = ngx_http_collab_worker;
 
     if (reply == NULL) {
         return;
     }
 
-    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2
-        || reply->element[0]->type != REDIS_REPLY_STRING
-        || reply->element[1]->type != REDIS_REPLY_STRING)
+    ip = NULL;
+    port = NGX_ERROR;
+    epoch = -1;
+
+    for (i = 0; reply->type == REDIS_REPLY_ARRAY && i + 1 < reply->elements;
+         i += 2)
+    {
+        k = reply->element[i];
+        v = reply->element[i + 1];
+
+        if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING) {
+            continue;
+        }
+
+        if (ngx_strcmp(k->str, "ip") == 0) {
+            ip = v;
+
+        } else if (ngx_strcmp(k->str, "port") == 0) {
+            port = ngx_atoi((u_char *) v->str, v->len);
+
+        } else if (ngx_strcmp(k->str, "config-epoch") == 0) {
+            epoch = ngx_atoof((u_char *) v->str, v->len);
+        }
+    }
+
+    if (ip == NULL
+        || ngx_http_collab_addr_set(&addr, (u_char *) ip->str, ip->len, port)
+           != NGX_OK)
     {
         ngx_log_error(NGX_LOG_ERR, rc->log, 0,
-                      "collab: sentinel \"%V\" does not know the primary "
-                      "\"%V\"%s%s", &rc->addr, &rc->mcf->sentinel_master,
+                      "collab: sentinel \"%V\" does not name the primary "
+                      "\"%V\" by an IP and a port%s%s", &rc->addr,
+                      &rc->mcf->sentinel_master,
                       reply->type == REDIS_REPLY_ERROR ? ": " : "",
                       reply->type == REDIS_REPLY_ERROR ? reply->str : "");
 
@@ -175,21 +221,17 @@ ngx_http_collab_sentinel_addr_reply(redisAsyncContext *ac, void *r,
         return;
     }
 
-    h = reply->element[0];
-    p = reply->element[1];
-    port = ngx_atoi((u_char *) p->str, p->len);
-
-    if (ngx_http_collab_addr_set(&addr, (u_char *) h->str, h->len, port)
-        != NGX_OK)
-    {
-        ngx_log_error(NGX_LOG_ERR, rc->log, 0,
-                      "collab: sentinel \"%V\" names an invalid primary "
-                      "address", &rc->addr);
+    if (epoch < w->primary_epoch) {
+        ngx_log_error(NGX_LOG_WARN, rc->log, 0,
+                      "collab: sentinel \"%V\" lags (config-epoch %L, "
+                      "%L seen), asking the next one", &rc->addr, epoch,
+                      w->primary_epoch);
         redisAsyncDisconnect(ac);
         return;
     }
 
-    primary = &ngx_http_collab_worker->primary;
+    w->primary_epoch = epoch;
+    primary = &w->primary;
 
     changed = primary->port != addr.port
               || ngx_strcmp(primary->host, addr.host) != 0;
@@ -202,6 +244,12 @@ ngx_http_collab_sentinel_addr_reply(redisAsyncContext *ac, void *r,
 
         *primary = addr;
     }
+
+    if (rc->state == NGX_HTTP_COLLAB_REDIS_SETUP) {
+        ngx_http_collab_redis_setup_done(rc);
+    }
+
+    ngx_add_timer(&rc->heartbeat, NGX_HTTP_COLLAB_SENTINEL_REASK);
 
     ngx_http_collab_sentinel_follow(changed);
 }
@@ -276,6 +324,9 @@ ngx_http_collab_sentinel_event(redisAsyncContext *ac, void *r, void *data)
 
     *primary = addr;
 
+    /* the failover's epoch is newer: answers of lagging sentinels are not */
+    ngx_http_collab_worker->primary_epoch++;
+
     ngx_http_collab_sentinel_follow(1);
 }
 
@@ -319,7 +370,11 @@ ngx_http_collab_sentinel_refresh(void)
 
     rc = &ngx_http_collab_worker->watch;
 
-    if (rc->state != NGX_HTTP_COLLAB_REDIS_READY || rc->heartbeat.timer_set) {
+    if (rc->state != NGX_HTTP_COLLAB_REDIS_READY
+        || (rc->heartbeat.timer_set
+            && rc->heartbeat.timer.key
+               <= ngx_current_msec + NGX_HTTP_COLLAB_SENTINEL_ASK))
+    {
         return;
     }
 
@@ -335,6 +390,6 @@ ngx_http_collab_sentinel_ask_handler(ngx_event_t *ev)
     rc = ev->data;
 
     if (rc->state == NGX_HTTP_COLLAB_REDIS_READY) {
-        ngx_http_collab_redis_kick(rc, "asking the sentinels again");
+        ngx_http_collab_redis_kick(rc, "asking the sentinel again");
     }
 }

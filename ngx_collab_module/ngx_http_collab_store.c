@@ -113,9 +113,11 @@ static const char  ngx_http_collab_store_lua[] =
 "end\n"
 "local function fence()\n"
 "  local info = redis.call('INFO', 'replication')\n"
+"  if not string.find(info, 'role:master', 1, true) then\n"
+"    return redis.error_reply('READONLY not the primary')\n"
+"  end\n"
 "  local id = string.match(info, 'master_replid:(%x+)')\n"
 "  if not id then return redis.error_reply('ERR no replication id') end\n"
-"  redis.call('SET', 'collab:fence', id)\n"
 "  return id\n"
 "end\n"
 "local function head_of(state)\n"
@@ -418,7 +420,12 @@ static const char  ngx_http_collab_store_lua[] =
 "  local client = args[12] or ''\n"
 "  local opk = #user .. ':' .. user .. #client .. ':' .. client .. id\n"
 "  local prev, rot = op_find(ops, opk)\n"
-"  if prev then return {0, tonumber(prev), epoch} end\n"
+/* ack=replicated (REPLICATED): a write, so that the WAIT after it covers
+ * the first store of this op too */
+"  if prev then\n"
+"    if args[19] == '1' then redis.call('HSET', state, 'retried', prev) end\n"
+"    return {0, tonumber(prev), epoch}\n"
+"  end\n"
 "  local head = head_of(state)\n"
 "  if args[6] == '1' and args[5] ~= '' and tonumber(args[5]) ~= head then\n"
 "    touch(state, tonumber(args[17]) or 0)\n"
@@ -713,7 +720,8 @@ static const char  ngx_http_collab_store_lua[] =
 "redis.register_function('collab_state', setstate)\n"
 "redis.register_function('collab_acl', acl)\n"
 "redis.register_function('collab_deny', denied)\n"
-"redis.register_function('collab_fence', fence)\n"
+"redis.register_function{function_name = 'collab_fence',\n"
+"  callback = fence, flags = {'no-writes'}}\n"
 /* {version, oldest module version served} */
 "redis.register_function{function_name = 'collab_version',\n"
 "  callback = function() return {"
@@ -748,8 +756,10 @@ static ngx_http_collab_msg_t *ngx_http_collab_store_ack(
     ngx_http_collab_cmd_t *cmd, int64_t seq);
 static void ngx_http_collab_store_replicate(ngx_http_collab_cmd_t *cmd,
     int64_t seq);
+static void ngx_http_collab_store_wait_next(void);
 static void ngx_http_collab_store_wait_reply(ngx_http_collab_cmd_t *cmd,
     redisReply *reply);
+static void ngx_http_collab_store_wait_answer(ngx_uint_t ok, ngx_uint_t n);
 static void ngx_http_collab_store_answered(ngx_http_collab_cmd_t *cmd,
     ngx_http_collab_msg_t *m);
 static void ngx_http_collab_store_woke(ngx_http_collab_session_t *s);
@@ -1200,8 +1210,8 @@ ngx_http_collab_store_append(ngx_http_collab_session_t *s, ngx_str_t *doc,
     u_char                  smax[NGX_SIZE_T_LEN];
     u_char                  role[2];
     u_char                  retain[4][NGX_INT64_LEN];
-    const char             *argv[26];
-    size_t                  argvlen[26];
+    const char             *argv[27];
+    size_t                  argvlen[27];
     ngx_int_t               rc;
     ngx_http_collab_cmd_t  *cmd;
     ngx_http_collab_msg_t  *m;
@@ -1278,11 +1288,13 @@ ngx_http_collab_store_append(ngx_http_collab_session_t *s, ngx_str_t *doc,
     ngx_http_collab_store_retain_args(s->conf, &argv[21], &argvlen[21],
                                       retain);
     ngx_http_collab_store_fence_arg(&argv[25], &argvlen[25]);
+    argv[26] = ngx_http_collab_worker->mcf->ack_replicas ? "1" : "";
+    argvlen[26] = ngx_http_collab_worker->mcf->ack_replicas ? 1 : 0;
 
     s->inflight++;
 
     rc = ngx_http_collab_redis_command(&ngx_http_collab_worker->cmd, cmd,
-                                       26, argv, argvlen);
+                                       27, argv, argvlen);
 
     if (rc == NGX_OK) {
         return NGX_OK;
@@ -1397,6 +1409,14 @@ ngx_http_collab_store_append_reply(ngx_http_collab_cmd_t *cmd,
                                       &cmd->id,
                                       "the document store is unavailable");
 
+    } else if (reply->type == REDIS_REPLY_ERROR
+               && ngx_strncmp(reply->str, "NOREPLICAS", 10) == 0)
+    {
+        /* min-replicas-to-write: not stored, a retry may be */
+        m = ngx_http_collab_msg_error("nack", "unavailable", &cmd->doc,
+                                      &cmd->id, "the document store has too "
+                                      "few replicas now; retry later");
+
     } else if (reply->type == REDIS_REPLY_ERROR) {
         ngx_log_error(NGX_LOG_ERR, s->connection->log, 0,
                       "collab: storing a delta of \"%V\" failed: %s",
@@ -1460,32 +1480,73 @@ ngx_http_collab_store_ack(ngx_http_collab_cmd_t *cmd, int64_t seq)
 
 
 /*
- * ack=replicated: WAIT for the replicas on the connection that stored the
- * delta (WAIT counts that connection's writes); its reply answers.
+ * ack=replicated.  WAIT counts the writes of the connection that sends it,
+ * and Redis answers nothing else on that connection while it waits: so one
+ * WAIT at a time, for every delta stored before it was sent.  Deltas
+ * stored meanwhile wait for the next one.  The queue is bounded by the
+ * deltas in flight (collab_max_inflight per session).
  */
 
 static void
 ngx_http_collab_store_replicate(ngx_http_collab_cmd_t *cmd, int64_t seq)
 {
+    ngx_http_collab_worker_t  *w;
+
+    w = ngx_http_collab_worker;
+
+    if (ngx_http_collab_store_replicas_short()) {
+        ngx_http_collab_store_answered(cmd,
+            ngx_http_collab_msg_error("nack", "unavailable", &cmd->doc,
+                                      &cmd->id, "the replicas do not "
+                                      "confirm deltas now; retry later "
+                                      "with the same id"));
+        return;
+    }
+
+    cmd->seq = seq;
+    cmd->session->inflight++;
+
+    ngx_queue_insert_tail(&w->acks, &cmd->redis_link);
+
+    ngx_http_collab_store_wait_next();
+}
+
+
+static void
+ngx_http_collab_store_wait_next(void)
+{
     u_char                       nrep[NGX_INT_T_LEN], ms[NGX_INT_T_LEN];
     const char                  *argv[3];
     size_t                       argvlen[3];
-    ngx_int_t                    rc;
-    ngx_uint_t                   slot;
-    ngx_http_collab_msg_t       *m;
-    ngx_http_collab_session_t   *s;
+    ngx_uint_t                   n;
+    ngx_queue_t                 *q;
+    ngx_http_collab_cmd_t       *cmd;
+    ngx_http_collab_worker_t    *w;
     ngx_http_collab_main_conf_t *mcf;
 
-    s = cmd->session;
-    slot = cmd->slot;
-    mcf = ngx_http_collab_worker->mcf;
+    w = ngx_http_collab_worker;
+    mcf = w->mcf;
 
-    /* built first: a command that cannot be sent is freed */
-    m = ngx_http_collab_msg_error("nack", "unavailable", &cmd->doc, &cmd->id,
-                                  "the delta could not be confirmed by "
-                                  "the replicas; retry with the same id");
+    if (w->wait || ngx_queue_empty(&w->acks)) {
+        return;
+    }
 
-    cmd->seq = seq;
+    n = 0;
+
+    for (q = ngx_queue_head(&w->acks);
+         q != ngx_queue_sentinel(&w->acks);
+         q = ngx_queue_next(q))
+    {
+        n++;
+    }
+
+    cmd = ngx_http_collab_cmd_alloc(NULL, 0);
+    if (cmd == NULL) {
+        ngx_http_collab_store_wait_answer(0, n);
+        return;
+    }
+
+    cmd->by_name = 1;
     cmd->handler = ngx_http_collab_store_wait_reply;
 
     argv[0] = "WAIT";
@@ -1495,22 +1556,16 @@ ngx_http_collab_store_replicate(ngx_http_collab_cmd_t *cmd, int64_t seq)
     argv[2] = (char *) ms;
     argvlen[2] = ngx_sprintf(ms, "%M", mcf->ack_timeout) - ms;
 
-    s->inflight++;
-
-    rc = ngx_http_collab_redis_command(&ngx_http_collab_worker->cmd, cmd, 3,
-                                       argv, argvlen);
-    if (rc == NGX_OK) {
-        if (m) {
-            ngx_http_collab_msg_release(m);
-        }
-
+    if (ngx_http_collab_redis_command(&w->cmd, cmd, 3, argv, argvlen)
+        != NGX_OK)
+    {
+        /* not sent, so the deltas were stored on a connection now gone */
+        ngx_http_collab_store_wait_answer(0, n);
         return;
     }
 
-    s->inflight--;
-
-    ngx_http_collab_store_woke(s);
-    ngx_http_collab_reply(s, slot, m);
+    w->wait = cmd;
+    w->wait_batch = n;
 }
 
 
@@ -1518,38 +1573,76 @@ static void
 ngx_http_collab_store_wait_reply(ngx_http_collab_cmd_t *cmd,
     redisReply *reply)
 {
-    ngx_http_collab_msg_t      *m;
-    ngx_http_collab_session_t  *s;
-    ngx_http_collab_worker_t   *w;
+    ngx_uint_t                 ok;
+    ngx_http_collab_worker_t  *w;
 
-    s = cmd->session;
-    s->inflight--;
     w = ngx_http_collab_worker;
+    w->wait = NULL;
 
-    if (reply && reply->type == REDIS_REPLY_INTEGER
-        && reply->integer >= (long long) ngx_http_collab_worker->mcf->ack_replicas)
-    {
-        m = ngx_http_collab_store_ack(cmd, cmd->seq);
+    ngx_http_collab_cmd_free(cmd);
 
-    } else {
-        if (reply && reply->type == REDIS_REPLY_INTEGER) {
-            /* appends are refused for a while rather than all waiting */
-            w->replicas_short = ngx_current_msec + 1000;
+    ok = reply && reply->type == REDIS_REPLY_INTEGER
+         && reply->integer >= (long long) w->mcf->ack_replicas;
 
-            ngx_log_error(NGX_LOG_WARN, s->connection->log, 0,
-                          "collab: delta %L of \"%V\" reached %L of %ui "
-                          "replicas within %M", cmd->seq, &cmd->doc,
-                          (int64_t) reply->integer, ngx_http_collab_worker->mcf->ack_replicas,
-                          w->mcf->ack_timeout);
-        }
+    if (reply && reply->type == REDIS_REPLY_INTEGER && !ok) {
+        /* appends are refused for a while rather than all waiting */
+        w->replicas_short = ngx_current_msec + 1000;
 
-        m = ngx_http_collab_msg_error("nack", "unavailable", &cmd->doc,
-                                      &cmd->id, "the delta was not confirmed "
-                                      "by enough replicas; retry with the "
-                                      "same id");
+        ngx_log_error(NGX_LOG_WARN, w->log, 0,
+                      "collab: %ui deltas reached %L of %ui replicas within "
+                      "%M", w->wait_batch, (int64_t) reply->integer,
+                      w->mcf->ack_replicas, w->mcf->ack_timeout);
     }
 
-    ngx_http_collab_store_answered(cmd, m);
+    if (reply == NULL || reply->type != REDIS_REPLY_INTEGER) {
+        /* the link is lost: no WAIT can cover the rest any more */
+        ngx_http_collab_store_wait_answer(0, (ngx_uint_t) -1);
+        return;
+    }
+
+    ngx_http_collab_store_wait_answer(ok, w->wait_batch);
+
+    ngx_http_collab_store_wait_next();
+}
+
+
+/* acks (or nacks) the first n deltas of the queue */
+
+static void
+ngx_http_collab_store_wait_answer(ngx_uint_t ok, ngx_uint_t n)
+{
+    ngx_queue_t                *q;
+    ngx_http_collab_msg_t      *m;
+    ngx_http_collab_cmd_t      *cmd;
+    ngx_http_collab_worker_t   *w;
+
+    w = ngx_http_collab_worker;
+
+    while (n-- && !ngx_queue_empty(&w->acks)) {
+        q = ngx_queue_head(&w->acks);
+        ngx_queue_remove(q);
+        cmd = ngx_queue_data(q, ngx_http_collab_cmd_t, redis_link);
+
+        if (cmd->session == NULL) {
+            /* the session is gone */
+            ngx_http_collab_cmd_free(cmd);
+            continue;
+        }
+
+        cmd->session->inflight--;
+
+        if (ok) {
+            m = ngx_http_collab_store_ack(cmd, cmd->seq);
+
+        } else {
+            m = ngx_http_collab_msg_error("nack", "unavailable", &cmd->doc,
+                                          &cmd->id, "the delta was not "
+                                          "confirmed by enough replicas; "
+                                          "retry with the same id");
+        }
+
+        ngx_http_collab_store_answered(cmd, m);
+    }
 }
 
 

@@ -96,6 +96,8 @@ EOF
         ['collab_redis 127.0.0.1 ack=replicated:17;', 'ack=replicated:17', 'more than 16'],
         ['collab_redis 127.0.0.1 ack=always;', 'ack=always', 'an unknown ack mode'],
         ['collab_redis 127.0.0.1 ack_timeout=0;', 'ack_timeout=0', 'a zero ack_timeout'],
+        ['collab_redis 127.0.0.1 ack=replicated ack_timeout=2s timeout=3s;',
+         'more than half of timeout', 'an ack_timeout over half the timeout'],
     ) {
         (my $c = $CONF) =~ s/collab_redis .*?;/$bad->[0]/s;
         ($rc, $out) = $t->check_nginx_conf($c);
@@ -154,6 +156,17 @@ sub session {
        'the next delta within a second is refused at once');
     is($t->redis_at($port, 'XLEN', 'collab:{short}:log'), 1,
        '... and not stored (the first one was)');
+    # the retry through an nginx started now: its connection wrote nothing,
+    # so a bare WAIT there would return at once; it must cover the first store
+    $t->start_nginx(name => 'c', conf => $CONF);
+    my $wc = session(instance => 'c');
+    $wc->send_json({ type => 'delta', doc => 'short', id => 'x1', data => 1 });
+    $n = $wc->wait_for(sub { ($_[0]{id} // '') eq 'x1' }, 10);
+    is($n && "$n->{type} $n->{code}", 'nack unavailable',
+       'a retry elsewhere is not acked while the replicas still lack the delta')
+        or diag explain $n;
+    $wc->close(1000);
+    $t->stop_nginx(name => 'c');
     $t->kill_node($_, 'CONT') for @reps;
     ok(wait_until('replicas', 40, sub { replicas_online($port) == 2 && settled($port) }),
        'the replicas are back');

@@ -113,12 +113,12 @@ is($r->{status}, 400, 'a plain GET over TLS: 400');
     is($t->subscribe($a, 'both')->{type}, 'subscribed', 'a subscribed');
     is($t->subscribe($b, 'both')->{type}, 'subscribed', 'b subscribed');
     $a->send_json({ type => 'delta', doc => 'both', id => 'a1', data => 'from a' });
-    is(($a->wait_for({ id => 'a1' }, 5) // {})->{type}, 'ack', 'a: ack');
+    is(($a->wait_for({ id => 'a1', type => 'ack' }, 5) // {})->{type}, 'ack', 'a: ack');
     my $m = $b->wait_for(sub { $_[0]{type} eq 'delta' && $_[0]{id} eq 'a1' }, 5);
     is($m && $m->{data}, 'from a', 'b gets the delta of a');
     my $big = 'B' x 150_000;    # ten TLS records
     $b->send_json({ type => 'delta', doc => 'both', id => 'b1', data => $big });
-    is(($b->wait_for({ id => 'b1' }, 5) // {})->{type}, 'ack', 'b: 150 KB delta acked');
+    is(($b->wait_for({ id => 'b1', type => 'ack' }, 5) // {})->{type}, 'ack', 'b: 150 KB delta acked');
     $m = $a->wait_for(sub { $_[0]{type} eq 'delta' && $_[0]{id} eq 'b1' }, 5);
     ok($m && $m->{data} eq $big, 'a gets the 150 KB delta of b whole');
     # the same to a reader at full speed behind sndbuf=32k
