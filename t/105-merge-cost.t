@@ -53,9 +53,16 @@ sub timed_delta {
 }
 
 # --- worst cases of a 60 KB state, with the 64 KB messages of the defaults
-my $LIMIT_US = 100_000;    # one pass is a few ms; a rescan per level was 400
+# One pass is a few ms; a rescan per level was 400-900 ms, a hundred times a
+# flat patch of the same size.  The limit is 100 ms, or 20 flat patches
+# when the machine is so busy that a flat patch itself takes longer than 5 ms
+# (SLOWLOG measures wall time, which a busy machine stretches).
 my $D = 63;
 my $inner = '[' . join(',', ('[]') x 19000) . ']';
+my @flat = sort { $a <=> $b }
+    map { (timed_delta("flat$_", 'f1', '{"x":' . $inner . '}'))[1] } 1 .. 3;
+my $LIMIT_US = 20 * $flat[1] > 100_000 ? 20 * $flat[1] : 100_000;
+diag "a flat 60 KB patch: @flat us; limit $LIMIT_US us";
 for my $case (['deep', '"s":"[",'], ['deep-plain', '']) {
     my ($doc, $pre) = @$case;
     my $p1 = '{' . $pre . ('"a":{' x $D) . '"x":' . $inner . ('}' x $D) . '}';

@@ -450,6 +450,13 @@ is($a3 && $a3->{type}, 'ack', 'the owner edits on');
 set_acl($LIVE, { version => 4, default => 'none', users => { olga => 'owner', eve => 'viewer' } });
 announce($LIVE);
 is(role_of($eve, $LIVE), 'viewer', 'eve re-added as viewer can subscribe');
+# the subscribe reads the ACL itself: wait until a worker loaded version 4
+# (its audit entry), or version 5 could be the next one loaded
+{
+    my $deadline = time + 10;
+    Collab::HTTP::idle(0.05)
+        until grep({ ($_->{new} // '') eq '4' } audit($LIVE, 'acl')) || time > $deadline;
+}
 set_acl($LIVE, { version => 5, default => 'none', users => { olga => 'owner', eve => 'editor' } });
 my $t5 = time;
 announce($LIVE);
