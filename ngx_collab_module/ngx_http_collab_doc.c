@@ -37,6 +37,9 @@ static ngx_http_collab_sub_t *ngx_http_collab_doc_sub_create(
     ngx_http_collab_session_t *s, ngx_str_t *name);
 static void ngx_http_collab_doc_redis_lost(ngx_http_collab_doc_t *doc);
 static void ngx_http_collab_doc_redis_subscribed(ngx_http_collab_doc_t *doc);
+static void ngx_http_collab_doc_shard_message(ngx_http_collab_doc_t *doc,
+    redisReply *kind, redisReply *reply);
+static void ngx_http_collab_doc_members_lost(ngx_http_collab_doc_t *doc);
 static ngx_http_collab_msg_t *ngx_http_collab_doc_shared(u_char *payload,
     size_t len);
 static void ngx_http_collab_doc_deliver(ngx_http_collab_doc_t *doc,
@@ -206,10 +209,16 @@ ngx_http_collab_doc_redis_subscribe(ngx_http_collab_doc_t *doc)
     size_t                    argvlen[2];
     ngx_http_collab_redis_t  *rc;
 
-    rc = &ngx_http_collab_worker->sub;
+    rc = ngx_http_collab_redis_for_doc(&doc->node.str, 1);
 
     if (rc->state != NGX_HTTP_COLLAB_REDIS_READY) {
         /* ngx_http_collab_doc_redis_ready() subscribes */
+        return;
+    }
+
+    if (rc->nshard >= NGX_HTTP_COLLAB_SHARD_MAX) {
+        /* hiredis's records of S(UN)SUBSCRIBE go with the connection */
+        ngx_http_collab_redis_kick(rc, "too many sharded subscriptions");
         return;
     }
 
@@ -220,9 +229,24 @@ ngx_http_collab_doc_redis_subscribe(ngx_http_collab_doc_t *doc)
 
     if (ngx_http_collab_redis_raw(rc, ngx_http_collab_doc_message, doc, 2,
                                   argv, argvlen)
-        == NGX_OK)
+        != NGX_OK)
     {
-        doc->in_redis = 1;
+        return;
+    }
+
+    doc->in_redis = 1;
+    doc->redis = rc;
+
+    if (ngx_http_collab_worker->cluster) {
+        /* the pushes come to the callback that SUBSCRIBE registered */
+
+        argv[0] = "SSUBSCRIBE";
+        argvlen[0] = 10;
+
+        (void) ngx_http_collab_redis_raw(rc,
+                                         ngx_http_collab_cluster_shard_reply,
+                                         rc, 2, argv, argvlen);
+        rc->nshard++;
     }
 }
 
@@ -248,8 +272,10 @@ ngx_http_collab_doc_subscribe(ngx_http_collab_session_t *s, ngx_str_t *name,
 
     /* a worker that is still connecting serves the subscribe when ready */
 
-    if (ngx_http_collab_worker->cmd.state == NGX_HTTP_COLLAB_REDIS_DOWN
-        || ngx_http_collab_worker->sub.state == NGX_HTTP_COLLAB_REDIS_DOWN)
+    if (ngx_http_collab_redis_for_doc(name, 0)->state
+        == NGX_HTTP_COLLAB_REDIS_DOWN
+        || ngx_http_collab_redis_for_doc(name, 1)->state
+           == NGX_HTTP_COLLAB_REDIS_DOWN)
     {
         m = ngx_http_collab_msg_error("error", "unavailable", name, NULL,
                                       "the document store is unavailable");
@@ -295,7 +321,7 @@ ngx_http_collab_doc_subscribe(ngx_http_collab_session_t *s, ngx_str_t *name,
         sub->has_epoch = 1;
     }
 
-    if (!doc->in_redis || doc->unsubscribing) {
+    if ((!doc->in_redis || doc->unsubscribing) && !doc->moved) {
         doc->unsubscribing = 0;
         ngx_http_collab_doc_redis_subscribe(doc);
     }
@@ -479,12 +505,25 @@ ngx_http_collab_doc_sub_free(ngx_http_collab_sub_t *sub)
         return;
     }
 
-    rc = &ngx_http_collab_worker->sub;
+    rc = doc->redis;
+
+    argv[1] = (char *) doc->channel.data;
+    argvlen[1] = doc->channel.len;
+
+    if (ngx_http_collab_worker->cluster) {
+        /* before UNSUBSCRIBE, which ends the callback */
+
+        argv[0] = "SUNSUBSCRIBE";
+        argvlen[0] = 12;
+
+        (void) ngx_http_collab_redis_raw(rc,
+                                         ngx_http_collab_cluster_shard_reply,
+                                         rc, 2, argv, argvlen);
+        rc->nshard++;
+    }
 
     argv[0] = "UNSUBSCRIBE";
     argvlen[0] = 11;
-    argv[1] = (char *) doc->channel.data;
-    argvlen[1] = doc->channel.len;
 
     if (ngx_http_collab_redis_raw(rc, NULL, NULL, 2, argv, argvlen)
         == NGX_OK)
@@ -500,6 +539,7 @@ ngx_http_collab_doc_message(redisAsyncContext *ac, void *r, void *data)
 {
     ngx_http_collab_doc_t *doc = data;
 
+    ngx_uint_t   cluster;
     redisReply  *reply, *kind;
 
     reply = r;
@@ -516,6 +556,14 @@ ngx_http_collab_doc_message(redisAsyncContext *ac, void *r, void *data)
     }
 
     kind = reply->element[0];
+    cluster = (ngx_http_collab_worker->cluster != NULL);
+
+    /* in a cluster: "smessage", "ssubscribe", "sunsubscribe" */
+
+    if (cluster && kind->len > 1 && kind->str[0] == 's') {
+        ngx_http_collab_doc_shard_message(doc, kind, reply);
+        return;
+    }
 
     if (kind->len == 7 && ngx_strncmp(kind->str, "message", 7) == 0) {
         if (reply->element[2]->type == REDIS_REPLY_STRING) {
@@ -527,7 +575,11 @@ ngx_http_collab_doc_message(redisAsyncContext *ac, void *r, void *data)
     }
 
     if (kind->len == 9 && ngx_strncmp(kind->str, "subscribe", 9) == 0) {
-        ngx_http_collab_doc_redis_subscribed(doc);
+        if (!cluster) {
+            /* in a cluster "ssubscribe" says it */
+            ngx_http_collab_doc_redis_subscribed(doc);
+        }
+
         return;
     }
 
@@ -543,10 +595,84 @@ ngx_http_collab_doc_message(redisAsyncContext *ac, void *r, void *data)
 
         if (doc->nsubs == 0) {
             ngx_http_collab_doc_free(doc);
+            return;
+        }
+
+        if (doc->moved
+            && ngx_http_collab_redis_for_doc(&doc->node.str, 1) != doc->redis)
+        {
+            /* the map names the new owner already */
+            doc->moved = 0;
+            ngx_http_collab_doc_redis_subscribe(doc);
+        }
+
+        /* else the next map subscribes it (cluster_apply) */
+
+        doc->moved = 0;
+
+        return;
+    }
+}
+
+
+/*
+ * Sharded pub/sub.  "sunsubscribe" that we did not ask for: a reshard took
+ * the slot away; the channel leaves this node and the members catch up
+ * from the log once it is followed on the new owner.
+ */
+
+static void
+ngx_http_collab_doc_shard_message(ngx_http_collab_doc_t *doc,
+    redisReply *kind, redisReply *reply)
+{
+    const char               *argv[2];
+    size_t                    argvlen[2];
+    ngx_http_collab_redis_t  *rc;
+
+    if (kind->len == 8 && ngx_strncmp(kind->str, "smessage", 8) == 0) {
+        if (reply->element[2]->type == REDIS_REPLY_STRING) {
+            ngx_http_collab_doc_fanout(doc, (u_char *) reply->element[2]->str,
+                                       reply->element[2]->len);
         }
 
         return;
     }
+
+    if (kind->len == 10 && ngx_strncmp(kind->str, "ssubscribe", 10) == 0) {
+        ngx_http_collab_doc_redis_subscribed(doc);
+        return;
+    }
+
+    if (kind->len != 12 || ngx_strncmp(kind->str, "sunsubscribe", 12) != 0
+        || doc->unsubscribing)
+    {
+        return;
+    }
+
+    rc = doc->redis;
+
+    ngx_log_error(NGX_LOG_NOTICE, rc->log, 0,
+                  "collab: the slot of \"%V\" left \"%V\"", &doc->channel,
+                  &rc->addr);
+
+    ngx_http_collab_cluster_refresh();
+
+    argv[0] = "UNSUBSCRIBE";
+    argvlen[0] = 11;
+    argv[1] = (char *) doc->channel.data;
+    argvlen[1] = doc->channel.len;
+
+    if (ngx_http_collab_redis_raw(rc, NULL, NULL, 2, argv, argvlen)
+        != NGX_OK)
+    {
+        return;
+    }
+
+    doc->unsubscribing = 1;
+    doc->moved = 1;
+    doc->subscribed = 0;
+
+    ngx_http_collab_doc_members_lost(doc);
 }
 
 
@@ -555,19 +681,27 @@ ngx_http_collab_doc_message(redisAsyncContext *ac, void *r, void *data)
 static void
 ngx_http_collab_doc_redis_lost(ngx_http_collab_doc_t *doc)
 {
-    ngx_queue_t            *q;
-    ngx_http_collab_sub_t  *sub;
-
     doc->in_redis = 0;
     doc->subscribed = 0;
     doc->unsubscribing = 0;
+    doc->moved = 0;
 
     if (doc->nsubs == 0) {
         ngx_http_collab_doc_free(doc);
         return;
     }
 
-    /* what was published meanwhile is read from the log later */
+    ngx_http_collab_doc_members_lost(doc);
+}
+
+
+/* what was published meanwhile is read from the log later */
+
+static void
+ngx_http_collab_doc_members_lost(ngx_http_collab_doc_t *doc)
+{
+    ngx_queue_t            *q;
+    ngx_http_collab_sub_t  *sub;
 
     for (q = ngx_queue_head(&doc->subs);
          q != ngx_queue_sentinel(&doc->subs);
@@ -930,7 +1064,8 @@ ngx_http_collab_doc_sub_read(ngx_http_collab_sub_t *sub)
     s = sub->session;
 
     if (!sub->doc->subscribed
-        || ngx_http_collab_worker->cmd.state != NGX_HTTP_COLLAB_REDIS_READY
+        || ngx_http_collab_redis_for_doc(&sub->doc->node.str, 0)->state
+           != NGX_HTTP_COLLAB_REDIS_READY
         || (sub->doc->acl_stale && sub->state != NGX_HTTP_COLLAB_SUB_JOINING)
         || (sub->state != NGX_HTTP_COLLAB_SUB_JOINING
             && s->out_bytes > s->conf->send_queue / 2))
@@ -1539,8 +1674,15 @@ ngx_http_collab_doc_publish(ngx_http_collab_session_t *s, ngx_str_t *doc,
 
     cmd->handler = ngx_http_collab_cmd_discard;
 
-    argv[0] = "PUBLISH";
-    argvlen[0] = 7;
+    if (ngx_http_collab_worker->cluster) {
+        argv[0] = "SPUBLISH";
+        argvlen[0] = 8;
+
+    } else {
+        argv[0] = "PUBLISH";
+        argvlen[0] = 7;
+    }
+
     argv[1] = (char *) chan;
     argvlen[1] = ngx_http_collab_key(chan, doc, "");
     argv[2] = (char *) m->json;
@@ -1548,7 +1690,7 @@ ngx_http_collab_doc_publish(ngx_http_collab_session_t *s, ngx_str_t *doc,
 
     /* ephemera are dropped quietly when Redis is away */
 
-    return ngx_http_collab_redis_command(&ngx_http_collab_worker->cmd, cmd,
-                                         3, argv, argvlen);
+    return ngx_http_collab_redis_command(ngx_http_collab_redis_for_doc(doc, 0),
+                                         cmd, 3, argv, argvlen);
 }
 

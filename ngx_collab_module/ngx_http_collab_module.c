@@ -15,6 +15,8 @@ static ngx_int_t ngx_http_collab_rewrite_handler(ngx_http_request_t *r);
 static char *ngx_http_collab(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 static char *ngx_http_collab_redis(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static ngx_int_t ngx_http_collab_redis_seeds(ngx_conf_t *cf,
+    ngx_http_collab_main_conf_t *mcf, ngx_str_t *v);
 static ngx_int_t ngx_http_collab_redis_sentinels(ngx_conf_t *cf,
     ngx_http_collab_main_conf_t *mcf, ngx_str_t *v);
 static ngx_int_t ngx_http_collab_redis_parse_addr(ngx_conf_t *cf,
@@ -592,6 +594,13 @@ ngx_http_collab_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         mcf->sentinel_master.len = value[1].len - 9;
         mcf->sentinel_master.data = value[1].data + 9;
 
+    } else if (value[1].len >= 8
+               && ngx_strncmp(value[1].data, "cluster:", 8) == 0)
+    {
+        if (ngx_http_collab_redis_seeds(cf, mcf, &value[1]) != NGX_OK) {
+            return NGX_CONF_ERROR;
+        }
+
     } else if (ngx_http_collab_redis_parse_addr(cf, mcf, &value[1])
                != NGX_OK)
     {
@@ -631,7 +640,74 @@ ngx_http_collab_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
+    if (mcf->cluster_seeds && mcf->redis_db) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "a Redis Cluster has no \"db=\"");
+        return NGX_CONF_ERROR;
+    }
+
+    if (mcf->cluster_seeds && mcf->ack_replicas) {
+        /* the worker's one WAIT at a time is for one primary */
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"ack=replicated\" is not supported with a "
+                           "Redis Cluster");
+        return NGX_CONF_ERROR;
+    }
+
     return NGX_CONF_OK;
+}
+
+
+/* cluster:host:port,host:port,...: where to ask for the slot map */
+
+static ngx_int_t
+ngx_http_collab_redis_seeds(ngx_conf_t *cf, ngx_http_collab_main_conf_t *mcf,
+    ngx_str_t *v)
+{
+    u_char                  *p, *last, *comma;
+    ngx_str_t                one;
+    ngx_http_collab_addr_t  *a;
+
+    mcf->cluster_seeds = ngx_array_create(cf->pool, 3,
+                                          sizeof(ngx_http_collab_addr_t));
+    if (mcf->cluster_seeds == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = v->data + 8;
+    last = v->data + v->len;
+
+    if (p == last || last[-1] == ',') {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid Redis Cluster node \"\" in \"%V\"", v);
+        return NGX_ERROR;
+    }
+
+    for ( /* void */ ; p < last; p = comma + 1) {
+        comma = ngx_strlchr(p, last, ',');
+        if (comma == NULL) {
+            comma = last;
+        }
+
+        one.data = p;
+        one.len = comma - p;
+
+        a = ngx_array_push(mcf->cluster_seeds);
+        if (a == NULL) {
+            return NGX_ERROR;
+        }
+
+        if (one.len == 0
+            || ngx_http_collab_addr_parse(cf->pool, &one, a, 6379) != NGX_OK)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid Redis Cluster node \"%V\" in \"%V\"",
+                               &one, v);
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
 }
 
 
@@ -681,7 +757,8 @@ ngx_http_collab_redis_sentinels(ngx_conf_t *cf,
         }
 
         if (one.len == 0
-            || ngx_http_collab_addr_parse(cf->pool, &one, a) != NGX_OK)
+            || ngx_http_collab_addr_parse(cf->pool, &one, a, 26379)
+               != NGX_OK)
         {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                "invalid Sentinel address \"%V\" in \"%V\"",
@@ -1681,6 +1758,13 @@ ngx_http_collab_init_process(ngx_cycle_t *cycle)
         return NGX_ERROR;
     }
 
+    if (mcf->cluster_seeds) {
+        /* the two above stay unconnected: each primary has a pair */
+        if (ngx_http_collab_cluster_init(cycle, mcf) != NGX_OK) {
+            return NGX_ERROR;
+        }
+    }
+
     if (mcf->sentinel_master.len) {
         /* the two above wait for the primary that this one learns */
         w->watch.sentinel = 1;
@@ -1721,6 +1805,10 @@ ngx_http_collab_exit_process(ngx_cycle_t *cycle)
 
     if (w->watch.sentinel) {
         ngx_http_collab_redis_exit(&w->watch);
+    }
+
+    if (w->cluster) {
+        ngx_http_collab_cluster_exit();
     }
 
     if (w->watcher) {

@@ -86,6 +86,9 @@
 #define NGX_HTTP_COLLAB_SUB_CATCHUP       1   /* reading the log */
 #define NGX_HTTP_COLLAB_SUB_LIVE          2   /* fed by pub/sub */
 
+/* cluster: a subscriber connection is rebuilt after as many S(UN)SUBSCRIBE */
+#define NGX_HTTP_COLLAB_SHARD_MAX         65536
+
 #define NGX_HTTP_COLLAB_REDIS_DOWN        0
 #define NGX_HTTP_COLLAB_REDIS_CONNECTING  1
 #define NGX_HTTP_COLLAB_REDIS_SETUP       2   /* AUTH, SELECT, FUNCTION */
@@ -106,6 +109,7 @@ typedef struct ngx_http_collab_acl_load_s   ngx_http_collab_acl_load_t;
 typedef struct ngx_http_collab_acl_admin_s  ngx_http_collab_acl_admin_t;
 typedef struct ngx_http_collab_get_s        ngx_http_collab_get_t;
 typedef struct ngx_http_collab_metrics_sh_s ngx_http_collab_metrics_sh_t;
+typedef struct ngx_http_collab_cluster_s    ngx_http_collab_cluster_t;
 
 
 /* a Redis or Sentinel TCP address: an IP, for hiredis's blocking resolver */
@@ -130,6 +134,7 @@ struct ngx_http_collab_main_conf_s {
     ngx_uint_t                   redis_session_inflight;
     ngx_str_t                    sentinel_master; /* "sentinel:NAME" */
     ngx_array_t                 *sentinels;      /* ngx_http_collab_addr_t */
+    ngx_array_t                 *cluster_seeds;  /* ngx_http_collab_addr_t */
     ngx_uint_t                   ack_replicas;   /* ack=replicated[:N] */
     ngx_msec_t                   ack_timeout;
     ngx_uint_t                   enabled;        /* any collab location */
@@ -256,9 +261,12 @@ struct ngx_http_collab_doc_s {
     ngx_uint_t                   nsubs;
     uint64_t                     seq;            /* highest seen live */
     ngx_str_t                    channel;        /* collab:{doc} */
+    ngx_http_collab_redis_t     *redis;          /* subscribed there */
     unsigned                     subscribed:1;
     unsigned                     in_redis:1;     /* dict entry in hiredis */
     unsigned                     unsubscribing:1;
+    unsigned                     moved:1;        /* cluster: its slot left
+                                                    the node subscribed */
     u_char                       epoch[NGX_HTTP_COLLAB_EPOCH_LEN];
     unsigned                     has_epoch:1;
     unsigned                     acl_known:1;
@@ -295,6 +303,11 @@ struct ngx_http_collab_cmd_s {
     int64_t                      seq;            /* stored, awaiting WAIT */
     ngx_str_t                    doc;
     ngx_str_t                    id;
+    ngx_http_collab_redis_t     *rc;             /* sent on */
+    char                        *fmt;            /* cluster: to resend */
+    size_t                       fmt_len;
+    ngx_uint_t                   redirects;
+    unsigned                     asking:1;       /* ASK: ASKING first */
     unsigned                     by_name:1;      /* the worker's: the reply
                                                     finds its doc by name */
     u_char                       data[1];
@@ -318,9 +331,12 @@ struct ngx_http_collab_redis_s {
     ngx_str_t                    addr;           /* of this connection */
     ngx_http_collab_addr_t       target;         /* sentinel mode */
     ngx_uint_t                   next_sentinel;
+    ngx_uint_t                   node;           /* cluster: its index + 1 */
+    ngx_uint_t                   nshard;         /* cluster: S(UN)SUBSCRIBEs */
     unsigned                     subscriber:1;
     unsigned                     sentinel:1;     /* to a Redis Sentinel */
     unsigned                     kicked:1;       /* dropped on purpose */
+    unsigned                     cluster_map:1;  /* asks for the slot map */
     unsigned                     exiting:1;
     unsigned                     heartbeat_pending:1;
     const char                  *name;
@@ -440,6 +456,7 @@ typedef struct {
     ngx_http_collab_redis_t      watch;          /* to a sentinel */
     ngx_http_collab_addr_t       primary;        /* as the sentinels say */
     int64_t                      primary_epoch;  /* its config-epoch */
+    ngx_http_collab_cluster_t   *cluster;        /* cluster mode */
     ngx_msec_t                   replicas_short; /* a WAIT fell short then */
     ngx_queue_t                  acks;           /* stored, await a WAIT */
     ngx_http_collab_cmd_t       *wait;           /* the WAIT in flight */
@@ -762,9 +779,31 @@ void ngx_http_collab_redis_kick(ngx_http_collab_redis_t *rc,
 void ngx_http_collab_sentinel_ready(ngx_http_collab_redis_t *rc);
 void ngx_http_collab_sentinel_refresh(void);
 ngx_int_t ngx_http_collab_addr_parse(ngx_pool_t *pool, ngx_str_t *text,
-    ngx_http_collab_addr_t *addr);
+    ngx_http_collab_addr_t *addr, in_port_t default_port);
 ngx_int_t ngx_http_collab_addr_set(ngx_http_collab_addr_t *addr,
     u_char *host, size_t len, ngx_int_t port);
+
+/* Redis Cluster (ngx_http_collab_cluster.c) */
+ngx_int_t ngx_http_collab_cluster_init(ngx_cycle_t *cycle,
+    ngx_http_collab_main_conf_t *mcf);
+void ngx_http_collab_cluster_exit(void);
+void ngx_http_collab_cluster_ready(ngx_http_collab_redis_t *rc);
+ngx_int_t ngx_http_collab_cluster_target(ngx_http_collab_redis_t *rc);
+ngx_int_t ngx_http_collab_cluster_format(ngx_http_collab_cmd_t *cmd,
+    int argc, const char **argv, const size_t *argvlen);
+void ngx_http_collab_cluster_sent(ngx_http_collab_cmd_t *cmd);
+void ngx_http_collab_cluster_refresh(void);
+ngx_uint_t ngx_http_collab_cluster_node_used(ngx_http_collab_redis_t *rc);
+ngx_int_t ngx_http_collab_cluster_redirect(ngx_http_collab_cmd_t *cmd,
+    redisReply *reply);
+size_t ngx_http_collab_cluster_lock(ngx_http_collab_redis_t *rc,
+    u_char *buf);
+void ngx_http_collab_cluster_shard_reply(redisAsyncContext *ac, void *r,
+    void *data);
+ngx_http_collab_redis_t *ngx_http_collab_redis_for_doc(ngx_str_t *doc,
+    ngx_uint_t subscriber);
+ngx_int_t ngx_http_collab_redis_send(ngx_http_collab_redis_t *rc,
+    ngx_http_collab_cmd_t *cmd);
 
 /* Redis commands of the document store */
 

@@ -473,8 +473,10 @@ ngx_http_collab_presence_refresh_handler(ngx_event_t *ev)
     root = w->docs.root;
     sentinel = w->docs.sentinel;
 
+    /* in a cluster each document's command says if its node is there */
+
     if (root != sentinel
-        && w->cmd.state == NGX_HTTP_COLLAB_REDIS_READY)
+        && (w->cluster || w->cmd.state == NGX_HTTP_COLLAB_REDIS_READY))
     {
         for (node = ngx_rbtree_min(root, sentinel);
              node;

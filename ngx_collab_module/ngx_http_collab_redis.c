@@ -48,6 +48,8 @@ static void ngx_http_collab_redis_setup_reply(redisAsyncContext *ac,
     void *r, void *data);
 static void ngx_http_collab_redis_reply(redisAsyncContext *ac, void *r,
     void *data);
+static void ngx_http_collab_redis_track(ngx_http_collab_redis_t *rc,
+    ngx_http_collab_cmd_t *cmd);
 static void ngx_http_collab_redis_heartbeat_handler(ngx_event_t *ev);
 static void ngx_http_collab_redis_heartbeat_reply(redisAsyncContext *ac,
     void *r, void *data);
@@ -126,7 +128,7 @@ ngx_http_collab_redis_connect(ngx_http_collab_redis_t *rc)
 
     mcf = rc->mcf;
 
-    if (mcf->sentinel_master.len) {
+    if (mcf->sentinel_master.len || mcf->cluster_seeds) {
         if (ngx_http_collab_redis_target(rc) != NGX_OK) {
             /* the primary is not known yet: the sentinels connect us */
             rc->state = NGX_HTTP_COLLAB_REDIS_DOWN;
@@ -210,6 +212,10 @@ ngx_http_collab_redis_target(ngx_http_collab_redis_t *rc)
 
     mcf = rc->mcf;
 
+    if (mcf->cluster_seeds) {
+        return ngx_http_collab_cluster_target(rc);
+    }
+
     if (rc->sentinel) {
         a = mcf->sentinels->elts;
         a = &a[rc->next_sentinel % mcf->sentinels->nelts];
@@ -273,6 +279,15 @@ ngx_http_collab_redis_schedule(ngx_http_collab_redis_t *rc)
     }
 
     rc->kicked = 0;
+
+    if (rc->mcf->cluster_seeds && !rc->exiting) {
+        /* a node failed: the map may name its replica now */
+        ngx_http_collab_cluster_refresh();
+
+        if (!ngx_http_collab_cluster_node_used(rc)) {
+            return;
+        }
+    }
 
     if (rc->exiting || ngx_exiting || ngx_terminate || ngx_quit) {
         return;
@@ -595,6 +610,11 @@ ngx_http_collab_redis_on_connect(const redisAsyncContext *ac, int status)
         }
     }
 
+    if (rc->cluster_map) {
+        ngx_http_collab_cluster_ready(rc);
+        return;
+    }
+
     if (mcf->redis_db) {
         argv[0] = "SELECT";
         argvlen[0] = 6;
@@ -654,11 +674,12 @@ ngx_http_collab_redis_setup_done(ngx_http_collab_redis_t *rc)
     ngx_log_error(NGX_LOG_INFO, rc->log, 0,
                   "collab: redis %s connection ready", rc->name);
 
-    if (rc->sentinel) {
+    if (rc->sentinel || rc->cluster_map) {
         return;
     }
 
     if (rc->subscriber) {
+        rc->nshard = 0;
         rc->heartbeat_pending = 0;
 
         if (!rc->heartbeat.timer_set) {
@@ -862,6 +883,10 @@ ngx_http_collab_cmd_free(ngx_http_collab_cmd_t *cmd)
         cmd->sub = NULL;
     }
 
+    if (cmd->fmt) {
+        redisFreeCommand(cmd->fmt);
+    }
+
     ngx_free(cmd);
 }
 
@@ -916,6 +941,23 @@ ngx_http_collab_redis_command(ngx_http_collab_redis_t *rc,
         return NGX_DECLINED;
     }
 
+    if (ngx_http_collab_worker->cluster) {
+        /* kept to be sent again after MOVED or ASK */
+
+        if (ngx_http_collab_cluster_format(cmd, argc, argv, argvlen)
+            != NGX_OK
+            || ngx_http_collab_redis_send(rc, cmd) != NGX_OK)
+        {
+            ngx_http_collab_metric_inc(NGX_HTTP_COLLAB_M_REDIS_ERRORS);
+            ngx_http_collab_cmd_free(cmd);
+            return NGX_DECLINED;
+        }
+
+        ngx_http_collab_cluster_sent(cmd);
+
+        return NGX_OK;
+    }
+
     if (redisAsyncCommandArgv(rc->ac, ngx_http_collab_redis_reply, cmd,
                               argc, argv, argvlen)
         != REDIS_OK)
@@ -925,6 +967,44 @@ ngx_http_collab_redis_command(ngx_http_collab_redis_t *rc,
         return NGX_DECLINED;
     }
 
+    ngx_http_collab_redis_track(rc, cmd);
+
+    return NGX_OK;
+}
+
+
+/* cluster mode: the command's kept text, first sent or redirected */
+
+ngx_int_t
+ngx_http_collab_redis_send(ngx_http_collab_redis_t *rc,
+    ngx_http_collab_cmd_t *cmd)
+{
+    if (rc->ac == NULL || rc->state != NGX_HTTP_COLLAB_REDIS_READY
+        || rc->ninflight >= rc->mcf->redis_max_inflight)
+    {
+        return NGX_DECLINED;
+    }
+
+    if (redisAsyncFormattedCommand(rc->ac, ngx_http_collab_redis_reply, cmd,
+                                   cmd->fmt, cmd->fmt_len)
+        != REDIS_OK)
+    {
+        return NGX_DECLINED;
+    }
+
+    ngx_http_collab_redis_track(rc, cmd);
+
+    return NGX_OK;
+}
+
+
+/* the command is in flight on rc: the watchdog times it */
+
+static void
+ngx_http_collab_redis_track(ngx_http_collab_redis_t *rc,
+    ngx_http_collab_cmd_t *cmd)
+{
+    cmd->rc = rc;
     cmd->sent = ngx_current_msec;
     ngx_queue_insert_tail(&rc->inflight, &cmd->redis_link);
     rc->ninflight++;
@@ -937,8 +1017,6 @@ ngx_http_collab_redis_command(ngx_http_collab_redis_t *rc,
         rc->watchdog.cancelable = 0;
         ngx_add_timer(&rc->watchdog, rc->mcf->redis_timeout);
     }
-
-    return NGX_OK;
 }
 
 
@@ -949,13 +1027,22 @@ ngx_http_collab_redis_reply(redisAsyncContext *ac, void *r, void *data)
 
     ngx_http_collab_redis_t  *rc;
 
-    rc = &ngx_http_collab_worker->cmd;
+    rc = cmd->rc;
 
     ngx_queue_remove(&cmd->redis_link);
     rc->ninflight--;
 
     ngx_http_collab_metrics_gauge_set(NGX_HTTP_COLLAB_G_REDIS_INFLIGHT,
                                       rc->ninflight);
+
+    if (r && ((redisReply *) r)->type == REDIS_REPLY_ERROR && cmd->fmt
+        && !rc->exiting
+        && (cmd->session || cmd->doc_owner || cmd->by_name)
+        && ngx_http_collab_cluster_redirect(cmd, r) == NGX_OK)
+    {
+        /* MOVED, ASK: sent again, its reply comes later */
+        return;
+    }
 
     if (r == NULL || ((redisReply *) r)->type == REDIS_REPLY_ERROR) {
         ngx_http_collab_metric_inc(NGX_HTTP_COLLAB_M_REDIS_ERRORS);

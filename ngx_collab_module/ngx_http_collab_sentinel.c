@@ -36,11 +36,11 @@ static void ngx_http_collab_sentinel_follow(ngx_uint_t changed);
 static void ngx_http_collab_sentinel_ask_handler(ngx_event_t *ev);
 
 
-/* "host[:port]" at configuration time; a sentinel's port is 26379 */
+/* "host[:port]" at configuration time (a sentinel's port is 26379) */
 
 ngx_int_t
 ngx_http_collab_addr_parse(ngx_pool_t *pool, ngx_str_t *text,
-    ngx_http_collab_addr_t *addr)
+    ngx_http_collab_addr_t *addr, in_port_t default_port)
 {
     size_t     n;
     u_char     host[NGX_SOCKADDR_STRLEN + 1];
@@ -49,7 +49,7 @@ ngx_http_collab_addr_parse(ngx_pool_t *pool, ngx_str_t *text,
     ngx_memzero(&u, sizeof(ngx_url_t));
 
     u.url = *text;
-    u.default_port = 26379;
+    u.default_port = default_port;
 
     if (ngx_parse_url(pool, &u) != NGX_OK || u.naddrs == 0
         || u.addrs[0].sockaddr->sa_family == AF_UNIX)

@@ -46,8 +46,10 @@ ngx_http_collab_sse_start(ngx_http_request_t *r,
         return NGX_HTTP_BAD_REQUEST;
     }
 
-    if (ngx_http_collab_worker->cmd.state == NGX_HTTP_COLLAB_REDIS_DOWN
-        || ngx_http_collab_worker->sub.state == NGX_HTTP_COLLAB_REDIS_DOWN)
+    if (ngx_http_collab_redis_for_doc(&doc, 0)->state
+        == NGX_HTTP_COLLAB_REDIS_DOWN
+        || ngx_http_collab_redis_for_doc(&doc, 1)->state
+           == NGX_HTTP_COLLAB_REDIS_DOWN)
     {
         /* EventSource retries by itself */
         return NGX_HTTP_SERVICE_UNAVAILABLE;

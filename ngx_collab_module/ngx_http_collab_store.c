@@ -27,11 +27,10 @@
  */
 
 
-#define NGX_HTTP_COLLAB_STORE_VERSION  8
+#define NGX_HTTP_COLLAB_STORE_VERSION  9
 #define NGX_HTTP_COLLAB_STORE_COMPAT   1
 
-/* a key every load changes: a check and a load WATCH it */
-#define NGX_HTTP_COLLAB_STORE_LOCK     "collab:library"
+/* a key every load changes, "collab:library" (see cluster_lock) */
 #define NGX_HTTP_COLLAB_STORE_ATTEMPTS 3
 
 #define ngx_http_collab_str(x)         #x
@@ -40,6 +39,8 @@
 
 static const char  ngx_http_collab_store_lua[] =
 "#!lua name=collab_v1\n"
+/* SPUBLISH in the variant that a cluster loads (sharded pub/sub) */
+"local PUB = 'PUBLISH'\n"
 "local ranks = {none = 0, viewer = 1, commenter = 2, editor = 3, owner = 4}\n"
 "local function rank(v)\n"
 "  return ranks[v] or 0\n"
@@ -107,7 +108,7 @@ static const char  ngx_http_collab_store_lua[] =
 "    redis.call('HSET', state, 'epoch', new, 'head', 0)\n"
 "    if fence ~= '' then redis.call('HSET', state, 'fence', fence) end\n"
 "  end\n"
-"  redis.call('PUBLISH', string.sub(state, 1, #state - 6),\n"
+"  redis.call(PUB, string.sub(state, 1, #state - 6),\n"
 "             '{\"type\":\"reset\",\"epoch\":\"' .. new .. '\"}')\n"
 "  return new, not e[1]\n"
 "end\n"
@@ -450,7 +451,7 @@ static const char  ngx_http_collab_store_lua[] =
 "    redis.call('HSET', state, 'head', sseq, 'ts', sts)\n"
 "  end\n"
 "  op_record(ops, opk, sseq, rot, ts, sts, tonumber(args[16]) or 0)\n"
-"  redis.call('PUBLISH', args[8], '{\"type\":\"delta\",\"doc\":\"' ..\n"
+"  redis.call(PUB, args[8], '{\"type\":\"delta\",\"doc\":\"' ..\n"
 "    args[7] .. '\",\"seq\":' .. sseq .. ',\"id\":' .. cjson.encode(id) ..\n"
 "    ',\"user\":' .. cjson.encode(user) .. ',\"ts\":' .. sts ..\n"
 "    ',\"data\":' .. data .. '}')\n"
@@ -609,7 +610,7 @@ static const char  ngx_http_collab_store_lua[] =
 "                                 + math.floor(tonumber(t[2]) / 1000)))\n"
 "  follow(keys[1], keys[3])\n"
 "  follow(keys[2], keys[3])\n"
-"  redis.call('PUBLISH', keys[4], '{\"type\":\"acl\"}')\n"
+"  redis.call(PUB, keys[4], '{\"type\":\"acl\"}')\n"
 "  return {1, v + 1, raw}\n"
 "end\n"
 /* presence: keys pres exp.  pres maps a session id to its entry, the
@@ -636,7 +637,7 @@ static const char  ngx_http_collab_store_lua[] =
 "  local v = redis.call('HGET', pres, sid)\n"
 "  if not v or redis.call('HDEL', pres, sid) ~= 1 then return 0 end\n"
 "  local e = string.find(v, ',\"data\":', 1, true) or #v\n"
-"  redis.call('PUBLISH', chan, '{\"type\":\"presence\",\"doc\":\"' .. doc ..\n"
+"  redis.call(PUB, chan, '{\"type\":\"presence\",\"doc\":\"' .. doc ..\n"
 "    '\",\"pseq\":' .. pres_seq(pres) .. ',\"left\":true,\"reason\":\"' ..\n"
 "    reason .. '\",' .. string.sub(v, 2, e - 1) .. '}')\n"
 "  return 1\n"
@@ -662,7 +663,7 @@ static const char  ngx_http_collab_store_lua[] =
 "  redis.call('HSET', pres, args[3], args[4])\n"
 "  redis.call('ZADD', exp, now + ttl, args[3])\n"
 "  pres_keep(pres, exp, ttl)\n"
-"  redis.call('PUBLISH', args[1], '{\"type\":\"presence\",\"doc\":\"' ..\n"
+"  redis.call(PUB, args[1], '{\"type\":\"presence\",\"doc\":\"' ..\n"
 "    args[2] .. '\",\"pseq\":' .. n .. ',' .. string.sub(args[4], 2))\n"
 "  return 1\n"
 "end\n"
@@ -722,11 +723,12 @@ static const char  ngx_http_collab_store_lua[] =
 "redis.register_function('collab_deny', denied)\n"
 "redis.register_function{function_name = 'collab_fence',\n"
 "  callback = fence, flags = {'no-writes'}}\n"
-/* {version, oldest module version served} */
+/* {version, oldest module version served[, 1: the sharded variant]} */
 "redis.register_function{function_name = 'collab_version',\n"
 "  callback = function() return {"
     ngx_http_collab_xstr(NGX_HTTP_COLLAB_STORE_VERSION) ", "
-    ngx_http_collab_xstr(NGX_HTTP_COLLAB_STORE_COMPAT) "} end,\n"
+    ngx_http_collab_xstr(NGX_HTTP_COLLAB_STORE_COMPAT)
+    ", PUB == 'SPUBLISH' and 1 or nil} end,\n"
 "  flags = {'no-writes'}}\n";
 
 
@@ -738,6 +740,8 @@ static ngx_int_t ngx_http_collab_store_check(redisAsyncContext *ac,
     ngx_uint_t attempt);
 static void ngx_http_collab_store_version_reply(redisAsyncContext *ac,
     void *r, void *data);
+static ngx_int_t ngx_http_collab_store_sharded(const char **text,
+    size_t *len);
 static ngx_int_t ngx_http_collab_store_load(redisAsyncContext *ac,
     ngx_uint_t attempt);
 static void ngx_http_collab_store_loaded(redisAsyncContext *ac,
@@ -812,13 +816,14 @@ ngx_http_collab_store_setup(ngx_http_collab_redis_t *rc)
 static ngx_int_t
 ngx_http_collab_store_check(redisAsyncContext *ac, ngx_uint_t attempt)
 {
+    u_char       lock[NGX_HTTP_COLLAB_KEY_MAX];
     const char  *argv[3];
     size_t       argvlen[3];
 
     argv[0] = "WATCH";
     argvlen[0] = 5;
-    argv[1] = NGX_HTTP_COLLAB_STORE_LOCK;
-    argvlen[1] = sizeof(NGX_HTTP_COLLAB_STORE_LOCK) - 1;
+    argv[1] = (const char *) lock;
+    argvlen[1] = ngx_http_collab_cluster_lock(ac->data, lock);
 
     if (redisAsyncCommandArgv(ac, NULL, NULL, 2, argv, argvlen) != REDIS_OK) {
         return NGX_ERROR;
@@ -849,6 +854,7 @@ ngx_http_collab_store_version_reply(redisAsyncContext *ac, void *r,
     void *data)
 {
     int64_t                   version, compat;
+    ngx_uint_t                sharded;
     const char               *argv[2];
     size_t                    argvlen[2];
     redisReply               *reply;
@@ -885,6 +891,18 @@ ngx_http_collab_store_version_reply(redisAsyncContext *ac, void *r,
     {
         version = reply->element[0]->integer;
         compat = reply->element[1]->integer;
+    }
+
+    sharded = (reply->type == REDIS_REPLY_ARRAY && reply->elements >= 3
+               && reply->element[2]->type == REDIS_REPLY_INTEGER
+               && reply->element[2]->integer == 1);
+
+    /* a cluster's library publishes with SPUBLISH, any other with PUBLISH */
+
+    if (version == NGX_HTTP_COLLAB_STORE_VERSION
+        && sharded != (ngx_http_collab_worker->cluster != NULL))
+    {
+        version = 0;
     }
 
     if (version < NGX_HTTP_COLLAB_STORE_VERSION) {
@@ -1021,9 +1039,45 @@ ngx_http_collab_store_fence_arg(const char **argv, size_t *argvlen)
 }
 
 
+/* the library of a cluster: SPUBLISH, to the shard that owns the channel */
+
+static ngx_int_t
+ngx_http_collab_store_sharded(const char **text, size_t *len)
+{
+    u_char         *p, *pub;
+    size_t          n;
+    static u_char  *sharded;
+
+    n = sizeof(ngx_http_collab_store_lua) - 1;
+
+    if (sharded == NULL) {
+        pub = (u_char *) ngx_strstr(ngx_http_collab_store_lua, "'PUBLISH'");
+
+        /* lives as long as the worker */
+        p = ngx_alloc(n + 1, ngx_cycle->log);
+        if (p == NULL || pub == NULL) {
+            return NGX_ERROR;
+        }
+
+        sharded = p;
+        p = ngx_cpymem(p, ngx_http_collab_store_lua,
+                       pub + 1 - (u_char *) ngx_http_collab_store_lua);
+        *p++ = 'S';
+        ngx_memcpy(p, pub + 1, n - (pub + 1 - (u_char *)
+                                       ngx_http_collab_store_lua));
+    }
+
+    *text = (const char *) sharded;
+    *len = n + 1;
+
+    return NGX_OK;
+}
+
+
 static ngx_int_t
 ngx_http_collab_store_load(redisAsyncContext *ac, ngx_uint_t attempt)
 {
+    u_char       lock[NGX_HTTP_COLLAB_KEY_MAX];
     const char  *argv[4];
     size_t       argvlen[4];
 
@@ -1043,14 +1097,20 @@ ngx_http_collab_store_load(redisAsyncContext *ac, ngx_uint_t attempt)
     argv[3] = ngx_http_collab_store_lua;
     argvlen[3] = sizeof(ngx_http_collab_store_lua) - 1;
 
+    if (ngx_http_collab_worker->cluster) {
+        if (ngx_http_collab_store_sharded(&argv[3], &argvlen[3]) != NGX_OK) {
+            return NGX_ERROR;
+        }
+    }
+
     if (redisAsyncCommandArgv(ac, NULL, NULL, 4, argv, argvlen) != REDIS_OK) {
         return NGX_ERROR;
     }
 
     argv[0] = "INCR";
     argvlen[0] = 4;
-    argv[1] = NGX_HTTP_COLLAB_STORE_LOCK;
-    argvlen[1] = sizeof(NGX_HTTP_COLLAB_STORE_LOCK) - 1;
+    argv[1] = (const char *) lock;
+    argvlen[1] = ngx_http_collab_cluster_lock(ac->data, lock);
 
     if (redisAsyncCommandArgv(ac, NULL, NULL, 2, argv, argvlen) != REDIS_OK) {
         return NGX_ERROR;
@@ -1293,8 +1353,8 @@ ngx_http_collab_store_append(ngx_http_collab_session_t *s, ngx_str_t *doc,
 
     s->inflight++;
 
-    rc = ngx_http_collab_redis_command(&ngx_http_collab_worker->cmd, cmd,
-                                       27, argv, argvlen);
+    rc = ngx_http_collab_redis_command(ngx_http_collab_redis_for_doc(doc, 0),
+                                       cmd, 27, argv, argvlen);
 
     if (rc == NGX_OK) {
         return NGX_OK;
@@ -1729,8 +1789,8 @@ ngx_http_collab_store_state(ngx_http_collab_session_t *s, ngx_str_t *doc,
     argvlen[13] = ngx_sprintf(expire, "%M", s->conf->doc_expire) - expire;
     ngx_http_collab_store_fence_arg(&argv[14], &argvlen[14]);
 
-    rc = ngx_http_collab_redis_command(&ngx_http_collab_worker->cmd, cmd,
-                                       15, argv, argvlen);
+    rc = ngx_http_collab_redis_command(ngx_http_collab_redis_for_doc(doc, 0),
+                                       cmd, 15, argv, argvlen);
 
     if (rc == NGX_OK) {
         return NGX_OK;
@@ -1945,8 +2005,8 @@ ngx_http_collab_store_read_send(ngx_http_collab_session_t *s,
     argvlen[16] = ngx_sprintf(expire, "%M", s->conf->doc_expire) - expire;
     ngx_http_collab_store_fence_arg(&argv[17], &argvlen[17]);
 
-    return ngx_http_collab_redis_command(&ngx_http_collab_worker->cmd, cmd,
-                                         18, argv, argvlen);
+    return ngx_http_collab_redis_command(ngx_http_collab_redis_for_doc(doc, 0),
+                                         cmd, 18, argv, argvlen);
 }
 
 
@@ -2259,8 +2319,9 @@ ngx_http_collab_store_acl(ngx_http_collab_doc_t *doc)
     argv[5] = (char *) kstate;
     argvlen[5] = ngx_http_collab_key(kstate, &doc->node.str, ":state");
 
-    if (ngx_http_collab_redis_command(&ngx_http_collab_worker->cmd, cmd, 6,
-                                      argv, argvlen)
+    if (ngx_http_collab_redis_command(
+                               ngx_http_collab_redis_for_doc(&doc->node.str, 0),
+                               cmd, 6, argv, argvlen)
         != NGX_OK)
     {
         /* freed already: connection down or pipeline full */
@@ -2337,8 +2398,8 @@ ngx_http_collab_store_deny(ngx_http_collab_session_t *s, ngx_str_t *doc,
     argv[5] = action;
     argvlen[5] = ngx_strlen(action);
 
-    (void) ngx_http_collab_redis_command(&ngx_http_collab_worker->cmd, cmd,
-                                         6, argv, argvlen);
+    (void) ngx_http_collab_redis_command(ngx_http_collab_redis_for_doc(doc, 0),
+                                         cmd, 6, argv, argvlen);
 }
 
 
@@ -2405,8 +2466,8 @@ ngx_http_collab_store_acl_admin(ngx_http_collab_session_t *s,
 
     cmd->handler = ngx_http_collab_store_acl_admin_reply;
 
-    if (ngx_http_collab_redis_command(&ngx_http_collab_worker->cmd, cmd, 14,
-                                      argv, argvlen)
+    if (ngx_http_collab_redis_command(ngx_http_collab_redis_for_doc(doc, 0),
+                                      cmd, 14, argv, argvlen)
         != NGX_OK)
     {
         return NGX_DECLINED;
@@ -2539,8 +2600,8 @@ ngx_http_collab_store_presence(ngx_http_collab_session_t *s, ngx_str_t *doc,
                              ngx_http_collab_worker->mcf->presence_ttl)
                  - ttl;
 
-    return ngx_http_collab_redis_command(&ngx_http_collab_worker->cmd, cmd,
-                                         10, argv, argvlen);
+    return ngx_http_collab_redis_command(ngx_http_collab_redis_for_doc(doc, 0),
+                                         cmd, 10, argv, argvlen);
 }
 
 
@@ -2574,8 +2635,8 @@ ngx_http_collab_store_presence_leave(ngx_str_t *doc, u_char *sid,
     argv[8] = reason;
     argvlen[8] = ngx_strlen(reason);
 
-    return ngx_http_collab_redis_command(&ngx_http_collab_worker->cmd, cmd,
-                                         9, argv, argvlen);
+    return ngx_http_collab_redis_command(ngx_http_collab_redis_for_doc(doc, 0),
+                                         cmd, 9, argv, argvlen);
 }
 
 
@@ -2627,8 +2688,8 @@ ngx_http_collab_store_presence_refresh(ngx_str_t *doc, ngx_str_t *sids,
         argvlen[8 + i] = sids[i].len;
     }
 
-    rc = ngx_http_collab_redis_command(&ngx_http_collab_worker->cmd, cmd,
-                                       8 + n, argv, argvlen);
+    rc = ngx_http_collab_redis_command(ngx_http_collab_redis_for_doc(doc, 0),
+                                       cmd, 8 + n, argv, argvlen);
 
     ngx_free(argv);
 
@@ -2708,8 +2769,8 @@ ngx_http_collab_store_presence_list(ngx_http_collab_session_t *s,
     argv[7] = (char *) smax;
     argvlen[7] = ngx_sprintf(smax, "%ui", max) - smax;
 
-    return ngx_http_collab_redis_command(&ngx_http_collab_worker->cmd, cmd,
-                                         8, argv, argvlen);
+    return ngx_http_collab_redis_command(ngx_http_collab_redis_for_doc(doc, 0),
+                                         cmd, 8, argv, argvlen);
 }
 
 

@@ -267,6 +267,73 @@ sub redis_node {
     return $port;
 }
 
+# --- Redis Cluster: nodes whose cluster bus port (port + 10000) is free too
+
+sub cluster_port {
+    for (1 .. 200) {
+        my $p = free_port();
+        next if $p > 55535;
+        my $s = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => $p + 10000,
+            Proto => 'tcp', Listen => 1, ReuseAddr => 1) or next;
+        close $s;
+        return $p;
+    }
+    die "no free port pair for a cluster node";
+}
+
+# primaries => 3, replicas => 1 (per primary), node_timeout => ms: starts
+# the nodes c0, c1, ..., runs `redis-cli --cluster create` and waits until
+# every node says cluster_state:ok.  Returns the node names.
+sub redis_cluster {
+    my ($self, %o) = @_;
+    my $reps = $o{replicas} // 1;
+    my @names = map { "c$_" } 0 .. ($o{primaries} // 3) * (1 + $reps) - 1;
+    for my $name (@names) {
+        $self->redis_node($name, port => cluster_port(), args => [
+            '--cluster-enabled', 'yes', '--cluster-config-file', 'nodes.conf',
+            '--cluster-node-timeout', $o{node_timeout} // 2000,
+            '--repl-diskless-sync-delay', '0', @{ $o{args} || [] }]);
+    }
+    my @addrs = map { '127.0.0.1:' . $self->node_port($_) } @names;
+    my $out = "$self->{dir}/cluster-create.out";
+    system("redis-cli --cluster create @addrs --cluster-replicas $reps --cluster-yes"
+           . " >$out 2>&1") == 0
+        or die "redis-cli --cluster create failed: " . _slurp($out);
+    $self->cluster_wait(30) or die "the cluster did not reach cluster_state:ok
+";
+    return @names;
+}
+
+# every node that answers says cluster_state:ok and knows every slot
+sub cluster_wait {
+    my ($self, $timeout) = @_;
+    return wait_until(sub {
+        for my $n (values %{ $self->{nodes} }) {
+            my ($i) = $self->redis_at_try($n->{port}, 'CLUSTER', 'INFO');
+            return 0 unless defined $i && $i =~ /cluster_state:ok/
+                && $i =~ /cluster_slots_ok:16384/;
+        }
+        return 1;
+    }, $timeout // 30);
+}
+
+# the node name that serves a slot as primary (asked of any live node)
+sub cluster_owner {
+    my ($self, $slot) = @_;
+    for my $n (sort keys %{ $self->{nodes} }) {
+        my ($r) = $self->redis_at_try($self->{nodes}{$n}{port}, 'CLUSTER', 'SLOTS');
+        next unless ref $r;
+        for my $range (@$r) {
+            next unless $slot >= $range->[0] && $slot <= $range->[1];
+            my $port = $range->[2][1];
+            for my $m (keys %{ $self->{nodes} }) {
+                return $m if $self->{nodes}{$m}{port} == $port;
+            }
+        }
+    }
+    return undef;
+}
+
 sub node_port { $_[0]{nodes}{ $_[1] }{port} }
 sub node_dir  { $_[0]{nodes}{ $_[1] }{dir} }
 

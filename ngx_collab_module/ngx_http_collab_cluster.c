@@ -1,0 +1,840 @@
+
+/*
+ * Copyright (C) ngx_collab_module authors
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+#include "ngx_http_collab_module.h"
+
+
+/*
+ * Redis Cluster: "collab_redis cluster:host:port,host:port,...".
+ *
+ * Map.  A worker keeps one more connection, to a seed (the next one after
+ * a failure), on which it asks CLUSTER SLOTS at once, every second, and
+ * whenever a node fails or a reply says MOVED.  The map is 16384 bytes:
+ * slot -> primary (an index in a fixed table of at most 32 primaries, whose
+ * connection structures live as long as the worker, as the single-Redis
+ * ones do).
+ *
+ * Routing.  Every key of a document carries the hash tag {DOC}, so a
+ * document lives on the slot CRC16(DOC) mod 16384.  Per primary a worker
+ * keeps a command and a subscriber connection; ngx_http_collab_redis_for_doc()
+ * picks them (the single pair outside cluster mode; the never connected
+ * single pair, which answers "unavailable", for a slot without a primary).
+ * A node down thus fails only its documents.
+ *
+ * Redirects.  In cluster mode a command keeps its formatted text while in
+ * flight (bounded: max_inflight commands, 1 MB each, larger ones are not
+ * resent).  MOVED updates the slot, asks for the map and resends to the
+ * named primary; ASK sends ASKING and resends there.  TRYAGAIN comes for
+ * every command of a document while its slot migrates (its functions
+ * declare keys that may not exist, such as its ACL, and a migrating slot
+ * serves a command only if all or none of its keys are there): the
+ * command waits 25 ms and is sent again, so writes to that document pause
+ * until the slot has moved.  After 100 redirects (2.5 s of TRYAGAIN) the
+ * command fails as if the node was down, "unavailable": the client
+ * retries with the same id.
+ *
+ * Functions.  Each primary's command connection loads the library as any
+ * command connection does; the WATCH/INCR key of that check is a key of
+ * the node's own slots, collab:library:{N}.  The cluster variant of the
+ * library publishes with SPUBLISH; collab_fence (Sentinel) is never called.
+ *
+ * Sharded pub/sub.  hiredis 0.14 does not know SSUBSCRIBE: its callback
+ * table is filled by SUBSCRIBE only.  So a document's channel is followed
+ * with SUBSCRIBE (which registers the callback; nothing is PUBLISHed to it
+ * in a cluster) then SSUBSCRIBE, whose "ssubscribe", "smessage" and
+ * "sunsubscribe" pushes hiredis hands to the same callback.  hiredis keeps
+ * a small record per S(UN)SUBSCRIBE sent on a subscribed connection until
+ * the connection ends: the connection is rebuilt after 65536 of them.
+ * When a reshard moves the slot away, Redis sends "sunsubscribe": the
+ * document leaves that node (UNSUBSCRIBE), its members catch up from the
+ * log, and it subscribes on the new owner once the map names it.
+ */
+
+
+#define NGX_HTTP_COLLAB_CLUSTER_SLOTS      16384
+#define NGX_HTTP_COLLAB_CLUSTER_NODES      32
+#define NGX_HTTP_COLLAB_CLUSTER_PERIOD     1000
+#define NGX_HTTP_COLLAB_CLUSTER_REDIRECTS  100
+#define NGX_HTTP_COLLAB_CLUSTER_TRYAGAIN   25
+#define NGX_HTTP_COLLAB_CLUSTER_FMT_MAX    (1024 * 1024)
+#define NGX_HTTP_COLLAB_CLUSTER_LOCK       "collab:library"
+
+
+typedef struct {
+    ngx_http_collab_addr_t       addr;
+    ngx_http_collab_redis_t      cmd;
+    ngx_http_collab_redis_t      sub;
+    unsigned                     used:1;         /* in the last map */
+    unsigned                     started:1;
+} ngx_http_collab_cluster_node_t;
+
+
+struct ngx_http_collab_cluster_s {
+    ngx_http_collab_redis_t      map;
+    ngx_uint_t                   nnodes;
+    unsigned                     asking:1;       /* CLUSTER SLOTS sent */
+    ngx_event_t                  soon;           /* asked for a refresh */
+    ngx_queue_t                  again;          /* TRYAGAIN: to resend */
+    ngx_uint_t                   nagain;
+    ngx_event_t                  again_ev;
+    u_char                       slots[NGX_HTTP_COLLAB_CLUSTER_SLOTS];
+    u_char                       next[NGX_HTTP_COLLAB_CLUSTER_SLOTS];
+    ngx_http_collab_cluster_node_t  nodes[NGX_HTTP_COLLAB_CLUSTER_NODES];
+};
+
+
+static void ngx_http_collab_cluster_ask(ngx_http_collab_cluster_t *cl);
+static void ngx_http_collab_cluster_period_handler(ngx_event_t *ev);
+static void ngx_http_collab_cluster_soon_handler(ngx_event_t *ev);
+static void ngx_http_collab_cluster_again_handler(ngx_event_t *ev);
+static ngx_int_t ngx_http_collab_cluster_resend(ngx_http_collab_redis_t *rc,
+    ngx_http_collab_cmd_t *cmd);
+static void ngx_http_collab_cluster_slots_reply(redisAsyncContext *ac,
+    void *r, void *data);
+static ngx_int_t ngx_http_collab_cluster_range(ngx_http_collab_cluster_t *cl,
+    redisReply *range, ngx_http_collab_redis_t *rc);
+static void ngx_http_collab_cluster_apply(ngx_http_collab_cluster_t *cl);
+static ngx_http_collab_cluster_node_t *ngx_http_collab_cluster_node(
+    ngx_http_collab_cluster_t *cl, u_char *host, size_t len, ngx_int_t port,
+    ngx_uint_t add);
+static ngx_uint_t ngx_http_collab_cluster_slot(u_char *p, size_t len);
+
+
+ngx_int_t
+ngx_http_collab_cluster_init(ngx_cycle_t *cycle,
+    ngx_http_collab_main_conf_t *mcf)
+{
+    ngx_http_collab_cluster_t  *cl;
+
+    cl = ngx_pcalloc(cycle->pool, sizeof(ngx_http_collab_cluster_t));
+    if (cl == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_http_collab_worker->cluster = cl;
+
+    cl->soon.handler = ngx_http_collab_cluster_soon_handler;
+    cl->soon.data = cl;
+    cl->soon.log = cycle->log;
+    cl->soon.cancelable = 1;
+
+    ngx_queue_init(&cl->again);
+
+    /* not cancelable: a quitting worker answers the commands it holds */
+    cl->again_ev.handler = ngx_http_collab_cluster_again_handler;
+    cl->again_ev.data = cl;
+    cl->again_ev.log = cycle->log;
+
+    cl->map.cluster_map = 1;
+
+    return ngx_http_collab_redis_init(cycle, &cl->map, mcf, 0, "cluster");
+}
+
+
+void
+ngx_http_collab_cluster_exit(void)
+{
+    ngx_uint_t                       i;
+    ngx_http_collab_cmd_t           *cmd;
+    ngx_http_collab_cluster_t       *cl;
+    ngx_http_collab_cluster_node_t  *node;
+
+    cl = ngx_http_collab_worker->cluster;
+
+    if (cl->soon.timer_set) {
+        ngx_del_timer(&cl->soon);
+    }
+
+    if (cl->again_ev.timer_set) {
+        ngx_del_timer(&cl->again_ev);
+    }
+
+    while (!ngx_queue_empty(&cl->again)) {
+        cmd = ngx_queue_data(ngx_queue_head(&cl->again),
+                             ngx_http_collab_cmd_t, redis_link);
+        ngx_queue_remove(&cmd->redis_link);
+        ngx_http_collab_cmd_free(cmd);
+    }
+
+    ngx_http_collab_redis_exit(&cl->map);
+
+    for (i = 0; i < cl->nnodes; i++) {
+        node = &cl->nodes[i];
+
+        if (node->started) {
+            ngx_http_collab_redis_exit(&node->cmd);
+            ngx_http_collab_redis_exit(&node->sub);
+        }
+    }
+}
+
+
+/* the next seed to ask, or a node's own address */
+
+ngx_int_t
+ngx_http_collab_cluster_target(ngx_http_collab_redis_t *rc)
+{
+    ngx_http_collab_addr_t     *a;
+    ngx_http_collab_cluster_t  *cl;
+
+    cl = ngx_http_collab_worker->cluster;
+
+    if (rc->cluster_map) {
+        a = rc->mcf->cluster_seeds->elts;
+        a = &a[rc->next_sentinel++ % rc->mcf->cluster_seeds->nelts];
+
+    } else if (rc->node) {
+        a = &cl->nodes[rc->node - 1].addr;
+
+    } else {
+        /* the single pair: never connected in cluster mode */
+        return NGX_DECLINED;
+    }
+
+    rc->target = *a;
+    rc->addr.len = rc->target.text_len;
+    rc->addr.data = rc->target.text;
+
+    return NGX_OK;
+}
+
+
+/* a node that left the map is not reconnected */
+
+ngx_uint_t
+ngx_http_collab_cluster_node_used(ngx_http_collab_redis_t *rc)
+{
+    if (rc->node == 0) {
+        return 1;
+    }
+
+    return ngx_http_collab_worker->cluster->nodes[rc->node - 1].used;
+}
+
+
+/* connected to a seed: ask for the map now and every second */
+
+void
+ngx_http_collab_cluster_ready(ngx_http_collab_redis_t *rc)
+{
+    ngx_http_collab_cluster_t  *cl;
+
+    cl = ngx_http_collab_worker->cluster;
+
+    rc->heartbeat.handler = ngx_http_collab_cluster_period_handler;
+    cl->asking = 0;
+
+    ngx_http_collab_cluster_ask(cl);
+
+    if (rc->setup_pending == 0) {
+        ngx_http_collab_redis_setup_done(rc);
+    }
+
+    if (!rc->heartbeat.timer_set) {
+        ngx_add_timer(&rc->heartbeat, NGX_HTTP_COLLAB_CLUSTER_PERIOD);
+    }
+}
+
+
+/* asks for the map again soon (not inside a hiredis callback of it) */
+
+void
+ngx_http_collab_cluster_refresh(void)
+{
+    ngx_http_collab_cluster_t  *cl;
+
+    cl = ngx_http_collab_worker->cluster;
+
+    if (cl == NULL || cl->soon.timer_set || ngx_exiting || ngx_quit
+        || ngx_terminate)
+    {
+        return;
+    }
+
+    ngx_add_timer(&cl->soon, 10);
+}
+
+
+static void
+ngx_http_collab_cluster_soon_handler(ngx_event_t *ev)
+{
+    ngx_http_collab_cluster_ask(ev->data);
+}
+
+
+static void
+ngx_http_collab_cluster_period_handler(ngx_event_t *ev)
+{
+    ngx_http_collab_redis_t  *rc;
+
+    rc = ev->data;
+
+    if (rc->ac == NULL) {
+        return;
+    }
+
+    ngx_http_collab_cluster_ask(ngx_http_collab_worker->cluster);
+
+    ngx_add_timer(ev, NGX_HTTP_COLLAB_CLUSTER_PERIOD);
+}
+
+
+static void
+ngx_http_collab_cluster_ask(ngx_http_collab_cluster_t *cl)
+{
+    const char  *argv[2];
+    size_t       argvlen[2];
+
+    if (cl->asking || cl->map.ac == NULL) {
+        return;
+    }
+
+    argv[0] = "CLUSTER";
+    argvlen[0] = 7;
+    argv[1] = "SLOTS";
+    argvlen[1] = 5;
+
+    if (ngx_http_collab_redis_raw(&cl->map,
+                                  ngx_http_collab_cluster_slots_reply, cl,
+                                  2, argv, argvlen)
+        == NGX_OK)
+    {
+        cl->asking = 1;
+    }
+}
+
+
+/* [[start, end, [ip, port, id], replicas...], ...] */
+
+static void
+ngx_http_collab_cluster_slots_reply(redisAsyncContext *ac, void *r,
+    void *data)
+{
+    ngx_http_collab_cluster_t *cl = data;
+
+    size_t                    i;
+    redisReply               *reply;
+    ngx_http_collab_redis_t  *rc;
+
+    rc = &cl->map;
+    reply = r;
+    cl->asking = 0;
+
+    if (reply == NULL) {
+        return;
+    }
+
+    if (reply->type != REDIS_REPLY_ARRAY) {
+        ngx_log_error(NGX_LOG_ERR, rc->log, 0,
+                      "collab: redis node \"%V\" did not send the slot "
+                      "map%s%s", &rc->addr,
+                      reply->type == REDIS_REPLY_ERROR ? ": " : "",
+                      reply->type == REDIS_REPLY_ERROR ? reply->str : "");
+
+        /* the next seed is asked */
+        redisAsyncDisconnect(ac);
+        return;
+    }
+
+    ngx_memzero(cl->next, NGX_HTTP_COLLAB_CLUSTER_SLOTS);
+
+    for (i = 0; i < cl->nnodes; i++) {
+        cl->nodes[i].used = 0;
+    }
+
+    for (i = 0; i < reply->elements; i++) {
+        if (ngx_http_collab_cluster_range(cl, reply->element[i], rc)
+            != NGX_OK)
+        {
+            ngx_log_error(NGX_LOG_ERR, rc->log, 0,
+                          "collab: redis node \"%V\" sent an invalid slot "
+                          "map, or more than %d primaries", &rc->addr,
+                          NGX_HTTP_COLLAB_CLUSTER_NODES);
+            break;
+        }
+    }
+
+    ngx_http_collab_cluster_apply(cl);
+}
+
+
+static ngx_int_t
+ngx_http_collab_cluster_range(ngx_http_collab_cluster_t *cl,
+    redisReply *range, ngx_http_collab_redis_t *rc)
+{
+    u_char                          *host;
+    size_t                           len;
+    long long                        start, end, s;
+    redisReply                      *primary;
+    ngx_http_collab_cluster_node_t  *node;
+
+    if (range->type != REDIS_REPLY_ARRAY || range->elements < 3
+        || range->element[0]->type != REDIS_REPLY_INTEGER
+        || range->element[1]->type != REDIS_REPLY_INTEGER
+        || range->element[2]->type != REDIS_REPLY_ARRAY
+        || range->element[2]->elements < 2
+        || range->element[2]->element[0]->type != REDIS_REPLY_STRING
+        || range->element[2]->element[1]->type != REDIS_REPLY_INTEGER)
+    {
+        return NGX_ERROR;
+    }
+
+    start = range->element[0]->integer;
+    end = range->element[1]->integer;
+
+    if (start < 0 || end >= NGX_HTTP_COLLAB_CLUSTER_SLOTS || start > end) {
+        return NGX_ERROR;
+    }
+
+    primary = range->element[2];
+    host = (u_char *) primary->element[0]->str;
+    len = primary->element[0]->len;
+
+    if (len == 0) {
+        /* "": the node that answered */
+        host = rc->target.host;
+        len = ngx_strlen(host);
+    }
+
+    node = ngx_http_collab_cluster_node(cl, host, len,
+                                        primary->element[1]->integer, 1);
+    if (node == NULL) {
+        return NGX_ERROR;
+    }
+
+    node->used = 1;
+
+    for (s = start; s <= end; s++) {
+        cl->next[s] = (u_char) (node - cl->nodes + 1);
+    }
+
+    return NGX_OK;
+}
+
+
+/* the new map: connections to new primaries, documents to their nodes */
+
+static void
+ngx_http_collab_cluster_apply(ngx_http_collab_cluster_t *cl)
+{
+    ngx_uint_t                       i, changed, owned;
+    ngx_http_collab_redis_t         *sub;
+    ngx_http_collab_cluster_node_t  *node;
+
+    changed = ngx_memcmp(cl->slots, cl->next, NGX_HTTP_COLLAB_CLUSTER_SLOTS);
+
+    ngx_memcpy(cl->slots, cl->next, NGX_HTTP_COLLAB_CLUSTER_SLOTS);
+
+    sub = NULL;
+
+    for (i = 0; i < cl->nnodes; i++) {
+        node = &cl->nodes[i];
+
+        if (!node->used) {
+            continue;
+        }
+
+        if (!node->started) {
+            node->started = 1;
+
+            if (ngx_http_collab_redis_init((ngx_cycle_t *) ngx_cycle,
+                                           &node->cmd, cl->map.mcf, 0,
+                                           "command") != NGX_OK
+                || ngx_http_collab_redis_init((ngx_cycle_t *) ngx_cycle,
+                                              &node->sub, cl->map.mcf, 1,
+                                              "subscriber") != NGX_OK)
+            {
+                continue;
+            }
+
+        } else {
+            /* back in the map after it was left alone */
+
+            if (node->cmd.ac == NULL && !node->cmd.reconnect.timer_set) {
+                ngx_http_collab_redis_kick(&node->cmd, "a primary again");
+            }
+
+            if (node->sub.ac == NULL && !node->sub.reconnect.timer_set) {
+                ngx_http_collab_redis_kick(&node->sub, "a primary again");
+            }
+        }
+
+        if (node->sub.state == NGX_HTTP_COLLAB_REDIS_READY) {
+            sub = &node->sub;
+        }
+    }
+
+    if (changed) {
+        owned = 0;
+
+        for (i = 0; i < NGX_HTTP_COLLAB_CLUSTER_SLOTS; i++) {
+            owned += (cl->slots[i] != 0);
+        }
+
+        ngx_log_error(NGX_LOG_NOTICE, cl->map.log, 0,
+                      "collab: redis cluster map from \"%V\": %ui of %d "
+                      "slots served", &cl->map.addr, owned,
+                      NGX_HTTP_COLLAB_CLUSTER_SLOTS);
+
+        /* reads that waited for their node */
+        ngx_http_collab_doc_redis_ready(&ngx_http_collab_worker->cmd);
+    }
+
+    if (sub) {
+        /* documents without a channel (a node came, a slot moved) */
+        ngx_http_collab_doc_redis_ready(sub);
+    }
+}
+
+
+static ngx_http_collab_cluster_node_t *
+ngx_http_collab_cluster_node(ngx_http_collab_cluster_t *cl, u_char *host,
+    size_t len, ngx_int_t port, ngx_uint_t add)
+{
+    ngx_uint_t                       i;
+    ngx_http_collab_cluster_node_t  *node;
+
+    for (i = 0; i < cl->nnodes; i++) {
+        node = &cl->nodes[i];
+
+        if (node->addr.port == port && ngx_strlen(node->addr.host) == len
+            && ngx_strncmp(node->addr.host, host, len) == 0)
+        {
+            return node;
+        }
+    }
+
+    if (!add || cl->nnodes == NGX_HTTP_COLLAB_CLUSTER_NODES) {
+        return NULL;
+    }
+
+    node = &cl->nodes[cl->nnodes];
+
+    if (ngx_http_collab_addr_set(&node->addr, host, len, port) != NGX_OK) {
+        return NULL;
+    }
+
+    cl->nnodes++;
+
+    node->cmd.node = cl->nnodes;
+    node->sub.node = cl->nnodes;
+
+    return node;
+}
+
+
+ngx_http_collab_redis_t *
+ngx_http_collab_redis_for_doc(ngx_str_t *doc, ngx_uint_t subscriber)
+{
+    ngx_uint_t                       i;
+    ngx_http_collab_worker_t        *w;
+    ngx_http_collab_cluster_node_t  *node;
+
+    w = ngx_http_collab_worker;
+
+    if (w->cluster == NULL) {
+        return subscriber ? &w->sub : &w->cmd;
+    }
+
+    i = w->cluster->slots[ngx_http_collab_cluster_slot(doc->data, doc->len)];
+
+    if (i == 0) {
+        /* no primary serves the slot: never connected, "unavailable" */
+        return subscriber ? &w->sub : &w->cmd;
+    }
+
+    node = &w->cluster->nodes[i - 1];
+
+    return subscriber ? &node->sub : &node->cmd;
+}
+
+
+/* keeps the text of a command to send it again after a redirect */
+
+ngx_int_t
+ngx_http_collab_cluster_format(ngx_http_collab_cmd_t *cmd, int argc,
+    const char **argv, const size_t *argvlen)
+{
+    int    n;
+    char  *fmt;
+
+    n = redisFormatCommandArgv(&fmt, argc, argv, argvlen);
+    if (n < 0) {
+        return NGX_ERROR;
+    }
+
+    if (cmd->fmt) {
+        redisFreeCommand(cmd->fmt);
+    }
+
+    cmd->fmt = fmt;
+    cmd->fmt_len = n;
+
+    return NGX_OK;
+}
+
+
+/* after the send: a large command is not kept (it fails on a redirect) */
+
+void
+ngx_http_collab_cluster_sent(ngx_http_collab_cmd_t *cmd)
+{
+    if (cmd->fmt && cmd->fmt_len > NGX_HTTP_COLLAB_CLUSTER_FMT_MAX) {
+        redisFreeCommand(cmd->fmt);
+        cmd->fmt = NULL;
+    }
+}
+
+
+/*
+ * MOVED slot host:port, ASK slot host:port, TRYAGAIN.  NGX_OK: sent again,
+ * the reply will come to the command as if it was the first.
+ */
+
+ngx_int_t
+ngx_http_collab_cluster_redirect(ngx_http_collab_cmd_t *cmd,
+    redisReply *reply)
+{
+    u_char                          *p, *last, *colon, *sp;
+    ngx_int_t                        slot, port;
+    ngx_uint_t                       ask;
+    ngx_http_collab_cluster_t       *cl;
+    ngx_http_collab_cluster_node_t  *node;
+
+    cl = ngx_http_collab_worker->cluster;
+
+    if (cl == NULL || cmd->fmt == NULL
+        || cmd->redirects >= NGX_HTTP_COLLAB_CLUSTER_REDIRECTS)
+    {
+        return NGX_DECLINED;
+    }
+
+    p = (u_char *) reply->str;
+    last = p + reply->len;
+
+    if (reply->len >= 8 && ngx_strncmp(p, "TRYAGAIN", 8) == 0) {
+        if (cl->nagain >= ngx_http_collab_worker->mcf->redis_max_inflight) {
+            return NGX_DECLINED;
+        }
+
+        cmd->redirects++;
+        ngx_queue_insert_tail(&cl->again, &cmd->redis_link);
+        cl->nagain++;
+
+        if (!cl->again_ev.timer_set) {
+            ngx_add_timer(&cl->again_ev, NGX_HTTP_COLLAB_CLUSTER_TRYAGAIN);
+        }
+
+        return NGX_OK;
+    }
+
+    if (reply->len > 6 && ngx_strncmp(p, "MOVED ", 6) == 0) {
+        ask = 0;
+        p += 6;
+
+    } else if (reply->len > 4 && ngx_strncmp(p, "ASK ", 4) == 0) {
+        ask = 1;
+        p += 4;
+
+    } else {
+        return NGX_DECLINED;
+    }
+
+    sp = ngx_strlchr(p, last, ' ');
+    if (sp == NULL) {
+        return NGX_DECLINED;
+    }
+
+    slot = ngx_atoi(p, sp - p);
+    p = sp + 1;
+
+    for (colon = last - 1; colon > p && *colon != ':'; colon--) {
+        /* void */
+    }
+
+    port = ngx_atoi(colon + 1, last - colon - 1);
+
+    if (slot < 0 || slot >= NGX_HTTP_COLLAB_CLUSTER_SLOTS || colon == p
+        || port <= 0)
+    {
+        return NGX_DECLINED;
+    }
+
+    if (!ask) {
+        ngx_http_collab_cluster_refresh();
+    }
+
+    node = ngx_http_collab_cluster_node(cl, p, colon - p, port, 0);
+
+    if (node == NULL || !node->used) {
+        /* a primary we do not know yet: the map will tell */
+        ngx_http_collab_cluster_refresh();
+        return NGX_DECLINED;
+    }
+
+    if (!ask) {
+        cl->slots[slot] = (u_char) (node - cl->nodes + 1);
+    }
+
+    cmd->redirects++;
+    cmd->asking = ask;
+
+    return ngx_http_collab_cluster_resend(&node->cmd, cmd);
+}
+
+
+static ngx_int_t
+ngx_http_collab_cluster_resend(ngx_http_collab_redis_t *rc,
+    ngx_http_collab_cmd_t *cmd)
+{
+    if (rc->ac == NULL || rc->state != NGX_HTTP_COLLAB_REDIS_READY) {
+        return NGX_DECLINED;
+    }
+
+    if (cmd->asking
+        && redisAsyncCommand(rc->ac, NULL, NULL, "ASKING") != REDIS_OK)
+    {
+        return NGX_DECLINED;
+    }
+
+    return ngx_http_collab_redis_send(rc, cmd);
+}
+
+
+/* TRYAGAIN: the commands that waited go to the same node again */
+
+static void
+ngx_http_collab_cluster_again_handler(ngx_event_t *ev)
+{
+    ngx_queue_t                 q;
+    ngx_http_collab_cmd_t      *cmd;
+    ngx_http_collab_cluster_t  *cl;
+
+    cl = ev->data;
+
+    if (ngx_queue_empty(&cl->again)) {
+        return;
+    }
+
+    ngx_queue_init(&q);
+    ngx_queue_add(&q, &cl->again);
+    ngx_queue_init(&cl->again);
+    cl->nagain = 0;
+
+    while (!ngx_queue_empty(&q)) {
+        cmd = ngx_queue_data(ngx_queue_head(&q), ngx_http_collab_cmd_t,
+                             redis_link);
+        ngx_queue_remove(&cmd->redis_link);
+
+        if (cmd->session == NULL && cmd->doc_owner == NULL && !cmd->by_name) {
+            /* its owner left meanwhile */
+            ngx_http_collab_cmd_free(cmd);
+            continue;
+        }
+
+        if (ngx_http_collab_cluster_resend(cmd->rc, cmd) != NGX_OK) {
+            /* answered as if the link was lost */
+            ngx_http_collab_metric_inc(NGX_HTTP_COLLAB_M_REDIS_ERRORS);
+            cmd->handler(cmd, NULL);
+        }
+    }
+}
+
+
+/* a key of the node's own slots for the library check: collab:library:{N} */
+
+size_t
+ngx_http_collab_cluster_lock(ngx_http_collab_redis_t *rc, u_char *buf)
+{
+    u_char                     *p, *tag;
+    ngx_uint_t                  i;
+    ngx_http_collab_cluster_t  *cl;
+
+    cl = ngx_http_collab_worker->cluster;
+
+    p = ngx_cpymem(buf, NGX_HTTP_COLLAB_CLUSTER_LOCK,
+                   sizeof(NGX_HTTP_COLLAB_CLUSTER_LOCK) - 1);
+
+    if (cl == NULL || rc->node == 0) {
+        return p - buf;
+    }
+
+    p = ngx_cpymem(p, ":{", 2);
+    tag = p;
+
+    /* a node owns thousands of slots: a few tries find one */
+
+    for (i = 0; i < 1000000; i++) {
+        p = ngx_sprintf(tag, "%ui", i);
+
+        if (cl->slots[ngx_http_collab_cluster_slot(tag, p - tag)]
+            == rc->node)
+        {
+            break;
+        }
+    }
+
+    *p++ = '}';
+
+    return p - buf;
+}
+
+
+/* an SSUBSCRIBE or SUNSUBSCRIBE refused: MOVED, the map changed */
+
+void
+ngx_http_collab_cluster_shard_reply(redisAsyncContext *ac, void *r,
+    void *data)
+{
+    ngx_http_collab_redis_t *rc = data;
+
+    redisReply  *reply;
+
+    reply = r;
+
+    if (reply == NULL || reply->type != REDIS_REPLY_ERROR) {
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_WARN, rc->log, 0,
+                  "collab: redis %s connection to \"%V\": a sharded "
+                  "subscription was refused: %s", rc->name, &rc->addr,
+                  reply->str);
+
+    ngx_http_collab_cluster_refresh();
+
+    /* its channels follow the new map after the reconnect */
+
+    if (!(ac->c.flags & REDIS_DISCONNECTING)) {
+        redisAsyncDisconnect(ac);
+    }
+}
+
+
+/* CRC16-XMODEM, as Redis Cluster hashes keys; the whole id is the tag */
+
+static ngx_uint_t
+ngx_http_collab_cluster_slot(u_char *p, size_t len)
+{
+    uint16_t    crc;
+    ngx_uint_t  i;
+
+    crc = 0;
+
+    while (len--) {
+        crc ^= (uint16_t) (*p++ << 8);
+
+        for (i = 0; i < 8; i++) {
+            crc = (crc & 0x8000) ? (uint16_t) ((crc << 1) ^ 0x1021)
+                                 : (uint16_t) (crc << 1);
+        }
+    }
+
+    return crc & (NGX_HTTP_COLLAB_CLUSTER_SLOTS - 1);
+}
