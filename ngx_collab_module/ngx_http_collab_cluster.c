@@ -623,7 +623,12 @@ ngx_http_collab_cluster_redirect(ngx_http_collab_cmd_t *cmd,
             return NGX_DECLINED;
         }
 
-        cmd->redirects++;
+        if (cmd->redirects++ == 0) {
+            ngx_log_error(NGX_LOG_INFO, cmd->rc->log, 0,
+                          "collab: redis node \"%V\": TRYAGAIN, the command "
+                          "waits", &cmd->rc->addr);
+        }
+
         ngx_queue_insert_tail(&cl->again, &cmd->redis_link);
         cl->nagain++;
 
@@ -681,6 +686,12 @@ ngx_http_collab_cluster_redirect(ngx_http_collab_cmd_t *cmd,
     if (!ask) {
         cl->slots[slot] = (u_char) (node - cl->nodes + 1);
     }
+
+    ngx_log_error(NGX_LOG_INFO, cmd->rc->log, 0,
+                  "collab: redis node \"%V\": %*s, the command goes to "
+                  "\"%V\"", &cmd->rc->addr,
+                  (size_t) (sp - (u_char *) reply->str), reply->str,
+                  &node->cmd.addr);
 
     cmd->redirects++;
     cmd->asking = ask;

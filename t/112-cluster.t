@@ -146,7 +146,7 @@ for my $k (0 .. 3) {
     }, 10), "subscriber $k follows its documents");
 }
 
-my $PER_WRITER = 40;
+my $PER_WRITER = 60;
 my @w = map { session(instance => $_ % 2 ? 'b' : undef) } 0 .. 9;
 my (%todo, %acked, %next_try, %resent, %nacked_by_doc, $dup_bad);
 srand(12);
@@ -191,7 +191,14 @@ my ($killed, %victim_docs, $kill_time, $victim_up, %acks_during);
 my $deadline = time + 60;
 while ((%todo || !$killed) && time < $deadline) {
     my $now = time;
-    for my $id (sort { $todo{$a}{i} <=> $todo{$b}{i} } keys %todo) {
+    # each writer has one delta in flight: its lowest id not acked yet
+    my %head;
+    for my $id (keys %todo) {
+        my $d = $todo{$id};
+        $head{ $d->{w} } = $id if !defined $head{ $d->{w} }
+            || $todo{ $head{ $d->{w} } }{i} > $d->{i};
+    }
+    for my $id (values %head) {
         my $d = $todo{$id};
         next if ($next_try{$id} // 0) > $now;
         # the victim's documents wait while it is stopped and killed
@@ -233,7 +240,7 @@ while ((%todo || !$killed) && time < $deadline) {
     pump_subs();
 
     # the reshard: after 80 acks, the slot of the busiest document
-    if (!defined $mig_step && keys %acked >= 80) {
+    if (!defined $mig_step && keys %acked >= 150) {
         my %n;
         $n{ $acked{$_}{doc} }++ for keys %acked;
         ($busy) = sort { $n{$b} <=> $n{$a} } keys %n;
@@ -246,7 +253,7 @@ while ((%todo || !$killed) && time < $deadline) {
 
     # a primary killed: after the reshard, one that the reshard left alone
     if (!$killed && defined $mig_step && $mig_step == 3
-        && keys %acked >= $mig{done_at} + 60)
+        && keys %acked >= $mig{done_at} + 100)
     {
         my ($victim) = grep { $_ ne $mig{src} && $_ ne $mig{dst} } sort keys %shards;
         $victim_docs{$_} = 1 for grep { $owner{$_} eq $victim } @docs;
@@ -275,6 +282,10 @@ is(scalar keys %todo, 0, 'every delta acked in the end (reshard and failover inc
 ok($mig{moved} && $mig_step == 3, "the slot of the busiest document ($busy) moved "
    . "from $mig{src} to $mig{dst} mid-run ($mig{moved} keys)");
 is($t->cluster_owner($mig{slot}), $mig{dst}, '... and the cluster says so');
+my $redirects = () = ($t->error_log . $t->error_log('b')) =~ /: (?:ASK|MOVED) \d+, the command goes to/g;
+my $tryagain = () = ($t->error_log . $t->error_log('b')) =~ /TRYAGAIN, the command waits/g;
+ok($redirects + $tryagain > 0, "writes during the move were redirected ($redirects MOVED/ASK, "
+   . "$tryagain TRYAGAIN)");
 ok($victim_up, "primary $mig{victim} killed: its replica took over after "
    . sprintf('%.1f s', ($victim_up // time) - ($kill_time // time)));
 my @wrong = grep { !$victim_docs{$_} && $nacked_by_doc{$_}{unavailable} } @docs;
