@@ -152,12 +152,14 @@ my (%todo, %acked, %next_try, %resent, %nacked_by_doc, $dup_bad);
 srand(12);
 for my $wi (0 .. $#w) {
     for my $i (1 .. $PER_WRITER) {
-        $todo{"w$wi-$i"} = { w => $wi, doc => $docs[int rand @docs], i => $i };
+        # a third of the writes go to one hot document
+        my $doc = rand() < 0.3 ? $docs[0] : $docs[int rand @docs];
+        $todo{"w$wi-$i"} = { w => $wi, doc => $doc, i => $i };
     }
 }
 
 # the busiest document's slot moves, one MIGRATE step per round of writes
-my ($busy, $mig_step, @mig_keys, %mig);
+my ($busy, $mig_step, @mig_keys, %mig, $mig_nacks);
 sub node_id { $t->redis_at($t->node_port($_[0]), 'CLUSTER', 'MYID') }
 sub migrate_step {
     my $src = $t->node_port($mig{src});
@@ -229,6 +231,8 @@ while ((%todo || !$killed) && time < $deadline) {
             } elsif ($m->{type} eq 'nack') {
                 $nacked_by_doc{ $todo{$id}{doc} }{ $m->{code} }++
                     if $killed && !$victim_up;
+                $mig_nacks++ if defined $mig_step && !$killed
+                    && $todo{$id}{doc} eq $busy;
                 $next_try{$id} = time + 0.2;
             }
         }
@@ -284,6 +288,9 @@ ok($mig{moved} && $mig_step == 3, "the slot of the busiest document ($busy) move
 is($t->cluster_owner($mig{slot}), $mig{dst}, '... and the cluster says so');
 my $redirects = () = ($t->error_log . $t->error_log('b')) =~ /: (?:ASK|MOVED) \d+, the command goes to/g;
 my $tryagain = () = ($t->error_log . $t->error_log('b')) =~ /TRYAGAIN, the command waits/g;
+is($mig_nacks // 0, 0, '... and never refused (no nack for it from the move to the kill)');
+my $left = () = ($t->error_log . $t->error_log('b')) =~ /the slot of "collab:\{$busy\}" left/g;
+ok($left >= 2, "its subscribers on both instances moved to the new owner (sunsubscribe: $left)");
 ok($redirects + $tryagain > 0, "writes during the move were redirected ($redirects MOVED/ASK, "
    . "$tryagain TRYAGAIN)");
 ok($victim_up, "primary $mig{victim} killed: its replica took over after "
