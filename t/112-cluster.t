@@ -39,6 +39,8 @@ EOF
         ['collab_redis cluster:nohost.invalid:1;', 'invalid Redis Cluster node',
          'a seed that does not resolve'],
         ['collab_redis cluster:127.0.0.1:7000 db=2;', 'no "db="', 'a database number'],
+        ['collab_redis cluster:127.0.0.1:7000 ack=replicated;', 'not supported with a Redis Cluster',
+         'ack=replicated'],
     ) {
         (my $c = $conf) =~ s/collab_redis .*?;/$bad->[0]/s;
         ($rc, $out) = $t->check_nginx_conf($c);
