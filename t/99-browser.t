@@ -126,8 +126,8 @@ $t->write_nginx_conf(<<"EOF", workers => 2);
 EOF
 $t->start_nginx;
 
-my $page = $t->http(path => '/');
-like($page->{body} // '', qr{<script src="collab\.js"></script>}, 'nginx serves the demo page');
+my $page = $t->http(path => '/inspector.html');
+like($page->{body} // '', qr{<script src="collab\.js"></script>}, 'nginx serves the inspector page');
 
 # --- the browser run
 my $doc = "browser-$$";
@@ -137,7 +137,7 @@ my $budget = int(left() - 10);          # leave time for the checks and nginx's 
 my $t_run = time;
 my $rc = run_bounded(
     cmd => [$node, "$BROWSER_DIR/demo.mjs",
-            '--url', 'http://127.0.0.1:' . $t->port . '/', '--doc', $doc, '--out', $shots,
+            '--url', 'http://127.0.0.1:' . $t->port . '/inspector.html', '--doc', $doc, '--out', $shots,
             '--nginx-pid', $t->master_pid, '--chromium', $CHROMIUM,
             '--timeout-ms', ($budget - 3) * 1000],
     # chromium's fresh --user-data-dir (made by playwright in TMPDIR) and anything it
