@@ -11,6 +11,7 @@ import { SseTransport } from './transport-sse.js';
 
 const RETRY_NACKS = ['rate_limited', 'unavailable'];
 const DOC_RE = /^[A-Za-z0-9._:-]{1,128}$/;
+const MAX_TIMER = 0x7fffffff;
 
 export class UnauthorizedError extends Error {
     constructor(message = 'unauthorized') {
@@ -109,6 +110,15 @@ export class CollabClient extends Emitter {
         this._onOnline = () => {
             if (!this._stopped && this.state === 'disconnected') {
                 this._open('online');
+            }
+        };
+        // the browser says the network is gone: do not wait for a timeout to notice
+        this._onOffline = () => {
+            if (!this._stopped && (this.state === 'connected' || this.state === 'connecting')) {
+                const conn = this._conn || { kind: this.transport || 'websocket' };
+                this._dropConn();
+                this._onTransportLost(conn, { code: 0, reason: 'offline', opened: true,
+                                              force: true });
             }
         };
         this.ready = this._load();
@@ -403,6 +413,7 @@ export class CollabClient extends Emitter {
         this._stopped = false;
         if (globalThis.addEventListener) {
             globalThis.addEventListener('online', this._onOnline);
+            globalThis.addEventListener('offline', this._onOffline);
         }
         if (this.state === 'disconnected' || this.state === 'failed') {
             this._authFailures = 0;
@@ -415,6 +426,7 @@ export class CollabClient extends Emitter {
         this._stopped = true;
         if (globalThis.removeEventListener) {
             globalThis.removeEventListener('online', this._onOnline);
+            globalThis.removeEventListener('offline', this._onOffline);
         }
         this._gen++;
         this._dropConn();
@@ -548,6 +560,11 @@ export class CollabClient extends Emitter {
         }
         const life = exp - Date.now();
         const delay = Math.max(1000, Math.max(life - this.tokenRefreshMargin, life / 2));
+        if (delay > MAX_TIMER) {
+            // setTimeout fires at once beyond 2^31-1 ms: look again later
+            this._timer('token', MAX_TIMER, () => this._useToken(token));
+            return;
+        }
         this._timer('token', delay, () => this._refreshToken(0));
     }
 

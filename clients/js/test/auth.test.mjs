@@ -98,3 +98,22 @@ test('a static token option works too', async () => {
         c.close();
     }
 });
+
+test('a token valid for decades is not refreshed (no setTimeout overflow)', async () => {
+    let calls = 0;
+    const c = client({ path: '/jwt', getToken: async () => {
+        calls++;
+        return jwt({ sub: 'lena', exp: 4102444800 });
+    } });
+    try {
+        const welcomes = [];
+        c.on('welcome', (m) => welcomes.push(m));
+        c.connect();
+        await connected(c);
+        await sleep(800);
+        assert.equal(calls, 1);
+        assert.equal(welcomes.length, 1);
+    } finally {
+        c.close();
+    }
+});
