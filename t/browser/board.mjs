@@ -211,6 +211,23 @@ async function main() {
     });
     await alice.page.locator('.note textarea').last().blur();
 
+    // ---- 5. a fuller board for the screenshot (docs/board.png, see t/99-browser.t)
+    await alice.page.evaluate(() => {
+        const b = window.board;
+        const add = (id, x, y, color, text) => b.client.send(b.doc, { notes: { [id]: {
+            x, y, color, text, by: 'Alice', z: Date.now() } } });
+        add('s1', 540, 60, '#d3f9d8', 'Demo for the customer on Friday');
+        add('s2', 800, 110, '#d0ebff', 'Live cursors and who is here: presence');
+        add('s3', 300, 330, '#ffdeeb', 'Viewers see everything, change nothing');
+    });
+    await until('carol has 5 notes', async () => (await view(carol)).notes.length === 5);
+    await carol.page.mouse.move(700, 470);
+    await carol.page.mouse.move(720, 490, { steps: 3 });
+    await until('cursors on both pages', async () => {
+        const [a, c] = await Promise.all([view(alice), view(carol)]);
+        return { ok: a.cursors.includes('Carol') && c.cursors.includes('Alice'), detail: [a.cursors, c.cursors] };
+    });
+
     await shots('');
     for (const t of [alice, carol]) {
         check(t.errors.length === 0, `${t.name}: no JavaScript or console errors`, t.errors);
