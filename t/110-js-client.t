@@ -8,6 +8,7 @@
 #   /nows     like /collab, but a WebSocket upgrade is refused (403): SSE + POST only
 #   /merge    collab_merge json-merge
 #   /stale    collab_conflict reject-stale
+#   /acl      collab_admin with the key in COLLAB_ADMIN_KEY
 # Also checks that www/collab.js is the package's current script-tag build.
 #
 # Needs node >= 20 and npm (`make test` runs `npm ci` in clients/js). Bounded to 90 s.
@@ -97,6 +98,12 @@ if (!$have_modules) {
 }
 
 my $k = $t->jwt_keys;
+my $admin_key = 'js-client-admin-key-' . ('k' x 16);
+{
+    open my $fh, '>', "$dir/admin.key" or die "admin.key: $!";
+    print $fh $admin_key;
+    close $fh;
+}
 $t->start_redis;
 $t->write_nginx_conf(<<"EOF", workers => 2);
     collab_redis 127.0.0.1:%%REDIS_PORT%%;
@@ -135,6 +142,11 @@ $t->write_nginx_conf(<<"EOF", workers => 2);
             collab_merge json-merge;
         }
 
+        location = /acl {
+            collab_admin;
+            collab_admin_key file=%%TESTDIR%%/admin.key;
+        }
+
         location = /stale {
             collab;
             collab_doc  \$arg_doc;
@@ -158,7 +170,8 @@ my $rc = run_bounded(
     cwd => $PKG,
     env => { COLLAB_HTTP => 'http://127.0.0.1:' . $t->port,
              COLLAB_JWT_KEY => $k->{hs256},
-             COLLAB_REDIS_PORT => $t->redis_port },
+             COLLAB_REDIS_PORT => $t->redis_port,
+             COLLAB_ADMIN_KEY => $admin_key },
     out => "$dir/node.out", err => "$dir/node.err", timeout => $budget);
 my $secs = time - $t_run;
 my $out = slurp("$dir/node.out");
