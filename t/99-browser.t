@@ -8,7 +8,8 @@
 # the log; one screenshot per page in the test's temp dir. Then the sticky-notes board
 # (www/index.html, t/browser/board.mjs): an editor and a viewer with the demo tokens,
 # a note added by one appears for the other, presence and cursors, the viewer cannot edit
-# (UI and server), the offline indicator and outbox. Bounded to 100 s.
+# (UI and server), the offline indicator and outbox, a browser whose WebSocket upgrades nginx
+# refuses (SSE + POST), a reload with an unacked note (Redis frozen). Bounded to 100 s.
 #
 # Needs /usr/bin/chromium (COLLAB_CHROMIUM), node >= 18 and npm (`make deps` installs
 # them; `make test` runs `npm ci` in t/browser). Skipped only when those are missing.
@@ -112,6 +113,12 @@ $t->write_nginx_conf(<<"EOF", workers => 2);
 
     collab_redis 127.0.0.1:%%REDIS_PORT%%;
 
+    # board.mjs: bob's browser has the cookie nows=1: its WebSocket upgrades are refused
+    map "\$cookie_nows:\$http_upgrade" \$board_nows {
+        "~^1:."  1;
+        default  "";
+    }
+
     server {
         listen 127.0.0.1:%%PORT%%;
 
@@ -122,6 +129,9 @@ $t->write_nginx_conf(<<"EOF", workers => 2);
         }
 
         location = /board/collab {
+            if (\$board_nows) {
+                return 403;
+            }
             collab;
             collab_doc          \$arg_doc;
             collab_auth         jwt;
@@ -211,7 +221,8 @@ my $t_board = time;
 my $brc = run_bounded(
     cmd => [$node, "$BROWSER_DIR/board.mjs",
             '--url', 'http://127.0.0.1:' . $t->port . '/', '--board', "t$$", '--out', $shots,
-            '--chromium', $CHROMIUM, '--timeout-ms', ($bbudget - 3) * 1000],
+            '--chromium', $CHROMIUM, '--timeout-ms', ($bbudget - 3) * 1000,
+            '--redis-pid', $t->redis_pid],
     env => { TMPDIR => "$dir/tmp", HOME => "$dir/home",
              XDG_CONFIG_HOME => "$dir/home/.config", XDG_CACHE_HOME => "$dir/home/.cache" },
     out => "$dir/board.out", err => "$dir/board.err", timeout => $bbudget);
@@ -229,7 +240,7 @@ for my $l (split /\n/, $bout) {
 }
 is($brc, 0, sprintf('board.mjs exited 0 (%.1f s)', time - $t_board))
     or diag("exit $brc\nstdout:\n" . tail_of($bout) . "\nstderr:\n" . tail_of(slurp("$dir/board.err")));
-cmp_ok($bchecks, '>=', 14, "board.mjs ran its checks ($bchecks)");
+cmp_ok($bchecks, '>=', 18, "board.mjs ran its checks ($bchecks)");
 is(scalar @bpngs, 2, 'a screenshot of each board page');
 diag('screenshot: ' . $_) for @bpngs;
 # COLLAB_SCREENSHOT_DIR=docs: refresh docs/board.png (the README's screenshot)

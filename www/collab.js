@@ -238,6 +238,7 @@ class Subscription extends Emitter {
         this._resync = null;                // reason of the last resync
         this._pseq = -1;
         this._ownSeqs = new Set();          // seqs acked to this client, not yet seen
+        this._unseen = new Map();           // seq -> data of those (still in `state`)
         this._local = undefined;
         this._localValid = false;
         this._retry = 0;
@@ -253,6 +254,10 @@ class Subscription extends Emitter {
         if (!this._localValid) {
             let s = this.confirmed;
             if (this.apply) {
+                // acked before their delta came: keep them in the state meanwhile
+                for (const seq of [...this._unseen.keys()].sort((a, b) => a - b)) {
+                    s = this.apply(s, this._unseen.get(seq));
+                }
                 for (const e of this.client._pending(this.doc)) {
                     if (e.seq === undefined) {
                         s = this.apply(s, e.data);
@@ -336,6 +341,11 @@ class Subscription extends Emitter {
         this._resync = null;
         this._retry = 0;
         this._ownSeqs.clear();
+        for (const seq of [...this._unseen.keys()]) {
+            if (reason === 'epoch' || (hasState && seq <= m.state.seq)) {
+                this._unseen.delete(seq);
+            }
+        }
         this._setRole(m.role);
         if (hasState) {
             this.seq = m.state.seq;
@@ -367,6 +377,7 @@ class Subscription extends Emitter {
             return;
         }
         this.seq = m.seq;
+        this._unseen.delete(m.seq);
         const entry = this.client._pendingById(this.doc, m.id);
         const own = this._ownSeqs.delete(m.seq)
             || (entry !== undefined && (this.client.user === null || m.user === this.client.user));
@@ -1098,6 +1109,9 @@ class CollabClient extends Emitter {
         const sub = this.subs.get(m.doc);
         if (sub && sub.seq !== null && m.seq > sub.seq) {
             sub._ownSeqs.add(m.seq);
+            if (e) {
+                sub._unseen.set(m.seq, e.data);
+            }
         }
         this.emit('ack', m);
         if (e) {

@@ -12,7 +12,11 @@
 //      client anyway is refused by the server (nack forbidden) and reaches nobody;
 //   4. Alice goes offline: the indicator says so, a note added offline waits in the outbox
 //      ("1 change to sync"); back online, the client reconnects at once and Carol gets it;
-//   5. a screenshot of each page into --out (board-alice.png, board-carol.png).
+//   5. Bob's WebSocket upgrades are refused by nginx (a cookie the test config checks): his
+//      page falls back to SSE + POST, says so, and edits with the others;
+//   6. (--redis-pid) Redis frozen: a note Alice adds is not acked; she reloads the page; the
+//      outbox (IndexedDB) sends it again after the reload; Redis thawed: it is stored once;
+//   7. a screenshot of each page into --out (board-alice.png, board-carol.png).
 // Output: as demo.mjs (check:, screenshot:, log: lines).
 
 import { parseArgs } from 'node:util';
@@ -27,6 +31,7 @@ const { values: opt } = parseArgs({
         out: { type: 'string', default: '.' },
         chromium: { type: 'string', default: '/usr/bin/chromium' },
         'timeout-ms': { type: 'string', default: '30000' },
+        'redis-pid': { type: 'string' },
     },
 });
 if (!opt.url) {
@@ -84,8 +89,11 @@ async function until(what, fn, timeout = 10000) {
     }
 }
 
-async function open(name) {
+async function open(name, cookies) {
     const context = await browser.newContext({ viewport: { width: 1280, height: 760 } });
+    if (cookies) {
+        await context.addCookies(cookies);
+    }
     const page = await context.newPage();
     page.setDefaultTimeout(10000);
     const t = { name, context, page, errors: [] };
@@ -94,9 +102,18 @@ async function open(name) {
         if (m.type() !== 'error') { return; }
         // offline on purpose (step 4): the browser logs the failed connection attempts
         if (/ERR_INTERNET_DISCONNECTED/.test(m.text())) { return; }
+        // bob's refused upgrades (step 5)
+        if (t.name === 'bob' && /WebSocket connection to .* failed/.test(m.text())) { return; }
         t.errors.push('console: ' + m.text());
     });
     pages[name] = t;
+    // focus changes, for the diagnosis of a failed typing step
+    await page.addInitScript(() => {
+        window.__focus = [];
+        document.addEventListener('focusout', (e) => window.__focus.push(
+            [Math.round(performance.now()), 'out', e.target.className,
+             e.relatedTarget ? e.relatedTarget.className || e.relatedTarget.tagName : null]), true);
+    });
     await page.goto(`${opt.url}?as=${name}&board=${encodeURIComponent(opt.board)}`);
     return t;
 }
@@ -115,6 +132,7 @@ function view(t) {
             pending: $('#pending').hidden ? null : $('#pending').textContent,
             who: [...document.querySelectorAll('#who li')].map((li) => li.dataset.user),
             cursors: [...document.querySelectorAll('.cursor span')].map((s) => s.textContent),
+            outbox: window.board ? window.board.client.outbox.map((e) => e.id) : [],
             notes: [...document.querySelectorAll('.note')].map((n) => ({
                 id: n.dataset.id, by: n.querySelector('.note-author').textContent,
                 text: n.querySelector('textarea').value,
@@ -156,7 +174,8 @@ async function main() {
     await ta.pressSequentially('Hello from Alice', { delay: 10 });
     const seen = await until('carol sees the note', async () => {
         const v = await view(carol);
-        return { ok: v.notes.length === 1 && v.notes[0].text === 'Hello from Alice', detail: v.notes, v };
+        return { ok: v.notes.length === 1 && v.notes[0].text === 'Hello from Alice',
+                 detail: [v.notes, await alice.page.evaluate(() => window.__focus)], v };
     });
     check(seen.v.notes[0].by === 'Alice', 'carol sees alice\'s note, with its author', seen.v.notes);
     await carol.page.mouse.move(600, 500);
@@ -211,6 +230,63 @@ async function main() {
     });
     await alice.page.locator('.note textarea').last().blur();
 
+    // ---- 5. bob: WebSocket refused by nginx, SSE + POST
+    const host = new URL(opt.url).hostname;
+    const bob = await open('bob', [{ name: 'nows', value: '1', domain: host, path: '/' }]);
+    const vb = (await until('bob connected over SSE', async () => {
+        const v = await view(bob);
+        return { ok: /\bconnected\b/.test(v.conn) && v.notes.length === 2, detail: v, v };
+    }, 15000)).v;
+    check(/SSE \+ POST/.test(vb.connText), `bob's page says how it is connected ("${vb.connText}")`, vb.connText);
+    await bob.page.evaluate(() => window.board.client.send(window.board.doc, { notes: { sse: {
+        x: 60, y: 420, color: '#e5dbff', text: 'Sent over POST', by: 'Bob', z: Date.now() } } }));
+    await until('alice and carol see bob\'s note', async () => {
+        const [a, c] = await Promise.all([view(alice), view(carol)]);
+        return { ok: [a, c].every((v) => v.notes.some((n) => n.text === 'Sent over POST')), detail: [a.notes, c.notes] };
+    });
+    check(true, 'bob\'s note (POST) reaches alice and carol; theirs reach bob over SSE');
+    await bob.context.close();
+    delete pages.bob;
+
+    // ---- 6. a reload with an unacked note: sent again after it, stored once
+    if (opt['redis-pid']) {
+        const pid = Number(opt['redis-pid']);
+        process.kill(pid, 'SIGSTOP');
+        let thawed = false;
+        try {
+            await alice.page.evaluate(() => { window.board.client.send(window.board.doc, { notes: { rl: {
+                x: 560, y: 420, color: '#ffe8cc', text: 'Sent before a reload', by: 'Alice', z: Date.now() } } }); });
+            const before = await until('the note waits for its ack', async () => {
+                const v = await view(alice);
+                return { ok: v.outbox.length === 1 && v.pending !== null, detail: v, v };
+            });
+            await alice.page.reload();
+            const after = await until('the reloaded page has it in its outbox', async () => {
+                const v = await view(alice).catch(() => null);
+                return { ok: !!v && v.outbox.length === 1, detail: v, v };
+            });
+            check(after.v.outbox[0] === before.v.outbox[0], 'after the reload the outbox holds the same delta (same id)',
+                  [before.v.outbox, after.v.outbox]);
+            process.kill(pid, 'SIGCONT');
+            thawed = true;
+            await until('carol sees it and alice has nothing pending', async () => {
+                const [a, c] = await Promise.all([view(alice), view(carol)]);
+                return { ok: c.notes.some((n) => n.text === 'Sent before a reload') && a.outbox.length === 0
+                         && a.pending === null, detail: [a.outbox, a.pending, c.notes.length] };
+            }, 20000);
+            const stored = await alice.page.evaluate(async () => {
+                const b = window.board;
+                const r = await fetch(`/board/collab?doc=${b.doc}&view=deltas&since=0`,
+                                      { headers: { Authorization: 'Bearer ' + window.DEMO_USERS.alice.token } });
+                return (await r.json()).deltas.map((d) => d.id);
+            });
+            const n = stored.filter((id) => id === before.v.outbox[0]).length;
+            check(n === 1, `a note sent before a reload and again after it is stored once (${n})`, stored);
+        } finally {
+            if (!thawed) { process.kill(pid, 'SIGCONT'); }
+        }
+    }
+
     // ---- 5. a fuller board for the screenshot (docs/board.png, see t/99-browser.t)
     await alice.page.evaluate(() => {
         const b = window.board;
@@ -219,10 +295,13 @@ async function main() {
         add('s1', 540, 60, '#d3f9d8', 'Demo for the customer on Friday');
         add('s2', 800, 110, '#d0ebff', 'Live cursors and who is here: presence');
         add('s3', 300, 330, '#ffdeeb', 'Viewers see everything, change nothing');
+        b.client.send(b.doc, { notes: { sse: { x: 820, y: 380 } } });
     });
-    await until('carol has 5 notes', async () => (await view(carol)).notes.length === 5);
+    await until('carol has the new notes', async () => (await view(carol)).notes.length >= 5);
     await carol.page.mouse.move(700, 470);
     await carol.page.mouse.move(720, 490, { steps: 3 });
+    await alice.page.mouse.move(1000, 560);
+    await alice.page.mouse.move(1020, 580, { steps: 3 });
     await until('cursors on both pages', async () => {
         const [a, c] = await Promise.all([view(alice), view(carol)]);
         return { ok: a.cursors.includes('Carol') && c.cursors.includes('Alice'), detail: [a.cursors, c.cursors] };

@@ -293,6 +293,9 @@ export class CollabClient extends Emitter {
         const sub = this.subs.get(m.doc);
         if (sub && sub.seq !== null && m.seq > sub.seq) {
             sub._ownSeqs.add(m.seq);
+            if (e) {
+                sub._unseen.set(m.seq, e.data);
+            }
         }
         this.emit('ack', m);
         if (e) {
