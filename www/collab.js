@@ -1301,6 +1301,9 @@ class CollabClient extends Emitter {
         this._dropConn();
         this._setState('connecting', reason, null);
         await this.ready;
+        if (gen !== this._gen) {
+            return;
+        }
         let token = null;
         if (this.getToken) {
             try {
@@ -1450,6 +1453,9 @@ class CollabClient extends Emitter {
         }
         this._authFailures = 0;
         this._setState('connected', conn.kind, null);
+        for (const e of this.outbox) {
+            e.sent = false;             // unacked on the old connection: again (same id)
+        }
         for (const sub of this.subs.values()) {
             sub.subscribed = false;
             if (sub.active) {

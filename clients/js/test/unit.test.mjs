@@ -96,3 +96,37 @@ test('resync lagging: re-subscribe, and the recovery names it', async (t) => {
     assert.equal(ev.reason, 'lagging');
     c.close();
 });
+
+test('close() then connect(): a delta sent but not acked goes again, with its id', async (t) => {
+    const { c } = fresh('r');
+    t.after(() => c.close());
+    c.connect();
+    await until(() => FakeWS.last && FakeWS.last.sent.some((m) => m.type === 'subscribe'));
+    const ws1 = FakeWS.last;
+    ws1.push({ type: 'subscribed', doc: 'r', role: 'editor', epoch: 'e', seq: 0,
+               state: { seq: 0, data: null } });
+    c.send('r', { n: 1 }).catch(() => {});
+    await until(() => ws1.sent.some((m) => m.type === 'delta'));
+    const id = ws1.sent.find((m) => m.type === 'delta').id;
+    c.close();
+    c.connect();
+    await until(() => FakeWS.last !== ws1 && FakeWS.last.sent.some((m) => m.type === 'subscribe'));
+    const ws2 = FakeWS.last;
+    ws2.push({ type: 'subscribed', doc: 'r', role: 'editor', epoch: 'e', seq: 0 });
+    await until(() => ws2.sent.some((m) => m.type === 'delta'));
+    assert.equal(ws2.sent.find((m) => m.type === 'delta').id, id);
+});
+
+test('close() while the outbox is loading: no connection is opened', async () => {
+    FakeWS.last = null;
+    let release;
+    const slow = { get: () => new Promise((r) => { release = r; }), set: async () => {}, delete: async () => {} };
+    const c = new CollabClient({ url: 'http://x/collab', WebSocket: FakeWS, storage: slow });
+    c.connect();
+    c.close();
+    release(undefined);
+    await tick();
+    await tick();
+    assert.equal(FakeWS.last, null);
+    assert.equal(c.state, 'disconnected');
+});
