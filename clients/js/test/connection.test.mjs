@@ -4,7 +4,8 @@
 import test from 'node:test';
 import assert from 'node:assert/strict';
 import { fullJitter } from '../src/index.js';
-import { client, connected, docName, proxy, until, waitFor } from './helpers.mjs';
+import WebSocket from 'ws';
+import { client, connected, docName, proxy, sleep, until, waitFor } from './helpers.mjs';
 
 test('states connecting -> connected, then disconnected with a retry delay after a drop, '
      + 'and connected again', async () => {
@@ -109,5 +110,42 @@ test('full jitter stays within [0, min(max, min * 2^attempt))', () => {
         const cap = Math.min(10000, 250 * 2 ** a);
         assert.equal(fullJitter(a, 250, 10000, () => 0), 0);
         assert.equal(fullJitter(a, 250, 10000, () => 0.999999), Math.floor(0.999999 * cap));
+    }
+});
+
+// a WebSocket like a browser's: no way to see the server's pings
+class BrowserLikeWebSocket {
+    constructor(url, protocol) {
+        const ws = this.ws = new WebSocket(url, protocol);
+        ws.onopen = (e) => this.onopen && this.onopen(e);
+        ws.onmessage = (e) => this.onmessage && this.onmessage({ data: String(e.data) });
+        ws.onclose = (e) => this.onclose && this.onclose({ code: e.code, reason: e.reason });
+        ws.onerror = (e) => this.onerror && this.onerror(e);
+        this.sent = [];
+    }
+    get readyState() { return this.ws.readyState; }
+    send(text) { this.sent.push(text); this.ws.send(text); }
+    close(code) { this.ws.close(code); }
+}
+
+test('liveness without visible pings: an idle connection is probed and stays up', async () => {
+    const sockets = [];
+    class Recording extends BrowserLikeWebSocket {
+        constructor(...a) { super(...a); sockets.push(this); }
+    }
+    const c = client({ params: { user: 'pia' }, WebSocket: Recording, livenessTimeout: 1200 });
+    const errors = [];
+    c.on('error', (e) => errors.push(e));
+    try {
+        c.connect();
+        await connected(c);
+        await sleep(3000);
+        assert.equal(c.state, 'connected', 'still connected');
+        assert.equal(sockets.length, 1, 'the same socket');
+        const probes = sockets[0].sent.filter((t) => JSON.parse(t).type === 'ping');
+        assert.ok(probes.length >= 2, `probed ${probes.length} times`);
+        assert.deepEqual(errors, [], 'the answers to the probes are not reported as errors');
+    } finally {
+        c.close();
     }
 });
