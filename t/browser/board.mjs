@@ -55,6 +55,15 @@ function check(ok, name, detail) {
     return ok;
 }
 
+function canon(x) {
+    if (Array.isArray(x)) { return x.map(canon); }
+    if (x && typeof x === 'object') {
+        return Object.fromEntries(Object.keys(x).sort().map((k) => [k, canon(x[k])]));
+    }
+    return x;
+}
+const same = (a, b) => JSON.stringify(canon(a)) === JSON.stringify(canon(b));
+
 let browser = null;
 const pages = {};
 const watchdog = setTimeout(async () => {
@@ -245,6 +254,42 @@ async function main() {
         return { ok: [a, c].every((v) => v.notes.some((n) => n.text === 'Sent over POST')), detail: [a.notes, c.notes] };
     });
     check(true, 'bob\'s note (POST) reaches alice and carol; theirs reach bob over SSE');
+
+    // concurrent edits from alice (WebSocket) and bob (POST): every page converges on the
+    // server's state
+    const burst = (t, who) => t.page.evaluate((w) => {
+        const b = window.board;
+        const all = [];
+        for (let i = 0; i < 5; i++) {
+            all.push(b.client.send(b.doc, { notes: { sse: { text: `${w} ${i}` },
+                                                     [`${w}${i}`]: { x: 20 + i * 40, y: 650, text: w, by: w } } }));
+        }
+        return Promise.all(all).then(() => true);
+    }, who);
+    await Promise.all([burst(alice, 'alice'), burst(bob, 'bob')]);
+    const stateOf = (t) => t.page.evaluate(() => JSON.stringify(window.board.sub.state));
+    const server = await alice.page.evaluate(async () => {
+        const r = await fetch(`/board/collab?doc=${window.board.doc}&view=state`,
+                              { headers: { Authorization: 'Bearer ' + window.DEMO_USERS.alice.token } });
+        return (await r.json()).data;
+    });
+    const conv = await until('the three pages converge', async () => {
+        const st = await Promise.all([alice, bob, carol].map(stateOf));
+        return { ok: st.every((x) => same(JSON.parse(x), server)),
+                 detail: st.map((x) => x.length), st };
+    });
+    const parsed = conv.st.map((x) => JSON.parse(x));
+    check(parsed.every((p) => same(p, parsed[0])) && same(parsed[0], server)
+          && Object.keys(server.notes).filter((k) => /^(alice|bob)\d$/.test(k)).length === 10,
+          'concurrent edits (WebSocket and POST): all pages show the server\'s state, 10 new notes',
+          { server: Object.keys(server.notes), pages: parsed.map((p) => Object.keys(p.notes).length) });
+    await Promise.all([alice, bob].map((t) => t.page.evaluate(() => {
+        const b = window.board;
+        const p = { notes: {} };
+        for (let i = 0; i < 5; i++) { p.notes['alice' + i] = null; p.notes['bob' + i] = null; }
+        p.notes.sse = { text: 'Sent over POST' };
+        return b.client.send(b.doc, p);
+    })));
     await bob.context.close();
     delete pages.bob;
 
