@@ -148,13 +148,13 @@ t/browser/node_modules: t/browser/package.json t/browser/package-lock.json | dep
 t/metrics/node_modules: t/metrics/package.json t/metrics/package-lock.json | deps
 	cd t/metrics && npm ci --no-audit --no-fund --loglevel=error && touch node_modules
 
-# t/110-js-client.t runs the tests of the npm package clients/js (node --test), which use the
+# t/111-js-client.t runs the tests of the npm package clients/js (node --test), which use the
 # `ws` package as Node 20's WebSocket (clients/js/package-lock.json; no runtime dependency).
 clients/js/node_modules: clients/js/package.json clients/js/package-lock.json | deps
 	cd clients/js && npm ci --no-audit --no-fund --loglevel=error --ignore-scripts && touch node_modules
 
 # www/collab.js is the package's script-tag build, committed so that `make run` needs no node;
-# `make js` rebuilds it after a change to clients/js/src (t/110-js-client.t checks it is current).
+# `make js` rebuilds it after a change to clients/js/src (t/111-js-client.t checks it is current).
 js:
 	node clients/js/scripts/build.mjs --out clients/js/dist/collab.js --out www/collab.js
 

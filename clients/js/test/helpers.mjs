@@ -1,6 +1,6 @@
-// Shared by the tests: they run against a real nginx + Redis started by t/110-js-client.t,
+// Shared by the tests: they run against a real nginx + Redis started by t/111-js-client.t,
 // which passes the endpoints in the environment:
-//   COLLAB_HTTP      http://127.0.0.1:PORT (locations: see t/110-js-client.t)
+//   COLLAB_HTTP      http://127.0.0.1:PORT (locations: see t/111-js-client.t)
 //   COLLAB_JWT_KEY   the HS256 secret of the /jwt location (a file)
 
 import net from 'node:net';
@@ -11,7 +11,7 @@ import { CollabClient, MemoryStorage } from '../src/node.js';
 
 export const HTTP = process.env.COLLAB_HTTP;
 if (!HTTP) {
-    throw new Error('COLLAB_HTTP is not set: run these tests through t/110-js-client.t');
+    throw new Error('COLLAB_HTTP is not set: run these tests through t/111-js-client.t');
 }
 export const PORT = Number(new URL(HTTP).port);
 

@@ -1,4 +1,4 @@
-// A node:test reporter for t/110-js-client.t: one line per test,
+// A node:test reporter for t/111-js-client.t: one line per test,
 //   check: 1 NAME                 or    check: 0 NAME -- ERROR
 // (suites are left out: their tests are reported), and "log: ..." for diagnostics.
 
