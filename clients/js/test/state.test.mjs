@@ -1,6 +1,6 @@
 // The document state: the snapshot when subscribing without since (json-merge), optimistic
 // local apply, the rebase hook on remote deltas and on nack conflict (reject-stale),
-// recovered=false with the reason when the log was recreated.
+// recovered=false with the reason when the log was recreated or trimmed.
 
 import test from 'node:test';
 import assert from 'node:assert/strict';
@@ -134,5 +134,39 @@ test('recovered=false with reason "epoch" when the log was recreated', async () 
     } finally {
         a.close();
         b.close();
+    }
+});
+
+test('recovered=false with reason "trimmed" when the log no longer has what was missed',
+     async () => {
+    const doc = docName('trim');
+    const p = await proxy();
+    const a = client({ url: p.url + '/merge', params: { user: 'alice' } });
+    const b = client({ path: '/merge', params: { user: 'bob' } });
+    try {
+        const sa = a.subscribe(doc, { merge: true });
+        a.connect();
+        b.connect();
+        await waitFor(sa, 'subscribed');
+        await b.send(doc, { n: 1 });
+        await until('alice at 1', () => sa.seq === 1);
+        p.refuse(true);
+        p.cut();
+        await waitFor(a, 'state', (s) => s.new === 'disconnected');
+        await b.send(doc, { n: 2 });
+        await b.send(doc, { m: 3 });
+        // the json-merge state is at seq 3: the log may lose everything before it
+        await redis('XTRIM', `collab:{${doc}}:log`, 'MINID', '3-0');
+        const again = waitFor(sa, 'subscribed', () => true, 15000);
+        p.refuse(false);
+        const ev = await again;
+        assert.equal(ev.recovered, false);
+        assert.equal(ev.reason, 'trimmed');
+        assert.deepEqual(ev.snapshot, { seq: 3, data: { n: 2, m: 3 } });
+        assert.deepEqual(sa.state, { n: 2, m: 3 });
+    } finally {
+        a.close();
+        b.close();
+        p.close();
     }
 });
