@@ -130,3 +130,23 @@ test('close() while the outbox is loading: no connection is opened', async () =>
     assert.equal(FakeWS.last, null);
     assert.equal(c.state, 'disconnected');
 });
+
+test('LocalStorageStorage keeps the outbox in a localStorage-like object', async () => {
+    const { LocalStorageStorage } = await import('../src/index.js');
+    const data = new Map();
+    const ls = { getItem: (k) => (data.has(k) ? data.get(k) : null),
+                 setItem: (k, v) => data.set(k, String(v)), removeItem: (k) => data.delete(k) };
+    const storage = new LocalStorageStorage(ls, 'app:');
+    FakeWS.last = null;
+    const c1 = new CollabClient({ url: 'http://x/collab', WebSocket: FakeWS, storage, storageKey: 'k' });
+    c1.send('doc1', { a: 1 }).catch(() => {});
+    await until(() => data.has('app:k') && JSON.parse(data.get('app:k')).entries.length === 1);
+    c1.close();
+    const c2 = new CollabClient({ url: 'http://x/collab', WebSocket: FakeWS, storage, storageKey: 'k' });
+    await c2.ready;
+    assert.equal(c2.clientId, c1.clientId);
+    assert.deepEqual(c2.outbox.map((e) => e.data), [{ a: 1 }]);
+    await storage.delete('k');
+    assert.equal(data.has('app:k'), false);
+    c2.close();
+});
