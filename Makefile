@@ -205,7 +205,7 @@ run: build stop
 	    if $(call pid_alive,$(RUN_DIR)/nginx.pid,nginx) \
 	       && (exec 3<>/dev/tcp/127.0.0.1/$(PORT)) 2>/dev/null; then \
 	        echo "nginx on 127.0.0.1:$(PORT) (pid $$pid, log run/logs/error.log)"; \
-	        echo; echo "Open http://127.0.0.1:$(PORT)/ in two browser tabs (make stop to end)"; exit 0; \
+	        echo; echo "Open http://127.0.0.1:$(PORT)/ (the sticky-notes board; its \"Open as\" links open it as other users; make stop to end)"; exit 0; \
 	    fi; sleep 0.1; \
 	done; echo "nginx did not start (make stop ends redis):" >&2; tail -n 5 $(RUN_DIR)/logs/error.log >&2; exit 1
 
