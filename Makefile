@@ -5,6 +5,7 @@
 #   make test-asan  the same suite against an AddressSanitizer build
 #   make run        start redis + nginx with the demo page (PORT=8080 REDIS_PORT=6390)
 #   make stop       stop what `make run` started
+#   make js         rebuild www/collab.js from the npm package clients/js
 #
 # The module is built against the distribution's nginx: the nginx-dev package ships the
 # configured sources in $(NGX_SRC); nginx's configure writes everything into --builddir.
@@ -55,7 +56,7 @@ ASAN_OPTIONS_DEFAULT := detect_leaks=0
 
 SUDO = $(shell [ "$$(id -u)" = 0 ] || { command -v sudo >/dev/null && echo sudo; })
 
-.PHONY: build build-asan deps test test-asan run stop bench fuzz clean
+.PHONY: build build-asan deps test test-asan run stop bench fuzz clean js
 
 # ---------------------------------------------------------------------------------------------
 # deps: install only what is missing; a no-op (one dpkg-query) when everything is there.
@@ -133,7 +134,7 @@ define prove
 	prove -r -It/lib $(PROVE_FLAGS) $(TEST)
 endef
 
-test: build t/browser/node_modules t/metrics/node_modules
+test: build t/browser/node_modules t/metrics/node_modules clients/js/node_modules
 	$(call prove,$(MODULE),0)
 
 # t/99-browser.t drives Debian's chromium with playwright-core (t/browser/package-lock.json).
@@ -146,6 +147,16 @@ t/browser/node_modules: t/browser/package.json t/browser/package-lock.json | dep
 # (parse-prometheus-text-format, t/metrics/package-lock.json).
 t/metrics/node_modules: t/metrics/package.json t/metrics/package-lock.json | deps
 	cd t/metrics && npm ci --no-audit --no-fund --loglevel=error && touch node_modules
+
+# t/111-js-client.t runs the tests of the npm package clients/js (node --test), which use the
+# `ws` package as Node 20's WebSocket (clients/js/package-lock.json; no runtime dependency).
+clients/js/node_modules: clients/js/package.json clients/js/package-lock.json | deps
+	cd clients/js && npm ci --no-audit --no-fund --loglevel=error --ignore-scripts && touch node_modules
+
+# www/collab.js is the package's script-tag build, committed so that `make run` needs no node;
+# `make js` rebuilds it after a change to clients/js/src (t/111-js-client.t checks it is current).
+js:
+	node clients/js/scripts/build.mjs --out clients/js/dist/collab.js --out www/collab.js
 
 test-asan: build-asan t/metrics/node_modules
 	$(call prove,$(ASAN_MODULE),1)
@@ -194,7 +205,7 @@ run: build stop
 	    if $(call pid_alive,$(RUN_DIR)/nginx.pid,nginx) \
 	       && (exec 3<>/dev/tcp/127.0.0.1/$(PORT)) 2>/dev/null; then \
 	        echo "nginx on 127.0.0.1:$(PORT) (pid $$pid, log run/logs/error.log)"; \
-	        echo; echo "Open http://127.0.0.1:$(PORT)/ in two browser tabs (make stop to end)"; exit 0; \
+	        echo; echo "Open http://127.0.0.1:$(PORT)/ (the sticky-notes board; its \"Open as\" links open it as other users; make stop to end)"; exit 0; \
 	    fi; sleep 0.1; \
 	done; echo "nginx did not start (make stop ends redis):" >&2; tail -n 5 $(RUN_DIR)/logs/error.log >&2; exit 1
 

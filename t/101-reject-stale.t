@@ -131,7 +131,7 @@ sub delta {
     $wb->close;
 }
 
-# --- www/collab.js: the rejection carries the head, and a rebase on it works
+# --- clients/js (t/client/conflict.mjs): the rejection carries the head, and a rebase on it works
 SKIP: {
     my ($node) = grep { -x } map { "$_/node" } split /:/, $ENV{PATH};
     skip 'node is not installed', 4 unless $node;
@@ -139,10 +139,10 @@ SKIP: {
     my $out = `$node --no-warnings --experimental-websocket $FindBin::Bin/client/conflict.mjs $url js-cf 2>&1`;
     my ($line) = $out =~ /^(\{.*\})\s*$/m;
     my $r = eval { JSON::PP::decode_json($line // '') } // {};
-    is($r->{a} && $r->{a}{seq}, 1, 'collab.js: the first delta on base 0 is stored')
+    is($r->{a} && $r->{a}{seq}, 1, 'clients/js: the first delta on base 0 is stored')
         or diag $out;
     is($r->{b} && $r->{b}{rejected} && $r->{b}{rejected}{code}, 'conflict',
-       'collab.js: the second is rejected with conflict');
+       'clients/js: the second is rejected with conflict');
     is($r->{b} && $r->{b}{rejected} && $r->{b}{rejected}{seq}, 1, '... carrying the head');
     is($r->{rebased} && $r->{rebased}{seq}, 2, '... and stored once rebased on it');
 }

@@ -5,7 +5,11 @@
 # conf/nginx.conf.in. Two browser contexts (alice, bob) on one document: concurrent
 # edits show up in both pages in the same seq order; after a connection loss (nginx
 # reload while bob is offline) bob resumes with since + epoch; a reloaded tab replays
-# the log; one screenshot per page in the test's temp dir. Bounded to 60 s.
+# the log; one screenshot per page in the test's temp dir. Then the sticky-notes board
+# (www/index.html, t/browser/board.mjs): an editor and a viewer with the demo tokens,
+# a note added by one appears for the other, presence and cursors, the viewer cannot edit
+# (UI and server), the offline indicator and outbox, a browser whose WebSocket upgrades nginx
+# refuses (SSE + POST), a reload with an unacked note (Redis frozen). Bounded to 100 s.
 #
 # Needs /usr/bin/chromium (COLLAB_CHROMIUM), node >= 18 and npm (`make deps` installs
 # them; `make test` runs `npm ci` in t/browser). Skipped only when those are missing.
@@ -21,7 +25,7 @@ use POSIX qw(WNOHANG);
 use JSON::PP;
 use Collab::Test;
 
-my $LIMIT = 60;                     # seconds for the whole file
+my $LIMIT = 100;                    # seconds for the whole file
 my $T0 = time;
 my $BROWSER_DIR = "$FindBin::Bin/browser";
 my $CHROMIUM = $ENV{COLLAB_CHROMIUM} || '/usr/bin/chromium';
@@ -109,6 +113,12 @@ $t->write_nginx_conf(<<"EOF", workers => 2);
 
     collab_redis 127.0.0.1:%%REDIS_PORT%%;
 
+    # board.mjs: bob's browser has the cookie nows=1: its WebSocket upgrades are refused
+    map "\$cookie_nows:\$http_upgrade" \$board_nows {
+        "~^1:."  1;
+        default  "";
+    }
+
     server {
         listen 127.0.0.1:%%PORT%%;
 
@@ -116,6 +126,19 @@ $t->write_nginx_conf(<<"EOF", workers => 2);
             collab;
             collab_doc  \$arg_doc;
             collab_user \$arg_user;
+        }
+
+        location = /board/collab {
+            if (\$board_nows) {
+                return 403;
+            }
+            collab;
+            collab_doc          \$arg_doc;
+            collab_auth         jwt;
+            collab_jwt_key      hs256 file=$Collab::Test::REPO/conf/demo-jwt.key;
+            collab_default_role none;
+            collab_merge        json-merge;
+            collab_state_max    256k;
         }
 
         location / {
@@ -126,18 +149,18 @@ $t->write_nginx_conf(<<"EOF", workers => 2);
 EOF
 $t->start_nginx;
 
-my $page = $t->http(path => '/');
-like($page->{body} // '', qr{<script src="collab\.js"></script>}, 'nginx serves the demo page');
+my $page = $t->http(path => '/inspector.html');
+like($page->{body} // '', qr{<script src="collab\.js"></script>}, 'nginx serves the inspector page');
 
 # --- the browser run
 my $doc = "browser-$$";
 my $shots = "$dir/screenshots";
 mkdir "$dir/$_" for qw(tmp home);
-my $budget = int(left() - 10);          # leave time for the checks and nginx's quit
+my $budget = int(left() - 45);          # leave time for the board, the checks and nginx's quit
 my $t_run = time;
 my $rc = run_bounded(
     cmd => [$node, "$BROWSER_DIR/demo.mjs",
-            '--url', 'http://127.0.0.1:' . $t->port . '/', '--doc', $doc, '--out', $shots,
+            '--url', 'http://127.0.0.1:' . $t->port . '/inspector.html', '--doc', $doc, '--out', $shots,
             '--nginx-pid', $t->master_pid, '--chromium', $CHROMIUM,
             '--timeout-ms', ($budget - 3) * 1000],
     # chromium's fresh --user-data-dir (made by playwright in TMPDIR) and anything it
@@ -187,6 +210,43 @@ SKIP: {
         [map { [$_->{seq}, $_->{user}, $JSON->decode($_->{data})] } @{ $result->{rows} }],
         'same seq, user and data as the log table in the pages');
     is($t->redis('HGET', "collab:{$doc}:state", 'epoch'), $result->{epoch}, 'the epoch the pages show');
+}
+
+# --- the sticky-notes board
+my $board_page = $t->http(path => '/');
+like($board_page->{body} // '', qr{<script src="collab\.js"></script>.*<script src="board\.js">}s,
+     'nginx serves the board page');
+my $bbudget = int(left() - 8);
+my $t_board = time;
+my $brc = run_bounded(
+    cmd => [$node, "$BROWSER_DIR/board.mjs",
+            '--url', 'http://127.0.0.1:' . $t->port . '/', '--board', "t$$", '--out', $shots,
+            '--chromium', $CHROMIUM, '--timeout-ms', ($bbudget - 3) * 1000,
+            '--redis-pid', $t->redis_pid],
+    env => { TMPDIR => "$dir/tmp", HOME => "$dir/home",
+             XDG_CONFIG_HOME => "$dir/home/.config", XDG_CACHE_HOME => "$dir/home/.cache" },
+    out => "$dir/board.out", err => "$dir/board.err", timeout => $bbudget);
+my $bout = slurp("$dir/board.out");
+my ($bchecks, @bpngs) = (0);
+for my $l (split /\n/, $bout) {
+    if ($l =~ /^check: ([01]) (.*?)(?: -- (.*))?$/) {
+        $bchecks++;
+        ok($1, "browser: $2") or diag('  ' . ($3 // ''));
+    } elsif ($l =~ /^screenshot: (.+)$/) {
+        push @bpngs, $1;
+    } elsif ($l =~ /^log: (.*)$/) {
+        note $1;
+    }
+}
+is($brc, 0, sprintf('board.mjs exited 0 (%.1f s)', time - $t_board))
+    or diag("exit $brc\nstdout:\n" . tail_of($bout) . "\nstderr:\n" . tail_of(slurp("$dir/board.err")));
+cmp_ok($bchecks, '>=', 18, "board.mjs ran its checks ($bchecks)");
+is(scalar @bpngs, 2, 'a screenshot of each board page');
+diag('screenshot: ' . $_) for @bpngs;
+# COLLAB_SCREENSHOT_DIR=docs: refresh docs/board.png (the README's screenshot)
+if ($ENV{COLLAB_SCREENSHOT_DIR} && !$brc) {
+    my ($png) = grep { m{/board-alice\.png$} } @bpngs;
+    system('cp', $png, "$ENV{COLLAB_SCREENSHOT_DIR}/board.png") if $png;
 }
 
 $t->done;

@@ -166,7 +166,7 @@ async function until(what, fn, timeout = 10000) {
 async function connected(tab, n) {
     return until(`${tab.name} connected (subscribed #${n})`, async () => {
         const v = await tab.view();
-        return { ok: v.state === 'open' && tab.subscribeds().length >= n && v.epoch !== '-', detail: v.status, v };
+        return { ok: v.state === 'connected' && tab.subscribeds().length >= n && v.epoch !== '-', detail: v.status, v };
     });
 }
 
@@ -174,7 +174,7 @@ async function connected(tab, n) {
 async function converged(tabs, count, timeout = 10000) {
     return until(`both tabs showing ${count} deltas`, async () => {
         const vs = await Promise.all(tabs.map((t) => t.view()));
-        const ok = vs.every((v) => v.rows.length === count && v.pending === 0 && v.state === 'open')
+        const ok = vs.every((v) => v.rows.length === count && v.pending === 0 && v.state === 'connected')
             && vs.every((v) => same(v.rows, vs[0].rows));
         return { ok, vs, detail: vs.map((v) => ({ status: v.status, rows: v.rows.length, last: v.rows.at(-1) })) };
     }, timeout).then((r) => r.vs);
@@ -258,7 +258,7 @@ async function main() {
         await bob.context.setOffline(true);
         log('bob offline; SIGHUP nginx', opt['nginx-pid']);
         process.kill(Number(opt['nginx-pid']), 'SIGHUP');
-        await until('bob disconnected', async () => (await bob.view()).state !== 'open');
+        await until('bob disconnected', async () => (await bob.view()).state !== 'connected');
         await connected(alice, before.aliceOk + 1);
         log('alice is back:', (await alice.view()).status);
         await alice.addNote('while bob was away');
@@ -270,7 +270,7 @@ async function main() {
             return { ok: v.rows.length === count && v.pending === 0, detail: v.status };
         });
         const vb = await bob.view();
-        check(vb.state !== 'open' && vb.rows.length === bobSeq, 'reconnect: bob is away and missed the new deltas', vb.status);
+        check(vb.state !== 'connected' && vb.rows.length === bobSeq, 'reconnect: bob is away and missed the new deltas', vb.status);
 
         await bob.context.setOffline(false);
         await connected(bob, before.bobOk + 1);

@@ -1,21 +1,19 @@
-// www/collab.js under collab_conflict reject-stale, run by t/101-reject-stale.t:
+// The npm package clients/js under collab_conflict reject-stale, run by t/101-reject-stale.t:
 //   node --experimental-websocket conflict.mjs URL DOC
 // Two clients on one document: a's delta on base 0 is stored; b's on base 0
 // is rejected with {code: 'conflict', seq: 1}; b rebases on seq and succeeds.
 // Prints one JSON line with what each promise gave.
 
-import { createRequire } from 'node:module';
+import { CollabClient, MemoryStorage } from '../../clients/js/src/index.js';
 
-const require = createRequire(import.meta.url);
-const CollabClient = require('../../www/collab.js');
 const [url, doc] = process.argv.slice(2);
 
 function client(user) {
-    const c = new CollabClient({ url, params: { user } });
+    const c = new CollabClient({ url, params: { user }, storage: new MemoryStorage() });
+    const sub = c.subscribe(doc);
     return new Promise((resolve, reject) => {
-        c.on('subscribed', () => resolve(c));
-        c.on('error', reject);
-        c.subscribe(doc);
+        sub.on('subscribed', () => resolve(c));
+        c.on('state', (s) => { if (s.new === 'failed') reject(new Error(s.reason)); });
         c.connect();
     });
 }
@@ -26,11 +24,12 @@ const timer = setTimeout(() => { console.log(JSON.stringify({ timeout: true, ...
 try {
     const a = await client('a');
     const b = await client('b');
-    out.a = await a.sendDelta(doc, { by: 'a' }, { base: 0 });
-    out.b = await b.sendDelta(doc, { by: 'b' }, { base: 0 }).catch((e) => ({ rejected: e }));
+    out.a = await a.send(doc, { by: 'a' }, { base: 0 });
+    out.b = await b.send(doc, { by: 'b' }, { base: 0 })
+        .catch((e) => ({ rejected: { code: e.code, message: e.message, seq: e.seq } }));
     const head = out.b.rejected && out.b.rejected.seq;
-    out.rebased = await b.sendDelta(doc, { by: 'b', rebased: true }, { base: head })
-        .catch((e) => ({ rejected: e }));
+    out.rebased = await b.send(doc, { by: 'b', rebased: true }, { base: head })
+        .catch((e) => ({ rejected: { code: e.code, message: e.message, seq: e.seq } }));
     a.close(); b.close();
 } catch (e) {
     out.error = String(e && e.message || e);
