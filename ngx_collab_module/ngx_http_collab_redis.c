@@ -327,6 +327,7 @@ ngx_http_collab_redis_reconnect_handler(ngx_event_t *ev)
 static void
 ngx_http_collab_redis_drop(ngx_http_collab_redis_t *rc, const char *why)
 {
+    ngx_uint_t          level;
     redisAsyncContext  *ac;
 
     ac = rc->ac;
@@ -334,7 +335,10 @@ ngx_http_collab_redis_drop(ngx_http_collab_redis_t *rc, const char *why)
         return;
     }
 
-    ngx_log_error(NGX_LOG_ERR, rc->log, 0,
+    /* a deliberate reconnect (kick) is no failure */
+    level = rc->kicked ? NGX_LOG_INFO : NGX_LOG_ERR;
+
+    ngx_log_error(level, rc->log, 0,
                   "collab: redis %s connection to \"%V\" dropped: %s",
                   rc->name, &rc->addr, why);
 
@@ -791,7 +795,7 @@ ngx_http_collab_redis_on_disconnect(const redisAsyncContext *ac, int status)
 
     ngx_uint_t  level;
 
-    level = rc->exiting ? NGX_LOG_INFO : NGX_LOG_ERR;
+    level = (rc->exiting || rc->kicked) ? NGX_LOG_INFO : NGX_LOG_ERR;
 
     ngx_log_error(level, rc->log, 0,
                   "collab: redis %s connection to \"%V\" lost%s%s",
