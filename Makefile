@@ -133,7 +133,7 @@ define prove
 	prove -r -It/lib $(PROVE_FLAGS) $(TEST)
 endef
 
-test: build t/browser/node_modules t/metrics/node_modules
+test: build t/browser/node_modules t/metrics/node_modules t/yjs/node_modules
 	$(call prove,$(MODULE),0)
 
 # t/99-browser.t drives Debian's chromium with playwright-core (t/browser/package-lock.json).
@@ -147,7 +147,12 @@ t/browser/node_modules: t/browser/package.json t/browser/package-lock.json | dep
 t/metrics/node_modules: t/metrics/package.json t/metrics/package-lock.json | deps
 	cd t/metrics && npm ci --no-audit --no-fund --loglevel=error && touch node_modules
 
-test-asan: build-asan t/metrics/node_modules
+# t/110-yjs.t drives the stock y-websocket client (yjs, y-websocket, y-protocols, ws; exact
+# versions in t/yjs/package-lock.json) through nginx.
+t/yjs/node_modules: t/yjs/package.json t/yjs/package-lock.json | deps
+	cd t/yjs && npm ci --no-audit --no-fund --loglevel=error && touch node_modules
+
+test-asan: build-asan t/metrics/node_modules t/yjs/node_modules
 	$(call prove,$(ASAN_MODULE),1)
 
 # ---------------------------------------------------------------------------------------------

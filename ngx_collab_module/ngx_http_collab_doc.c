@@ -1372,6 +1372,10 @@ ngx_http_collab_doc_read_next(ngx_http_collab_sub_t *sub,
     sub->rereads = 0;
     sub->state = NGX_HTTP_COLLAB_SUB_LIVE;
     sub->stalled = 0;
+
+    if (sub->session->yjs) {
+        ngx_http_collab_yjs_live(sub);
+    }
 }
 
 
@@ -1404,6 +1408,11 @@ ngx_http_collab_doc_dropped(ngx_http_collab_session_t *s)
 {
     if (s->transport == NGX_HTTP_COLLAB_TRANSPORT_SSE && s->nsubs == 0) {
         ngx_http_collab_session_close(s, 0, "document dropped");
+    }
+
+    if (s->yjs && s->nsubs == 0) {
+        /* most ends were said already (yjs_send): a client reconnects */
+        ngx_http_collab_session_close(s, 4500, "document dropped");
     }
 }
 

@@ -68,6 +68,13 @@ static ngx_conf_enum_t  ngx_http_collab_auth_modes[] = {
 };
 
 
+static ngx_conf_enum_t  ngx_http_collab_protocols[] = {
+    { ngx_string("collab.v1"), NGX_HTTP_COLLAB_PROTOCOL_V1 },
+    { ngx_string("y-websocket"), NGX_HTTP_COLLAB_PROTOCOL_YJS },
+    { ngx_null_string, 0 }
+};
+
+
 static ngx_conf_enum_t  ngx_http_collab_merge_modes[] = {
     { ngx_string("none"), NGX_HTTP_COLLAB_MERGE_NONE },
     { ngx_string("json-merge"), NGX_HTTP_COLLAB_MERGE_JSON },
@@ -275,6 +282,13 @@ static ngx_command_t  ngx_http_collab_commands[] = {
       offsetof(ngx_http_collab_loc_conf_t, ping),
       NULL },
 
+    { ngx_string("collab_protocol"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_enum_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_collab_loc_conf_t, protocol),
+      &ngx_http_collab_protocols },
+
     { ngx_string("collab_merge"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_enum_slot,
@@ -463,6 +477,17 @@ ngx_http_collab_handler(ngx_http_request_t *r)
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                       "collab: origin not allowed");
         return NGX_HTTP_FORBIDDEN;
+    }
+
+    if (lcf->protocol == NGX_HTTP_COLLAB_PROTOCOL_YJS
+        && (r->method != NGX_HTTP_GET || r->headers_in.upgrade == NULL))
+    {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "collab: a y-websocket location takes WebSocket "
+                      "upgrades only");
+
+        return r->method == NGX_HTTP_GET ? NGX_HTTP_BAD_REQUEST
+                                         : NGX_HTTP_NOT_ALLOWED;
     }
 
     if (r->method == NGX_HTTP_POST) {
@@ -1172,6 +1197,7 @@ ngx_http_collab_create_loc_conf(ngx_conf_t *cf)
     lcf->presence_size = NGX_CONF_UNSET_SIZE;
     lcf->ping = NGX_CONF_UNSET_MSEC;
     lcf->merge = NGX_CONF_UNSET_UINT;
+    lcf->protocol = NGX_CONF_UNSET_UINT;
     lcf->state_max = NGX_CONF_UNSET_SIZE;
     lcf->conflict = NGX_CONF_UNSET_UINT;
     lcf->rate = NGX_CONF_UNSET_UINT;
@@ -1208,6 +1234,18 @@ ngx_http_collab_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_http_collab_merge_session(prev, conf);
     ngx_http_collab_merge_limits(prev, conf);
     ngx_http_collab_merge_auth(prev, conf);
+
+    if (conf->enable == 1 && conf->protocol == NGX_HTTP_COLLAB_PROTOCOL_YJS
+        && (conf->merge != NGX_HTTP_COLLAB_MERGE_NONE
+            || conf->conflict != NGX_HTTP_COLLAB_CONFLICT_ACCEPT))
+    {
+        /* Yjs updates are not JSON patches and have no base */
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"collab_protocol y-websocket\" needs "
+                           "\"collab_merge none\" and "
+                           "\"collab_conflict accept\"");
+        return NGX_CONF_ERROR;
+    }
 
     if (ngx_http_collab_check_limits(cf, conf) != NGX_OK
         || ngx_http_collab_check_auth(cf, conf) != NGX_OK
@@ -1247,6 +1285,8 @@ ngx_http_collab_merge_session(ngx_http_collab_loc_conf_t *prev,
                               1024);
     ngx_conf_merge_uint_value(conf->merge, prev->merge,
                               NGX_HTTP_COLLAB_MERGE_NONE);
+    ngx_conf_merge_uint_value(conf->protocol, prev->protocol,
+                              NGX_HTTP_COLLAB_PROTOCOL_V1);
     ngx_conf_merge_size_value(conf->state_max, prev->state_max, 64 * 1024);
     ngx_conf_merge_uint_value(conf->conflict, prev->conflict,
                               NGX_HTTP_COLLAB_CONFLICT_ACCEPT);

@@ -1,0 +1,894 @@
+
+/*
+ * Copyright (C) ngx_collab_module authors
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+#include "ngx_http_collab_module.h"
+#include "ngx_http_collab_yjsparse.h"
+
+
+/*
+ * The y-websocket protocol (collab_protocol y-websocket): a WebSocket
+ * session of one document whose messages are binary Yjs messages.  It has
+ * no document of its own: an update is a delta of the log (its bytes in
+ * base64, a JSON string), replayed and relayed as the deltas of collab.v1
+ * are; awareness is the member's presence.  Inbound messages become the
+ * operations of proto.c; what the session is sent is translated here.
+ */
+
+
+/* client ids of one connection whose awareness is ended for them */
+#define NGX_HTTP_COLLAB_YJS_CLIENTS  8
+
+
+struct ngx_http_collab_yjs_s {
+    ngx_str_t                    doc;
+    uint64_t                     ops;            /* op ids sent */
+    ngx_uint_t                   nclients;
+    uint64_t                     client[NGX_HTTP_COLLAB_YJS_CLIENTS];
+    uint64_t                     clock[NGX_HTTP_COLLAB_YJS_CLIENTS];
+    u_char                      *awareness;      /* waits for the join */
+    size_t                       awareness_len;
+    unsigned                     synced:1;       /* its step 2 went out */
+    u_char                       doc_buf[NGX_HTTP_COLLAB_DOC_MAX];
+};
+
+
+static void ngx_http_collab_yjs_update(ngx_http_collab_session_t *s,
+    const u_char *data, size_t len);
+static void ngx_http_collab_yjs_awareness(ngx_http_collab_session_t *s,
+    const u_char *p, size_t len, const u_char *data, size_t dlen);
+static ngx_int_t ngx_http_collab_yjs_clients(ngx_http_collab_session_t *s,
+    const u_char *data, size_t len);
+static void ngx_http_collab_yjs_presence(ngx_http_collab_sub_t *sub,
+    const u_char *data, size_t len);
+static ngx_http_collab_msg_t *ngx_http_collab_yjs_frame(u_char type,
+    ngx_int_t sub, const u_char *data, size_t len, ngx_uint_t b64);
+static ngx_int_t ngx_http_collab_yjs_queue(ngx_http_collab_session_t *s,
+    ngx_http_collab_msg_t *m);
+static ngx_int_t ngx_http_collab_yjs_string(ngx_http_collab_session_t *s,
+    u_char type, ngx_int_t sub, json_t *v);
+static ngx_int_t ngx_http_collab_yjs_control(ngx_http_collab_session_t *s,
+    ngx_http_collab_msg_t *m);
+static ngx_int_t ngx_http_collab_yjs_snapshot(ngx_http_collab_session_t *s,
+    json_t *obj);
+static void ngx_http_collab_yjs_denied(ngx_http_collab_session_t *s);
+static void ngx_http_collab_yjs_step2(ngx_http_collab_session_t *s);
+
+
+/*
+ * The room: the value of collab_doc when it is set, else the URL path
+ * after the location's prefix (the last path segment in a regex
+ * location), validated as any document id.
+ */
+
+ngx_int_t
+ngx_http_collab_yjs_target(ngx_http_request_t *r,
+    ngx_http_collab_loc_conf_t *lcf, ngx_str_t *doc)
+{
+    u_char                    *p, *last;
+    ngx_http_core_loc_conf_t  *clcf;
+
+    if (lcf->doc) {
+        if (ngx_http_complex_value(r, lcf->doc, doc) != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+    } else {
+        clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+
+        p = r->uri.data;
+        last = p + r->uri.len;
+
+        if (
+#if (NGX_PCRE)
+            clcf->regex == NULL &&
+#endif
+            r->uri.len >= clcf->name.len
+            && ngx_strncmp(p, clcf->name.data, clcf->name.len) == 0)
+        {
+            p += clcf->name.len;
+
+        } else {
+            p = last;
+
+            while (p > r->uri.data && p[-1] != '/') {
+                p--;
+            }
+        }
+
+        if (p < last && *p == '/') {
+            p++;
+        }
+
+        doc->data = p;
+        doc->len = last - p;
+    }
+
+    if (!ngx_http_collab_doc_id_valid(doc->data, doc->len)) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "collab: invalid y-websocket room \"%V\"",
+                      ngx_http_collab_esc(doc));
+        return NGX_HTTP_BAD_REQUEST;
+    }
+
+    return NGX_OK;
+}
+
+
+/* before the 101: what the session needs besides a WebSocket's */
+
+ngx_int_t
+ngx_http_collab_yjs_init(ngx_http_collab_session_t *s, ngx_str_t *doc)
+{
+    ngx_http_collab_yjs_t  *y;
+
+    if (!s->authenticated) {
+        /* no "auth" message in this protocol: the token came or not */
+        ngx_log_error(NGX_LOG_INFO, s->connection->log, 0,
+                      "collab: y-websocket session without a token");
+        return NGX_HTTP_UNAUTHORIZED;
+    }
+
+    y = ngx_calloc(sizeof(ngx_http_collab_yjs_t), s->connection->log);
+    if (y == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    y->doc.data = y->doc_buf;
+    y->doc.len = doc->len;
+    ngx_memcpy(y->doc_buf, doc->data, doc->len);
+
+    s->yjs = y;
+
+    return NGX_OK;
+}
+
+
+void
+ngx_http_collab_yjs_free(ngx_http_collab_session_t *s)
+{
+    if (s->yjs == NULL) {
+        return;
+    }
+
+    if (s->yjs->awareness) {
+        ngx_free(s->yjs->awareness);
+    }
+
+    ngx_free(s->yjs);
+    s->yjs = NULL;
+}
+
+
+/*
+ * After the 101: a sync step 1 with an empty state vector, so that the
+ * client answers with all it has (edits made offline included) as its
+ * step 2.  It goes before the replay: a client that comes with an empty
+ * document answers with an empty update, which is not stored.
+ */
+
+void
+ngx_http_collab_yjs_start(ngx_http_collab_session_t *s)
+{
+    static u_char           empty_sv[] = { 0 };
+    ngx_http_collab_msg_t  *m;
+
+    m = ngx_http_collab_yjs_frame(NGX_HTTP_COLLAB_YJS_SYNC,
+                                  NGX_HTTP_COLLAB_YJS_STEP1, empty_sv, 1, 0);
+    if (m == NULL) {
+        return;
+    }
+
+    (void) ngx_http_collab_session_queue(s, m);
+    ngx_http_collab_msg_release(m);
+}
+
+
+/*
+ * The membership read the whole log: a step 2 (an empty update) tells the
+ * client it has everything ("synced"); the awareness that came before the
+ * join goes out now.
+ */
+
+void
+ngx_http_collab_yjs_live(ngx_http_collab_sub_t *sub)
+{
+    ngx_http_collab_yjs_t      *y;
+    ngx_http_collab_session_t  *s;
+
+    s = sub->session;
+    y = s->yjs;
+
+    if (y->awareness) {
+        ngx_http_collab_yjs_presence(sub, y->awareness, y->awareness_len);
+        ngx_free(y->awareness);
+        y->awareness = NULL;
+    }
+
+    if (!y->synced) {
+        y->synced = 1;
+        ngx_http_collab_yjs_step2(s);
+    }
+}
+
+
+static void
+ngx_http_collab_yjs_step2(ngx_http_collab_session_t *s)
+{
+    static u_char  empty_update[] = { 0, 0 };
+
+    (void) ngx_http_collab_yjs_queue(s,
+               ngx_http_collab_yjs_frame(NGX_HTTP_COLLAB_YJS_SYNC,
+                                         NGX_HTTP_COLLAB_YJS_STEP2,
+                                         empty_update, 2, 0));
+}
+
+
+/* a whole binary message of the client */
+
+void
+ngx_http_collab_yjs_message(ngx_http_collab_session_t *s, u_char *p,
+    size_t len)
+{
+    ngx_http_collab_sub_t      *sub;
+    ngx_http_collab_yjs_msg_t   msg;
+
+    s->log_msgs_in++;
+    ngx_http_collab_metric_add(NGX_HTTP_COLLAB_M_BYTES_IN, len);
+
+    if (ngx_http_collab_yjs_parse(p, len, &msg) != 0) {
+        ngx_log_error(NGX_LOG_INFO, s->connection->log, 0,
+                      "collab: malformed y-websocket message: %s",
+                      msg.error);
+
+        ngx_http_collab_metric_inc(NGX_HTTP_COLLAB_M_IN
+                                   + NGX_HTTP_COLLAB_MT_OTHER);
+        s->shutdown = 1;
+        ngx_http_collab_session_close(s, 1007, msg.error);
+        return;
+    }
+
+    switch (msg.type) {
+
+    case NGX_HTTP_COLLAB_YJS_SYNC:
+
+        if (msg.sync != NGX_HTTP_COLLAB_YJS_STEP1) {
+            ngx_http_collab_yjs_update(s, msg.data, msg.len);
+            return;
+        }
+
+        ngx_http_collab_metric_inc(NGX_HTTP_COLLAB_M_IN
+                                   + NGX_HTTP_COLLAB_MT_OTHER);
+
+        /* before the join, the step 2 comes once the log was read */
+
+        if (s->yjs->synced) {
+            ngx_http_collab_yjs_step2(s);
+        }
+
+        return;
+
+    case NGX_HTTP_COLLAB_YJS_AWARENESS:
+        ngx_http_collab_yjs_awareness(s, p, msg.data + msg.len - p,
+                                      msg.data, msg.len);
+        return;
+
+    default: /* NGX_HTTP_COLLAB_YJS_QUERY */
+
+        ngx_http_collab_metric_inc(NGX_HTTP_COLLAB_M_IN
+                                   + NGX_HTTP_COLLAB_MT_OTHER);
+
+        sub = ngx_http_collab_doc_find(s, &s->yjs->doc);
+
+        if (sub && sub->state != NGX_HTTP_COLLAB_SUB_JOINING) {
+            /* the snapshot of the presence: every member's latest state */
+            ngx_http_collab_presence_join(sub);
+        }
+
+        return;
+    }
+}
+
+
+/*
+ * An update or a step 2: one delta of the log, "data" its base64 text.
+ * The empty update (a client that has nothing) is not stored.  A refused
+ * update is lost to the others, so over a limit the session is closed
+ * with a code the client retries: its step 2 brings the update again.
+ */
+
+static void
+ngx_http_collab_yjs_update(ngx_http_collab_session_t *s, const u_char *data,
+    size_t len)
+{
+    u_char                 *p;
+    ngx_int_t               rc;
+    ngx_str_t               id, json, raw;
+    ngx_msec_t              retry;
+    ngx_http_collab_yjs_t  *y;
+    u_char                  idbuf[16 + 1 + NGX_INT64_LEN];
+
+    y = s->yjs;
+
+    ngx_http_collab_metric_inc(NGX_HTTP_COLLAB_M_IN
+                               + ngx_http_collab_metrics_type(
+                                     (u_char *) "delta", 5));
+
+    if (len == 2 && data[0] == 0 && data[1] == 0) {
+        return;
+    }
+
+    rc = ngx_http_collab_limit_message(s, NGX_HTTP_COLLAB_COST_DELTA, len,
+                                       &retry);
+    if (rc == NGX_DONE) {
+        return;
+    }
+
+    if (rc == NGX_BUSY) {
+        ngx_http_collab_session_close(s, 4429, "rate limited");
+        return;
+    }
+
+    if (ngx_http_collab_acl_check(s, &y->doc, NGX_HTTP_COLLAB_ROLE_EDITOR,
+                                  "delta")
+        != NGX_OK)
+    {
+        ngx_http_collab_yjs_denied(s);
+        return;
+    }
+
+    json.len = ngx_base64_encoded_length(len) + 2;
+    json.data = ngx_alloc(json.len, s->connection->log);
+    if (json.data == NULL) {
+        ngx_http_collab_session_close(s, 1011, "out of memory");
+        return;
+    }
+
+    raw.data = (u_char *) data;
+    raw.len = len;
+
+    p = json.data + 1;
+    json.data[0] = '"';
+    id.data = p;
+    ngx_encode_base64(&id, &raw);
+    p[id.len] = '"';
+    json.len = id.len + 2;
+
+    id.data = idbuf;
+    id.len = ngx_sprintf(idbuf, "%*s-%uL", (size_t) 16, s->id, ++y->ops)
+             - idbuf;
+
+    (void) ngx_http_collab_store_append(s, &y->doc, &id, &json, -1,
+                                        NGX_HTTP_COLLAB_NO_SLOT);
+
+    ngx_free(json.data);
+}
+
+
+/*
+ * Awareness: echoed to the sender at once (a lone client takes it as the
+ * sign that its connection lives), and the member's presence for the
+ * others, coalesced as every presence.
+ */
+
+static void
+ngx_http_collab_yjs_awareness(ngx_http_collab_session_t *s, const u_char *p,
+    size_t len, const u_char *data, size_t dlen)
+{
+    ngx_int_t               rc;
+    ngx_msec_t              retry;
+    ngx_http_collab_yjs_t  *y;
+    ngx_http_collab_msg_t  *m;
+    ngx_http_collab_sub_t  *sub;
+
+    y = s->yjs;
+
+    ngx_http_collab_metric_inc(NGX_HTTP_COLLAB_M_IN
+                               + NGX_HTTP_COLLAB_MT_PRESENCE);
+
+    if (ngx_http_collab_yjs_clients(s, data, dlen) != NGX_OK) {
+        s->shutdown = 1;
+        ngx_http_collab_session_close(s, 1007, "malformed awareness update");
+        return;
+    }
+
+    rc = ngx_http_collab_limit_message(s, NGX_HTTP_COLLAB_COST_DELTA, len,
+                                       &retry);
+    if (rc != NGX_OK) {
+        /* the next one supersedes it */
+        return;
+    }
+
+    m = ngx_http_collab_msg_alloc(len);
+    if (m == NULL) {
+        return;
+    }
+
+    ngx_memcpy(m->json, p, len);
+    m->len = len;
+    m->mtype = 1 + NGX_HTTP_COLLAB_MT_PRESENCE;
+    (void) ngx_http_collab_ws_frame(m, &len);
+    m->ws[0] = 0x80 | NGX_HTTP_COLLAB_WS_OP_BINARY;
+
+    (void) ngx_http_collab_session_queue(s, m);
+    ngx_http_collab_msg_release(m);
+
+    sub = ngx_http_collab_doc_find(s, &y->doc);
+
+    if (sub && sub->state == NGX_HTTP_COLLAB_SUB_LIVE) {
+        ngx_http_collab_yjs_presence(sub, data, dlen);
+        return;
+    }
+
+    /* before the join: the latest waits for it */
+
+    if (y->awareness) {
+        ngx_free(y->awareness);
+    }
+
+    y->awareness = ngx_alloc(dlen, s->connection->log);
+    if (y->awareness == NULL) {
+        return;
+    }
+
+    ngx_memcpy(y->awareness, data, dlen);
+    y->awareness_len = dlen;
+}
+
+
+/*
+ * Checks an awareness update (every state must be JSON: the others
+ * JSON.parse it) and keeps the client ids it names with their clocks, for
+ * the null states of the end.
+ */
+
+static ngx_int_t
+ngx_http_collab_yjs_clients(ngx_http_collab_session_t *s, const u_char *data,
+    size_t len)
+{
+    int                        rc;
+    size_t                     pos;
+    int64_t                    count;
+    json_t                    *v;
+    ngx_uint_t                 i;
+    ngx_http_collab_yjs_t     *y;
+    ngx_http_collab_yjs_aw_t   aw;
+
+    y = s->yjs;
+    pos = 0;
+    count = -1;
+
+    for ( ;; ) {
+        rc = ngx_http_collab_yjs_aw_next(data, len, &pos, &count, &aw);
+
+        if (rc == 0) {
+            return NGX_OK;
+        }
+
+        if (rc < 0) {
+            return NGX_ERROR;
+        }
+
+        v = json_loadb((char *) aw.state, aw.state_len, JSON_DECODE_ANY,
+                       NULL);
+        if (v == NULL) {
+            return NGX_ERROR;
+        }
+
+        json_decref(v);
+
+        for (i = 0; i < y->nclients; i++) {
+            if (y->client[i] == aw.client) {
+                break;
+            }
+        }
+
+        if (i == y->nclients) {
+            if (i == NGX_HTTP_COLLAB_YJS_CLIENTS) {
+                continue;
+            }
+
+            y->nclients++;
+            y->client[i] = aw.client;
+        }
+
+        y->clock[i] = aw.clock;
+    }
+}
+
+
+/* the awareness update as the member's presence: a JSON string, base64 */
+
+static void
+ngx_http_collab_yjs_presence(ngx_http_collab_sub_t *sub, const u_char *data,
+    size_t len)
+{
+    ngx_str_t                   json, raw, b64;
+    ngx_http_collab_session_t  *s;
+
+    s = sub->session;
+
+    if (sub->role < NGX_HTTP_COLLAB_ROLE_VIEWER) {
+        return;
+    }
+
+    json.len = ngx_base64_encoded_length(len) + 2;
+
+    if (json.len > s->conf->presence_size) {
+        ngx_log_error(NGX_LOG_WARN, s->connection->log, 0,
+                      "collab: awareness state of %uz bytes is larger than "
+                      "collab_presence_size in base64, not relayed", len);
+        return;
+    }
+
+    json.data = ngx_alloc(json.len, s->connection->log);
+    if (json.data == NULL) {
+        return;
+    }
+
+    raw.data = (u_char *) data;
+    raw.len = len;
+    b64.data = json.data + 1;
+    ngx_encode_base64(&b64, &raw);
+    json.data[0] = '"';
+    json.data[b64.len + 1] = '"';
+    json.len = b64.len + 2;
+
+    ngx_http_collab_presence_set(sub, &json);
+
+    ngx_free(json.data);
+}
+
+
+/*
+ * The session ends: its clients' awareness states are set to null with a
+ * higher clock, which every client takes as "gone", before the presence
+ * leave.  Into buf: the presence data, a JSON string.
+ */
+
+ngx_int_t
+ngx_http_collab_yjs_leave(ngx_http_collab_session_t *s, ngx_str_t *json)
+{
+    u_char                 *p;
+    ngx_str_t               raw, b64;
+    ngx_uint_t              i;
+    ngx_http_collab_yjs_t  *y;
+    u_char                  buf[NGX_HTTP_COLLAB_YJS_UINT_LEN
+                                + NGX_HTTP_COLLAB_YJS_CLIENTS
+                                  * (2 * NGX_HTTP_COLLAB_YJS_UINT_LEN + 5)];
+
+    y = s->yjs;
+
+    if (y == NULL || y->nclients == 0) {
+        return NGX_DECLINED;
+    }
+
+    p = buf + ngx_http_collab_yjs_put_uint(buf, y->nclients);
+
+    for (i = 0; i < y->nclients; i++) {
+        p += ngx_http_collab_yjs_put_uint(p, y->client[i]);
+        p += ngx_http_collab_yjs_put_uint(p, y->clock[i] + 1);
+        p += ngx_http_collab_yjs_put_uint(p, 4);
+        p = ngx_cpymem(p, "null", 4);
+    }
+
+    raw.data = buf;
+    raw.len = p - buf;
+
+    json->len = ngx_base64_encoded_length(raw.len) + 2;
+    json->data = ngx_alloc(json->len, s->connection->log);
+    if (json->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    b64.data = json->data + 1;
+    ngx_encode_base64(&b64, &raw);
+    json->data[0] = '"';
+    json->data[b64.len + 1] = '"';
+    json->len = b64.len + 2;
+
+    return NGX_OK;
+}
+
+
+/*
+ * A binary message [type, (sub,) length, bytes]; with b64 the bytes are
+ * base64 text to decode.  NULL: out of memory or not base64.
+ */
+
+static ngx_http_collab_msg_t *
+ngx_http_collab_yjs_frame(u_char type, ngx_int_t sub, const u_char *data,
+    size_t len, ngx_uint_t b64)
+{
+    u_char                 *p;
+    size_t                  n, hdr;
+    ngx_str_t               src, dst;
+    ngx_http_collab_msg_t  *m;
+    u_char                  tmp[2 + NGX_HTTP_COLLAB_YJS_UINT_LEN];
+
+    n = b64 ? ngx_base64_decoded_length(len) : len;
+
+    m = ngx_http_collab_msg_alloc(sizeof(tmp) + n);
+    if (m == NULL) {
+        return NULL;
+    }
+
+    p = m->json;
+
+    if (b64) {
+        /* decoded behind the longest header, then moved up to it */
+        src.data = (u_char *) data;
+        src.len = len;
+        dst.data = p + sizeof(tmp);
+
+        if (ngx_decode_base64(&dst, &src) != NGX_OK) {
+            ngx_http_collab_msg_release(m);
+            return NULL;
+        }
+
+        n = dst.len;
+    }
+
+    hdr = 0;
+    tmp[hdr++] = type;
+
+    if (sub >= 0) {
+        tmp[hdr++] = (u_char) sub;
+    }
+
+    hdr += ngx_http_collab_yjs_put_uint(tmp + hdr, n);
+
+    if (b64) {
+        ngx_memmove(p + hdr, p + sizeof(tmp), n);
+
+    } else {
+        ngx_memcpy(p + hdr, data, n);
+    }
+
+    ngx_memcpy(p, tmp, hdr);
+
+    m->len = hdr + n;
+    m->mtype = 1 + (type == NGX_HTTP_COLLAB_YJS_AWARENESS
+                    ? NGX_HTTP_COLLAB_MT_PRESENCE : NGX_HTTP_COLLAB_MT_OTHER);
+
+    (void) ngx_http_collab_ws_frame(m, &n);
+    m->ws[0] = 0x80 | NGX_HTTP_COLLAB_WS_OP_BINARY;
+
+    return m;
+}
+
+
+static ngx_int_t
+ngx_http_collab_yjs_queue(ngx_http_collab_session_t *s,
+    ngx_http_collab_msg_t *m)
+{
+    ngx_int_t  rc;
+
+    if (m == NULL) {
+        return NGX_OK;
+    }
+
+    rc = ngx_http_collab_session_queue(s, m);
+    ngx_http_collab_msg_release(m);
+
+    return rc == NGX_ERROR ? NGX_ERROR : NGX_OK;
+}
+
+
+/*
+ * What the session is sent, translated: a delta (its data a base64
+ * string) as an update, a presence as awareness; every other message is
+ * for collab.v1 clients, or ends the session with a close the client
+ * understands.  A delta that is not base64 (written by a collab.v1
+ * client) is not for Yjs and is skipped.  NGX_OK unless out of memory.
+ */
+
+ngx_int_t
+ngx_http_collab_yjs_send(ngx_http_collab_session_t *s,
+    ngx_http_collab_msg_t *m)
+{
+    size_t                        pos;
+    u_char                        type;
+    ngx_http_collab_json_span_t   data;
+
+    if (m->type.len == 5 && ngx_strncmp(m->type.data, "delta", 5) == 0) {
+        type = NGX_HTTP_COLLAB_YJS_SYNC;
+
+    } else if (m->type.len == 8
+               && ngx_strncmp(m->type.data, "presence", 8) == 0)
+    {
+        type = NGX_HTTP_COLLAB_YJS_AWARENESS;
+
+    } else {
+        return ngx_http_collab_yjs_control(s, m);
+    }
+
+    if (m->yjs == NULL) {
+        /* translated once for every Yjs session it goes to */
+
+        if (ngx_http_collab_json_scan(m->json, m->len, "data", 4, &data,
+                                      &pos)
+            != 0
+            || !data.found || data.end - data.start < 2
+            || m->json[data.start] != '"')
+        {
+            return NGX_OK;
+        }
+
+        m->yjs = ngx_http_collab_yjs_frame(type,
+                                           type == NGX_HTTP_COLLAB_YJS_SYNC
+                                           ? NGX_HTTP_COLLAB_YJS_UPDATE : -1,
+                                           m->json + data.start + 1,
+                                           data.end - data.start - 2, 1);
+        if (m->yjs == NULL) {
+            ngx_log_debug0(NGX_LOG_DEBUG_HTTP, s->connection->log, 0,
+                           "collab: a delta that is not base64 skipped");
+            return NGX_OK;
+        }
+
+        m->yjs->mtype = m->mtype ? m->mtype
+                        : 1 + ngx_http_collab_metrics_type(m->type.data,
+                                                           m->type.len);
+    }
+
+    return ngx_http_collab_session_queue(s, m->yjs) == NGX_ERROR
+           ? NGX_ERROR : NGX_OK;
+}
+
+
+/* the messages of collab.v1 that say something to a Yjs client */
+
+static ngx_int_t
+ngx_http_collab_yjs_control(ngx_http_collab_session_t *s,
+    ngx_http_collab_msg_t *m)
+{
+    json_t      *obj, *v;
+    ngx_int_t    rc;
+    const char  *type, *code;
+
+    if (m->type.len == 3 && ngx_strncmp(m->type.data, "ack", 3) == 0) {
+        return NGX_OK;
+    }
+
+    obj = json_loadb((char *) m->json, m->len, 0, NULL);
+    if (obj == NULL) {
+        return NGX_OK;
+    }
+
+    type = json_string_value(json_object_get(obj, "type"));
+    code = json_string_value(json_object_get(obj, "code"));
+
+    if (code == NULL) {
+        code = json_string_value(json_object_get(obj, "reason"));
+    }
+
+    if (code == NULL) {
+        code = "";
+    }
+
+    rc = NGX_OK;
+
+    if (type == NULL) {
+        /* not ours */
+
+    } else if (ngx_strcmp(type, "subscribed") == 0) {
+        /* a snapshot of the log (compaction) is one update */
+        v = json_object_get(json_object_get(obj, "state"), "data");
+        rc = ngx_http_collab_yjs_string(s, NGX_HTTP_COLLAB_YJS_SYNC,
+                                        NGX_HTTP_COLLAB_YJS_UPDATE, v);
+
+    } else if (ngx_strcmp(type, "presence_snapshot") == 0) {
+        rc = ngx_http_collab_yjs_snapshot(s, obj);
+
+    } else if (ngx_strcmp(code, "forbidden") == 0) {
+        /* a refused update, or the membership revoked */
+        ngx_http_collab_yjs_denied(s);
+
+        if (ngx_strcmp(type, "nack") != 0) {
+            ngx_http_collab_session_close(s, 4403, "forbidden");
+        }
+
+    } else if (ngx_strcmp(type, "nack") == 0
+               || ngx_strcmp(type, "error") == 0)
+    {
+        /* not stored: the client sends it again after reconnecting */
+        if (ngx_strcmp(code, "rate_limited") == 0) {
+            ngx_http_collab_session_close(s, 4429, "rate limited");
+
+        } else if (ngx_strcmp(code, "unavailable") == 0) {
+            ngx_http_collab_session_close(s, 1013, "try again later");
+
+        } else {
+            ngx_http_collab_session_close(s, 4500, code);
+        }
+
+    } else if (ngx_strcmp(type, "resync") == 0
+               || ngx_strcmp(type, "unsubscribed") == 0)
+    {
+        /* the client reconnects and reads the log again */
+        ngx_http_collab_session_close(s, 4500, type);
+    }
+
+    json_decref(obj);
+
+    return rc;
+}
+
+
+/* a JSON string of base64 as a message of type (and sub) */
+
+static ngx_int_t
+ngx_http_collab_yjs_string(ngx_http_collab_session_t *s, u_char type,
+    ngx_int_t sub, json_t *v)
+{
+    ngx_http_collab_msg_t  *m;
+
+    if (!json_is_string(v) || json_string_length(v) == 0) {
+        return NGX_OK;
+    }
+
+    m = ngx_http_collab_yjs_frame(type, sub, (u_char *) json_string_value(v),
+                                  json_string_length(v), 1);
+
+    return ngx_http_collab_yjs_queue(s, m);
+}
+
+
+/* the latest awareness of every member: one message each */
+
+static ngx_int_t
+ngx_http_collab_yjs_snapshot(ngx_http_collab_session_t *s, json_t *obj)
+{
+    size_t   i;
+    json_t  *members, *v;
+
+    members = json_object_get(obj, "members");
+
+    for (i = 0; i < json_array_size(members); i++) {
+        v = json_object_get(json_array_get(members, i), "data");
+
+        if (ngx_http_collab_yjs_string(s, NGX_HTTP_COLLAB_YJS_AWARENESS, -1,
+                                       v)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+/* an auth message: permission denied */
+
+static void
+ngx_http_collab_yjs_denied(ngx_http_collab_session_t *s)
+{
+    static u_char  reason[] = "permission denied";
+
+    (void) ngx_http_collab_yjs_queue(s,
+               ngx_http_collab_yjs_frame(NGX_HTTP_COLLAB_YJS_AUTH, 0, reason,
+                                         sizeof(reason) - 1, 0));
+}
+
+
+/*
+ * The stock client never reconnects after a close code of 4400-4499: the
+ * codes of collab.v1 that a new connection can overcome (a token that
+ * expired, a rate limit) move to 4500-4599, which it retries.
+ */
+
+ngx_uint_t
+ngx_http_collab_yjs_close_code(ngx_uint_t code)
+{
+    if (code == 4401 || code == 4408 || code == 4429) {
+        return code + 100;
+    }
+
+    return code;
+}

@@ -1,0 +1,261 @@
+#!/usr/bin/perl
+
+# collab_protocol y-websocket (docs/protocol.md#y-websocket): the stock
+# npm y-websocket client (t/yjs, run by node) through two nginx instances
+# on one Redis: two clients converge; a late joiner gets the whole document
+# and `synced`; offline edits arrive after a reconnect; a viewer's edit is
+# refused with an auth message and stored nowhere; awareness is relayed,
+# echoed, and nulled when a client drops.  Raw frames: the messages the
+# server sends on connect, updates stored as base64 deltas (seen as such by
+# a collab.v1 client), malformed or text messages closed, the room checked.
+
+use strict;
+use warnings;
+
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use Test::More;
+use JSON::PP;
+use MIME::Base64;
+use Collab::Test;
+
+my $dir = "$FindBin::Bin/yjs";
+plan skip_all => 'no t/yjs/node_modules (make t/yjs/node_modules)'
+    unless -d "$dir/node_modules";
+
+my $t = Collab::Test->new(timeout => 240);
+$t->start_redis;
+
+my $conf = <<'EOF';
+    collab_redis 127.0.0.1:%%REDIS_PORT%%;
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        collab_auth variable;
+        collab_user $arg_user;
+        collab_default_role editor;
+        collab_ping 30s;
+        location /yjs/ { collab; collab_protocol y-websocket; }
+        location /ro/ {
+            collab;
+            collab_protocol y-websocket;
+            collab_default_role viewer;
+        }
+        location /slow/ {
+            collab;
+            collab_protocol y-websocket;
+            collab_rate 60r/m burst=3;
+        }
+        location = /collab { collab; }
+    }
+EOF
+$t->write_nginx_conf($conf);
+$t->start_nginx;
+$t->start_nginx(name => 'b');
+
+my $url1 = 'ws://127.0.0.1:' . $t->port . '/yjs';
+my $url2 = 'ws://127.0.0.1:' . $t->port('b') . '/yjs';
+my $ro = 'ws://127.0.0.1:' . $t->port . '/ro';
+
+# runs a scenario of t/yjs/scenario.mjs; its JSON result, or undef
+sub scenario {
+    my ($name, %args) = @_;
+    my $json = JSON::PP->new->canonical;
+    my $out = "$dir/.out.$$";
+    my $pid = fork // die "fork: $!";
+    if (!$pid) {
+        open STDOUT, '>', $out or die;
+        exec 'node', "$dir/scenario.mjs", $name, $json->encode(\%args);
+        die "node: $!";
+    }
+    my $rc;
+    Collab::Test::wait_until(sub {
+        my $r = waitpid($pid, 1);    # WNOHANG
+        $rc = $? if $r == $pid;
+        return $r == $pid;
+    }, 90);
+    if (!defined $rc) {
+        kill 'KILL', $pid;
+        waitpid $pid, 0;
+        fail("$name: node did not finish");
+        return undef;
+    }
+    open my $fh, '<', $out or return undef;
+    local $/;
+    my $text = <$fh>;
+    close $fh;
+    unlink $out;
+    if ($rc) {
+        fail("$name: node exited with " . ($rc >> 8));
+        return undef;
+    }
+    my $r = eval { decode_json($text) };
+    ok($r, "$name: a result") or diag $text;
+    return $r;
+}
+
+# lib0 varuint and the messages the tests build
+sub varuint {
+    my ($n) = @_;
+    my $s = '';
+    while ($n > 0x7f) { $s .= chr(0x80 | ($n & 0x7f)); $n >>= 7 }
+    return $s . chr($n);
+}
+sub bytes { varuint(length $_[0]) . $_[0] }
+
+# the bytes the server sends instead of a document come from yjs itself
+my $b = scenario('bytes');
+is_deeply($b && $b->{update}, [0, 0], 'yjs: an empty update is 00 00');
+is_deeply($b && $b->{sv}, [0], 'yjs: an empty state vector is 00');
+
+# --- raw frames ---------------------------------------------------------
+
+sub yws {
+    my (%o) = @_;
+    my $path = delete $o{path} // '/yjs/raw?user=raw';
+    return $t->ws(path => $path, protocols => [], %o);
+}
+
+sub next_bin {
+    my ($ws, $timeout) = @_;
+    my $m = $ws->recv_msg($timeout // 5, no_pending => 1) or return undef;
+    return $m->{opcode} == 2 ? $m->{data} : "TEXT:$m->{data}";
+}
+
+{
+    my $ws = yws(path => '/yjs/raw?user=raw');
+    ok($ws->ok, 'a y-websocket handshake without a subprotocol');
+    is($ws->header('sec-websocket-protocol'), undef, 'none echoed');
+    is(next_bin($ws), "\x00\x00\x01\x00", 'first a step 1 with an empty state vector');
+    is(next_bin($ws), "\x00\x01\x02\x00\x00", 'then, with an empty log, the step 2 (synced)');
+
+    # an update: stored as a base64 delta
+    my $upd = "\x01\x01\x9a\x05\x00\x04\x01\x01t\x01a\x00";
+    $ws->send_binary("\x00\x02" . bytes($upd));
+    Collab::Test::wait_until(sub { $t->log_len('raw') == 1 }, 10);
+    my ($e) = $t->log_entries('raw');
+    is($e && $e->{data}, '"' . encode_base64($upd, '') . '"', 'the update is a base64 JSON string in the log');
+    is($e && $e->{user}, 'raw', 'by its user');
+    # ... relayed back to its sender as an update
+    is(next_bin($ws), "\x00\x02" . bytes($upd), 'the sender gets its update back from the log');
+
+    # an empty step 2 (a client with nothing) is not stored
+    $ws->send_binary("\x00\x01\x02\x00\x00");
+    # a step 1 after the join is answered at once with a step 2
+    $ws->send_binary("\x00\x00\x01\x00");
+    is(next_bin($ws), "\x00\x01\x02\x00\x00", 'a later step 1 gets a step 2');
+    is($t->log_len('raw'), 1, 'the empty update was not stored');
+
+    # a collab.v1 client of the same document sees the update as a delta
+    my $v1 = $t->ws_session(path => '/collab?user=v1');
+    my $sub = $t->subscribe($v1, 'raw', since => 0);
+    is($sub && $sub->{type}, 'subscribed', 'collab.v1 subscribes to the Yjs room');
+    my $d = $v1->wait_for('delta', 5);
+    is($d && $d->{data}, encode_base64($upd, ''), 'and reads the update as base64 data');
+    $v1->close;
+
+    # a later client replays the log, then its step 2
+    my $late = yws(path => '/yjs/raw?user=late');
+    is(next_bin($late), "\x00\x00\x01\x00", 'late: step 1');
+    is(next_bin($late), "\x00\x02" . bytes($upd), 'late: the stored update');
+    is(next_bin($late), "\x00\x01\x02\x00\x00", 'late: step 2 last');
+
+    # awareness: echoed to the sender, relayed to the others
+    my $aw = "\x01\x01\x07" . bytes('{"n":1}');
+    $ws->send_binary("\x01" . bytes($aw));
+    is(next_bin($ws), "\x01" . bytes($aw), 'awareness echoed to the sender');
+    is(next_bin($late), "\x01" . bytes($aw), 'and relayed to the other');
+
+    # query awareness: the latest known states
+    $late->send_binary("\x03");
+    is(next_bin($late), "\x01" . bytes($aw), 'query awareness answered');
+
+    # the sender drops: a null state with a higher clock
+    $ws->drop;
+    is(next_bin($late), "\x01" . bytes("\x01\x01\x08" . bytes('null')),
+       'a dropped client\'s state is nulled with clock + 1');
+
+    # malformed and text messages are closed clearly
+    $late->send_binary("\x00\x02\x05ab");
+    is($late->expect_close(5), 1007, 'a truncated update: 1007');
+    like($late->close_reason // '', qr/truncated/, 'saying why');
+
+    my $tx = yws(path => '/yjs/raw?user=tx');
+    next_bin($tx) for 1 .. 3;
+    $tx->send_text('{"type":"delta"}');
+    is($tx->expect_close(5), 1003, 'a text message: 1003');
+
+    my $bad = yws(path => '/yjs/raw?user=bad');
+    next_bin($bad) for 1 .. 3;
+    $bad->send_binary("\x01" . bytes("\x01\x01\x01" . bytes('{nope')));
+    is($bad->expect_close(5), 1007, 'awareness whose state is not JSON: 1007');
+
+    is($t->log_len('raw'), 1, 'nothing else was stored');
+
+    my $inv = yws(path => '/yjs/bad%20room?user=x');
+    is($inv->status, 400, 'an invalid room: 400');
+    my $sub2 = yws(path => '/yjs/a/b?user=x');
+    is($sub2->status, 400, 'a room with a slash: 400');
+    my $echo = yws(path => '/yjs/p?user=x', protocols => ['foo', 'bar']);
+    is($echo->header('sec-websocket-protocol'), 'foo', 'the first subprotocol offered is echoed');
+    my $r = $t->http(path => '/yjs/p?user=x');
+    is($r->{status}, 400, 'a y-websocket location serves only WebSocket');
+}
+
+# a viewer's update: the auth message, nothing stored
+{
+    my $v = yws(path => '/ro/raw?user=viewer');
+    next_bin($v) for 1 .. 3;
+    $v->send_binary("\x00\x02" . bytes("\x01\x01\x9b\x05\x00\x04\x01\x01t\x01b\x00"));
+    is(next_bin($v), "\x02\x00" . bytes('permission denied'), 'viewer: permission denied');
+    $t->idle(0.3);
+    is($t->log_len('raw'), 1, 'viewer: nothing stored');
+    ok($v->is_open, 'viewer: still connected (it may read)');
+    $v->close;
+}
+
+# the rate limit: a retryable close, never a 44xx the client gives up on
+{
+    my $s = yws(path => '/slow/rl?user=fast');
+    next_bin($s) for 1 .. 2;
+    for my $i (1 .. 20) {
+        $s->send_binary("\x00\x02" . bytes("\x01\x01\x9c\x05" . chr($i) . "\x04\x01\x01t\x01c\x00"));
+    }
+    my $code = $s->expect_close(10);
+    is($code, 4529, 'over collab_rate: 4529 (the client reconnects)');
+}
+
+# --- stock clients -------------------------------------------------------
+
+my $room = 'notes-' . $$;
+my $c = scenario('converge', url1 => $url1, url2 => $url2, room => $room, n => 30);
+is(length($c->{text} // ''), 60, 'converge: both clients hold all 60 characters') if $c;
+is($c->{denied}, 0, 'converge: no refusal') if $c;
+cmp_ok($c->{removed_ms}, '<', 5000, 'converge: a dropped client is removed from awareness at once') if $c;
+
+my $l = scenario('late', url1 => $url2, room => $room);
+is($l && $l->{text}, $c && $c->{text}, 'late joiner: the whole document');
+is($l && $l->{synced_len}, 60, 'late joiner: synced once it had all of it');
+
+my $logged = $t->log_len($room);
+my @seqs = map { $_->{seq} } $t->log_entries($room);
+is_deeply(\@seqs, [1 .. scalar @seqs], "the log is dense ($logged entries)");
+
+my $o = scenario('offline', url1 => $url1, url2 => $url2, room => "off-$$");
+like($o && $o->{text}, qr/OFFLINE-A.*ONLINE-B|ONLINE-B.*OFFLINE-A/s, 'offline edits arrive after the reconnect');
+
+my $before = $t->log_len("ro-$$");
+my $v = scenario('viewer', url1 => $url1, viewer => $ro, room => "ro-$$");
+if ($v) {
+    is($v->{denied}[0]{reason}, 'permission denied', 'viewer: the stock client gets "permission denied"');
+    unlike($v->{editor}, qr/VIEWER/, 'viewer: the editor never sees the edit');
+    unlike($v->{late}, qr/VIEWER/, 'viewer: nor does a late joiner');
+    like($v->{late}, qr/EDITOR/, 'viewer: the late joiner has the editor\'s edit');
+}
+my @vdata = map { decode_base64($_->{data} =~ s/"//gr) } $t->log_entries("ro-$$");
+ok(!grep({ /VIEWER/ } @vdata), 'viewer: nothing of it in the log');
+
+my $lone = scenario('lone', url1 => $url1, room => "lone-$$");
+ok($lone && $lone->{echoes} > 0, 'a lone client gets its awareness back');
+
+$t->done;
+done_testing;

@@ -1,0 +1,183 @@
+// Stock y-websocket clients (yjs, y-websocket, y-protocols from npm, the
+// `ws` package as the WebSocket) driven by t/110-yjs.t through nginx.
+//
+//   node scenario.mjs NAME JSON-ARGS
+//
+// prints one line of JSON (the result) and exits 0, or prints the failure
+// on stderr and exits 1.  Every wait has a deadline; disableBc: true
+// everywhere, or providers of one process would sync through the global
+// BroadcastChannel and prove nothing.
+
+import * as Y from 'yjs'
+import { WebsocketProvider } from 'y-websocket'
+import WebSocket from 'ws'
+
+const [name, rawArgs] = process.argv.slice(2)
+const args = JSON.parse(rawArgs || '{}')
+const DEADLINE = args.deadline || 30000
+const providers = []
+
+function fail (msg) {
+  console.error(`${name}: ${msg}`)
+  process.exit(1)
+}
+
+function sleep (ms) {
+  return new Promise(resolve => setTimeout(resolve, ms))
+}
+
+async function until (what, cond, ms = DEADLINE) {
+  const end = Date.now() + ms
+  while (!cond()) {
+    if (Date.now() > end) fail(`timeout waiting for ${what}`)
+    await sleep(20)
+  }
+}
+
+// url: ws://host:port/location, params: query arguments (user=...)
+function client (url, room, params, extra = {}) {
+  const doc = new Y.Doc()
+  const p = new WebsocketProvider(url, room, doc, {
+    WebSocketPolyfill: WebSocket,
+    disableBc: true,
+    params,
+    maxBackoffTime: 500,
+    ...extra
+  })
+  p.denied = []
+  p.closes = []
+  p.messageHandlers[2] = (_enc, dec) => {
+    // auth: [0 = permission denied, reason]
+    const t = dec.arr[dec.pos]
+    const len = dec.arr[dec.pos + 1]
+    p.denied.push({ type: t, reason: Buffer.from(dec.arr.slice(dec.pos + 2, dec.pos + 2 + len)).toString() })
+  }
+  p.on('connection-close', ev => { if (ev) p.closes.push({ code: ev.code, reason: ev.reason }) })
+  providers.push(p)
+  return { doc, p, text: doc.getText('t') }
+}
+
+function synced (c) {
+  return c.p.synced
+}
+
+async function finish (result) {
+  for (const p of providers) p.destroy()
+  console.log(JSON.stringify(result))
+  await sleep(50)
+  process.exit(0)
+}
+
+const scenarios = {
+  // the bytes the server sends in place of a Y.Doc
+  async bytes () {
+    const empty = new Y.Doc()
+    await finish({
+      update: Array.from(Y.encodeStateAsUpdate(empty)),
+      sv: Array.from(Y.encodeStateVector(empty))
+    })
+  },
+
+  // two clients (two nginx instances) type concurrently and converge;
+  // awareness appears at the other, and goes when one leaves
+  async converge () {
+    const a = client(args.url1, args.room, { user: 'alice' })
+    const b = client(args.url2, args.room, { user: 'bob' })
+    await until('both synced', () => synced(a) && synced(b))
+    a.p.awareness.setLocalStateField('user', { name: 'alice' })
+    b.p.awareness.setLocalStateField('user', { name: 'bob' })
+    const n = args.n || 30
+    for (let i = 0; i < n; i++) {
+      a.text.insert(0, 'a')
+      b.text.insert(b.text.length, 'b')
+      if (i % 5 === 0) await sleep(5)
+    }
+    await until('convergence', () =>
+      a.text.toString() === b.text.toString() && a.text.length === 2 * n)
+    const sees = (c, id, nm) => {
+      const s = c.p.awareness.getStates().get(id)
+      return s && s.user && s.user.name === nm
+    }
+    await until('awareness of the other', () =>
+      sees(a, b.doc.clientID, 'bob') && sees(b, a.doc.clientID, 'alice'))
+    const bid = b.doc.clientID
+    let removed = false
+    a.p.awareness.on('change', ({ removed: r }) => { if (r.includes(bid)) removed = true })
+    const t0 = Date.now()
+    b.p.ws.terminate() // a dropped connection, not the client's own goodbye
+    b.p.destroy()
+    await until('the null state of the client that left', () => removed, 10000)
+    await finish({
+      text: a.text.toString(),
+      removed_ms: Date.now() - t0,
+      denied: a.p.denied.length + b.p.denied.length
+    })
+  },
+
+  // a late joiner gets the whole document, then synced
+  async late () {
+    const c = client(args.url1, args.room, { user: 'carol' })
+    let syncedLen = -1
+    c.p.on('synced', s => { if (s && syncedLen < 0) syncedLen = c.text.length })
+    await until('synced', () => synced(c))
+    await finish({ text: c.text.toString(), synced_len: syncedLen })
+  },
+
+  // offline: a disconnects, both edit, a comes back: nothing is lost
+  async offline () {
+    const a = client(args.url1, args.room, { user: 'alice' })
+    const b = client(args.url2, args.room, { user: 'bob' })
+    await until('both synced', () => synced(a) && synced(b))
+    a.p.disconnect()
+    await until('a disconnected', () => !a.p.wsconnected)
+    a.text.insert(0, 'OFFLINE-A ')
+    b.text.insert(b.text.length, ' ONLINE-B')
+    await sleep(200)
+    if (a.text.toString().includes('ONLINE-B')) fail('a got b\'s edit while offline')
+    a.p.connect()
+    await until('convergence after reconnect', () =>
+      a.text.toString() === b.text.toString() &&
+      a.text.toString().includes('OFFLINE-A') &&
+      a.text.toString().includes('ONLINE-B'))
+    await finish({ text: a.text.toString() })
+  },
+
+  // a viewer's edit is refused (auth message) and reaches nobody
+  async viewer () {
+    const e = client(args.url1, args.room, { user: 'ed' })
+    const v = client(args.viewer, args.room, { user: 'vic' })
+    await until('both synced', () => synced(e) && synced(v))
+    v.text.insert(0, 'VIEWER-EDIT ')
+    await until('permission denied', () => v.p.denied.length > 0, 10000)
+    e.text.insert(e.text.length, ' EDITOR')
+    await until('the editor\'s edit at the viewer', () =>
+      v.text.toString().includes('EDITOR'))
+    if (e.text.toString().includes('VIEWER-EDIT')) fail('the viewer\'s edit reached the editor')
+    const late = client(args.url1, args.room, { user: 'late' })
+    await until('late synced', () => synced(late))
+    await finish({
+      denied: v.p.denied,
+      editor: e.text.toString(),
+      late: late.text.toString(),
+      viewer_closes: v.p.closes
+    })
+  },
+
+  // a client alone stays connected: its awareness echo counts as a message
+  async lone () {
+    const c = client(args.url1, args.room, { user: 'solo' })
+    await until('synced', () => synced(c))
+    let echoes = 0
+    c.p.ws.addEventListener('message', ev => {
+      const b = new Uint8Array(ev.data)
+      if (b[0] === 1) echoes++
+    })
+    c.p.awareness.setLocalStateField('x', 1)
+    await until('the echo of its own awareness', () => echoes > 0, 10000)
+    await finish({ echoes, closes: c.p.closes })
+  }
+}
+
+if (!scenarios[name]) fail(`unknown scenario ${name}`)
+setTimeout(() => fail('overall deadline'), DEADLINE + 15000).unref()
+scenarios[name]().catch(e => fail(e.stack || String(e)))
