@@ -34,6 +34,7 @@ struct ngx_http_collab_yjs_s {
     u_char                      *awareness;      /* waits for the join */
     size_t                       awareness_len;
     unsigned                     synced:1;       /* its step 2 went out */
+    unsigned                     owned:1;        /* client[] are known */
     u_char                       doc_buf[NGX_HTTP_COLLAB_DOC_MAX];
 };
 
@@ -43,7 +44,7 @@ static void ngx_http_collab_yjs_update(ngx_http_collab_session_t *s,
 static void ngx_http_collab_yjs_awareness(ngx_http_collab_session_t *s,
     const u_char *p, size_t len, const u_char *data, size_t dlen);
 static ngx_int_t ngx_http_collab_yjs_clients(ngx_http_collab_session_t *s,
-    const u_char *data, size_t len);
+    const u_char *data, size_t len, u_char *own, size_t *own_len);
 static void ngx_http_collab_yjs_presence(ngx_http_collab_sub_t *sub,
     const u_char *data, size_t len);
 static ngx_http_collab_msg_t *ngx_http_collab_yjs_frame(u_char type,
@@ -372,14 +373,16 @@ ngx_http_collab_yjs_update(ngx_http_collab_session_t *s, const u_char *data,
 
 /*
  * Awareness: echoed to the sender at once (a lone client takes it as the
- * sign that its connection lives), and the member's presence for the
- * others, coalesced as every presence.
+ * sign that its connection lives), and the states of the sender's own
+ * clients are its presence for the others, coalesced as every presence.
  */
 
 static void
 ngx_http_collab_yjs_awareness(ngx_http_collab_session_t *s, const u_char *p,
     size_t len, const u_char *data, size_t dlen)
 {
+    u_char                 *own;
+    size_t                  own_len;
     ngx_int_t               rc;
     ngx_msec_t              retry;
     ngx_http_collab_yjs_t  *y;
@@ -391,7 +394,13 @@ ngx_http_collab_yjs_awareness(ngx_http_collab_session_t *s, const u_char *p,
     ngx_http_collab_metric_inc(NGX_HTTP_COLLAB_M_IN
                                + NGX_HTTP_COLLAB_MT_PRESENCE);
 
-    if (ngx_http_collab_yjs_clients(s, data, dlen) != NGX_OK) {
+    own = ngx_alloc(dlen + NGX_HTTP_COLLAB_YJS_UINT_LEN, s->connection->log);
+    if (own == NULL) {
+        return;
+    }
+
+    if (ngx_http_collab_yjs_clients(s, data, dlen, own, &own_len) != NGX_OK) {
+        ngx_free(own);
         s->shutdown = 1;
         ngx_http_collab_session_close(s, 1007, "malformed awareness update");
         return;
@@ -401,27 +410,33 @@ ngx_http_collab_yjs_awareness(ngx_http_collab_session_t *s, const u_char *p,
                                        &retry);
     if (rc != NGX_OK) {
         /* the next one supersedes it */
+        ngx_free(own);
         return;
     }
 
     m = ngx_http_collab_msg_alloc(len);
-    if (m == NULL) {
-        return;
+    if (m) {
+        ngx_memcpy(m->json, p, len);
+        m->len = len;
+        m->mtype = 1 + NGX_HTTP_COLLAB_MT_PRESENCE;
+        (void) ngx_http_collab_ws_frame(m, &len);
+        m->ws[0] = 0x80 | NGX_HTTP_COLLAB_WS_OP_BINARY;
+
+        (void) ngx_http_collab_session_queue(s, m);
+        ngx_http_collab_msg_release(m);
     }
 
-    ngx_memcpy(m->json, p, len);
-    m->len = len;
-    m->mtype = 1 + NGX_HTTP_COLLAB_MT_PRESENCE;
-    (void) ngx_http_collab_ws_frame(m, &len);
-    m->ws[0] = 0x80 | NGX_HTTP_COLLAB_WS_OP_BINARY;
-
-    (void) ngx_http_collab_session_queue(s, m);
-    ngx_http_collab_msg_release(m);
+    if (own_len == 0) {
+        /* only states of others that the client passes on */
+        ngx_free(own);
+        return;
+    }
 
     sub = ngx_http_collab_doc_find(s, &y->doc);
 
     if (sub && sub->state == NGX_HTTP_COLLAB_SUB_LIVE) {
-        ngx_http_collab_yjs_presence(sub, data, dlen);
+        ngx_http_collab_yjs_presence(sub, own, own_len);
+        ngx_free(own);
         return;
     }
 
@@ -431,47 +446,52 @@ ngx_http_collab_yjs_awareness(ngx_http_collab_session_t *s, const u_char *p,
         ngx_free(y->awareness);
     }
 
-    y->awareness = ngx_alloc(dlen, s->connection->log);
-    if (y->awareness == NULL) {
-        return;
-    }
-
-    ngx_memcpy(y->awareness, data, dlen);
-    y->awareness_len = dlen;
+    y->awareness = own;
+    y->awareness_len = own_len;
 }
 
 
 /*
  * Checks an awareness update (every state must be JSON: the others
- * JSON.parse it) and keeps the client ids it names with their clocks, for
- * the null states of the end.
+ * JSON.parse it).  The clients of its first update are the session's own;
+ * the stock client also passes on the states of others it was sent, which
+ * are left out of own[] (an update of the own clients' entries, empty when
+ * none) so that they never become the session's presence.  The clocks are
+ * kept for the null states of the end.
  */
 
 static ngx_int_t
 ngx_http_collab_yjs_clients(ngx_http_collab_session_t *s, const u_char *data,
-    size_t len)
+    size_t len, u_char *own, size_t *own_len)
 {
     int                        rc;
-    size_t                     pos;
+    u_char                    *p;
+    size_t                     pos, n;
     int64_t                    count;
     json_t                    *v;
-    ngx_uint_t                 i;
+    ngx_uint_t                 i, first, nown;
     ngx_http_collab_yjs_t     *y;
     ngx_http_collab_yjs_aw_t   aw;
 
     y = s->yjs;
     pos = 0;
     count = -1;
+    nown = 0;
+    first = !y->owned;
+    y->owned = 1;
+
+    /* the entries after room for the count, which is written last */
+    p = own + NGX_HTTP_COLLAB_YJS_UINT_LEN;
 
     for ( ;; ) {
         rc = ngx_http_collab_yjs_aw_next(data, len, &pos, &count, &aw);
 
-        if (rc == 0) {
-            return NGX_OK;
-        }
-
         if (rc < 0) {
             return NGX_ERROR;
+        }
+
+        if (rc == 0) {
+            break;
         }
 
         v = json_loadb((char *) aw.state, aw.state_len, JSON_DECODE_ANY,
@@ -489,7 +509,7 @@ ngx_http_collab_yjs_clients(ngx_http_collab_session_t *s, const u_char *data,
         }
 
         if (i == y->nclients) {
-            if (i == NGX_HTTP_COLLAB_YJS_CLIENTS) {
+            if (!first || i == NGX_HTTP_COLLAB_YJS_CLIENTS) {
                 continue;
             }
 
@@ -498,7 +518,22 @@ ngx_http_collab_yjs_clients(ngx_http_collab_session_t *s, const u_char *data,
         }
 
         y->clock[i] = aw.clock;
+        nown++;
+
+        p = ngx_cpymem(p, data + aw.start, pos - aw.start);
     }
+
+    if (nown == 0) {
+        *own_len = 0;
+        return NGX_OK;
+    }
+
+    n = ngx_http_collab_yjs_put_uint(own, nown);
+    ngx_memmove(own + n, own + NGX_HTTP_COLLAB_YJS_UINT_LEN,
+                p - own - NGX_HTTP_COLLAB_YJS_UINT_LEN);
+    *own_len = p - own - NGX_HTTP_COLLAB_YJS_UINT_LEN + n;
+
+    return NGX_OK;
 }
 
 

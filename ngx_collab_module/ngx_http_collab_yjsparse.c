@@ -169,6 +169,8 @@ ngx_http_collab_yjs_aw_next(const unsigned char *p, size_t len,
         return 0;
     }
 
+    aw->start = *pos;
+
     if (ngx_http_collab_yjs_uint(p, len, pos, &aw->client) != 0
         || ngx_http_collab_yjs_uint(p, len, pos, &aw->clock) != 0
         || ngx_http_collab_yjs_bytes(p, len, pos, &aw->state,

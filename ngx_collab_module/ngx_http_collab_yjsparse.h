@@ -46,6 +46,7 @@ typedef struct {
 
 /* one client's entry of an awareness update */
 typedef struct {
+    size_t                 start;      /* of the entry in the update */
     uint64_t               client;
     uint64_t               clock;
     const unsigned char   *state;      /* JSON text, not checked here */

@@ -174,10 +174,26 @@ sub next_bin {
     is(next_bin($late), "\x01" . bytes("\x01\x01\x08" . bytes('null')),
        'a dropped client\'s state is nulled with clock + 1');
 
+    # a client passes on the states it was sent: they stay their owner's
+    my $obs = yws(path => '/yjs/raw?user=obs');
+    next_bin($obs) for 1 .. 3;
+    my $own = "\x01\x02\x01" . bytes('{"me":2}');
+    $late->send_binary("\x01" . bytes($own));
+    is(next_bin($late), "\x01" . bytes($own), 'awareness of client 2 echoed');
+    is(next_bin($obs), "\x01" . bytes($own), 'and relayed');
+    my $relay = "\x01\x05\x03" . bytes('{"other":5}');
+    $late->send_binary("\x01" . bytes($relay));
+    is(next_bin($late), "\x01" . bytes($relay), 'a state of another client echoed');
+    $late->send_binary("\x03");
+    is(next_bin($late), "\x01" . bytes($own), 'but not taken as the sender\'s presence');
+
     # malformed and text messages are closed clearly
     $late->send_binary("\x00\x02\x05ab");
     is($late->expect_close(5), 1007, 'a truncated update: 1007');
     like($late->close_reason // '', qr/truncated/, 'saying why');
+    is(next_bin($obs), "\x01" . bytes("\x01\x02\x02" . bytes('null')),
+       'its end nulls its own client only');
+    $obs->close;
 
     my $tx = yws(path => '/yjs/raw?user=tx');
     next_bin($tx) for 1 .. 3;
