@@ -24,6 +24,7 @@ plan skip_all => 'no t/yjs/node_modules (make t/yjs/node_modules)'
     unless -d "$dir/node_modules";
 
 my $t = Collab::Test->new(timeout => 240);
+$t->jwt_keys;
 $t->start_redis;
 
 my $conf = <<'EOF';
@@ -46,6 +47,13 @@ my $conf = <<'EOF';
             collab_rate 60r/m burst=3;
         }
         location = /collab { collab; }
+        location /jwt/ {
+            collab;
+            collab_protocol y-websocket;
+            collab_auth jwt;
+            collab_jwt_leeway 0;
+            collab_jwt_key hs256 file=%%TESTDIR%%/keys/hs256.key;
+        }
     }
 EOF
 $t->write_nginx_conf($conf);
@@ -238,6 +246,40 @@ sub next_bin {
     }
     my $code = $s->expect_close(10);
     is($code, 4529, 'over collab_rate: 4529 (the client reconnects)');
+}
+
+# live revocation and role changes, as for collab.v1
+{
+    my $doc = "acl-$$";
+    my $e = yws(path => "/yjs/$doc?user=eve");
+    next_bin($e) for 1 .. 2;
+    $t->redis('SET', "collab:{$doc}:acl", '{"version":1,"default":"viewer"}');
+    $t->redis('PUBLISH', "collab:{$doc}", '{"type":"acl"}');
+    # the role message is collab.v1's: a probe tells when it was applied
+    Collab::Test::wait_until(sub {
+        $e->send_binary("\x00\x02" . bytes("\x01\x01\x9d\x05\x00\x04\x01\x01t\x01d\x00"));
+        my $m = next_bin($e, 1) // '';
+        return $m eq "\x02\x00" . bytes('permission denied');
+    }, 10);
+    my $n = $t->log_len($doc);
+    $e->send_binary("\x00\x02" . bytes("\x01\x01\x9e\x05\x00\x04\x01\x01t\x01e\x00"));
+    is(next_bin($e), "\x02\x00" . bytes('permission denied'), 'an editor made viewer: refused');
+    $t->idle(0.3);
+    is($t->log_len($doc), $n, 'and nothing stored');
+    $t->redis('SET', "collab:{$doc}:acl", '{"version":2,"default":"none"}');
+    $t->redis('PUBLISH', "collab:{$doc}", '{"type":"acl"}');
+    is($e->expect_close(10), 4403, 'revoked: closed 4403 (the client does not retry)');
+}
+
+# tokens: from the query, no auth message; an expired one is retryable
+{
+    my $no = yws(path => '/jwt/tok');
+    is($no->status, 401, 'jwt without a token: 401');
+    my $tok = $t->jwt(claims => { sub => 'tim', exp => time + 3 });
+    my $w = yws(path => "/jwt/tok?access_token=$tok");
+    is($w->status, 101, 'a token in access_token: 101');
+    is(next_bin($w), "\x00\x00\x01\x00", 'served at once');
+    is($w->expect_close(10), 4501, 'the token expires: 4501, which the client retries');
 }
 
 # --- stock clients -------------------------------------------------------
