@@ -47,6 +47,11 @@ my $conf = <<'EOF';
             collab_rate 60r/m burst=3;
         }
         location = /collab { collab; }
+        location /none/ {
+            collab;
+            collab_protocol y-websocket;
+            collab_default_role none;
+        }
         location /jwt/ {
             collab;
             collab_protocol y-websocket;
@@ -246,6 +251,38 @@ sub next_bin {
     }
     my $code = $s->expect_close(10);
     is($code, 4529, 'over collab_rate: 4529 (the client reconnects)');
+}
+
+# a snapshot with base64 data (stored by an application): one update
+# before the rest of the log
+{
+    my $doc = "snap-$$";
+    my $u1 = "\x01\x01\xa0\x05\x00\x04\x01\x01t\x01x\x00";
+    my $u2 = "\x01\x01\xa0\x05\x01\x84\xa0\x05\x00\x01y\x00";
+    my $w = yws(path => "/yjs/$doc?user=w");
+    next_bin($w) for 1 .. 2;
+    $w->send_binary("\x00\x02" . bytes($u1));
+    is(next_bin($w), "\x00\x02" . bytes($u1), 'snapshot: the first update stored');
+    my $v1 = $t->ws_session(path => '/collab?user=app');
+    $v1->send_json({ type => 'state', doc => $doc, seq => 1, data => encode_base64("SNAP", '') });
+    my $ok = $v1->wait_for(sub { $_[0]{type} eq 'ok' || $_[0]{type} eq 'error' }, 5);
+    is($ok && $ok->{type}, 'ok', 'snapshot: stored at seq 1');
+    $v1->close;
+    $w->send_binary("\x00\x02" . bytes($u2));
+    is(next_bin($w), "\x00\x02" . bytes($u2), 'snapshot: the second update stored');
+    my $n = yws(path => "/yjs/$doc?user=n");
+    is(next_bin($n), "\x00\x00\x01\x00", 'snapshot: step 1');
+    is(next_bin($n), "\x00\x02" . bytes("SNAP"), 'snapshot: the snapshot as an update');
+    is(next_bin($n), "\x00\x02" . bytes($u2), 'snapshot: then the log after it');
+    is(next_bin($n), "\x00\x01\x02\x00\x00", 'snapshot: step 2 last');
+}
+
+# no role at all: permission denied, then 4403
+{
+    my $x = yws(path => "/none/x-$$?user=nobody");
+    is(next_bin($x), "\x00\x00\x01\x00", 'no role: step 1 first');
+    is(next_bin($x), "\x02\x00" . bytes('permission denied'), 'no role: permission denied');
+    is($x->expect_close(5), 4403, 'no role: 4403, which the client does not retry');
 }
 
 # live revocation and role changes, as for collab.v1
