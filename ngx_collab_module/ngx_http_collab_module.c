@@ -289,6 +289,13 @@ static ngx_command_t  ngx_http_collab_commands[] = {
       offsetof(ngx_http_collab_loc_conf_t, protocol),
       &ngx_http_collab_protocols },
 
+    { ngx_string("collab_yjs_compact"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_collab_loc_conf_t, yjs_compact),
+      NULL },
+
     { ngx_string("collab_merge"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_enum_slot,
@@ -1198,6 +1205,7 @@ ngx_http_collab_create_loc_conf(ngx_conf_t *cf)
     lcf->ping = NGX_CONF_UNSET_MSEC;
     lcf->merge = NGX_CONF_UNSET_UINT;
     lcf->protocol = NGX_CONF_UNSET_UINT;
+    lcf->yjs_compact = NGX_CONF_UNSET;
     lcf->state_max = NGX_CONF_UNSET_SIZE;
     lcf->conflict = NGX_CONF_UNSET_UINT;
     lcf->rate = NGX_CONF_UNSET_UINT;
@@ -1287,6 +1295,7 @@ ngx_http_collab_merge_session(ngx_http_collab_loc_conf_t *prev,
                               NGX_HTTP_COLLAB_MERGE_NONE);
     ngx_conf_merge_uint_value(conf->protocol, prev->protocol,
                               NGX_HTTP_COLLAB_PROTOCOL_V1);
+    ngx_conf_merge_value(conf->yjs_compact, prev->yjs_compact, 0);
     ngx_conf_merge_size_value(conf->state_max, prev->state_max, 64 * 1024);
     ngx_conf_merge_uint_value(conf->conflict, prev->conflict,
                               NGX_HTTP_COLLAB_CONFLICT_ACCEPT);

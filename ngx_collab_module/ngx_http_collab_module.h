@@ -137,6 +137,7 @@ struct ngx_http_collab_main_conf_s {
 struct ngx_http_collab_loc_conf_s {
     ngx_flag_t                   enable;
     ngx_uint_t                   protocol;       /* PROTOCOL_* */
+    ngx_int_t                    yjs_compact;    /* updates, 0: off */
     ngx_http_complex_value_t    *doc;
     ngx_http_complex_value_t    *user;
     ngx_uint_t                   auth;
@@ -265,6 +266,8 @@ struct ngx_http_collab_doc_s {
     ngx_uint_t                   held;           /* callers walking it */
     ngx_msec_t                   acl_notice;     /* first unapplied notice */
     uint64_t                     presence_seq;   /* highest seen live */
+    uint64_t                     yjs_snap;       /* Yjs snapshot known or
+                                                    asked for here */
 };
 
 

@@ -28,6 +28,8 @@
 struct ngx_http_collab_yjs_s {
     ngx_str_t                    doc;
     uint64_t                     ops;            /* op ids sent */
+    uint64_t                     compact_seq;    /* the snapshot asked */
+    ngx_uint_t                   step1s;         /* not answered yet */
     ngx_uint_t                   nclients;
     uint64_t                     client[NGX_HTTP_COLLAB_YJS_CLIENTS];
     uint64_t                     clock[NGX_HTTP_COLLAB_YJS_CLIENTS];
@@ -35,6 +37,10 @@ struct ngx_http_collab_yjs_s {
     size_t                       awareness_len;
     unsigned                     synced:1;       /* its step 2 went out */
     unsigned                     owned:1;        /* client[] are known */
+    unsigned                     compacting:1;   /* its step 2 is the
+                                                    snapshot */
+    unsigned                     storing:1;      /* the snapshot's reply
+                                                    is not the client's */
     u_char                       doc_buf[NGX_HTTP_COLLAB_DOC_MAX];
 };
 
@@ -58,7 +64,15 @@ static ngx_int_t ngx_http_collab_yjs_control(ngx_http_collab_session_t *s,
 static ngx_int_t ngx_http_collab_yjs_snapshot(ngx_http_collab_session_t *s,
     json_t *obj);
 static void ngx_http_collab_yjs_denied(ngx_http_collab_session_t *s);
+static void ngx_http_collab_yjs_known(ngx_http_collab_session_t *s,
+    json_t *obj);
 static void ngx_http_collab_yjs_step2(ngx_http_collab_session_t *s);
+static void ngx_http_collab_yjs_step1(ngx_http_collab_session_t *s);
+static void ngx_http_collab_yjs_compact(ngx_http_collab_session_t *s);
+static void ngx_http_collab_yjs_snapshot_store(ngx_http_collab_session_t *s,
+    const u_char *data, size_t len);
+static ngx_int_t ngx_http_collab_yjs_json(ngx_http_collab_session_t *s,
+    const u_char *data, size_t len, ngx_str_t *json);
 
 
 /*
@@ -176,17 +190,21 @@ ngx_http_collab_yjs_free(ngx_http_collab_session_t *s)
 void
 ngx_http_collab_yjs_start(ngx_http_collab_session_t *s)
 {
-    static u_char           empty_sv[] = { 0 };
-    ngx_http_collab_msg_t  *m;
+    ngx_http_collab_yjs_step1(s);
+}
 
-    m = ngx_http_collab_yjs_frame(NGX_HTTP_COLLAB_YJS_SYNC,
-                                  NGX_HTTP_COLLAB_YJS_STEP1, empty_sv, 1, 0);
-    if (m == NULL) {
-        return;
-    }
 
-    (void) ngx_http_collab_session_queue(s, m);
-    ngx_http_collab_msg_release(m);
+static void
+ngx_http_collab_yjs_step1(ngx_http_collab_session_t *s)
+{
+    static u_char  empty_sv[] = { 0 };
+
+    s->yjs->step1s++;
+
+    (void) ngx_http_collab_yjs_queue(s,
+               ngx_http_collab_yjs_frame(NGX_HTTP_COLLAB_YJS_SYNC,
+                                         NGX_HTTP_COLLAB_YJS_STEP1,
+                                         empty_sv, 1, 0));
 }
 
 
@@ -215,6 +233,8 @@ ngx_http_collab_yjs_live(ngx_http_collab_sub_t *sub)
         y->synced = 1;
         ngx_http_collab_yjs_step2(s);
     }
+
+    ngx_http_collab_yjs_compact(s);
 }
 
 
@@ -258,8 +278,19 @@ ngx_http_collab_yjs_message(ngx_http_collab_session_t *s, u_char *p,
 
     case NGX_HTTP_COLLAB_YJS_SYNC:
 
+        if (msg.sync == NGX_HTTP_COLLAB_YJS_STEP2 && s->yjs->step1s) {
+            /* the answer to a step 1 of ours */
+            s->yjs->step1s--;
+
+            if (s->yjs->compacting) {
+                ngx_http_collab_yjs_snapshot_store(s, msg.data, msg.len);
+                return;
+            }
+        }
+
         if (msg.sync != NGX_HTTP_COLLAB_YJS_STEP1) {
             ngx_http_collab_yjs_update(s, msg.data, msg.len);
+            ngx_http_collab_yjs_compact(s);
             return;
         }
 
@@ -307,9 +338,8 @@ static void
 ngx_http_collab_yjs_update(ngx_http_collab_session_t *s, const u_char *data,
     size_t len)
 {
-    u_char                 *p;
     ngx_int_t               rc;
-    ngx_str_t               id, json, raw;
+    ngx_str_t               id, json;
     ngx_msec_t              retry;
     ngx_http_collab_yjs_t  *y;
     u_char                  idbuf[16 + 1 + NGX_INT64_LEN];
@@ -343,22 +373,10 @@ ngx_http_collab_yjs_update(ngx_http_collab_session_t *s, const u_char *data,
         return;
     }
 
-    json.len = ngx_base64_encoded_length(len) + 2;
-    json.data = ngx_alloc(json.len, s->connection->log);
-    if (json.data == NULL) {
+    if (ngx_http_collab_yjs_json(s, data, len, &json) != NGX_OK) {
         ngx_http_collab_session_close(s, 1011, "out of memory");
         return;
     }
-
-    raw.data = (u_char *) data;
-    raw.len = len;
-
-    p = json.data + 1;
-    json.data[0] = '"';
-    id.data = p;
-    ngx_encode_base64(&id, &raw);
-    p[id.len] = '"';
-    json.len = id.len + 2;
 
     id.data = idbuf;
     id.len = ngx_sprintf(idbuf, "%*s-%uL", (size_t) 16, s->id, ++y->ops)
@@ -543,7 +561,7 @@ static void
 ngx_http_collab_yjs_presence(ngx_http_collab_sub_t *sub, const u_char *data,
     size_t len)
 {
-    ngx_str_t                   json, raw, b64;
+    ngx_str_t                   json;
     ngx_http_collab_session_t  *s;
 
     s = sub->session;
@@ -552,27 +570,16 @@ ngx_http_collab_yjs_presence(ngx_http_collab_sub_t *sub, const u_char *data,
         return;
     }
 
-    json.len = ngx_base64_encoded_length(len) + 2;
-
-    if (json.len > s->conf->presence_size) {
+    if (ngx_base64_encoded_length(len) + 2 > s->conf->presence_size) {
         ngx_log_error(NGX_LOG_WARN, s->connection->log, 0,
                       "collab: awareness state of %uz bytes is larger than "
                       "collab_presence_size in base64, not relayed", len);
         return;
     }
 
-    json.data = ngx_alloc(json.len, s->connection->log);
-    if (json.data == NULL) {
+    if (ngx_http_collab_yjs_json(s, data, len, &json) != NGX_OK) {
         return;
     }
-
-    raw.data = (u_char *) data;
-    raw.len = len;
-    b64.data = json.data + 1;
-    ngx_encode_base64(&b64, &raw);
-    json.data[0] = '"';
-    json.data[b64.len + 1] = '"';
-    json.len = b64.len + 2;
 
     ngx_http_collab_presence_set(sub, &json);
 
@@ -590,7 +597,6 @@ ngx_int_t
 ngx_http_collab_yjs_leave(ngx_http_collab_session_t *s, ngx_str_t *json)
 {
     u_char                 *p;
-    ngx_str_t               raw, b64;
     ngx_uint_t              i;
     ngx_http_collab_yjs_t  *y;
     u_char                  buf[NGX_HTTP_COLLAB_YJS_UINT_LEN
@@ -612,15 +618,26 @@ ngx_http_collab_yjs_leave(ngx_http_collab_session_t *s, ngx_str_t *json)
         p = ngx_cpymem(p, "null", 4);
     }
 
-    raw.data = buf;
-    raw.len = p - buf;
+    return ngx_http_collab_yjs_json(s, buf, p - buf, json);
+}
 
-    json->len = ngx_base64_encoded_length(raw.len) + 2;
-    json->data = ngx_alloc(json->len, s->connection->log);
+
+/* bytes as a JSON string of their base64, allocated */
+
+static ngx_int_t
+ngx_http_collab_yjs_json(ngx_http_collab_session_t *s, const u_char *data,
+    size_t len, ngx_str_t *json)
+{
+    ngx_str_t  raw, b64;
+
+    json->data = ngx_alloc(ngx_base64_encoded_length(len) + 2,
+                           s->connection->log);
     if (json->data == NULL) {
         return NGX_ERROR;
     }
 
+    raw.data = (u_char *) data;
+    raw.len = len;
     b64.data = json->data + 1;
     ngx_encode_base64(&b64, &raw);
     json->data[0] = '"';
@@ -628,6 +645,75 @@ ngx_http_collab_yjs_leave(ngx_http_collab_session_t *s, ngx_str_t *json)
     json->len = b64.len + 2;
 
     return NGX_OK;
+}
+
+
+/*
+ * Compaction (collab_yjs_compact): once the log holds that many updates
+ * after the latest snapshot this worker knows of, an editor's client is
+ * asked for all it has with a step 1 of an empty state vector.  Its client
+ * applies messages in order, so the step 2 it answers with holds every
+ * update queued before the step 1, up to compact_seq: stored as the
+ * document's snapshot at that seq, it lets collab_log_retention trim the
+ * log below it, and a joining client reads the snapshot and the tail.
+ * One session of a worker asks per interval (doc->yjs_snap).
+ */
+
+static void
+ngx_http_collab_yjs_compact(ngx_http_collab_session_t *s)
+{
+    ngx_http_collab_yjs_t  *y;
+    ngx_http_collab_sub_t  *sub;
+
+    y = s->yjs;
+
+    if (s->conf->yjs_compact == 0 || !y->synced || y->step1s
+        || y->compacting || y->storing || s->closing)
+    {
+        return;
+    }
+
+    sub = ngx_http_collab_doc_find(s, &y->doc);
+
+    if (sub == NULL || sub->state != NGX_HTTP_COLLAB_SUB_LIVE
+        || sub->role < NGX_HTTP_COLLAB_ROLE_EDITOR
+        || sub->pos < sub->doc->yjs_snap + s->conf->yjs_compact)
+    {
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_INFO, s->connection->log, 0,
+                  "collab: asking session %*s for a snapshot of \"%V\" "
+                  "at seq %uL", (size_t) 16, s->id, &y->doc, sub->pos);
+
+    sub->doc->yjs_snap = sub->pos;
+    y->compact_seq = sub->pos;
+    y->compacting = 1;
+
+    ngx_http_collab_yjs_step1(s);
+}
+
+
+static void
+ngx_http_collab_yjs_snapshot_store(ngx_http_collab_session_t *s,
+    const u_char *data, size_t len)
+{
+    ngx_str_t               json;
+    ngx_http_collab_yjs_t  *y;
+
+    y = s->yjs;
+    y->compacting = 0;
+
+    if (ngx_http_collab_yjs_json(s, data, len, &json) != NGX_OK) {
+        return;
+    }
+
+    /* its answer, even one given at once, is not for the client */
+    y->storing = 1;
+
+    (void) ngx_http_collab_store_state(s, &y->doc, y->compact_seq, &json,
+                                       NGX_HTTP_COLLAB_NO_SLOT);
+    ngx_free(json.data);
 }
 
 
@@ -771,8 +857,15 @@ ngx_http_collab_yjs_send(ngx_http_collab_session_t *s,
                                                            m->type.len);
     }
 
-    return ngx_http_collab_session_queue(s, m->yjs) == NGX_ERROR
-           ? NGX_ERROR : NGX_OK;
+    if (ngx_http_collab_session_queue(s, m->yjs) == NGX_ERROR) {
+        return NGX_ERROR;
+    }
+
+    if (type == NGX_HTTP_COLLAB_YJS_SYNC) {
+        ngx_http_collab_yjs_compact(s);
+    }
+
+    return NGX_OK;
 }
 
 
@@ -811,8 +904,21 @@ ngx_http_collab_yjs_control(ngx_http_collab_session_t *s,
     if (type == NULL) {
         /* not ours */
 
+    } else if (s->yjs->storing
+               && (ngx_strcmp(type, "ok") == 0
+                   || ngx_strcmp(type, "error") == 0))
+    {
+        /* the answer to a snapshot: the log still has it all */
+        s->yjs->storing = 0;
+
+        ngx_log_error(NGX_LOG_INFO, s->connection->log, 0,
+                      "collab: snapshot of \"%V\" at seq %uL: %s %s",
+                      &s->yjs->doc, s->yjs->compact_seq, type, code);
+
     } else if (ngx_strcmp(type, "subscribed") == 0) {
         /* a snapshot of the log (compaction) is one update */
+        ngx_http_collab_yjs_known(s, obj);
+
         v = json_object_get(json_object_get(obj, "state"), "data");
         rc = ngx_http_collab_yjs_string(s, NGX_HTTP_COLLAB_YJS_SYNC,
                                         NGX_HTTP_COLLAB_YJS_UPDATE, v);
@@ -852,6 +958,25 @@ ngx_http_collab_yjs_control(ngx_http_collab_session_t *s,
     json_decref(obj);
 
     return rc;
+}
+
+
+/* the snapshot the join started from: none is asked for below it */
+
+static void
+ngx_http_collab_yjs_known(ngx_http_collab_session_t *s, json_t *obj)
+{
+    json_t                 *v;
+    ngx_http_collab_sub_t  *sub;
+
+    v = json_object_get(json_object_get(obj, "state"), "seq");
+    sub = ngx_http_collab_doc_find(s, &s->yjs->doc);
+
+    if (sub && json_is_number(v) && json_number_value(v) > 0
+        && (uint64_t) json_number_value(v) > sub->doc->yjs_snap)
+    {
+        sub->doc->yjs_snap = (uint64_t) json_number_value(v);
+    }
 }
 
 

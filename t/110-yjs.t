@@ -47,6 +47,12 @@ my $conf = <<'EOF';
             collab_rate 60r/m burst=3;
         }
         location = /collab { collab; }
+        location /compact/ {
+            collab;
+            collab_protocol y-websocket;
+            collab_yjs_compact 5;
+            collab_log_retention count=2;
+        }
         location /none/ {
             collab;
             collab_protocol y-websocket;
@@ -277,6 +283,43 @@ sub next_bin {
     is(next_bin($n), "\x00\x01\x02\x00\x00", 'snapshot: step 2 last');
 }
 
+# compaction: after 5 updates the client is asked for everything it has,
+# which becomes the snapshot; the log is trimmed below it
+{
+    my $doc = "cmp-$$";
+    my $a = yws(path => "/compact/$doc?user=a");
+    is(next_bin($a), "\x00\x00\x01\x00", 'compact: step 1');
+    is(next_bin($a), "\x00\x01\x02\x00\x00", 'compact: step 2');
+    $a->send_binary("\x00\x01\x02\x00\x00");    # its answer: nothing
+    my @u = map { "\x01\x01\xa1\x05" . chr($_) . "\x04\x01\x01t\x01z\x00" } 0 .. 6;
+    for my $i (0 .. 4) {
+        $a->send_binary("\x00\x02" . bytes($u[$i]));
+        is(next_bin($a), "\x00\x02" . bytes($u[$i]), "compact: update $i back");
+    }
+    is(next_bin($a), "\x00\x00\x01\x00", 'compact: asked for a snapshot (step 1)');
+    $a->send_binary("\x00\x01" . bytes("FULL5"));
+    Collab::Test::wait_until(sub {
+        ($t->redis('HGET', "collab:{$doc}:state", 'seq') // 0) == 5
+    }, 10);
+    is($t->redis('HGET', "collab:{$doc}:state", 'data'), '"' . encode_base64('FULL5', '') . '"',
+       'compact: its step 2 is the snapshot at seq 5');
+    is($t->log_len($doc), 5, 'compact: not stored as an update');
+    for my $i (5 .. 6) {
+        $a->send_binary("\x00\x02" . bytes($u[$i]));
+        is(next_bin($a), "\x00\x02" . bytes($u[$i]), "compact: update $i back");
+    }
+    ok($a->is_open, 'compact: the session goes on');
+    is_deeply([map { $_->{seq} } $t->log_entries($doc)], [6, 7], 'compact: the log trimmed below the snapshot');
+    my $n = yws(path => "/compact/$doc?user=n");
+    is(next_bin($n), "\x00\x00\x01\x00", 'compact: a new client: step 1');
+    is(next_bin($n), "\x00\x02" . bytes("FULL5"), 'compact: the snapshot');
+    is(next_bin($n), "\x00\x02" . bytes($u[5]), 'compact: the tail');
+    is(next_bin($n), "\x00\x02" . bytes($u[6]), 'compact: the tail');
+    is(next_bin($n), "\x00\x01\x02\x00\x00", 'compact: step 2');
+    $n->close;
+    $a->close;
+}
+
 # no role at all: permission denied, then 4403
 {
     my $x = yws(path => "/none/x-$$?user=nobody");
@@ -348,6 +391,14 @@ if ($v) {
 }
 my @vdata = map { decode_base64($_->{data} =~ s/"//gr) } $t->log_entries("ro-$$");
 ok(!grep({ /VIEWER/ } @vdata), 'viewer: nothing of it in the log');
+
+my $cmp = "cmpx-$$";
+my $k = scenario('compact', url1 => 'ws://127.0.0.1:' . $t->port . '/compact', room => $cmp, n => 60);
+is($k && $k->{late}, $k && $k->{text}, 'compaction with stock clients: a late joiner converges');
+is(length($k->{text} // ''), 60, 'compaction: all 60 characters');
+my $len = $t->log_len($cmp);
+cmp_ok($len, '<', 20, "compaction: the log stays short ($len entries for 60 updates)");
+ok($t->redis('HGET', "collab:{$cmp}:state", 'seq') > 0, 'compaction: a snapshot was stored');
 
 my $lone = scenario('lone', url1 => $url1, room => "lone-$$");
 ok($lone && $lone->{echoes} > 0, 'a lone client gets its awareness back');

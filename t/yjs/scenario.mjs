@@ -163,6 +163,21 @@ const scenarios = {
     })
   },
 
+  // one client types, the server compacts; a late joiner converges
+  async compact () {
+    const a = client(args.url1, args.room, { user: 'alice' })
+    await until('synced', () => synced(a))
+    const n = args.n || 60
+    for (let i = 0; i < n; i++) {
+      a.text.insert(a.text.length, String.fromCharCode(97 + i % 26))
+      await sleep(10)
+    }
+    const b = client(args.url1, args.room, { user: 'bob' })
+    await until('late synced', () => synced(b))
+    await until('late has it all', () => b.text.length === n)
+    await finish({ text: a.text.toString(), late: b.text.toString() })
+  },
+
   // a client alone stays connected: its awareness echo counts as a message
   async lone () {
     const c = client(args.url1, args.room, { user: 'solo' })
