@@ -53,6 +53,22 @@ my $conf = <<'EOF';
             collab_yjs_compact 5;
             collab_log_retention count=2;
         }
+        location /big/ {
+            collab;
+            collab_protocol y-websocket;
+            collab_rate 100000r/s burst=100000;
+            collab_max_message 1m;
+            collab_send_queue 4m;
+        }
+        location /bigc/ {
+            collab;
+            collab_protocol y-websocket;
+            collab_rate 100000r/s burst=100000;
+            collab_max_message 1m;
+            collab_send_queue 4m;
+            collab_yjs_compact 1000;
+            collab_log_retention count=1000;
+        }
         location /none/ {
             collab;
             collab_protocol y-websocket;
@@ -399,6 +415,18 @@ is(length($k->{text} // ''), 60, 'compaction: all 60 characters');
 my $len = $t->log_len($cmp);
 cmp_ok($len, '<', 20, "compaction: the log stays short ($len entries for 60 updates)");
 ok($t->redis('HGET', "collab:{$cmp}:state", 'seq') > 0, 'compaction: a snapshot was stored');
+
+# a room of 10,000 updates: the join time, without and with compaction
+for my $loc ('big', 'bigc') {
+    my $room = "$loc-$$";
+    my $j = scenario('jointime', url1 => 'ws://127.0.0.1:' . $t->port . "/$loc", room => $room,
+                     n => 10000, deadline => 120000);
+    my $len = $t->log_len($room);
+    ok($j, "$loc: a new client of a room of 10,000 updates syncs") or next;
+    diag("/$loc/: 10,000 updates written in $j->{write_ms} ms, a new client synced in "
+         . "$j->{join_ms} ms, log $len entries");
+    cmp_ok($len, '<=', 2200, "$loc: the compacted log stays short") if $loc eq 'bigc';
+}
 
 my $lone = scenario('lone', url1 => $url1, room => "lone-$$");
 ok($lone && $lone->{echoes} > 0, 'a lone client gets its awareness back');

@@ -178,6 +178,28 @@ const scenarios = {
     await finish({ text: a.text.toString(), late: b.text.toString() })
   },
 
+  // a room of n updates: how long a new client takes to be synced
+  async jointime () {
+    const a = client(args.url1, args.room, { user: 'writer' })
+    await until('synced', () => synced(a))
+    const n = args.n || 10000
+    const t0 = Date.now()
+    for (let i = 0; i < n; i++) {
+      a.text.insert(a.text.length, String.fromCharCode(97 + i % 26))
+      if (i % 200 === 199) await sleep(1)
+    }
+    const probe = client(args.url1, args.room, { user: 'probe' })
+    await until('all stored', () => probe.text.length === n, 120000)
+    const write = Date.now() - t0
+    probe.p.destroy()
+    const t1 = Date.now()
+    const c = client(args.url1, args.room, { user: 'joiner' })
+    await until('the joiner synced', () => synced(c), 120000)
+    const join = Date.now() - t1
+    if (c.text.length !== n) fail(`joiner has ${c.text.length} of ${n}`)
+    await finish({ write_ms: write, join_ms: join })
+  },
+
   // a client alone stays connected: its awareness echo counts as a message
   async lone () {
     const c = client(args.url1, args.room, { user: 'solo' })
