@@ -428,6 +428,11 @@ for my $loc ('big', 'bigc') {
     cmp_ok($len, '<=', 2200, "$loc: the compacted log stays short") if $loc eq 'bigc';
 }
 
+# the document lost by Redis: the providers write it again
+my $h = scenario('heal', url1 => $url1, url2 => $url2, room => "heal-$$", redis => $t->redis_port);
+is($h && $h->{text}, 'hello world', 'a document Redis lost is written again by its providers');
+ok($h && grep({ $_ == 4500 } @{ $h->{closes} }), 'after a close 4500 (resync epoch)');
+
 my $lone = scenario('lone', url1 => $url1, room => "lone-$$");
 ok($lone && $lone->{echoes} > 0, 'a lone client gets its awareness back');
 

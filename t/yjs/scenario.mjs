@@ -11,6 +11,7 @@
 import * as Y from 'yjs'
 import { WebsocketProvider } from 'y-websocket'
 import WebSocket from 'ws'
+import net from 'node:net'
 
 const [name, rawArgs] = process.argv.slice(2)
 const args = JSON.parse(rawArgs || '{}')
@@ -55,6 +56,18 @@ function client (url, room, params, extra = {}) {
   p.on('connection-close', ev => { if (ev) p.closes.push({ code: ev.code, reason: ev.reason }) })
   providers.push(p)
   return { doc, p, text: doc.getText('t') }
+}
+
+// one Redis command (RESP), its reply's first line
+function redis (port, ...argv) {
+  return new Promise((resolve, reject) => {
+    const sock = net.connect(port, '127.0.0.1')
+    let out = `*${argv.length}\r\n`
+    for (const a of argv) out += `$${Buffer.byteLength(a)}\r\n${a}\r\n`
+    sock.on('error', reject)
+    sock.on('data', d => { sock.end(); resolve(d.toString().split('\r\n')[0]) })
+    sock.write(out)
+  })
 }
 
 function synced (c) {
@@ -198,6 +211,29 @@ const scenarios = {
     const join = Date.now() - t1
     if (c.text.length !== n) fail(`joiner has ${c.text.length} of ${n}`)
     await finish({ write_ms: write, join_ms: join })
+  },
+
+  // Redis loses the document: the providers' step 2 after their
+  // reconnect (4500, resync epoch) writes it again
+  async heal () {
+    const a = client(args.url1, args.room, { user: 'alice' })
+    const b = client(args.url2, args.room, { user: 'bob' })
+    await until('both synced', () => synced(a) && synced(b))
+    a.text.insert(0, 'hello')
+    await until('b has it', () => b.text.toString() === 'hello')
+    const keys = ['state', 'log', 'ops'].map(k => `collab:{${args.room}}:${k}`)
+    const del = await redis(args.redis, 'DEL', ...keys)
+    if (del !== ':3') fail(`DEL replied ${del}`)
+    a.text.insert(5, ' world')
+    await until('convergence after the loss', () =>
+      a.text.toString() === 'hello world' && b.text.toString() === 'hello world')
+    const c = client(args.url1, args.room, { user: 'carol' })
+    await until('a late joiner has it all', () =>
+      synced(c) && c.text.toString() === 'hello world')
+    await finish({
+      text: c.text.toString(),
+      closes: a.p.closes.concat(b.p.closes).map(x => x.code)
+    })
   },
 
   // a client alone stays connected: its awareness echo counts as a message
