@@ -45,6 +45,7 @@ my $conf = <<'EOF';
             collab;
             collab_protocol y-websocket;
             collab_rate 60r/m burst=3;
+            collab_max_message 1k;
         }
         location = /collab { collab; }
         location /compact/ {
@@ -378,6 +379,15 @@ sub next_bin {
     is($w->expect_close(10), 4501, 'the token expires: 4501, which the client retries');
 }
 
+# collab_max_message: a larger message is refused before it is read
+{
+    my $s = yws(path => '/slow/big?user=big');
+    next_bin($s) for 1 .. 2;
+    $s->send_binary("\x00\x02" . bytes('x' x 2000));
+    is($s->expect_close(5), 1009, 'a message over collab_max_message: 1009');
+    is($t->log_len('big'), 0, 'nothing stored');
+}
+
 # --- stock clients -------------------------------------------------------
 
 my $room = 'notes-' . $$;
@@ -393,6 +403,10 @@ is($l && $l->{synced_len}, 60, 'late joiner: synced once it had all of it');
 my $logged = $t->log_len($room);
 my @seqs = map { $_->{seq} } $t->log_entries($room);
 is_deeply(\@seqs, [1 .. scalar @seqs], "the log is dense ($logged entries)");
+
+my $dr = scenario('drop', url1 => $url1, url2 => $url2, room => "drop-$$");
+like($dr && $dr->{text}, qr/WHILE-DOWN/, 'a dropped client gets what it missed after reconnecting');
+like($dr && $dr->{text}, qr/DURING-DROP/, 'and its own edits of that time reach the other');
 
 my $o = scenario('offline', url1 => $url1, url2 => $url2, room => "off-$$");
 like($o && $o->{text}, qr/OFFLINE-A.*ONLINE-B|ONLINE-B.*OFFLINE-A/s, 'offline edits arrive after the reconnect');

@@ -136,6 +136,24 @@ const scenarios = {
     await finish({ text: c.text.toString(), synced_len: syncedLen })
   },
 
+  // the network drops b's connection: the provider reconnects by itself
+  async drop () {
+    const a = client(args.url1, args.room, { user: 'alice' })
+    const b = client(args.url2, args.room, { user: 'bob' })
+    await until('both synced', () => synced(a) && synced(b))
+    let closed = false
+    b.p.on('connection-close', () => { closed = true })
+    b.p.ws.terminate()
+    await until('b saw the drop', () => closed)
+    a.text.insert(0, 'WHILE-DOWN ')
+    b.text.insert(0, 'DURING-DROP ')
+    await until('convergence after the reconnect', () =>
+      b.p.synced && a.text.toString() === b.text.toString() &&
+      a.text.toString().includes('WHILE-DOWN') &&
+      a.text.toString().includes('DURING-DROP'))
+    await finish({ text: b.text.toString() })
+  },
+
   // offline: a disconnects, both edit, a comes back: nothing is lost
   async offline () {
     const a = client(args.url1, args.room, { user: 'alice' })
