@@ -55,7 +55,7 @@ ASAN_OPTIONS_DEFAULT := detect_leaks=0
 
 SUDO = $(shell [ "$$(id -u)" = 0 ] || { command -v sudo >/dev/null && echo sudo; })
 
-.PHONY: build build-asan deps test test-asan run stop bench fuzz clean
+.PHONY: build build-asan deps test test-asan run stop bench bench-yjs fuzz clean
 
 # ---------------------------------------------------------------------------------------------
 # deps: install only what is missing; a no-op (one dpkg-query) when everything is there.
@@ -208,10 +208,17 @@ run: build stop
 
 # bench: the load generator (bench/collab-bench.c) and the suite against this module and nchan
 # (bench/run.sh: installs libnginx-mod-nchan and gnuplot-nox when missing, writes
-# docs/benchmarks.md and docs/benchmarks.png). BENCH_QUICK=1 for a short run.
-bench: build
+# docs/benchmarks.md and docs/benchmarks.png), after the Yjs workload (bench/yjs.pl, whose
+# bench/yjs-notes.md the report includes). BENCH_QUICK=1 for a short run.
+bench: build t/yjs/node_modules
 	+$(MAKE) --no-print-directory -C bench
+	COLLAB_MODULE=$(MODULE) NGINX_BIN=$(NGINX_BIN) REDIS_SERVER=$(REDIS_SERVER) perl bench/yjs.pl
 	COLLAB_MODULE=$(MODULE) NGINX_BIN=$(NGINX_BIN) REDIS_SERVER=$(REDIS_SERVER) bash bench/run.sh
+
+# the Yjs workload alone (bench/yjs.pl: y-websocket providers relaying and joining; its
+# section of docs/benchmarks.md)
+bench-yjs: build t/yjs/node_modules
+	COLLAB_MODULE=$(MODULE) NGINX_BIN=$(NGINX_BIN) REDIS_SERVER=$(REDIS_SERVER) perl bench/yjs.pl
 
 ifneq ($(wildcard fuzz/Makefile.fuzz),)
 include fuzz/Makefile.fuzz

@@ -17,6 +17,8 @@ const [name, rawArgs] = process.argv.slice(2)
 const args = JSON.parse(rawArgs || '{}')
 const DEADLINE = args.deadline || 30000
 const providers = []
+// every provider listens for the process's exit
+process.setMaxListeners(200)
 
 function fail (msg) {
   console.error(`${name}: ${msg}`)
@@ -251,6 +253,57 @@ const scenarios = {
     await finish({
       text: c.text.toString(),
       closes: a.p.closes.concat(b.p.closes).map(x => x.code)
+    })
+  },
+
+  // bench/yjs.pl: W writers set their key of a Y.Map at a paced total
+  // rate for `secs`; R readers see every change: updates relayed per
+  // second and the latency from the writer's set to each reader's event
+  async relay () {
+    const W = args.writers || 4
+    const R = args.readers || 16
+    const rate = args.rate || 200
+    const secs = args.secs || 5
+    const urls = [args.url1, args.url2 || args.url1]
+    const writers = []
+    const readers = []
+    for (let i = 0; i < W; i++) writers.push(client(urls[i % 2], args.room, { user: `w${i}` }))
+    for (let i = 0; i < R; i++) readers.push(client(urls[i % 2], args.room, { user: `r${i}` }))
+    await until('all synced', () => writers.concat(readers).every(synced), 60000)
+    const lat = []
+    let seen = 0
+    for (const r of readers) {
+      r.doc.getMap('m').observe(ev => {
+        const now = performance.now()
+        for (const k of ev.keysChanged) {
+          lat.push(now - r.doc.getMap('m').get(k))
+          seen++
+        }
+      })
+    }
+    const t0 = performance.now()
+    let sent = 0
+    while (performance.now() - t0 < secs * 1000) {
+      const due = Math.floor((performance.now() - t0) / 1000 * rate)
+      while (sent < due) {
+        writers[sent % W].doc.getMap('m').set(`w${sent % W}`, performance.now())
+        sent++
+      }
+      await sleep(2)
+    }
+    const want = sent * R
+    await until('every reader saw every update', () => seen >= want, 30000)
+    const elapsed = (performance.now() - t0) / 1000
+    lat.sort((x, y) => x - y)
+    const q = f => lat[Math.min(lat.length - 1, Math.floor(f * lat.length))]
+    await finish({
+      sent,
+      delivered: seen,
+      sent_per_s: sent / secs,
+      delivered_per_s: seen / elapsed,
+      p50_ms: q(0.5),
+      p99_ms: q(0.99),
+      max_ms: lat[lat.length - 1]
     })
   },
 
