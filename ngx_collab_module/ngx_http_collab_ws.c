@@ -100,6 +100,7 @@ ngx_http_collab_ws_handshake(ngx_http_request_t *r,
 {
     ngx_int_t                   rc, since;
     ngx_str_t                   key, doc, epoch;
+    ngx_uint_t                  bare;
     ngx_http_collab_session_t  *s;
 
     rc = ngx_http_collab_ws_check(r, &key);
@@ -154,6 +155,11 @@ ngx_http_collab_ws_handshake(ngx_http_request_t *r,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
+    /* a client that offers no subprotocol at all: see below */
+    bare = (lcf->protocol == NGX_HTTP_COLLAB_PROTOCOL_V1
+            && ngx_http_collab_header(r, "Sec-WebSocket-Protocol", 22)
+               == NULL);
+
     if (ngx_http_collab_ws_accept(r, &key) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
@@ -169,6 +175,14 @@ ngx_http_collab_ws_handshake(ngx_http_request_t *r,
     if (s->yjs) {
         ngx_http_collab_yjs_start(s);
         ngx_http_collab_session_authenticated(s);
+
+    } else if (bare) {
+        /*
+         * Most likely a y-websocket provider at a collab.v1 location: it
+         * would fail on the JSON welcome, and it does not retry a 44xx.
+         */
+        ngx_http_collab_session_close(s, 4400,
+                                      "offer the subprotocol collab.v1");
 
     } else if (s->authenticated) {
         ngx_http_collab_session_welcome(s);

@@ -48,6 +48,7 @@ my $conf = <<'EOF';
             collab_max_message 1k;
         }
         location = /collab { collab; }
+        location /v1/ { collab; }
         location /compact/ {
             collab;
             collab_protocol y-websocket;
@@ -446,6 +447,10 @@ for my $loc ('big', 'bigc') {
 my $h = scenario('heal', url1 => $url1, url2 => $url2, room => "heal-$$", redis => $t->redis_port);
 is($h && $h->{text}, 'hello world', 'a document Redis lost is written again by its providers');
 ok($h && grep({ $_ == 4500 } @{ $h->{closes} }), 'after a close 4500 (resync epoch)');
+
+my $wr = scenario('wrong', url1 => 'ws://127.0.0.1:' . $t->port . '/v1', room => "wrong-$$");
+is($wr && $wr->{code}, 4400, 'a provider at a collab.v1 location: closed 4400, and it stops');
+is($wr && $wr->{closes}, 1, 'once: it does not retry');
 
 my $lone = scenario('lone', url1 => $url1, room => "lone-$$");
 ok($lone && $lone->{echoes} > 0, 'a lone client gets its awareness back');

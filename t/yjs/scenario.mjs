@@ -307,6 +307,17 @@ const scenarios = {
     })
   },
 
+  // a provider pointed at a collab.v1 location: closed for good (4400),
+  // never sent JSON it would fail on
+  async wrong () {
+    const c = client(args.url1, args.room, { user: 'lost' })
+    let closed = null
+    c.p.on('closed', ev => { closed = ev })
+    await until('closed', () => closed !== null, 10000)
+    await sleep(500)
+    await finish({ code: closed.code, reason: closed.reason, closes: c.p.closes.length, synced: c.p.synced })
+  },
+
   // a client alone stays connected: its awareness echo counts as a message
   async lone () {
     const c = client(args.url1, args.room, { user: 'solo' })
