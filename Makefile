@@ -147,8 +147,8 @@ t/browser/node_modules: t/browser/package.json t/browser/package-lock.json | dep
 t/metrics/node_modules: t/metrics/package.json t/metrics/package-lock.json | deps
 	cd t/metrics && npm ci --no-audit --no-fund --loglevel=error && touch node_modules
 
-# t/110-yjs.t drives the stock y-websocket client (yjs, y-websocket, y-protocols, ws) through
-# nginx, t/111-yjs-browser.t the same in chromium with CodeMirror 6 (y-codemirror.next); exact
+# t/113-yjs.t drives the stock y-websocket client (yjs, y-websocket, y-protocols, ws) through
+# nginx, t/114-yjs-browser.t the same in chromium with CodeMirror 6 (y-codemirror.next); exact
 # versions in t/yjs/package-lock.json.
 t/yjs/node_modules: t/yjs/package.json t/yjs/package-lock.json | deps
 	cd t/yjs && npm ci --no-audit --no-fund --loglevel=error && touch node_modules

@@ -1,5 +1,5 @@
 // Stock y-websocket clients (yjs, y-websocket, y-protocols from npm, the
-// `ws` package as the WebSocket) driven by t/110-yjs.t through nginx.
+// `ws` package as the WebSocket) driven by t/113-yjs.t through nginx.
 //
 //   node scenario.mjs NAME JSON-ARGS
 //

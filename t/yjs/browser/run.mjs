@@ -1,4 +1,4 @@
-// Run by t/111-yjs-browser.t: two Chromium pages (playwright-core of
+// Run by t/114-yjs-browser.t: two Chromium pages (playwright-core of
 // t/browser, Debian's chromium) with a CodeMirror editor bound by
 // y-codemirror.next to a Y.Text, synced by the stock y-websocket provider
 // through nginx.  Both type at once and must show the same text; a third
