@@ -396,6 +396,7 @@ struct ngx_http_collab_session_s {
     unsigned                     last_sent:1;
     unsigned                     authenticated:1;
     unsigned                     counted:1;      /* in the user limit */
+    unsigned                     ws_v1:1;        /* collab.v1 offered */
     unsigned                     metric_session:1; /* in collab_sessions */
     ngx_uint_t                   metric_conn;    /* the transport counted in
                                                     collab_connections */

@@ -100,7 +100,7 @@ ngx_http_collab_ws_handshake(ngx_http_request_t *r,
 {
     ngx_int_t                   rc, since;
     ngx_str_t                   key, doc, epoch;
-    ngx_uint_t                  bare;
+    ngx_table_elt_t            *proto;
     ngx_http_collab_session_t  *s;
 
     rc = ngx_http_collab_ws_check(r, &key);
@@ -155,11 +155,6 @@ ngx_http_collab_ws_handshake(ngx_http_request_t *r,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    /* a client that offers no subprotocol at all: see below */
-    bare = (lcf->protocol == NGX_HTTP_COLLAB_PROTOCOL_V1
-            && ngx_http_collab_header(r, "Sec-WebSocket-Protocol", 22)
-               == NULL);
-
     if (ngx_http_collab_ws_accept(r, &key) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
@@ -170,19 +165,15 @@ ngx_http_collab_ws_handshake(ngx_http_request_t *r,
         return rc;
     }
 
+    proto = ngx_http_collab_header(r, "Sec-WebSocket-Protocol", 22);
+    s->ws_v1 = (proto
+                && ngx_http_collab_ws_token(&proto->value, "collab.v1", 9));
+
     ngx_http_collab_ws_switch(r, s);
 
     if (s->yjs) {
         ngx_http_collab_yjs_start(s);
         ngx_http_collab_session_authenticated(s);
-
-    } else if (bare) {
-        /*
-         * Most likely a y-websocket provider at a collab.v1 location: it
-         * would fail on the JSON welcome, and it does not retry a 44xx.
-         */
-        ngx_http_collab_session_close(s, 4400,
-                                      "offer the subprotocol collab.v1");
 
     } else if (s->authenticated) {
         ngx_http_collab_session_welcome(s);
@@ -822,9 +813,22 @@ ngx_http_collab_ws_process(ngx_http_collab_session_t *s, u_char *pos,
 
             } else if (!s->yjs && p->opcode == NGX_HTTP_COLLAB_WS_OP_BINARY) {
                 s->shutdown = 1;
-                ngx_http_collab_session_close(s, 1003,
-                                              "binary messages are not "
-                                              "supported");
+
+                if (s->ws_v1) {
+                    ngx_http_collab_session_close(s, 1003,
+                                                  "binary messages are not "
+                                                  "supported");
+
+                } else {
+                    /*
+                     * Most likely a y-websocket provider (it offers no
+                     * subprotocol and sends a binary step 1 at once):
+                     * 4400 ends it instead of its endless retries.
+                     */
+                    ngx_http_collab_session_close(s, 4400,
+                                                  "use a y-websocket "
+                                                  "location");
+                }
             }
 
             s->msg_len = 0;

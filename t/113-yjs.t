@@ -254,6 +254,18 @@ sub next_bin {
     is($r->{status}, 400, 'a y-websocket location serves only WebSocket');
 }
 
+# a Yjs client at a collab.v1 location: served as any (welcome), and its
+# first binary message closes with 4400, which the provider does not retry
+{
+    my $ws = $t->ws(path => '/v1/?user=lost', protocols => []);
+    is($ws->status, 101, 'collab.v1 without a subprotocol: 101');
+    is(($ws->recv_json(5) // {})->{type}, 'welcome', '... and the welcome');
+    $ws->send_binary("\x00\x00\x01\x00");
+    is($ws->expect_close(5), 4400, 'a binary message there: 4400');
+    like($ws->close_reason // '', qr/y-websocket/, '... pointing to a y-websocket location');
+    $ws->drop;
+}
+
 # a viewer's update: the auth message, nothing stored
 {
     my $v = yws(path => '/ro/raw?user=viewer');

@@ -310,12 +310,25 @@ const scenarios = {
   // a provider pointed at a collab.v1 location: closed for good (4400),
   // never sent JSON it would fail on
   async wrong () {
-    const c = client(args.url1, args.room, { user: 'lost' })
+    // the JSON welcome makes the provider's message handler throw: a
+    // browser reports that and goes on, as this WebSocket does (a throw
+    // out of a handler of `ws` would stop its reading)
+    const errors = []
+    class BrowserWS extends WebSocket {
+      get onmessage () { return super.onmessage }
+      set onmessage (fn) {
+        super.onmessage = fn && (ev => {
+          try { fn(ev) } catch (e) { errors.push(String(e)) }
+        })
+      }
+    }
+    const c = client(args.url1, args.room, { user: 'lost' },
+      { WebSocketPolyfill: BrowserWS })
     let closed = null
     c.p.on('closed', ev => { closed = ev })
     await until('closed', () => closed !== null, 10000)
     await sleep(500)
-    await finish({ code: closed.code, reason: closed.reason, closes: c.p.closes.length, synced: c.p.synced })
+    await finish({ code: closed.code, reason: closed.reason, closes: c.p.closes.length, synced: c.p.synced, errors })
   },
 
   // a client alone stays connected: its awareness echo counts as a message
