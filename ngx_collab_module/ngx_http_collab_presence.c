@@ -153,7 +153,10 @@ ngx_http_collab_presence_flush(ngx_http_collab_session_t *s)
 }
 
 
-/* the entry as Redis keeps it: {"session":..,"user":..,"data":..} */
+/*
+ * The entry as Redis keeps it: {"session":..,"user":..,"data":..}, with
+ * "yjs":true before "data" when a y-websocket session wrote it.
+ */
 
 static ngx_int_t
 ngx_http_collab_presence_send(ngx_http_collab_sub_t *sub)
@@ -194,7 +197,8 @@ ngx_http_collab_presence_store(ngx_http_collab_session_t *s,
     ngx_int_t   rc;
     ngx_str_t   entry;
 
-    entry.len = sizeof("{\"session\":\"\",\"user\":\"\",\"data\":}") - 1
+    entry.len = sizeof("{\"session\":\"\",\"user\":\"\",\"yjs\":true,"
+                       "\"data\":}") - 1
                 + sizeof(s->id) + s->user.len
                 + ngx_escape_json(NULL, s->user.data, s->user.len) + len;
 
@@ -207,7 +211,14 @@ ngx_http_collab_presence_store(ngx_http_collab_session_t *s,
     p = ngx_cpymem(p, s->id, sizeof(s->id));
     p = ngx_cpymem(p, "\",\"user\":\"", 10);
     p = (u_char *) ngx_escape_json(p, s->user.data, s->user.len);
-    p = ngx_cpymem(p, "\",\"data\":", 9);
+    p = ngx_cpymem(p, "\",", 2);
+
+    if (s->yjs) {
+        /* awareness checked by yjs.c: only such data is sent to Yjs */
+        p = ngx_cpymem(p, "\"yjs\":true,", 11);
+    }
+
+    p = ngx_cpymem(p, "\"data\":", 7);
     p = ngx_cpymem(p, data, len);
     *p++ = '}';
 

@@ -22,7 +22,16 @@
 
 
 /* client ids of one connection whose awareness is ended for them */
-#define NGX_HTTP_COLLAB_YJS_CLIENTS  8
+#define NGX_HTTP_COLLAB_YJS_CLIENTS    8
+
+/*
+ * Yjs client ids are 32-bit; a clock grows by one a local change, so one
+ * beyond 2^32, or that jumps by more than 2^16 within a session, is only
+ * there to make the owner's next clock overflow: its entry is dropped.
+ */
+#define NGX_HTTP_COLLAB_YJS_ID_MAX     0xffffffff
+#define NGX_HTTP_COLLAB_YJS_CLOCK_MAX  0xffffffff
+#define NGX_HTTP_COLLAB_YJS_CLOCK_JUMP 65536
 
 
 struct ngx_http_collab_yjs_s {
@@ -51,6 +60,8 @@ static void ngx_http_collab_yjs_awareness(ngx_http_collab_session_t *s,
     const u_char *p, size_t len, const u_char *data, size_t dlen);
 static ngx_int_t ngx_http_collab_yjs_clients(ngx_http_collab_session_t *s,
     const u_char *data, size_t len, u_char *own, size_t *own_len);
+static ngx_uint_t ngx_http_collab_yjs_taken(ngx_http_collab_session_t *s,
+    uint64_t client);
 static void ngx_http_collab_yjs_presence(ngx_http_collab_sub_t *sub,
     const u_char *data, size_t len);
 static ngx_http_collab_msg_t *ngx_http_collab_yjs_frame(u_char type,
@@ -512,6 +523,14 @@ ngx_http_collab_yjs_clients(ngx_http_collab_session_t *s, const u_char *data,
             break;
         }
 
+        if (aw.client > NGX_HTTP_COLLAB_YJS_ID_MAX
+            || aw.clock > NGX_HTTP_COLLAB_YJS_CLOCK_MAX)
+        {
+            ngx_log_debug0(NGX_LOG_DEBUG_HTTP, s->connection->log, 0,
+                           "collab: awareness entry out of range dropped");
+            continue;
+        }
+
         v = json_loadb((char *) aw.state, aw.state_len, JSON_DECODE_ANY,
                        NULL);
         if (v == NULL) {
@@ -527,12 +546,19 @@ ngx_http_collab_yjs_clients(ngx_http_collab_session_t *s, const u_char *data,
         }
 
         if (i == y->nclients) {
-            if (!first || i == NGX_HTTP_COLLAB_YJS_CLIENTS) {
+            if (!first || i == NGX_HTTP_COLLAB_YJS_CLIENTS
+                || ngx_http_collab_yjs_taken(s, aw.client))
+            {
                 continue;
             }
 
             y->nclients++;
             y->client[i] = aw.client;
+
+        } else if (aw.clock > y->clock[i] + NGX_HTTP_COLLAB_YJS_CLOCK_JUMP) {
+            ngx_log_debug0(NGX_LOG_DEBUG_HTTP, s->connection->log, 0,
+                           "collab: awareness clock jump dropped");
+            continue;
         }
 
         y->clock[i] = aw.clock;
@@ -552,6 +578,57 @@ ngx_http_collab_yjs_clients(ngx_http_collab_session_t *s, const u_char *data,
     *own_len = p - own - NGX_HTTP_COLLAB_YJS_UINT_LEN + n;
 
     return NGX_OK;
+}
+
+
+/*
+ * A client id that another live session of the room in this worker owns,
+ * of another user: a claim on it (the id is visible in the relayed
+ * awareness) would let one member overwrite another's state.
+ */
+
+static ngx_uint_t
+ngx_http_collab_yjs_taken(ngx_http_collab_session_t *s, uint64_t client)
+{
+    ngx_uint_t                  i;
+    ngx_queue_t                *q;
+    ngx_http_collab_yjs_t      *y;
+    ngx_http_collab_sub_t      *sub, *other;
+    ngx_http_collab_session_t  *os;
+
+    sub = ngx_http_collab_doc_find(s, &s->yjs->doc);
+    if (sub == NULL) {
+        return 0;
+    }
+
+    for (q = ngx_queue_head(&sub->doc->subs);
+         q != ngx_queue_sentinel(&sub->doc->subs);
+         q = ngx_queue_next(q))
+    {
+        other = ngx_queue_data(q, ngx_http_collab_sub_t, doc_link);
+        os = other->session;
+        y = os->yjs;
+
+        if (os == s || y == NULL || os->closing
+            || (os->user.len == s->user.len
+                && ngx_strncmp(os->user.data, s->user.data, s->user.len)
+                   == 0))
+        {
+            continue;
+        }
+
+        for (i = 0; i < y->nclients; i++) {
+            if (y->client[i] == client) {
+                ngx_log_error(NGX_LOG_INFO, s->connection->log, 0,
+                              "collab: awareness client %uL is owned by "
+                              "session %*s, dropped", client, (size_t) 16,
+                              os->id);
+                return 1;
+            }
+        }
+    }
+
+    return 0;
 }
 
 
@@ -832,6 +909,17 @@ ngx_http_collab_yjs_send(ngx_http_collab_session_t *s,
     if (m->yjs == NULL) {
         /* translated once for every Yjs session it goes to */
 
+        if (type == NGX_HTTP_COLLAB_YJS_AWARENESS
+            && (ngx_http_collab_json_scan(m->json, m->len, "yjs", 3, &data,
+                                          &pos)
+                != 0
+                || !data.found || data.end - data.start != 4
+                || ngx_strncmp(m->json + data.start, "true", 4) != 0))
+        {
+            /* a presence of collab.v1: not awareness a Yjs session set */
+            return NGX_OK;
+        }
+
         if (ngx_http_collab_json_scan(m->json, m->len, "data", 4, &data,
                                       &pos)
             != 0
@@ -999,7 +1087,7 @@ ngx_http_collab_yjs_string(ngx_http_collab_session_t *s, u_char type,
 }
 
 
-/* the latest awareness of every member: one message each */
+/* the latest awareness of every Yjs member: one message each */
 
 static ngx_int_t
 ngx_http_collab_yjs_snapshot(ngx_http_collab_session_t *s, json_t *obj)
@@ -1010,7 +1098,14 @@ ngx_http_collab_yjs_snapshot(ngx_http_collab_session_t *s, json_t *obj)
     members = json_object_get(obj, "members");
 
     for (i = 0; i < json_array_size(members); i++) {
-        v = json_object_get(json_array_get(members, i), "data");
+        v = json_array_get(members, i);
+
+        if (!json_is_true(json_object_get(v, "yjs"))) {
+            /* a collab.v1 member's presence */
+            continue;
+        }
+
+        v = json_object_get(v, "data");
 
         if (ngx_http_collab_yjs_string(s, NGX_HTTP_COLLAB_YJS_AWARENESS, -1,
                                        v)

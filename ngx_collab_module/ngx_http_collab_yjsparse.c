@@ -7,6 +7,8 @@
 #include "ngx_http_collab_yjsparse.h"
 
 
+static int ngx_http_collab_yjs_uint64(const unsigned char *p, size_t len,
+    size_t *pos, uint64_t *value);
 static int ngx_http_collab_yjs_bytes(const unsigned char *p, size_t len,
     size_t *pos, const unsigned char **data, size_t *n);
 
@@ -34,6 +36,38 @@ ngx_http_collab_yjs_uint(const unsigned char *p, size_t len, size_t *pos,
 
             *pos = i + 1;
             *value = v;
+            return 0;
+        }
+    }
+
+    return -1;
+}
+
+
+/*
+ * A client id or clock of awareness: any 64-bit value, so that one out of
+ * the range of JavaScript drops its entry instead of the message.
+ */
+
+static int
+ngx_http_collab_yjs_uint64(const unsigned char *p, size_t len, size_t *pos,
+    uint64_t *value)
+{
+    size_t    i;
+    unsigned  shift;
+    uint64_t  v;
+
+    v = 0;
+
+    for (i = *pos, shift = 0; i < len && shift < 70; i++, shift += 7) {
+        if (shift < 64) {
+            v |= (uint64_t) (p[i] & 0x7f) << shift;
+        }
+
+        if (p[i] < 0x80) {
+            *pos = i + 1;
+            *value = (shift > 63 - 7 && (p[i] >> (64 - shift)))
+                     ? UINT64_MAX : v;
             return 0;
         }
     }
@@ -171,8 +205,8 @@ ngx_http_collab_yjs_aw_next(const unsigned char *p, size_t len,
 
     aw->start = *pos;
 
-    if (ngx_http_collab_yjs_uint(p, len, pos, &aw->client) != 0
-        || ngx_http_collab_yjs_uint(p, len, pos, &aw->clock) != 0
+    if (ngx_http_collab_yjs_uint64(p, len, pos, &aw->client) != 0
+        || ngx_http_collab_yjs_uint64(p, len, pos, &aw->clock) != 0
         || ngx_http_collab_yjs_bytes(p, len, pos, &aw->state,
                                      &aw->state_len)
            != 0)

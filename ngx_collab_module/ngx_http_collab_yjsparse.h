@@ -44,7 +44,11 @@ typedef struct {
 } ngx_http_collab_yjs_msg_t;
 
 
-/* one client's entry of an awareness update */
+/*
+ * One client's entry of an awareness update.  Its client id and clock are
+ * read as 64-bit values (at most 10 bytes; larger ones as UINT64_MAX): one
+ * out of range is for the caller to drop, the update is still well-formed.
+ */
 typedef struct {
     size_t                 start;      /* of the entry in the update */
     uint64_t               client;

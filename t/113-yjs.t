@@ -278,6 +278,74 @@ sub next_bin {
     $v->close;
 }
 
+# reads binary messages until one equals $want: the messages before it
+sub bin_until {
+    my ($ws, $want, $timeout) = @_;
+    my @seen;
+    my $end = time + ($timeout // 5);
+    while (time < $end) {
+        my $m = next_bin($ws, $end - time) // last;
+        return (1, @seen) if $m eq $want;
+        push @seen, $m;
+    }
+    return (0, @seen);
+}
+
+my $step1 = "\x00\x00\x01\x00";
+my $step2 = "\x00\x01\x02\x00\x00";
+
+# awareness cannot lock another session out: a viewer that claims the
+# victim's client id (seen in the relayed awareness) with the highest clock
+# is not relayed, and clocks beyond 2^53 - 1 drop the entry, never close
+{
+    my $doc = "lock-$$";
+    my $vic = yws(path => "/yjs/$doc?user=victim");
+    next_bin($vic) for 1 .. 2;
+    my $aw = "\x01" . varuint(77) . "\x01" . bytes('{"u":"victim"}');
+    $vic->send_binary("\x01" . bytes($aw));
+    is(next_bin($vic), "\x01" . bytes($aw), 'lock: the victim\'s awareness echoed');
+
+    my $att = yws(path => "/ro/$doc?user=mallory");
+    my ($seen) = bin_until($att, "\x01" . bytes($aw));
+    ok($seen, 'lock: the viewer sees the victim\'s client id');
+    $att->send_binary("\x01" . bytes("\x01" . varuint(77) . varuint(2**53 - 1)
+                                     . bytes('{"u":"mallory"}')));
+    $att->send_binary("\x01" . bytes("\x01" . varuint(99) . varuint(2**53 + 5)
+                                     . bytes('{"u":"big"}')));
+    $att->send_binary($step1);
+    my ($ok, @before) = bin_until($att, $step2);
+    ok($ok && $att->is_open, 'lock: a clock beyond 2^53 - 1 does not close the session');
+
+    # what the stock client sends on seeing its id with a higher clock
+    $vic->send_binary("\x01" . bytes("\x01" . varuint(77) . varuint(2**53)
+                                     . bytes('{"u":"victim"}')));
+    $vic->send_binary($step1);
+    ($ok, @before) = bin_until($vic, $step2);
+    ok($ok && $vic->is_open, 'lock: the victim is not closed');
+    ok(!grep(/mallory|big/, @before), 'lock: the claimed id was not relayed to the victim')
+        or diag explain \@before;
+
+    # a collab.v1 member's presence with base64 data is not awareness
+    my $v1 = $t->ws_session(path => '/collab?user=forger');
+    $t->subscribe($v1, $doc, since => 0);
+    my $forged = "\x01" . varuint(77) . "\x05" . bytes('{"u":"forged"}');
+    $v1->send_json({ type => 'presence', doc => $doc, data => encode_base64($forged, '') });
+    Collab::Test::wait_until(sub {
+        grep(/forger/, @{ $t->redis('HVALS', "collab:{$doc}:presence") }) }, 5);
+    my $w = yws(path => "/yjs/$doc?user=w");
+    next_bin($w) for 1 .. 2;
+    my $waw = "\x01" . varuint(55) . "\x01" . bytes('{"u":"w"}');
+    $w->send_binary("\x01" . bytes($waw));
+    ($ok, @before) = bin_until($vic, "\x01" . bytes($waw));
+    ok($ok, 'forged: a Yjs member\'s awareness arrives');
+    ok(!grep(/forged/, @before), 'forged: a collab.v1 presence is not sent as awareness')
+        or diag explain \@before;
+    $w->send_binary("\x03");
+    ($ok, @before) = bin_until($w, "\x01" . bytes($aw), 5);
+    ok(!grep(/forged/, @before), 'forged: nor in the answer to a query');
+    $_->close for $v1, $w, $att, $vic;
+}
+
 # the rate limit: a retryable close, never a 44xx the client gives up on
 {
     my $s = yws(path => '/slow/rl?user=fast');
