@@ -50,12 +50,15 @@ struct ngx_http_collab_yjs_s {
                                                     snapshot */
     unsigned                     storing:1;      /* the snapshot's reply
                                                     is not the client's */
+    unsigned                     query:1;        /* a query waits for
+                                                    the list in flight */
     u_char                       doc_buf[NGX_HTTP_COLLAB_DOC_MAX];
 };
 
 
 static void ngx_http_collab_yjs_update(ngx_http_collab_session_t *s,
     const u_char *data, size_t len);
+static void ngx_http_collab_yjs_query(ngx_http_collab_session_t *s);
 static void ngx_http_collab_yjs_awareness(ngx_http_collab_session_t *s,
     const u_char *p, size_t len, const u_char *data, size_t dlen);
 static ngx_int_t ngx_http_collab_yjs_clients(ngx_http_collab_session_t *s,
@@ -267,7 +270,8 @@ void
 ngx_http_collab_yjs_message(ngx_http_collab_session_t *s, u_char *p,
     size_t len)
 {
-    ngx_http_collab_sub_t      *sub;
+    ngx_int_t                   rc;
+    ngx_msec_t                  retry;
     ngx_http_collab_yjs_msg_t   msg;
 
     s->log_msgs_in++;
@@ -282,6 +286,32 @@ ngx_http_collab_yjs_message(ngx_http_collab_session_t *s, u_char *p,
                                    + NGX_HTTP_COLLAB_MT_OTHER);
         s->shutdown = 1;
         ngx_http_collab_session_close(s, 1007, msg.error);
+        return;
+    }
+
+    if (msg.type == NGX_HTTP_COLLAB_YJS_AWARENESS) {
+        ngx_http_collab_yjs_awareness(s, p, msg.data + msg.len - p,
+                                      msg.data, msg.len);
+        return;
+    }
+
+    /* every other message costs as a delta: an answer can cost Redis */
+
+    rc = ngx_http_collab_limit_message(s, NGX_HTTP_COLLAB_COST_DELTA, len,
+                                       &retry);
+    if (rc == NGX_DONE) {
+        return;
+    }
+
+    if (rc == NGX_BUSY) {
+        if (msg.type == NGX_HTTP_COLLAB_YJS_SYNC
+            && msg.sync != NGX_HTTP_COLLAB_YJS_STEP1)
+        {
+            /* an update lost to the others: its step 2 brings it again */
+            ngx_http_collab_session_close(s, 4429, "rate limited");
+        }
+
+        /* a step 1 or query over the limit goes unanswered */
         return;
     }
 
@@ -316,25 +346,41 @@ ngx_http_collab_yjs_message(ngx_http_collab_session_t *s, u_char *p,
 
         return;
 
-    case NGX_HTTP_COLLAB_YJS_AWARENESS:
-        ngx_http_collab_yjs_awareness(s, p, msg.data + msg.len - p,
-                                      msg.data, msg.len);
-        return;
-
     default: /* NGX_HTTP_COLLAB_YJS_QUERY */
 
         ngx_http_collab_metric_inc(NGX_HTTP_COLLAB_M_IN
                                    + NGX_HTTP_COLLAB_MT_OTHER);
 
-        sub = ngx_http_collab_doc_find(s, &s->yjs->doc);
-
-        if (sub && sub->state != NGX_HTTP_COLLAB_SUB_JOINING) {
-            /* the snapshot of the presence: every member's latest state */
-            ngx_http_collab_presence_join(sub);
-        }
+        s->yjs->query = 1;
+        ngx_http_collab_yjs_query(s);
 
         return;
     }
+}
+
+
+/*
+ * Query awareness: the snapshot of the presence, every member's latest
+ * state, a list in Redis.  One is in flight per membership; the queries
+ * that come meanwhile are answered once, after it (yjs_snapshot).
+ */
+
+static void
+ngx_http_collab_yjs_query(ngx_http_collab_session_t *s)
+{
+    ngx_http_collab_sub_t  *sub;
+
+    sub = ngx_http_collab_doc_find(s, &s->yjs->doc);
+
+    if (sub == NULL || sub->state == NGX_HTTP_COLLAB_SUB_JOINING
+        || !sub->presence_ready || s->closing)
+    {
+        /* the join's snapshot, or the one in flight, answers first */
+        return;
+    }
+
+    s->yjs->query = 0;
+    ngx_http_collab_presence_join(sub);
 }
 
 
@@ -349,9 +395,7 @@ static void
 ngx_http_collab_yjs_update(ngx_http_collab_session_t *s, const u_char *data,
     size_t len)
 {
-    ngx_int_t               rc;
     ngx_str_t               id, json;
-    ngx_msec_t              retry;
     ngx_http_collab_yjs_t  *y;
     u_char                  idbuf[16 + 1 + NGX_INT64_LEN];
 
@@ -361,18 +405,9 @@ ngx_http_collab_yjs_update(ngx_http_collab_session_t *s, const u_char *data,
                                + ngx_http_collab_metrics_type(
                                      (u_char *) "delta", 5));
 
+    /* charged by yjs_message */
+
     if (len == 2 && data[0] == 0 && data[1] == 0) {
-        return;
-    }
-
-    rc = ngx_http_collab_limit_message(s, NGX_HTTP_COLLAB_COST_DELTA, len,
-                                       &retry);
-    if (rc == NGX_DONE) {
-        return;
-    }
-
-    if (rc == NGX_BUSY) {
-        ngx_http_collab_session_close(s, 4429, "rate limited");
         return;
     }
 
@@ -1113,6 +1148,11 @@ ngx_http_collab_yjs_snapshot(ngx_http_collab_session_t *s, json_t *obj)
         {
             return NGX_ERROR;
         }
+    }
+
+    if (s->yjs->query) {
+        /* the queries that came while it was asked for */
+        ngx_http_collab_yjs_query(s);
     }
 
     return NGX_OK;

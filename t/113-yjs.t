@@ -346,6 +346,34 @@ my $step2 = "\x00\x01\x02\x00\x00";
     $_->close for $v1, $w, $att, $vic;
 }
 
+# every message is charged to the rate limit: a flood of 7-byte queries
+# (each a presence list in Redis) or step 1s ends like a flood of updates
+for my $flood (["\x03", 'query awareness'], [$step1, 'step 1'], ["\x00\x02\x02\x00\x00", 'empty update']) {
+    my $s = yws(path => '/slow/qf?user=q');
+    next_bin($s) for 1 .. 2;
+    $s->send_binary($flood->[0]) for 1 .. 150;
+    is($s->expect_close(10), 4529, "a flood of $flood->[1]: 4529");
+}
+
+# queries are coalesced: one presence list in flight, one more after it
+{
+    my $doc = "qc-$$";
+    my $s = yws(path => "/yjs/$doc?user=q");
+    next_bin($s) for 1 .. 2;
+    my $aw = "\x01" . varuint(31) . "\x01" . bytes('{"q":1}');
+    $s->send_binary("\x01" . bytes($aw));
+    is(next_bin($s), "\x01" . bytes($aw), 'coalesce: awareness echoed');
+    $s->send_binary("\x03") for 1 .. 100;
+    is(next_bin($s), "\x01" . bytes($aw), 'coalesce: the first query answered');
+    $t->idle(1);
+    $s->send_binary($step1);
+    my ($ok, @more) = bin_until($s, $step2);
+    # (the join's own list may still be in flight at the first query)
+    cmp_ok(scalar(@more), '<=', 2, 'coalesce: 100 queries get at most 3 answers')
+        or diag explain [map { unpack("H*", $_) } @more];
+    $s->close;
+}
+
 # the rate limit: a retryable close, never a 44xx the client gives up on
 {
     my $s = yws(path => '/slow/rl?user=fast');
