@@ -624,6 +624,8 @@ ngx_int_t ngx_http_collab_limit_post(ngx_http_collab_session_t *s,
     ngx_uint_t peek, ngx_msec_t *retry);
 ngx_int_t ngx_http_collab_limit_message(ngx_http_collab_session_t *s,
     ngx_uint_t cost, size_t len, ngx_msec_t *retry);
+ngx_int_t ngx_http_collab_limit_ephemeral(ngx_http_collab_session_t *s,
+    uint64_t *excess, ngx_msec_t *last);
 ngx_int_t ngx_http_collab_limit_acquire(ngx_http_collab_session_t *s,
     ngx_str_t *doc, ngx_uint_t *index);
 void ngx_http_collab_limit_release(ngx_uint_t index);

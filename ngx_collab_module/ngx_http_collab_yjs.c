@@ -44,6 +44,8 @@ struct ngx_http_collab_yjs_s {
     uint64_t                     clock[NGX_HTTP_COLLAB_YJS_CLIENTS];
     u_char                      *awareness;      /* waits for the join */
     size_t                       awareness_len;
+    uint64_t                     aw_excess;      /* awareness budget */
+    ngx_msec_t                   aw_last;
     unsigned                     synced:1;       /* its step 2 went out */
     unsigned                     owned:1;        /* client[] are known */
     unsigned                     compacting:1;   /* its step 2 is the
@@ -436,19 +438,19 @@ ngx_http_collab_yjs_update(ngx_http_collab_session_t *s, const u_char *data,
 
 
 /*
- * Awareness: echoed to the sender at once (a lone client takes it as the
- * sign that its connection lives), and the states of the sender's own
- * clients are its presence for the others, coalesced as every presence.
+ * Awareness: the entries of the sender's own clients are echoed to it at
+ * once (a lone client takes that as the sign that its connection lives)
+ * and are its presence for the others, coalesced as every presence.  The
+ * stock client also passes on every state it was sent: those entries are
+ * dropped, and a message of nothing else costs nothing.
  */
 
 static void
 ngx_http_collab_yjs_awareness(ngx_http_collab_session_t *s, const u_char *p,
     size_t len, const u_char *data, size_t dlen)
 {
-    u_char                 *own;
-    size_t                  own_len;
-    ngx_int_t               rc;
-    ngx_msec_t              retry;
+    u_char                 *own, *q;
+    size_t                  own_len, n;
     ngx_http_collab_yjs_t  *y;
     ngx_http_collab_msg_t  *m;
     ngx_http_collab_sub_t  *sub;
@@ -470,30 +472,27 @@ ngx_http_collab_yjs_awareness(ngx_http_collab_session_t *s, const u_char *p,
         return;
     }
 
-    rc = ngx_http_collab_limit_message(s, NGX_HTTP_COLLAB_COST_DELTA, len,
-                                       &retry);
-    if (rc != NGX_OK) {
-        /* the next one supersedes it */
+    if (own_len == 0) {
+        /* only states of others, or over its budget */
         ngx_free(own);
         return;
     }
 
-    m = ngx_http_collab_msg_alloc(len);
+    /* the echo: [1, length, the own entries] */
+
+    m = ngx_http_collab_msg_alloc(1 + NGX_HTTP_COLLAB_YJS_UINT_LEN + own_len);
     if (m) {
-        ngx_memcpy(m->json, p, len);
-        m->len = len;
+        q = m->json;
+        *q++ = NGX_HTTP_COLLAB_YJS_AWARENESS;
+        q += ngx_http_collab_yjs_put_uint(q, own_len);
+        q = ngx_cpymem(q, own, own_len);
+        m->len = q - m->json;
         m->mtype = 1 + NGX_HTTP_COLLAB_MT_PRESENCE;
-        (void) ngx_http_collab_ws_frame(m, &len);
+        (void) ngx_http_collab_ws_frame(m, &n);
         m->ws[0] = 0x80 | NGX_HTTP_COLLAB_WS_OP_BINARY;
 
         (void) ngx_http_collab_session_queue(s, m);
         ngx_http_collab_msg_release(m);
-    }
-
-    if (own_len == 0) {
-        /* only states of others that the client passes on */
-        ngx_free(own);
-        return;
     }
 
     sub = ngx_http_collab_doc_find(s, &y->doc);
@@ -516,12 +515,13 @@ ngx_http_collab_yjs_awareness(ngx_http_collab_session_t *s, const u_char *p,
 
 
 /*
- * Checks an awareness update (every state must be JSON: the others
- * JSON.parse it).  The clients of its first update are the session's own;
- * the stock client also passes on the states of others it was sent, which
- * are left out of own[] (an update of the own clients' entries, empty when
- * none) so that they never become the session's presence.  The clocks are
- * kept for the null states of the end.
+ * The entries of the session's own clients, into own[] as an awareness
+ * update (own_len 0: none).  Its own clients are those of its first
+ * update; an entry of another client, out of range, or whose clock jumps
+ * is dropped.  The own entries cost one message of the session's
+ * awareness budget (limit_ephemeral); over it they are dropped too, their
+ * clocks still noted for the null states of the end.  Every state must
+ * be JSON: the others JSON.parse it.
  */
 
 static ngx_int_t
@@ -533,7 +533,7 @@ ngx_http_collab_yjs_clients(ngx_http_collab_session_t *s, const u_char *data,
     size_t                     pos, n;
     int64_t                    count;
     json_t                    *v;
-    ngx_uint_t                 i, first, nown;
+    ngx_uint_t                 i, first, nown, charged, over;
     ngx_http_collab_yjs_t     *y;
     ngx_http_collab_yjs_aw_t   aw;
 
@@ -541,6 +541,8 @@ ngx_http_collab_yjs_clients(ngx_http_collab_session_t *s, const u_char *data,
     pos = 0;
     count = -1;
     nown = 0;
+    charged = 0;
+    over = 0;
     first = !y->owned;
     y->owned = 1;
 
@@ -566,14 +568,6 @@ ngx_http_collab_yjs_clients(ngx_http_collab_session_t *s, const u_char *data,
             continue;
         }
 
-        v = json_loadb((char *) aw.state, aw.state_len, JSON_DECODE_ANY,
-                       NULL);
-        if (v == NULL) {
-            return NGX_ERROR;
-        }
-
-        json_decref(v);
-
         for (i = 0; i < y->nclients; i++) {
             if (y->client[i] == aw.client) {
                 break;
@@ -597,6 +591,26 @@ ngx_http_collab_yjs_clients(ngx_http_collab_session_t *s, const u_char *data,
         }
 
         y->clock[i] = aw.clock;
+
+        if (!charged) {
+            charged = 1;
+            over = (ngx_http_collab_limit_ephemeral(s, &y->aw_excess,
+                                                    &y->aw_last)
+                    != NGX_OK);
+        }
+
+        if (over) {
+            continue;
+        }
+
+        v = json_loadb((char *) aw.state, aw.state_len, JSON_DECODE_ANY,
+                       NULL);
+        if (v == NULL) {
+            return NGX_ERROR;
+        }
+
+        json_decref(v);
+
         nown++;
 
         p = ngx_cpymem(p, data + aw.start, pos - aw.start);

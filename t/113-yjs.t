@@ -220,9 +220,8 @@ sub next_bin {
     is(next_bin($obs), "\x01" . bytes($own), 'and relayed');
     my $relay = "\x01\x05\x03" . bytes('{"other":5}');
     $late->send_binary("\x01" . bytes($relay));
-    is(next_bin($late), "\x01" . bytes($relay), 'a state of another client echoed');
     $late->send_binary("\x03");
-    is(next_bin($late), "\x01" . bytes($own), 'but not taken as the sender\'s presence');
+    is(next_bin($late), "\x01" . bytes($own), 'a state of another client is neither echoed nor taken as the sender\'s presence');
 
     # malformed and text messages are closed clearly
     $late->send_binary("\x00\x02\x05ab");
@@ -355,6 +354,27 @@ for my $flood (["\x03", 'query awareness'], [$step1, 'step 1'], ["\x00\x02\x02\x
     is($s->expect_close(10), 4529, "a flood of $flood->[1]: 4529");
 }
 
+# awareness has its own budget: the states of others a provider passes on
+# are neither echoed nor charged, its own over the budget are dropped
+# without strikes, and neither takes from the updates' budget
+{
+    my $s = yws(path => '/slow/aw?user=a');
+    next_bin($s) for 1 .. 2;
+    my $own = sub { "\x01" . bytes("\x01" . varuint(41) . varuint($_[0]) . bytes('{"a":1}')) };
+    $s->send_binary($own->(1));
+    is(next_bin($s), $own->(1), 'budget: own awareness echoed');
+    my $relay = "\x01" . bytes("\x01" . varuint(42) . "\x01" . bytes('{"b":1}'));
+    $s->send_binary($relay) for 1 .. 150;
+    $s->send_binary($own->($_)) for 2 .. 151;
+    my $upd = "\x01\x01\xa5\x05\x00\x04\x01\x01t\x01q\x00";
+    $s->send_binary("\x00\x02" . bytes($upd));
+    my ($ok, @before) = bin_until($s, "\x00\x02" . bytes($upd), 10);
+    ok($ok && $s->is_open, 'budget: 300 awareness messages, then an update is stored');
+    ok(!grep({ $_ eq $relay } @before), 'budget: the states of others are not echoed');
+    cmp_ok(scalar(@before), '<=', 5, 'budget: own awareness over the budget dropped');
+    $s->close;
+}
+
 # queries are coalesced: one presence list in flight, one more after it
 {
     my $doc = "qc-$$";
@@ -363,7 +383,8 @@ for my $flood (["\x03", 'query awareness'], [$step1, 'step 1'], ["\x00\x02\x02\x
     my $aw = "\x01" . varuint(31) . "\x01" . bytes('{"q":1}');
     $s->send_binary("\x01" . bytes($aw));
     is(next_bin($s), "\x01" . bytes($aw), 'coalesce: awareness echoed');
-    $s->send_binary("\x03") for 1 .. 100;
+    # in one write: they are read at once, before any answer
+    $s->send_raw(join '', map { Collab::WS::build_frame(opcode => 2, payload => "\x03") } 1 .. 100);
     is(next_bin($s), "\x01" . bytes($aw), 'coalesce: the first query answered');
     $t->idle(1);
     $s->send_binary($step1);
