@@ -77,6 +77,8 @@ static ngx_int_t ngx_http_collab_yjs_string(ngx_http_collab_session_t *s,
     u_char type, ngx_int_t sub, json_t *v);
 static ngx_int_t ngx_http_collab_yjs_control(ngx_http_collab_session_t *s,
     ngx_http_collab_msg_t *m);
+static ngx_uint_t ngx_http_collab_yjs_wanted(ngx_http_collab_session_t *s,
+    ngx_str_t *type);
 static ngx_int_t ngx_http_collab_yjs_snapshot(ngx_http_collab_session_t *s,
     json_t *obj);
 static void ngx_http_collab_yjs_denied(ngx_http_collab_session_t *s);
@@ -1006,6 +1008,41 @@ ngx_http_collab_yjs_send(ngx_http_collab_session_t *s,
 }
 
 
+/* the types of collab.v1 messages that say something to a Yjs client */
+
+static ngx_uint_t
+ngx_http_collab_yjs_wanted(ngx_http_collab_session_t *s, ngx_str_t *type)
+{
+    ngx_uint_t  i;
+
+    static ngx_str_t  wanted[] = {
+        ngx_string("subscribed"),
+        ngx_string("presence_snapshot"),
+        ngx_string("nack"),
+        ngx_string("error"),
+        ngx_string("resync"),
+        ngx_string("unsubscribed"),
+        ngx_string("role")
+    };
+
+    if (s->yjs->storing && type->len == 2
+        && ngx_strncmp(type->data, "ok", 2) == 0)
+    {
+        return 1;
+    }
+
+    for (i = 0; i < sizeof(wanted) / sizeof(ngx_str_t); i++) {
+        if (type->len == wanted[i].len
+            && ngx_strncmp(type->data, wanted[i].data, type->len) == 0)
+        {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
 /* the messages of collab.v1 that say something to a Yjs client */
 
 static ngx_int_t
@@ -1016,7 +1053,8 @@ ngx_http_collab_yjs_control(ngx_http_collab_session_t *s,
     ngx_int_t    rc;
     const char  *type, *code;
 
-    if (m->type.len == 3 && ngx_strncmp(m->type.data, "ack", 3) == 0) {
+    if (m->type.len && !ngx_http_collab_yjs_wanted(s, &m->type)) {
+        /* most messages: no JSON parse per Yjs session */
         return NGX_OK;
     }
 
