@@ -903,6 +903,7 @@ ngx_http_collab_doc_reset(ngx_http_collab_doc_t *doc, u_char *epoch)
     ngx_memcpy(doc->epoch, epoch, NGX_HTTP_COLLAB_EPOCH_LEN);
     doc->has_epoch = 1;
     doc->seq = 0;
+    doc->yjs_snap = 0;      /* a seq of the old log */
 
     for (q = ngx_queue_head(&doc->subs);
          q != ngx_queue_sentinel(&doc->subs);
@@ -1140,6 +1141,13 @@ ngx_http_collab_doc_read_epoch(ngx_http_collab_sub_t *sub,
         ngx_http_collab_doc_reset(d, rd->epoch.data);
         (void) ngx_http_collab_doc_release(d);
         return NGX_DONE;
+    }
+
+    if (d->has_epoch
+        && ngx_memcmp(d->epoch, rd->epoch.data, rd->epoch.len) != 0)
+    {
+        /* only joining members, none of the old log live: its seqs go */
+        d->yjs_snap = 0;
     }
 
     ngx_memcpy(d->epoch, rd->epoch.data, rd->epoch.len);

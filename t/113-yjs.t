@@ -467,6 +467,41 @@ for my $flood (["\x03", 'query awareness'], [$step1, 'step 1'], ["\x00\x02\x02\x
     $a->close;
 }
 
+# a new epoch (Redis lost the document) starts the compaction count over:
+# 5 updates of the new log ask for a snapshot again
+{
+    my $doc = "cmpe-$$";
+    my @u = map { "\x01\x01\xa2\x05" . chr($_) . "\x04\x01\x01t\x01e\x00" } 0 .. 10;
+    my $a = yws(path => "/compact/$doc?user=a");
+    next_bin($a) for 1 .. 2;
+    $a->send_binary("\x00\x01\x02\x00\x00");
+    for my $i (0 .. 4) {
+        $a->send_binary("\x00\x02" . bytes($u[$i]));
+        next_bin($a);
+    }
+    is(next_bin($a), $step1, 'epoch: asked for a snapshot at seq 5');
+    $a->send_binary("\x00\x01" . bytes("FULL5"));
+    Collab::Test::wait_until(sub {
+        ($t->redis('HGET', "collab:{$doc}:state", 'seq') // 0) == 5
+    }, 10);
+    $t->redis('DEL', map { "collab:{$doc}:$_" } qw(state log ops));
+    $a->send_binary("\x00\x02" . bytes($u[5]));
+    my ($ok) = bin_until($a, "\x00\x02" . bytes($u[5]));
+    is($a->expect_close(5), 4500, 'epoch: the old membership ends (4500)');
+    my $b = yws(path => "/compact/$doc?user=b");
+    ($ok) = bin_until($b, $step2);
+    ok($ok, 'epoch: a new client reads the new log');
+    $b->send_binary("\x00\x01\x02\x00\x00");
+    my @seen;
+    for my $i (6 .. 9) {
+        $b->send_binary("\x00\x02" . bytes($u[$i]));
+        push @seen, next_bin($b);
+    }
+    push @seen, next_bin($b, 3) // '';
+    ok(grep({ $_ eq $step1 } @seen), 'epoch: asked for a snapshot after 5 updates of the new log');
+    $b->close;
+}
+
 # no role at all: permission denied, then 4403
 {
     my $x = yws(path => "/none/x-$$?user=nobody");
