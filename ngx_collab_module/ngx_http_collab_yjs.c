@@ -54,6 +54,7 @@ struct ngx_http_collab_yjs_s {
                                                     is not the client's */
     unsigned                     query:1;        /* a query waits for
                                                     the list in flight */
+    unsigned                     refused:1;      /* an update was */
     u_char                       doc_buf[NGX_HTTP_COLLAB_DOC_MAX];
 };
 
@@ -1101,6 +1102,20 @@ ngx_http_collab_yjs_control(ngx_http_collab_session_t *s,
     } else if (ngx_strcmp(type, "presence_snapshot") == 0) {
         rc = ngx_http_collab_yjs_snapshot(s, obj);
 
+    } else if (ngx_strcmp(type, "role") == 0) {
+        v = json_object_get(obj, "role");
+
+        if (s->yjs->refused && json_is_string(v)
+            && (ngx_strcmp(json_string_value(v), "editor") == 0
+                || ngx_strcmp(json_string_value(v), "owner") == 0))
+        {
+            /*
+             * Updates it makes now depend on those refused, which nobody
+             * has: its step 2 after reconnecting uploads them all.
+             */
+            ngx_http_collab_session_close(s, 4500, "role changed");
+        }
+
     } else if (ngx_strcmp(code, "forbidden") == 0) {
         /* a refused update, or the membership revoked */
         ngx_http_collab_yjs_denied(s);
@@ -1217,6 +1232,8 @@ static void
 ngx_http_collab_yjs_denied(ngx_http_collab_session_t *s)
 {
     static u_char  reason[] = "permission denied";
+
+    s->yjs->refused = 1;
 
     (void) ngx_http_collab_yjs_queue(s,
                ngx_http_collab_yjs_frame(NGX_HTTP_COLLAB_YJS_AUTH, 0, reason,

@@ -533,6 +533,39 @@ for my $flood (["\x03", 'query awareness'], [$step1, 'step 1'], ["\x00\x02\x02\x
     is($e->expect_close(10), 4403, 'revoked: closed 4403 (the client does not retry)');
 }
 
+# a viewer made editor after an update of it was refused: the updates it
+# makes next depend on the refused one, so it reconnects (4500) and its
+# step 2 uploads everything
+{
+    my $doc = "up-$$";
+    $t->redis('SET', "collab:{$doc}:acl", '{"version":1,"default":"viewer"}');
+    my $v = yws(path => "/yjs/$doc?user=vic");
+    next_bin($v) for 1 .. 2;
+    $v->send_binary("\x00\x02" . bytes("\x01\x01\xa3\x05\x00\x04\x01\x01t\x01v\x00"));
+    is(next_bin($v), "\x02\x00" . bytes('permission denied'), 'upgrade: refused as a viewer');
+    $t->redis('SET', "collab:{$doc}:acl", '{"version":2,"default":"editor"}');
+    $t->redis('PUBLISH', "collab:{$doc}", '{"type":"acl"}');
+    is($v->expect_close(10), 4500, 'upgrade: made editor, closed 4500 (the client reconnects)');
+    like($v->close_reason // '', qr/role/, 'upgrade: saying why');
+
+    # one that never had an update refused goes on
+    my $doc2 = "up2-$$";
+    $t->redis('SET', "collab:{$doc2}:acl", '{"version":1,"default":"viewer"}');
+    my $w = yws(path => "/yjs/$doc2?user=wen");
+    next_bin($w) for 1 .. 2;
+    # a collab.v1 member of the same worker sees the ACL applied
+    my $o = $t->ws_session(path => '/collab?user=obs');
+    $t->subscribe($o, $doc2, since => 0);
+    $t->redis('SET', "collab:{$doc2}:acl", '{"version":2,"default":"editor"}');
+    $t->redis('PUBLISH', "collab:{$doc2}", '{"type":"acl"}');
+    ok($o->wait_for({ type => 'role' }, 10), 'upgrade: the ACL applied');
+    my $u = "\x01\x01\xa4\x05\x00\x04\x01\x01t\x01w\x00";
+    $w->send_binary("\x00\x02" . bytes($u));
+    is(next_bin($w), "\x00\x02" . bytes($u), 'upgrade: without a refused update, no close');
+    $o->close;
+    $w->close;
+}
+
 # tokens: from the query, no auth message; an expired one is retryable
 {
     my $no = yws(path => '/jwt/tok');
