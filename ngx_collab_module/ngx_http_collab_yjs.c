@@ -55,6 +55,7 @@ struct ngx_http_collab_yjs_s {
     unsigned                     query:1;        /* a query waits for
                                                     the list in flight */
     unsigned                     refused:1;      /* an update was */
+    unsigned                     warned:1;       /* awareness too large */
     u_char                       doc_buf[NGX_HTTP_COLLAB_DOC_MAX];
 };
 
@@ -524,7 +525,7 @@ ngx_http_collab_yjs_awareness(ngx_http_collab_session_t *s, const u_char *p,
  * is dropped.  The own entries cost one message of the session's
  * awareness budget (limit_ephemeral); over it they are dropped too, their
  * clocks still noted for the null states of the end.  Every state must
- * be JSON: the others JSON.parse it.
+ * be JSON (the others JSON.parse it), \\u0000 included: else dropped.
  */
 
 static ngx_int_t
@@ -606,10 +607,12 @@ ngx_http_collab_yjs_clients(ngx_http_collab_session_t *s, const u_char *data,
             continue;
         }
 
-        v = json_loadb((char *) aw.state, aw.state_len, JSON_DECODE_ANY,
-                       NULL);
+        v = json_loadb((char *) aw.state, aw.state_len,
+                       JSON_DECODE_ANY|JSON_ALLOW_NUL, NULL);
         if (v == NULL) {
-            return NGX_ERROR;
+            ngx_log_debug0(NGX_LOG_DEBUG_HTTP, s->connection->log, 0,
+                           "collab: awareness state not JSON dropped");
+            continue;
         }
 
         json_decref(v);
@@ -700,9 +703,15 @@ ngx_http_collab_yjs_presence(ngx_http_collab_sub_t *sub, const u_char *data,
     }
 
     if (ngx_base64_encoded_length(len) + 2 > s->conf->presence_size) {
-        ngx_log_error(NGX_LOG_WARN, s->connection->log, 0,
-                      "collab: awareness state of %uz bytes is larger than "
-                      "collab_presence_size in base64, not relayed", len);
+        if (!s->yjs->warned) {
+            /* once a session: the provider sends it again and again */
+            s->yjs->warned = 1;
+            ngx_log_error(NGX_LOG_WARN, s->connection->log, 0,
+                          "collab: awareness state of %uz bytes is larger "
+                          "than collab_presence_size in base64, not relayed",
+                          len);
+        }
+
         return;
     }
 

@@ -71,6 +71,11 @@ my $conf = <<'EOF';
             collab_yjs_compact 1000;
             collab_log_retention count=1000;
         }
+        location /tiny/ {
+            collab;
+            collab_protocol y-websocket;
+            collab_presence_size 64;
+        }
         location /none/ {
             collab;
             collab_protocol y-websocket;
@@ -236,10 +241,18 @@ sub next_bin {
     $tx->send_text('{"type":"delta"}');
     is($tx->expect_close(5), 1003, 'a text message: 1003');
 
+    # a state that is not JSON drops its entry, never the session; one
+    # with \u0000 is JSON
     my $bad = yws(path => '/yjs/raw?user=bad');
     next_bin($bad) for 1 .. 3;
-    $bad->send_binary("\x01" . bytes("\x01\x01\x01" . bytes('{nope')));
-    is($bad->expect_close(5), 1007, 'awareness whose state is not JSON: 1007');
+    my $nul = "\x01\x11\x01" . bytes('{"a":"\\u0000"}');
+    $bad->send_binary("\x01" . bytes("\x02\x11\x01" . bytes('{nope') . "\x12\x01" . bytes('{"ok":1}')));
+    is(next_bin($bad), "\x01" . bytes("\x01\x12\x01" . bytes('{"ok":1}')),
+       'awareness: an entry whose state is not JSON dropped, the others echoed');
+    $bad->send_binary("\x01" . bytes($nul));
+    is(next_bin($bad), "\x01" . bytes($nul), 'awareness: a state with \\u0000 is JSON');
+    ok($bad->is_open, 'awareness: the session goes on');
+    $bad->close;
 
     is($t->log_len('raw'), 1, 'nothing else was stored');
 
@@ -373,6 +386,20 @@ for my $flood (["\x03", 'query awareness'], [$step1, 'step 1'], ["\x00\x02\x02\x
     ok(!grep({ $_ eq $relay } @before), 'budget: the states of others are not echoed');
     cmp_ok(scalar(@before), '<=', 5, 'budget: own awareness over the budget dropped');
     $s->close;
+}
+
+# awareness larger than collab_presence_size: not relayed, logged once
+{
+    my $s = yws(path => "/tiny/big-aw-$$?user=big");
+    next_bin($s) for 1 .. 2;
+    for my $i (1 .. 3) {
+        my $aw = "\x01" . bytes("\x01\x21" . varuint($i) . bytes('{"x":"' . ('y' x 100) . '"}'));
+        $s->send_binary($aw);
+        is(next_bin($s), $aw, "large awareness $i echoed");
+    }
+    $s->close;
+    my @w = $t->grep_error_log(qr/larger than collab_presence_size/);
+    is(scalar(@w), 1, 'an awareness larger than collab_presence_size is logged once a session');
 }
 
 # queries are coalesced: one presence list in flight, one more after it
