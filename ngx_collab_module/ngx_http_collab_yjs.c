@@ -525,7 +525,7 @@ ngx_http_collab_yjs_awareness(ngx_http_collab_session_t *s, const u_char *p,
  * is dropped.  The own entries cost one message of the session's
  * awareness budget (limit_ephemeral); over it they are dropped too, their
  * clocks still noted for the null states of the end.  Every state must
- * be JSON (the others JSON.parse it), \\u0000 included: else dropped.
+ * be JSON (the others JSON.parse it; \u0000 is): else it is dropped.
  */
 
 static ngx_int_t
