@@ -116,6 +116,18 @@ ngx_http_collab_ws_handshake(ngx_http_request_t *r,
     since = -1;
     ngx_str_null(&epoch);
 
+    proto = ngx_http_collab_header(r, "Sec-WebSocket-Protocol", 22);
+
+    if (lcf->protocol == NGX_HTTP_COLLAB_PROTOCOL_YJS
+        && proto && ngx_http_collab_ws_token(&proto->value, "collab.v1", 9))
+    {
+        /* a collab.v1 client: it would get binary Yjs messages */
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "collab: a client offering collab.v1 at a "
+                      "y-websocket location");
+        return NGX_HTTP_BAD_REQUEST;
+    }
+
     if (lcf->protocol == NGX_HTTP_COLLAB_PROTOCOL_YJS) {
         rc = ngx_http_collab_yjs_target(r, lcf, &doc);
 
@@ -165,7 +177,6 @@ ngx_http_collab_ws_handshake(ngx_http_request_t *r,
         return rc;
     }
 
-    proto = ngx_http_collab_header(r, "Sec-WebSocket-Protocol", 22);
     s->ws_v1 = (proto
                 && ngx_http_collab_ws_token(&proto->value, "collab.v1", 9));
 

@@ -262,6 +262,10 @@ sub next_bin {
     is($sub2->status, 400, 'a room with a slash: 400');
     my $echo = yws(path => '/yjs/p?user=x', protocols => ['foo', 'bar']);
     is($echo->header('sec-websocket-protocol'), 'foo', 'the first subprotocol offered is echoed');
+    for my $offer (['collab.v1'], ['foo', 'collab.v1']) {
+        my $v1 = yws(path => '/yjs/p?user=x', protocols => $offer);
+        is($v1->status, 400, "a y-websocket location refuses a client offering @$offer: 400");
+    }
     my $r = $t->http(path => '/yjs/p?user=x');
     is($r->{status}, 400, 'a y-websocket location serves only WebSocket');
 }
