@@ -71,6 +71,7 @@ static ngx_uint_t ngx_http_collab_yjs_taken(ngx_http_collab_session_t *s,
     uint64_t client);
 static void ngx_http_collab_yjs_presence(ngx_http_collab_sub_t *sub,
     const u_char *data, size_t len);
+static ngx_uint_t ngx_http_collab_yjs_base64(const u_char *p, size_t len);
 static ngx_http_collab_msg_t *ngx_http_collab_yjs_frame(u_char type,
     ngx_int_t sub, const u_char *data, size_t len, ngx_uint_t b64);
 static ngx_int_t ngx_http_collab_yjs_queue(ngx_http_collab_session_t *s,
@@ -856,8 +857,31 @@ ngx_http_collab_yjs_snapshot_store(ngx_http_collab_session_t *s,
 
 
 /*
+ * Whether ngx_decode_base64() takes the text: base64 characters up to the
+ * first '=', not one more than a multiple of 4 of them.
+ */
+
+static ngx_uint_t
+ngx_http_collab_yjs_base64(const u_char *p, size_t len)
+{
+    size_t  i;
+
+    for (i = 0; i < len && p[i] != '='; i++) {
+        if (!((p[i] >= 'A' && p[i] <= 'Z') || (p[i] >= 'a' && p[i] <= 'z')
+              || (p[i] >= '0' && p[i] <= '9') || p[i] == '+' || p[i] == '/'))
+        {
+            return 0;
+        }
+    }
+
+    return i % 4 != 1;
+}
+
+
+/*
  * A binary message [type, (sub,) length, bytes]; with b64 the bytes are
- * base64 text to decode.  NULL: out of memory or not base64.
+ * base64 text to decode (see yjs_base64).  NULL: out of memory, or not
+ * base64.
  */
 
 static ngx_http_collab_msg_t *
@@ -944,7 +968,8 @@ ngx_http_collab_yjs_queue(ngx_http_collab_session_t *s,
  * string) as an update, a presence as awareness; every other message is
  * for collab.v1 clients, or ends the session with a close the client
  * understands.  A delta that is not base64 (written by a collab.v1
- * client) is not for Yjs and is skipped.  NGX_OK unless out of memory.
+ * client) is not for Yjs and is skipped.  NGX_OK unless out of memory
+ * (then the session is closed with 1011: it would miss an update).
  */
 
 ngx_int_t
@@ -990,15 +1015,23 @@ ngx_http_collab_yjs_send(ngx_http_collab_session_t *s,
             return NGX_OK;
         }
 
+        if (!ngx_http_collab_yjs_base64(m->json + data.start + 1,
+                                        data.end - data.start - 2))
+        {
+            ngx_log_debug0(NGX_LOG_DEBUG_HTTP, s->connection->log, 0,
+                           "collab: a delta that is not base64 skipped");
+            return NGX_OK;
+        }
+
         m->yjs = ngx_http_collab_yjs_frame(type,
                                            type == NGX_HTTP_COLLAB_YJS_SYNC
                                            ? NGX_HTTP_COLLAB_YJS_UPDATE : -1,
                                            m->json + data.start + 1,
                                            data.end - data.start - 2, 1);
         if (m->yjs == NULL) {
-            ngx_log_debug0(NGX_LOG_DEBUG_HTTP, s->connection->log, 0,
-                           "collab: a delta that is not base64 skipped");
-            return NGX_OK;
+            /* an update the client would miss: it reads the log again */
+            ngx_http_collab_session_close(s, 1011, "out of memory");
+            return NGX_ERROR;
         }
 
         m->yjs->mtype = m->mtype ? m->mtype

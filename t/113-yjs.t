@@ -437,6 +437,24 @@ for my $flood (["\x03", 'query awareness'], [$step1, 'step 1'], ["\x00\x02\x02\x
     is($code, 4529, 'over collab_rate: 4529 (the client reconnects)');
 }
 
+# collab.v1 deltas in a Yjs room: those whose data is not base64 are not
+# for Yjs and are skipped, the session goes on
+{
+    my $doc = "mix-$$";
+    my $y = yws(path => "/yjs/$doc?user=y");
+    next_bin($y) for 1 .. 2;
+    my $v1 = $t->ws_session(path => '/collab?user=app');
+    my $upd = "\x01\x01\xa6\x05\x00\x04\x01\x01t\x01m\x00";
+    for my $data ('not base64!', 'abcde', encode_base64($upd, '')) {
+        $v1->send_json({ type => 'delta', doc => $doc, id => "m-$data", data => $data });
+        $v1->wait_for(sub { ($_[0]{id} // '') eq "m-$data" }, 5);
+    }
+    is(next_bin($y), "\x00\x02" . bytes($upd), 'mixed: non-base64 deltas skipped, the base64 one delivered');
+    ok($y->is_open, 'mixed: the Yjs session goes on');
+    $v1->close;
+    $y->close;
+}
+
 # a snapshot with base64 data (stored by an application): one update
 # before the rest of the log
 {
