@@ -1197,6 +1197,8 @@ ngx_http_collab_create_loc_conf(ngx_conf_t *cf)
     lcf->auth = NGX_CONF_UNSET_UINT;
     lcf->allow_origin = NGX_CONF_UNSET_PTR;
     lcf->max_message = NGX_CONF_UNSET_SIZE;
+    lcf->max_message_set = NGX_CONF_UNSET;
+    lcf->send_queue_set = NGX_CONF_UNSET;
     lcf->max_docs = NGX_CONF_UNSET_UINT;
     lcf->send_queue = NGX_CONF_UNSET_SIZE;
     lcf->presence_rate = NGX_CONF_UNSET_UINT;
@@ -1281,11 +1283,19 @@ ngx_http_collab_merge_session(ngx_http_collab_loc_conf_t *prev,
     }
 
     ngx_conf_merge_ptr_value(conf->allow_origin, prev->allow_origin, NULL);
-    ngx_conf_merge_size_value(conf->max_message, prev->max_message,
-                              64 * 1024);
+
+    /* set here or above (the http level itself is never merged) */
+    conf->max_message_set = (conf->max_message != NGX_CONF_UNSET_SIZE
+                             || prev->max_message_set == 1
+                             || (prev->max_message_set == NGX_CONF_UNSET
+                                 && prev->max_message
+                                    != NGX_CONF_UNSET_SIZE));
+    conf->send_queue_set = (conf->send_queue != NGX_CONF_UNSET_SIZE
+                            || prev->send_queue_set == 1
+                            || (prev->send_queue_set == NGX_CONF_UNSET
+                                && prev->send_queue != NGX_CONF_UNSET_SIZE));
+
     ngx_conf_merge_uint_value(conf->max_docs, prev->max_docs, 16);
-    ngx_conf_merge_size_value(conf->send_queue, prev->send_queue,
-                              256 * 1024);
     ngx_conf_merge_msec_value(conf->ping, prev->ping, 25000);
     ngx_conf_merge_uint_value(conf->presence_rate, prev->presence_rate, 10);
     ngx_conf_merge_uint_value(conf->presence_max, prev->presence_max, 100);
@@ -1295,6 +1305,31 @@ ngx_http_collab_merge_session(ngx_http_collab_loc_conf_t *prev,
                               NGX_HTTP_COLLAB_MERGE_NONE);
     ngx_conf_merge_uint_value(conf->protocol, prev->protocol,
                               NGX_HTTP_COLLAB_PROTOCOL_V1);
+
+    /*
+     * A Yjs provider uploads its whole document on every connect, relayed
+     * in base64: larger defaults on a y-websocket location.
+     */
+
+    if (!conf->send_queue_set
+        && conf->protocol == NGX_HTTP_COLLAB_PROTOCOL_YJS)
+    {
+        conf->send_queue = 1024 * 1024;
+
+    } else {
+        ngx_conf_merge_size_value(conf->send_queue, prev->send_queue,
+                                  256 * 1024);
+    }
+
+    if (!conf->max_message_set
+        && conf->protocol == NGX_HTTP_COLLAB_PROTOCOL_YJS)
+    {
+        conf->max_message = conf->send_queue / 2;
+
+    } else {
+        ngx_conf_merge_size_value(conf->max_message, prev->max_message,
+                                  64 * 1024);
+    }
     ngx_conf_merge_value(conf->yjs_compact, prev->yjs_compact, 0);
     ngx_conf_merge_size_value(conf->state_max, prev->state_max, 64 * 1024);
     ngx_conf_merge_uint_value(conf->conflict, prev->conflict,

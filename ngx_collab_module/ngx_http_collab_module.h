@@ -143,6 +143,8 @@ struct ngx_http_collab_loc_conf_s {
     ngx_uint_t                   auth;
     ngx_array_t                 *allow_origin;   /* of ngx_str_t */
     size_t                       max_message;
+    ngx_flag_t                   max_message_set; /* here or above */
+    ngx_flag_t                   send_queue_set;
     ngx_uint_t                   max_docs;
     size_t                       send_queue;
     ngx_msec_t                   ping;
