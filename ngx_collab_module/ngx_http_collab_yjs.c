@@ -311,14 +311,24 @@ ngx_http_collab_yjs_message(ngx_http_collab_session_t *s, u_char *p,
     }
 
     if (rc == NGX_BUSY) {
-        if (msg.type == NGX_HTTP_COLLAB_YJS_SYNC
-            && msg.sync != NGX_HTTP_COLLAB_YJS_STEP1)
+        if (msg.type != NGX_HTTP_COLLAB_YJS_SYNC
+            || msg.sync == NGX_HTTP_COLLAB_YJS_STEP1)
         {
-            /* an update lost to the others: its step 2 brings it again */
-            ngx_http_collab_session_close(s, 4429, "rate limited");
+            /* a step 1 or query over the limit goes unanswered */
+            return;
         }
 
-        /* a step 1 or query over the limit goes unanswered */
+        if (msg.sync == NGX_HTTP_COLLAB_YJS_STEP2 && s->yjs->step1s
+            && s->yjs->compacting)
+        {
+            /* a snapshot not stored: the log still has it all */
+            s->yjs->step1s--;
+            s->yjs->compacting = 0;
+            return;
+        }
+
+        /* an update lost to the others: its step 2 brings it again */
+        ngx_http_collab_session_close(s, 4429, "rate limited");
         return;
     }
 

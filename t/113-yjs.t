@@ -71,6 +71,12 @@ my $conf = <<'EOF';
             collab_yjs_compact 1000;
             collab_log_retention count=1000;
         }
+        location /cmprl/ {
+            collab;
+            collab_protocol y-websocket;
+            collab_yjs_compact 5;
+            collab_rate 1r/m burst=6;
+        }
         location /tiny/ {
             collab;
             collab_protocol y-websocket;
@@ -515,6 +521,29 @@ for my $flood (["\x03", 'query awareness'], [$step1, 'step 1'], ["\x00\x02\x02\x
     is(next_bin($n), "\x00\x02" . bytes($u[6]), 'compact: the tail');
     is(next_bin($n), "\x00\x01\x02\x00\x00", 'compact: step 2');
     $n->close;
+    $a->close;
+}
+
+# a snapshot answer over the rate limit is not stored, and the session,
+# which lost nothing (the log has it all), goes on
+{
+    my $doc = "cmprl-$$";
+    my $a = yws(path => "/cmprl/$doc?user=a");
+    next_bin($a) for 1 .. 2;
+    $a->send_binary("\x00\x01\x02\x00\x00");
+    for my $i (0 .. 4) {
+        my $u = "\x01\x01\xa7\x05" . chr($i) . "\x04\x01\x01t\x01r\x00";
+        $a->send_binary("\x00\x02" . bytes($u));
+        is(next_bin($a), "\x00\x02" . bytes($u), "rate-limited snapshot: update $i stored");
+    }
+    is(next_bin($a), $step1, 'rate-limited snapshot: asked');
+    $a->send_binary("\x03") for 1 .. 3;    # the rest of the budget
+    $a->send_binary("\x00\x01" . bytes("FULL"));
+    my $aw = "\x01" . bytes("\x01\x61\x01" . bytes('{}'));
+    $a->send_binary($aw);
+    my ($ok) = bin_until($a, $aw);
+    ok($ok && $a->is_open, 'rate-limited snapshot: the session goes on');
+    ok(!$t->redis('HGET', "collab:{$doc}:state", 'data'), 'rate-limited snapshot: not stored');
     $a->close;
 }
 
