@@ -33,6 +33,7 @@
 
 #define NGX_HTTP_COLLAB_YJS_UINT_MAX      ((((uint64_t) 1) << 53) - 1)
 #define NGX_HTTP_COLLAB_YJS_UINT_LEN      8       /* bytes of the largest */
+#define NGX_HTTP_COLLAB_YJS_UINT64_LEN    10      /* of any 64-bit value */
 
 
 typedef struct {
@@ -77,7 +78,10 @@ int ngx_http_collab_yjs_aw_next(const unsigned char *p, size_t len,
 int ngx_http_collab_yjs_uint(const unsigned char *p, size_t len,
     size_t *pos, uint64_t *value);
 
-/* writes v, returns the bytes written (at most NGX_HTTP_COLLAB_YJS_UINT_LEN) */
+/*
+ * writes v, returns the bytes written: at most NGX_HTTP_COLLAB_YJS_UINT_LEN
+ * for v up to NGX_HTTP_COLLAB_YJS_UINT_MAX, NGX_HTTP_COLLAB_YJS_UINT64_LEN
+ */
 size_t ngx_http_collab_yjs_put_uint(unsigned char *p, uint64_t v);
 
 
