@@ -69,6 +69,8 @@ static ngx_int_t ngx_http_collab_yjs_clients(ngx_http_collab_session_t *s,
     const u_char *data, size_t len, u_char *own, size_t *own_len);
 static ngx_uint_t ngx_http_collab_yjs_taken(ngx_http_collab_session_t *s,
     uint64_t client);
+static ngx_uint_t ngx_http_collab_yjs_mine(ngx_http_collab_session_t *s,
+    ngx_http_collab_msg_t *m);
 static void ngx_http_collab_yjs_presence(ngx_http_collab_sub_t *sub,
     const u_char *data, size_t len);
 static ngx_uint_t ngx_http_collab_yjs_base64(const u_char *p, size_t len);
@@ -648,6 +650,50 @@ ngx_http_collab_yjs_clients(ngx_http_collab_session_t *s, const u_char *data,
 
 
 /*
+ * An awareness message of another session that names a client of this
+ * one: never sent to it.  Ownership is checked in the worker only (see
+ * yjs_taken); a member elsewhere that claims the id cannot make the
+ * owner's client raise its clock past what the server relays, or see its
+ * state replaced.
+ */
+
+static ngx_uint_t
+ngx_http_collab_yjs_mine(ngx_http_collab_session_t *s,
+    ngx_http_collab_msg_t *m)
+{
+    size_t                      pos;
+    int64_t                     count;
+    ngx_uint_t                  i;
+    ngx_http_collab_yjs_t      *y;
+    ngx_http_collab_yjs_aw_t    aw;
+    ngx_http_collab_yjs_msg_t   msg;
+
+    y = s->yjs;
+
+    if (y->nclients == 0
+        || ngx_http_collab_yjs_parse(m->json, m->len, &msg) != 0)
+    {
+        return 0;
+    }
+
+    pos = 0;
+    count = -1;
+
+    while (ngx_http_collab_yjs_aw_next(msg.data, msg.len, &pos, &count, &aw)
+           == 1)
+    {
+        for (i = 0; i < y->nclients; i++) {
+            if (y->client[i] == aw.client) {
+                return 1;
+            }
+        }
+    }
+
+    return 0;
+}
+
+
+/*
  * A client id that another live session of the room in this worker owns,
  * of another user: a claim on it (the id is visible in the relayed
  * awareness) would let one member overwrite another's state.
@@ -1049,6 +1095,12 @@ ngx_http_collab_yjs_send(ngx_http_collab_session_t *s,
                                                            m->type.len);
     }
 
+    if (type == NGX_HTTP_COLLAB_YJS_AWARENESS
+        && ngx_http_collab_yjs_mine(s, m->yjs))
+    {
+        return NGX_OK;
+    }
+
     if (ngx_http_collab_session_queue(s, m->yjs) == NGX_ERROR) {
         return NGX_ERROR;
     }
@@ -1246,25 +1298,43 @@ ngx_http_collab_yjs_string(ngx_http_collab_session_t *s, u_char type,
 static ngx_int_t
 ngx_http_collab_yjs_snapshot(ngx_http_collab_session_t *s, json_t *obj)
 {
-    size_t   i;
-    json_t  *members, *v;
+    size_t                  i;
+    json_t                 *members, *member, *v;
+    const char             *sid;
+    ngx_http_collab_msg_t  *m;
 
     members = json_object_get(obj, "members");
 
     for (i = 0; i < json_array_size(members); i++) {
-        v = json_array_get(members, i);
+        member = json_array_get(members, i);
+        v = json_object_get(member, "data");
 
-        if (!json_is_true(json_object_get(v, "yjs"))) {
+        if (!json_is_true(json_object_get(member, "yjs"))
+            || !json_is_string(v) || json_string_length(v) == 0)
+        {
             /* a collab.v1 member's presence */
             continue;
         }
 
-        v = json_object_get(v, "data");
+        m = ngx_http_collab_yjs_frame(NGX_HTTP_COLLAB_YJS_AWARENESS, -1,
+                                      (u_char *) json_string_value(v),
+                                      json_string_length(v), 1);
+        if (m == NULL) {
+            continue;
+        }
 
-        if (ngx_http_collab_yjs_string(s, NGX_HTTP_COLLAB_YJS_AWARENESS, -1,
-                                       v)
-            != NGX_OK)
+        sid = json_string_value(json_object_get(member, "session"));
+
+        if ((sid == NULL || ngx_strlen(sid) != sizeof(s->id)
+             || ngx_strncmp(sid, s->id, sizeof(s->id)) != 0)
+            && ngx_http_collab_yjs_mine(s, m))
         {
+            /* another's claim of a client of this session */
+            ngx_http_collab_msg_release(m);
+            continue;
+        }
+
+        if (ngx_http_collab_yjs_queue(s, m) != NGX_OK) {
             return NGX_ERROR;
         }
     }

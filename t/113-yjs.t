@@ -370,6 +370,33 @@ my $step2 = "\x00\x01\x02\x00\x00";
     $_->close for $v1, $w, $att, $vic;
 }
 
+# across instances (ownership is checked in the worker only) a claimed id
+# never reaches its owner: its client cannot be made to raise its clock
+{
+    my $doc = "lockx-$$";
+    my $vic = yws(path => "/yjs/$doc?user=victim");
+    next_bin($vic) for 1 .. 2;
+    my $aw = "\x01" . varuint(78) . "\x01" . bytes('{"u":"victim"}');
+    $vic->send_binary("\x01" . bytes($aw));
+    is(next_bin($vic), "\x01" . bytes($aw), 'lockx: the victim\'s awareness echoed');
+    my $att = yws(path => "/ro/$doc?user=mallory", instance => 'b');
+    my ($seen) = bin_until($att, "\x01" . bytes($aw));
+    ok($seen, 'lockx: the viewer on the other instance sees the id');
+    $att->send_binary("\x01" . bytes("\x01" . varuint(78) . varuint(4000)
+                                     . bytes('{"u":"mallory"}')));
+    my $w = yws(path => "/yjs/$doc?user=w", instance => 'b');
+    next_bin($w) for 1 .. 2;
+    my $waw = "\x01" . varuint(56) . "\x01" . bytes('{"u":"w"}');
+    Collab::Test::wait_until(sub {
+        grep(/mallory/, @{ $t->redis('HVALS', "collab:{$doc}:presence") }) }, 5);
+    $w->send_binary("\x01" . bytes($waw));
+    my ($ok, @before) = bin_until($vic, "\x01" . bytes($waw));
+    ok($ok, 'lockx: the other member\'s awareness arrives');
+    ok(!grep(/mallory/, @before), 'lockx: the claim of its id is not sent to the owner')
+        or diag explain \@before;
+    $_->close for $w, $att, $vic;
+}
+
 # every message is charged to the rate limit: a flood of 7-byte queries
 # (each a presence list in Redis) or step 1s ends like a flood of updates
 for my $flood (["\x03", 'query awareness'], [$step1, 'step 1'], ["\x00\x02\x02\x00\x00", 'empty update']) {
