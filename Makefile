@@ -56,7 +56,7 @@ ASAN_OPTIONS_DEFAULT := detect_leaks=0
 
 SUDO = $(shell [ "$$(id -u)" = 0 ] || { command -v sudo >/dev/null && echo sudo; })
 
-.PHONY: build build-asan deps test test-asan run stop bench fuzz clean js
+.PHONY: build build-asan deps test test-asan run stop bench bench-yjs fuzz clean js
 
 # ---------------------------------------------------------------------------------------------
 # deps: install only what is missing; a no-op (one dpkg-query) when everything is there.
@@ -134,7 +134,8 @@ define prove
 	prove -r -It/lib $(PROVE_FLAGS) $(TEST)
 endef
 
-test: build t/browser/node_modules t/metrics/node_modules clients/js/node_modules
+test: build t/browser/node_modules t/metrics/node_modules clients/js/node_modules \
+      t/yjs/node_modules
 	$(call prove,$(MODULE),0)
 
 # t/99-browser.t drives Debian's chromium with playwright-core (t/browser/package-lock.json).
@@ -158,7 +159,13 @@ clients/js/node_modules: clients/js/package.json clients/js/package-lock.json | 
 js:
 	node clients/js/scripts/build.mjs --out clients/js/dist/collab.js --out www/collab.js
 
-test-asan: build-asan t/metrics/node_modules
+# t/113-yjs.t drives the stock y-websocket client (yjs, y-websocket, y-protocols, ws) through
+# nginx, t/114-yjs-browser.t the same in chromium with CodeMirror 6 (y-codemirror.next); exact
+# versions in t/yjs/package-lock.json.
+t/yjs/node_modules: t/yjs/package.json t/yjs/package-lock.json | deps
+	cd t/yjs && npm ci --no-audit --no-fund --loglevel=error && touch node_modules
+
+test-asan: build-asan t/metrics/node_modules t/yjs/node_modules
 	$(call prove,$(ASAN_MODULE),1)
 
 # ---------------------------------------------------------------------------------------------
@@ -213,10 +220,17 @@ run: build stop
 
 # bench: the load generator (bench/collab-bench.c) and the suite against this module and nchan
 # (bench/run.sh: installs libnginx-mod-nchan and gnuplot-nox when missing, writes
-# docs/benchmarks.md and docs/benchmarks.png). BENCH_QUICK=1 for a short run.
-bench: build
+# docs/benchmarks.md and docs/benchmarks.png), after the Yjs workload (bench/yjs.pl, whose
+# bench/yjs-notes.md the report includes). BENCH_QUICK=1 for a short run.
+bench: build t/yjs/node_modules
 	+$(MAKE) --no-print-directory -C bench
+	COLLAB_MODULE=$(MODULE) NGINX_BIN=$(NGINX_BIN) REDIS_SERVER=$(REDIS_SERVER) perl bench/yjs.pl
 	COLLAB_MODULE=$(MODULE) NGINX_BIN=$(NGINX_BIN) REDIS_SERVER=$(REDIS_SERVER) bash bench/run.sh
+
+# the Yjs workload alone (bench/yjs.pl: y-websocket providers relaying and joining; its
+# section of docs/benchmarks.md)
+bench-yjs: build t/yjs/node_modules
+	COLLAB_MODULE=$(MODULE) NGINX_BIN=$(NGINX_BIN) REDIS_SERVER=$(REDIS_SERVER) perl bench/yjs.pl
 
 ifneq ($(wildcard fuzz/Makefile.fuzz),)
 include fuzz/Makefile.fuzz

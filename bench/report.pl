@@ -322,6 +322,15 @@ if (-s $ab) {
     p '';
 }
 
+# ---- the Yjs workload (bench/yjs.pl writes bench/yjs-notes.md)
+my $yjs = dirname(abs_path($0)) . "/yjs-notes.md";
+if (-s $yjs) {
+    open my $n, '<', $yjs or die;
+    local $/;
+    $md .= <$n>;
+    close $n;
+}
+
 # ---- profile
 my $notes = dirname(abs_path($0)) . "/profile-notes.md";
 my $have_prof = grep { -s "$o{out}/profile-$_.txt" } @T;

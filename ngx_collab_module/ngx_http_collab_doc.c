@@ -1037,6 +1037,7 @@ ngx_http_collab_doc_reset(ngx_http_collab_doc_t *doc, u_char *epoch)
     ngx_memcpy(doc->epoch, epoch, NGX_HTTP_COLLAB_EPOCH_LEN);
     doc->has_epoch = 1;
     doc->seq = 0;
+    doc->yjs_snap = 0;      /* a seq of the old log */
 
     for (q = ngx_queue_head(&doc->subs);
          q != ngx_queue_sentinel(&doc->subs);
@@ -1277,6 +1278,13 @@ ngx_http_collab_doc_read_epoch(ngx_http_collab_sub_t *sub,
         return NGX_DONE;
     }
 
+    if (d->has_epoch
+        && ngx_memcmp(d->epoch, rd->epoch.data, rd->epoch.len) != 0)
+    {
+        /* only joining members, none of the old log live: its seqs go */
+        d->yjs_snap = 0;
+    }
+
     ngx_memcpy(d->epoch, rd->epoch.data, rd->epoch.len);
     d->has_epoch = 1;
 
@@ -1507,6 +1515,10 @@ ngx_http_collab_doc_read_next(ngx_http_collab_sub_t *sub,
     sub->rereads = 0;
     sub->state = NGX_HTTP_COLLAB_SUB_LIVE;
     sub->stalled = 0;
+
+    if (sub->session->yjs) {
+        ngx_http_collab_yjs_live(sub);
+    }
 }
 
 
@@ -1539,6 +1551,11 @@ ngx_http_collab_doc_dropped(ngx_http_collab_session_t *s)
 {
     if (s->transport == NGX_HTTP_COLLAB_TRANSPORT_SSE && s->nsubs == 0) {
         ngx_http_collab_session_close(s, 0, "document dropped");
+    }
+
+    if (s->yjs && s->nsubs == 0) {
+        /* most ends were said already (yjs_send): a client reconnects */
+        ngx_http_collab_session_close(s, 4500, "document dropped");
     }
 }
 

@@ -426,6 +426,27 @@ ngx_http_collab_limit_message(ngx_http_collab_session_t *s, ngx_uint_t cost,
 
 
 /*
+ * An ephemeral message (Yjs awareness) in a bucket of its own, at the rate
+ * and burst of collab_rate: over it the message is dropped, the next one
+ * supersedes it; never a strike, never the budget of the updates.
+ */
+
+ngx_int_t
+ngx_http_collab_limit_ephemeral(ngx_http_collab_session_t *s,
+    uint64_t *excess, ngx_msec_t *last)
+{
+    ngx_msec_t  retry;
+
+    if (s->conf->rate == 0) {
+        return NGX_OK;
+    }
+
+    return ngx_http_collab_limit_bucket(excess, last, s->conf->rate,
+                                        s->conf->burst, 1000, &retry);
+}
+
+
+/*
  * POST: one bucket per user, or per client address (an IPv6 /64) when the
  * request has no identity of its own, shared by every request of the
  * instance, at the rate and burst of collab_rate.  Every message of a body

@@ -72,6 +72,13 @@ static ngx_conf_enum_t  ngx_http_collab_auth_modes[] = {
 };
 
 
+static ngx_conf_enum_t  ngx_http_collab_protocols[] = {
+    { ngx_string("collab.v1"), NGX_HTTP_COLLAB_PROTOCOL_V1 },
+    { ngx_string("y-websocket"), NGX_HTTP_COLLAB_PROTOCOL_YJS },
+    { ngx_null_string, 0 }
+};
+
+
 static ngx_conf_enum_t  ngx_http_collab_merge_modes[] = {
     { ngx_string("none"), NGX_HTTP_COLLAB_MERGE_NONE },
     { ngx_string("json-merge"), NGX_HTTP_COLLAB_MERGE_JSON },
@@ -279,6 +286,20 @@ static ngx_command_t  ngx_http_collab_commands[] = {
       offsetof(ngx_http_collab_loc_conf_t, ping),
       NULL },
 
+    { ngx_string("collab_protocol"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_enum_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_collab_loc_conf_t, protocol),
+      &ngx_http_collab_protocols },
+
+    { ngx_string("collab_yjs_compact"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_collab_loc_conf_t, yjs_compact),
+      NULL },
+
     { ngx_string("collab_merge"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_enum_slot,
@@ -467,6 +488,17 @@ ngx_http_collab_handler(ngx_http_request_t *r)
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                       "collab: origin not allowed");
         return NGX_HTTP_FORBIDDEN;
+    }
+
+    if (lcf->protocol == NGX_HTTP_COLLAB_PROTOCOL_YJS
+        && (r->method != NGX_HTTP_GET || r->headers_in.upgrade == NULL))
+    {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "collab: a y-websocket location takes WebSocket "
+                      "upgrades only");
+
+        return r->method == NGX_HTTP_GET ? NGX_HTTP_BAD_REQUEST
+                                         : NGX_HTTP_NOT_ALLOWED;
     }
 
     if (r->method == NGX_HTTP_POST) {
@@ -1376,6 +1408,8 @@ ngx_http_collab_create_loc_conf(ngx_conf_t *cf)
     lcf->auth = NGX_CONF_UNSET_UINT;
     lcf->allow_origin = NGX_CONF_UNSET_PTR;
     lcf->max_message = NGX_CONF_UNSET_SIZE;
+    lcf->max_message_set = NGX_CONF_UNSET;
+    lcf->send_queue_set = NGX_CONF_UNSET;
     lcf->max_docs = NGX_CONF_UNSET_UINT;
     lcf->send_queue = NGX_CONF_UNSET_SIZE;
     lcf->presence_rate = NGX_CONF_UNSET_UINT;
@@ -1383,6 +1417,8 @@ ngx_http_collab_create_loc_conf(ngx_conf_t *cf)
     lcf->presence_size = NGX_CONF_UNSET_SIZE;
     lcf->ping = NGX_CONF_UNSET_MSEC;
     lcf->merge = NGX_CONF_UNSET_UINT;
+    lcf->protocol = NGX_CONF_UNSET_UINT;
+    lcf->yjs_compact = NGX_CONF_UNSET;
     lcf->state_max = NGX_CONF_UNSET_SIZE;
     lcf->conflict = NGX_CONF_UNSET_UINT;
     lcf->rate = NGX_CONF_UNSET_UINT;
@@ -1420,6 +1456,18 @@ ngx_http_collab_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_http_collab_merge_limits(prev, conf);
     ngx_http_collab_merge_auth(prev, conf);
 
+    if (conf->enable == 1 && conf->protocol == NGX_HTTP_COLLAB_PROTOCOL_YJS
+        && (conf->merge != NGX_HTTP_COLLAB_MERGE_NONE
+            || conf->conflict != NGX_HTTP_COLLAB_CONFLICT_ACCEPT))
+    {
+        /* Yjs updates are not JSON patches and have no base */
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"collab_protocol y-websocket\" needs "
+                           "\"collab_merge none\" and "
+                           "\"collab_conflict accept\"");
+        return NGX_CONF_ERROR;
+    }
+
     if (ngx_http_collab_check_limits(cf, conf) != NGX_OK
         || ngx_http_collab_check_auth(cf, conf) != NGX_OK
         || ngx_http_collab_check_main(cf, conf) != NGX_OK)
@@ -1446,11 +1494,19 @@ ngx_http_collab_merge_session(ngx_http_collab_loc_conf_t *prev,
     }
 
     ngx_conf_merge_ptr_value(conf->allow_origin, prev->allow_origin, NULL);
-    ngx_conf_merge_size_value(conf->max_message, prev->max_message,
-                              64 * 1024);
+
+    /* set here or above (the http level itself is never merged) */
+    conf->max_message_set = (conf->max_message != NGX_CONF_UNSET_SIZE
+                             || prev->max_message_set == 1
+                             || (prev->max_message_set == NGX_CONF_UNSET
+                                 && prev->max_message
+                                    != NGX_CONF_UNSET_SIZE));
+    conf->send_queue_set = (conf->send_queue != NGX_CONF_UNSET_SIZE
+                            || prev->send_queue_set == 1
+                            || (prev->send_queue_set == NGX_CONF_UNSET
+                                && prev->send_queue != NGX_CONF_UNSET_SIZE));
+
     ngx_conf_merge_uint_value(conf->max_docs, prev->max_docs, 16);
-    ngx_conf_merge_size_value(conf->send_queue, prev->send_queue,
-                              256 * 1024);
     ngx_conf_merge_msec_value(conf->ping, prev->ping, 25000);
     ngx_conf_merge_uint_value(conf->presence_rate, prev->presence_rate, 10);
     ngx_conf_merge_uint_value(conf->presence_max, prev->presence_max, 100);
@@ -1458,6 +1514,34 @@ ngx_http_collab_merge_session(ngx_http_collab_loc_conf_t *prev,
                               1024);
     ngx_conf_merge_uint_value(conf->merge, prev->merge,
                               NGX_HTTP_COLLAB_MERGE_NONE);
+    ngx_conf_merge_uint_value(conf->protocol, prev->protocol,
+                              NGX_HTTP_COLLAB_PROTOCOL_V1);
+
+    /*
+     * A Yjs provider uploads its whole document on every connect, relayed
+     * in base64: larger defaults on a y-websocket location.
+     */
+
+    if (!conf->send_queue_set
+        && conf->protocol == NGX_HTTP_COLLAB_PROTOCOL_YJS)
+    {
+        conf->send_queue = 1024 * 1024;
+
+    } else {
+        ngx_conf_merge_size_value(conf->send_queue, prev->send_queue,
+                                  256 * 1024);
+    }
+
+    if (!conf->max_message_set
+        && conf->protocol == NGX_HTTP_COLLAB_PROTOCOL_YJS)
+    {
+        conf->max_message = conf->send_queue / 2;
+
+    } else {
+        ngx_conf_merge_size_value(conf->max_message, prev->max_message,
+                                  64 * 1024);
+    }
+    ngx_conf_merge_value(conf->yjs_compact, prev->yjs_compact, 0);
     ngx_conf_merge_size_value(conf->state_max, prev->state_max, 64 * 1024);
     ngx_conf_merge_uint_value(conf->conflict, prev->conflict,
                               NGX_HTTP_COLLAB_CONFLICT_ACCEPT);

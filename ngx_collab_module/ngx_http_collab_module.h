@@ -19,6 +19,7 @@
 #include "ngx_http_collab_wsparse.h"
 #include "ngx_http_collab_json.h"
 #include "ngx_http_collab_cursor.h"
+#include "ngx_http_collab_yjsparse.h"
 
 
 #define NGX_HTTP_COLLAB_DOC_MAX           128
@@ -75,6 +76,9 @@
 #define NGX_HTTP_COLLAB_ROLE_EDITOR       3
 #define NGX_HTTP_COLLAB_ROLE_OWNER        4
 
+#define NGX_HTTP_COLLAB_PROTOCOL_V1       0   /* collab.v1 */
+#define NGX_HTTP_COLLAB_PROTOCOL_YJS      1   /* y-websocket */
+
 #define NGX_HTTP_COLLAB_MERGE_NONE        0
 #define NGX_HTTP_COLLAB_MERGE_JSON        1
 
@@ -109,6 +113,7 @@ typedef struct ngx_http_collab_acl_load_s   ngx_http_collab_acl_load_t;
 typedef struct ngx_http_collab_acl_admin_s  ngx_http_collab_acl_admin_t;
 typedef struct ngx_http_collab_get_s        ngx_http_collab_get_t;
 typedef struct ngx_http_collab_metrics_sh_s ngx_http_collab_metrics_sh_t;
+typedef struct ngx_http_collab_yjs_s        ngx_http_collab_yjs_t;
 typedef struct ngx_http_collab_cluster_s    ngx_http_collab_cluster_t;
 
 
@@ -149,11 +154,15 @@ struct ngx_http_collab_main_conf_s {
 
 struct ngx_http_collab_loc_conf_s {
     ngx_flag_t                   enable;
+    ngx_uint_t                   protocol;       /* PROTOCOL_* */
+    ngx_int_t                    yjs_compact;    /* updates, 0: off */
     ngx_http_complex_value_t    *doc;
     ngx_http_complex_value_t    *user;
     ngx_uint_t                   auth;
     ngx_array_t                 *allow_origin;   /* of ngx_str_t */
     size_t                       max_message;
+    ngx_flag_t                   max_message_set; /* here or above */
+    ngx_flag_t                   send_queue_set;
     ngx_uint_t                   max_docs;
     size_t                       send_queue;
     ngx_msec_t                   ping;
@@ -206,6 +215,7 @@ struct ngx_http_collab_msg_s {
     size_t                       ws_len;
     u_char                      *sse;
     size_t                       sse_len;
+    ngx_http_collab_msg_t       *yjs;            /* as a Yjs message */
     ngx_uint_t                   mtype;          /* metrics: MT_* + 1, 0: not
                                                     known yet */
     u_char                       data[1];
@@ -279,6 +289,8 @@ struct ngx_http_collab_doc_s {
     ngx_uint_t                   held;           /* callers walking it */
     ngx_msec_t                   acl_notice;     /* first unapplied notice */
     uint64_t                     presence_seq;   /* highest seen live */
+    uint64_t                     yjs_snap;       /* Yjs snapshot known or
+                                                    asked for here */
 };
 
 
@@ -409,6 +421,7 @@ struct ngx_http_collab_session_s {
     ngx_uint_t                   limit_slot;     /* where it is counted */
 
     ngx_http_collab_get_t       *get;            /* an HTTP read */
+    ngx_http_collab_yjs_t       *yjs;            /* y-websocket */
 
     unsigned                     closing:1;      /* close frame queued */
     unsigned                     close_sent:1;
@@ -420,6 +433,7 @@ struct ngx_http_collab_session_s {
     unsigned                     last_sent:1;
     unsigned                     authenticated:1;
     unsigned                     counted:1;      /* in the user limit */
+    unsigned                     ws_v1:1;        /* collab.v1 offered */
     unsigned                     metric_session:1; /* in collab_sessions */
     ngx_uint_t                   metric_conn;    /* the transport counted in
                                                     collab_connections */
@@ -553,6 +567,22 @@ ngx_int_t ngx_http_collab_get_start(ngx_http_request_t *r,
 void ngx_http_collab_get_done(ngx_http_collab_session_t *s,
     ngx_http_collab_read_t *rd);
 
+/* the y-websocket protocol */
+ngx_int_t ngx_http_collab_yjs_target(ngx_http_request_t *r,
+    ngx_http_collab_loc_conf_t *lcf, ngx_str_t *doc);
+ngx_int_t ngx_http_collab_yjs_init(ngx_http_collab_session_t *s,
+    ngx_str_t *doc);
+void ngx_http_collab_yjs_free(ngx_http_collab_session_t *s);
+void ngx_http_collab_yjs_start(ngx_http_collab_session_t *s);
+void ngx_http_collab_yjs_live(ngx_http_collab_sub_t *sub);
+void ngx_http_collab_yjs_message(ngx_http_collab_session_t *s, u_char *p,
+    size_t len);
+ngx_int_t ngx_http_collab_yjs_send(ngx_http_collab_session_t *s,
+    ngx_http_collab_msg_t *m);
+ngx_int_t ngx_http_collab_yjs_leave(ngx_http_collab_session_t *s,
+    ngx_str_t *json);
+ngx_uint_t ngx_http_collab_yjs_close_code(ngx_uint_t code);
+
 /* protocol */
 ngx_int_t ngx_http_collab_proto_client(ngx_http_collab_session_t *s,
     ngx_http_request_t *r);
@@ -580,6 +610,8 @@ ngx_http_collab_session_t *ngx_http_collab_session_create(
 void ngx_http_collab_session_end(ngx_http_collab_session_t *s);
 void ngx_http_collab_session_cleanup(void *data);
 ngx_int_t ngx_http_collab_session_send(ngx_http_collab_session_t *s,
+    ngx_http_collab_msg_t *m);
+ngx_int_t ngx_http_collab_session_queue(ngx_http_collab_session_t *s,
     ngx_http_collab_msg_t *m);
 ngx_int_t ngx_http_collab_session_send_ctl(ngx_http_collab_session_t *s,
     ngx_uint_t opcode, u_char *data, size_t len);
@@ -639,6 +671,8 @@ ngx_int_t ngx_http_collab_limit_post(ngx_http_collab_session_t *s,
     ngx_uint_t peek, ngx_msec_t *retry);
 ngx_int_t ngx_http_collab_limit_message(ngx_http_collab_session_t *s,
     ngx_uint_t cost, size_t len, ngx_msec_t *retry);
+ngx_int_t ngx_http_collab_limit_ephemeral(ngx_http_collab_session_t *s,
+    uint64_t *excess, ngx_msec_t *last);
 ngx_int_t ngx_http_collab_limit_acquire(ngx_http_collab_session_t *s,
     ngx_str_t *doc, ngx_uint_t *index);
 void ngx_http_collab_limit_release(ngx_uint_t index);
@@ -913,7 +947,7 @@ ngx_int_t ngx_http_collab_store_acl_admin(ngx_http_collab_session_t *s,
 void ngx_http_collab_store_epoch(u_char *epoch);
 size_t ngx_http_collab_key(u_char *buf, ngx_str_t *doc, const char *suffix);
 ngx_int_t ngx_http_collab_store_presence(ngx_http_collab_session_t *s,
-    ngx_str_t *doc, ngx_str_t *entry);
+    u_char *sid, ngx_str_t *doc, ngx_str_t *entry);
 ngx_int_t ngx_http_collab_store_presence_list(ngx_http_collab_session_t *s,
     ngx_str_t *doc, ngx_uint_t max, ngx_uint_t gen);
 ngx_int_t ngx_http_collab_store_presence_leave(ngx_str_t *doc,

@@ -29,6 +29,10 @@ static void ngx_http_collab_presence_flush(ngx_http_collab_session_t *s);
 static int ngx_libc_cdecl ngx_http_collab_presence_sid_cmp(const void *one,
     const void *two);
 static ngx_int_t ngx_http_collab_presence_send(ngx_http_collab_sub_t *sub);
+static ngx_int_t ngx_http_collab_presence_store(ngx_http_collab_session_t *s,
+    ngx_http_collab_session_t *owner, ngx_str_t *doc, u_char *data,
+    size_t len);
+static void ngx_http_collab_presence_final(ngx_http_collab_sub_t *sub);
 static void ngx_http_collab_presence_ask(ngx_http_collab_sub_t *sub);
 static ngx_http_collab_msg_t *ngx_http_collab_presence_build(
     ngx_http_collab_session_t *s, ngx_str_t *doc,
@@ -149,42 +153,21 @@ ngx_http_collab_presence_flush(ngx_http_collab_session_t *s)
 }
 
 
-/* the entry as Redis keeps it: {"session":..,"user":..,"data":..} */
+/*
+ * The entry as Redis keeps it: {"session":..,"user":..,"data":..}, with
+ * "yjs":true before "data" when a y-websocket session wrote it.
+ */
 
 static ngx_int_t
 ngx_http_collab_presence_send(ngx_http_collab_sub_t *sub)
 {
-    u_char                     *p;
-    size_t                      len;
     ngx_int_t                   rc;
-    ngx_str_t                   entry;
     ngx_http_collab_session_t  *s;
 
     s = sub->session;
 
-    len = sizeof("{\"session\":\"\",\"user\":\"\",\"data\":}") - 1
-          + sizeof(s->id) + s->user.len
-          + ngx_escape_json(NULL, s->user.data, s->user.len)
-          + sub->presence_len;
-
-    entry.data = ngx_alloc(len, s->connection->log);
-    if (entry.data == NULL) {
-        return NGX_ERROR;
-    }
-
-    p = ngx_cpymem(entry.data, "{\"session\":\"", 12);
-    p = ngx_cpymem(p, s->id, sizeof(s->id));
-    p = ngx_cpymem(p, "\",\"user\":\"", 10);
-    p = (u_char *) ngx_escape_json(p, s->user.data, s->user.len);
-    p = ngx_cpymem(p, "\",\"data\":", 9);
-    p = ngx_cpymem(p, sub->presence, sub->presence_len);
-    *p++ = '}';
-
-    entry.len = p - entry.data;
-
-    rc = ngx_http_collab_store_presence(s, &sub->doc->node.str, &entry);
-
-    ngx_free(entry.data);
+    rc = ngx_http_collab_presence_store(s, s, &sub->doc->node.str,
+                                        sub->presence, sub->presence_len);
 
     if (rc == NGX_BUSY) {
         /* the session has its share of Redis in flight */
@@ -198,6 +181,52 @@ ngx_http_collab_presence_send(ngx_http_collab_sub_t *sub)
     if (rc == NGX_OK) {
         sub->presence_stored = 1;
     }
+
+    return rc;
+}
+
+
+/* owner: the session whose command it is, NULL for the worker's */
+
+static ngx_int_t
+ngx_http_collab_presence_store(ngx_http_collab_session_t *s,
+    ngx_http_collab_session_t *owner, ngx_str_t *doc, u_char *data,
+    size_t len)
+{
+    u_char     *p;
+    ngx_int_t   rc;
+    ngx_str_t   entry;
+
+    entry.len = sizeof("{\"session\":\"\",\"user\":\"\",\"yjs\":true,"
+                       "\"data\":}") - 1
+                + sizeof(s->id) + s->user.len
+                + ngx_escape_json(NULL, s->user.data, s->user.len) + len;
+
+    entry.data = ngx_alloc(entry.len, s->connection->log);
+    if (entry.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_cpymem(entry.data, "{\"session\":\"", 12);
+    p = ngx_cpymem(p, s->id, sizeof(s->id));
+    p = ngx_cpymem(p, "\",\"user\":\"", 10);
+    p = (u_char *) ngx_escape_json(p, s->user.data, s->user.len);
+    p = ngx_cpymem(p, "\",", 2);
+
+    if (s->yjs) {
+        /* awareness checked by yjs.c: only such data is sent to Yjs */
+        p = ngx_cpymem(p, "\"yjs\":true,", 11);
+    }
+
+    p = ngx_cpymem(p, "\"data\":", 7);
+    p = ngx_cpymem(p, data, len);
+    *p++ = '}';
+
+    entry.len = p - entry.data;
+
+    rc = ngx_http_collab_store_presence(owner, s->id, doc, &entry);
+
+    ngx_free(entry.data);
 
     return rc;
 }
@@ -217,6 +246,10 @@ ngx_http_collab_presence_leave(ngx_http_collab_sub_t *sub)
         return;
     }
 
+    if (sub->session->yjs) {
+        ngx_http_collab_presence_final(sub);
+    }
+
     sub->presence_stored = 0;
 
     (void) ngx_http_collab_store_presence_leave(&sub->doc->node.str,
@@ -224,6 +257,28 @@ ngx_http_collab_presence_leave(ngx_http_collab_sub_t *sub)
                                                 sub->leave_reason
                                                 ? sub->leave_reason
                                                 : "closed");
+}
+
+
+/*
+ * A Yjs client's last presence: its awareness states set to null, which
+ * the others apply before the leave (commands go out in order).  The
+ * worker's command: the session is going.
+ */
+
+static void
+ngx_http_collab_presence_final(ngx_http_collab_sub_t *sub)
+{
+    ngx_str_t  data;
+
+    if (ngx_http_collab_yjs_leave(sub->session, &data) != NGX_OK) {
+        return;
+    }
+
+    (void) ngx_http_collab_presence_store(sub->session, NULL,
+                                          &sub->doc->node.str, data.data,
+                                          data.len);
+    ngx_free(data.data);
 }
 
 

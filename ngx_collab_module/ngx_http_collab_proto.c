@@ -61,6 +61,7 @@ ngx_http_collab_msg_alloc(size_t len)
     m->ws_len = 0;
     m->sse = NULL;
     m->sse_len = 0;
+    m->yjs = NULL;
     m->mtype = 0;
 
     return m;
@@ -77,6 +78,8 @@ ngx_http_collab_msg_release(ngx_http_collab_msg_t *m)
     if (m->sse) {
         ngx_free(m->sse);
     }
+
+    ngx_http_collab_msg_release(m->yjs);
 
     ngx_free(m);
 }

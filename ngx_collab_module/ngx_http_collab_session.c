@@ -379,6 +379,7 @@ ngx_http_collab_session_cleanup(void *data)
     ngx_http_collab_session_cut(s);
     ngx_http_collab_session_free_out(s);
     ngx_http_collab_session_free_buffers(s);
+    ngx_http_collab_yjs_free(s);
 
     ngx_free(s);
 }
@@ -634,13 +635,32 @@ ngx_int_t
 ngx_http_collab_session_send(ngx_http_collab_session_t *s,
     ngx_http_collab_msg_t *m)
 {
+    if (s->closing || s->transport == NGX_HTTP_COLLAB_TRANSPORT_POST
+        || s->transport == NGX_HTTP_COLLAB_TRANSPORT_GET)
+    {
+        return NGX_DECLINED;
+    }
+
+    if (s->yjs) {
+        /* translated: it queues what the client understands */
+        return ngx_http_collab_yjs_send(s, m);
+    }
+
+    return ngx_http_collab_session_queue(s, m);
+}
+
+
+/* a message as it is, framed for the session's transport */
+
+ngx_int_t
+ngx_http_collab_session_queue(ngx_http_collab_session_t *s,
+    ngx_http_collab_msg_t *m)
+{
     u_char                 *p;
     size_t                  len;
     ngx_http_collab_out_t  *out;
 
-    if (s->closing || s->transport == NGX_HTTP_COLLAB_TRANSPORT_POST
-        || s->transport == NGX_HTTP_COLLAB_TRANSPORT_GET)
-    {
+    if (s->closing) {
         return NGX_DECLINED;
     }
 
@@ -914,6 +934,10 @@ ngx_http_collab_session_close(ngx_http_collab_session_t *s, ngx_uint_t code,
 {
     if (s->closing) {
         return;
+    }
+
+    if (s->yjs) {
+        code = ngx_http_collab_yjs_close_code(code);
     }
 
     ngx_log_debug2(NGX_LOG_DEBUG_HTTP, s->connection->log, 0,

@@ -2571,8 +2571,8 @@ ngx_http_collab_store_presence_args(ngx_str_t *doc, const char *fn,
 /* keys: presence, presence:exp; args: channel doc session entry ttl */
 
 ngx_int_t
-ngx_http_collab_store_presence(ngx_http_collab_session_t *s, ngx_str_t *doc,
-    ngx_str_t *entry)
+ngx_http_collab_store_presence(ngx_http_collab_session_t *s, u_char *sid,
+    ngx_str_t *doc, ngx_str_t *entry)
 {
     u_char                  kpres[NGX_HTTP_COLLAB_KEY_MAX];
     u_char                  kexp[NGX_HTTP_COLLAB_KEY_MAX];
@@ -2591,8 +2591,8 @@ ngx_http_collab_store_presence(ngx_http_collab_session_t *s, ngx_str_t *doc,
 
     ngx_http_collab_store_presence_args(doc, "collab_presence", argv,
                                         argvlen, kpres, kexp, chan);
-    argv[7] = (char *) s->id;
-    argvlen[7] = sizeof(s->id);
+    argv[7] = (char *) sid;
+    argvlen[7] = 16;
     argv[8] = (char *) entry->data;
     argvlen[8] = entry->len;
     argv[9] = (char *) ttl;

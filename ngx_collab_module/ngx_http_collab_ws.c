@@ -31,6 +31,8 @@ static ngx_int_t ngx_http_collab_ws_accept(ngx_http_request_t *r,
     ngx_str_t *key);
 static ngx_int_t ngx_http_collab_ws_header(ngx_http_request_t *r,
     ngx_str_t *key, ngx_str_t *value);
+static ngx_int_t ngx_http_collab_ws_first(ngx_http_request_t *r,
+    ngx_str_t *list, ngx_str_t *name);
 static void ngx_http_collab_ws_switch(ngx_http_request_t *r,
     ngx_http_collab_session_t *s);
 static ngx_int_t ngx_http_collab_ws_pending(ngx_http_collab_session_t *s,
@@ -98,6 +100,7 @@ ngx_http_collab_ws_handshake(ngx_http_request_t *r,
 {
     ngx_int_t                   rc, since;
     ngx_str_t                   key, doc, epoch;
+    ngx_table_elt_t            *proto;
     ngx_http_collab_session_t  *s;
 
     rc = ngx_http_collab_ws_check(r, &key);
@@ -110,7 +113,27 @@ ngx_http_collab_ws_handshake(ngx_http_request_t *r,
         return rc;
     }
 
-    rc = ngx_http_collab_ws_target(r, lcf, &doc, &since, &epoch);
+    since = -1;
+    ngx_str_null(&epoch);
+
+    proto = ngx_http_collab_header(r, "Sec-WebSocket-Protocol", 22);
+
+    if (lcf->protocol == NGX_HTTP_COLLAB_PROTOCOL_YJS
+        && proto && ngx_http_collab_ws_token(&proto->value, "collab.v1", 9))
+    {
+        /* a collab.v1 client: it would get binary Yjs messages */
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "collab: a client offering collab.v1 at a "
+                      "y-websocket location");
+        return NGX_HTTP_BAD_REQUEST;
+    }
+
+    if (lcf->protocol == NGX_HTTP_COLLAB_PROTOCOL_YJS) {
+        rc = ngx_http_collab_yjs_target(r, lcf, &doc);
+
+    } else {
+        rc = ngx_http_collab_ws_target(r, lcf, &doc, &since, &epoch);
+    }
 
     if (rc != NGX_OK) {
         return rc;
@@ -120,6 +143,14 @@ ngx_http_collab_ws_handshake(ngx_http_request_t *r,
                                        NGX_HTTP_COLLAB_TRANSPORT_WS, &rc);
     if (s == NULL) {
         return rc;
+    }
+
+    if (lcf->protocol == NGX_HTTP_COLLAB_PROTOCOL_YJS) {
+        rc = ngx_http_collab_yjs_init(s, &doc);
+
+        if (rc != NGX_OK) {
+            return rc;
+        }
     }
 
     s->parser = ngx_alloc(sizeof(ngx_http_collab_ws_parser_t),
@@ -146,9 +177,16 @@ ngx_http_collab_ws_handshake(ngx_http_request_t *r,
         return rc;
     }
 
+    s->ws_v1 = (proto
+                && ngx_http_collab_ws_token(&proto->value, "collab.v1", 9));
+
     ngx_http_collab_ws_switch(r, s);
 
-    if (s->authenticated) {
+    if (s->yjs) {
+        ngx_http_collab_yjs_start(s);
+        ngx_http_collab_session_authenticated(s);
+
+    } else if (s->authenticated) {
         ngx_http_collab_session_welcome(s);
         ngx_http_collab_session_authenticated(s);
 
@@ -279,10 +317,11 @@ ngx_http_collab_ws_target(ngx_http_request_t *r,
 static ngx_int_t
 ngx_http_collab_ws_accept(ngx_http_request_t *r, ngx_str_t *key)
 {
-    ngx_str_t         accept, digest;
-    ngx_sha1_t        sha1;
-    ngx_table_elt_t  *proto;
-    u_char            hash[20];
+    ngx_str_t                    accept, digest;
+    ngx_sha1_t                   sha1;
+    ngx_table_elt_t             *proto;
+    ngx_http_collab_loc_conf_t  *lcf;
+    u_char                       hash[20];
 
     static ngx_str_t  upgrade = ngx_string("Upgrade");
     static ngx_str_t  websocket = ngx_string("websocket");
@@ -321,11 +360,52 @@ ngx_http_collab_ws_accept(ngx_http_request_t *r, ngx_str_t *key)
 
     proto = ngx_http_collab_header(r, "Sec-WebSocket-Protocol", 22);
 
-    if (proto && ngx_http_collab_ws_token(&proto->value, "collab.v1", 9)) {
+    if (proto == NULL) {
+        return NGX_OK;
+    }
+
+    lcf = ngx_http_get_module_loc_conf(r, ngx_http_collab_module);
+
+    if (lcf->protocol == NGX_HTTP_COLLAB_PROTOCOL_YJS) {
+        /* y-websocket names none of its own: the first offered is taken */
+        return ngx_http_collab_ws_first(r, &proto->value, &sec_proto);
+    }
+
+    if (ngx_http_collab_ws_token(&proto->value, "collab.v1", 9)) {
         return ngx_http_collab_ws_header(r, &sec_proto, &collab_v1);
     }
 
     return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_collab_ws_first(ngx_http_request_t *r, ngx_str_t *list,
+    ngx_str_t *name)
+{
+    u_char     *p, *last;
+    ngx_str_t   value;
+
+    p = list->data;
+    last = p + list->len;
+
+    while (p < last && (*p == ' ' || *p == '\t' || *p == ',')) {
+        p++;
+    }
+
+    value.data = p;
+
+    while (p < last && *p != ',' && *p != ' ' && *p != '\t') {
+        p++;
+    }
+
+    value.len = p - value.data;
+
+    if (value.len == 0) {
+        return NGX_OK;
+    }
+
+    return ngx_http_collab_ws_header(r, name, &value);
 }
 
 
@@ -733,11 +813,33 @@ ngx_http_collab_ws_process(ngx_http_collab_session_t *s, u_char *pos,
             return NGX_OK;
 
         case NGX_HTTP_COLLAB_WS_MSG_START:
-            if (p->opcode == NGX_HTTP_COLLAB_WS_OP_BINARY && !s->closing) {
+            if (s->closing) {
+                /* nothing more is read */
+
+            } else if (s->yjs && p->opcode != NGX_HTTP_COLLAB_WS_OP_BINARY) {
                 s->shutdown = 1;
                 ngx_http_collab_session_close(s, 1003,
-                                              "binary messages are not "
+                                              "text messages are not "
                                               "supported");
+
+            } else if (!s->yjs && p->opcode == NGX_HTTP_COLLAB_WS_OP_BINARY) {
+                s->shutdown = 1;
+
+                if (s->ws_v1) {
+                    ngx_http_collab_session_close(s, 1003,
+                                                  "binary messages are not "
+                                                  "supported");
+
+                } else {
+                    /*
+                     * Most likely a y-websocket provider (it offers no
+                     * subprotocol and sends a binary step 1 at once):
+                     * 4400 ends it instead of its endless retries.
+                     */
+                    ngx_http_collab_session_close(s, 4400,
+                                                  "use a y-websocket "
+                                                  "location");
+                }
             }
 
             s->msg_len = 0;
@@ -808,8 +910,14 @@ static ngx_int_t
 ngx_http_collab_ws_message(ngx_http_collab_session_t *s, u_char *pos,
     u_char *last)
 {
-    ngx_http_collab_proto_handle(s, s->msg, s->msg_len,
-                                 NGX_HTTP_COLLAB_NO_SLOT);
+    if (s->yjs) {
+        ngx_http_collab_yjs_message(s, s->msg, s->msg_len);
+
+    } else {
+        ngx_http_collab_proto_handle(s, s->msg, s->msg_len,
+                                     NGX_HTTP_COLLAB_NO_SLOT);
+    }
+
     s->msg_len = 0;
 
     /* an idle session keeps no message buffer */
