@@ -1,0 +1,173 @@
+#!/usr/bin/perl
+
+# Redis Cluster faults (3 primaries + 3 replicas, one worker):
+# - the seed the worker asks for the slot map stops answering (SIGSTOP)
+#   while a primary fails over: the map connection times out and goes to
+#   the next seed, so the worker learns the new primary;
+# - a slot stuck half-migrated (TRYAGAIN past the resend bound): the write
+#   is refused as "unavailable" (the client retries), never "internal".
+
+use strict;
+use warnings;
+
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use Test::More;
+use Time::HiRes qw(time);
+use Collab::Test;
+
+my $t = Collab::Test->new(timeout => 150);
+
+my @nodes = $t->redis_cluster(primaries => 3, replicas => 1, node_timeout => 2000);
+my %port = map { $_ => $t->node_port($_) } @nodes;
+my %by_port = reverse %port;
+
+# CLUSTER NODES: who is a primary, whose replica is who (once gossiped)
+my (%primary_of, @primaries);
+Collab::Test::wait_until(sub {
+    my (%id, @lines);
+    (%primary_of, @primaries) = ();
+    for my $n (@nodes) {
+        %id = ();
+        @lines = split /\r?\n/, $t->redis_at($port{$n}, 'CLUSTER', 'NODES');
+        for my $line (@lines) {
+            my ($nid, $addr) = split / /, $line;
+            my ($p) = $addr =~ /:(\d+)/;
+            $id{$nid} = $by_port{$p};
+        }
+        for my $line (@lines) {
+            my ($nid, $addr, $flags, $master) = split / /, $line;
+            if ($master eq '-') {
+                push @primaries, $id{$nid};
+            } else {
+                $primary_of{ $id{$nid} } = $id{$master};
+            }
+        }
+        return 0 unless @primaries == 3 && keys %primary_of == 3;
+        (%primary_of, @primaries) = () unless $n eq $nodes[-1];
+    }
+    return 1;
+}, 30);
+is(scalar @primaries, 3, '3 primaries, each with a replica');
+
+# the owner of a slot, asked of one node
+sub owner_at {
+    my ($node, $slot) = @_;
+    my ($r) = $t->redis_at_try($port{$node}, 'CLUSTER', 'SLOTS');
+    return undef unless ref $r;
+    for my $range (@$r) {
+        return $by_port{ $range->[2][1] }
+            if $slot >= $range->[0] && $slot <= $range->[1];
+    }
+    return undef;
+}
+
+my %slot_cache;
+sub slot_of {
+    $slot_cache{ $_[0] } //= $t->redis_at($port{ $primaries[0] }, 'CLUSTER', 'KEYSLOT',
+                                          "collab:{$_[0]}:log");
+}
+
+# a document on each primary
+my %doc_on;
+for my $i (1 .. 200) {
+    my $o = owner_at($primaries[0], slot_of("fd$i"));
+    $doc_on{$o} //= "fd$i";
+    last if keys %doc_on == 3;
+}
+
+# the victim; the map seed is the replica of another primary (no vote)
+my $victim = $primaries[0];
+my ($seed) = grep { $primary_of{$_} && $primary_of{$_} ne $victim } sort keys %primary_of;
+my @seeds = ($seed, grep { $_ ne $seed } @nodes);
+my $SEEDS = join ',', map { "127.0.0.1:$port{$_}" } @seeds;
+
+$t->write_nginx_conf(<<"EOF", workers => 1);
+    collab_redis cluster:$SEEDS timeout=1s;
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        location = /collab { collab; collab_rate off; }
+    }
+EOF
+$t->start_nginx;
+
+my $ws;
+Collab::Test::wait_until(sub { $ws = eval { $t->ws_session } }, 20);
+
+# sends a delta until it is acked; the nack codes it got
+sub write_until_acked {
+    my ($doc, $id, $secs) = @_;
+    my %codes;
+    my $next = 0;
+    my $acked = Collab::Test::wait_until(sub {
+        if (time >= $next) {
+            $ws->send_json({ type => 'delta', doc => $doc, id => $id, data => 1 });
+            $next = time + 1e9;
+        }
+        for my $m ($ws->collect(0.02)) {
+            next unless ($m->{id} // '') eq $id;
+            return 1 if $m->{type} eq 'ack';
+            if ($m->{type} eq 'nack') {
+                $codes{ $m->{code} }++;
+                $next = time + 0.3;
+            }
+        }
+        return 0;
+    }, $secs);
+    return ($acked, \%codes);
+}
+
+my $vdoc = $doc_on{$victim};
+ok((write_until_acked($vdoc, 'before', 20))[0], "a delta on $vdoc ($victim) acked");
+
+# --- the map seed stops answering, then the victim dies
+$t->kill_node($seed, 'STOP');
+$t->idle(1.5);    # the next CLUSTER SLOTS is sent to the stopped seed
+$t->kill_node($victim, 'KILL');
+
+my $live = (grep { $_ ne $victim && $_ ne $seed } @primaries)[0];
+my $slot = slot_of($vdoc);
+ok(Collab::Test::wait_until(sub {
+    my $o = owner_at($live, $slot);
+    return $o && $o ne $victim;
+}, 40), "the replica of $victim is promoted");
+
+my ($acked, $codes) = write_until_acked($vdoc, 'after', 20);
+ok($acked, 'a delta on its document is acked on the new primary '
+   . '(the worker left the stopped seed for the next one)')
+    or diag explain $codes;
+like($t->error_log, qr/the slot map timed out/, 'the map connection timed out');
+
+$t->kill_node($seed, 'CONT');
+
+# --- TRYAGAIN past the bound: "unavailable", not "internal"
+{
+    my $doc = $doc_on{$live};
+    ok((write_until_acked($doc, 'mig-0', 20))[0], "a delta on $doc ($live) acked");
+    my $s = slot_of($doc);
+    my ($dst) = grep { $_ ne $victim && $_ ne $live } @primaries;
+    my $dst_id = $t->redis_at($port{$dst}, 'CLUSTER', 'MYID');
+    my $src_id = $t->redis_at($port{$live}, 'CLUSTER', 'MYID');
+    $t->redis_at($port{$dst}, 'CLUSTER', 'SETSLOT', $s, 'IMPORTING', $src_id);
+    $t->redis_at($port{$live}, 'CLUSTER', 'SETSLOT', $s, 'MIGRATING', $dst_id);
+    # one key of the document moves, the others stay: TRYAGAIN
+    $t->redis_at($port{$live}, 'MIGRATE', '127.0.0.1', $port{$dst}, "collab:{$doc}:log",
+                 0, 5000);
+    my $code;
+    ok(Collab::Test::wait_until(sub {
+        $ws->send_json({ type => 'delta', doc => $doc, id => 'mig-1', data => 1 })
+            unless $code;
+        for my $m ($ws->collect(0.05)) {
+            $code = $m->{code} if ($m->{id} // '') eq 'mig-1' && $m->{type} eq 'nack';
+            $code = 'acked' if ($m->{id} // '') eq 'mig-1' && $m->{type} eq 'ack';
+        }
+        return defined $code;
+    }, 20), 'the write during a stuck migration is answered');
+    is($code, 'unavailable', '... with nack unavailable (TRYAGAIN past the bound)');
+    like($t->error_log, qr/TRYAGAIN, the command waits/, '... after waiting');
+}
+
+$ws->close(1000);
+$t->allow_log(qr/redis|cluster|slot|TRYAGAIN/i);
+$t->done;
+done_testing;
