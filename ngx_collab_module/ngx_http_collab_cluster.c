@@ -74,6 +74,7 @@ typedef struct {
     ngx_http_collab_redis_t      cmd;
     ngx_http_collab_redis_t      sub;
     unsigned                     used:1;         /* in the last map */
+    unsigned                     seen:1;         /* in the map being read */
     unsigned                     started:1;
 } ngx_http_collab_cluster_node_t;
 
@@ -113,6 +114,8 @@ static void ngx_http_collab_cluster_apply(ngx_http_collab_cluster_t *cl);
 static ngx_http_collab_cluster_node_t *ngx_http_collab_cluster_node(
     ngx_http_collab_cluster_t *cl, u_char *host, size_t len, ngx_int_t port,
     ngx_uint_t add);
+static ngx_uint_t ngx_http_collab_cluster_idle(ngx_http_collab_cluster_t *cl,
+    ngx_http_collab_cluster_node_t *node);
 static ngx_uint_t ngx_http_collab_cluster_slot(u_char *p, size_t len);
 
 
@@ -375,24 +378,29 @@ ngx_http_collab_cluster_slots_reply(redisAsyncContext *ac, void *r,
     ngx_memzero(cl->next, NGX_HTTP_COLLAB_CLUSTER_SLOTS);
 
     for (i = 0; i < cl->nnodes; i++) {
-        cl->nodes[i].used = 0;
+        cl->nodes[i].seen = 0;
     }
 
     for (i = 0; i < reply->elements; i++) {
         if (ngx_http_collab_cluster_range(cl, reply->element[i], rc)
-            != NGX_OK)
+            == NGX_ERROR)
         {
             ngx_log_error(NGX_LOG_ERR, rc->log, 0,
                           "collab: redis node \"%V\" sent an invalid slot "
-                          "map, or more than %d primaries", &rc->addr,
-                          NGX_HTTP_COLLAB_CLUSTER_NODES);
-            break;
+                          "map, the previous one is kept", &rc->addr);
+            return;
         }
+    }
+
+    for (i = 0; i < cl->nnodes; i++) {
+        cl->nodes[i].used = cl->nodes[i].seen;
     }
 
     ngx_http_collab_cluster_apply(cl);
 }
 
+
+/* NGX_DECLINED: a primary that cannot be used, its slots are not served */
 
 static ngx_int_t
 ngx_http_collab_cluster_range(ngx_http_collab_cluster_t *cl,
@@ -435,10 +443,16 @@ ngx_http_collab_cluster_range(ngx_http_collab_cluster_t *cl,
     node = ngx_http_collab_cluster_node(cl, host, len,
                                         primary->element[1]->integer, 1);
     if (node == NULL) {
-        return NGX_ERROR;
+        ngx_log_error(NGX_LOG_ERR, rc->log, 0,
+                      "collab: redis cluster primary \"%*s:%L\" skipped "
+                      "(not an IP address, or more than %d primaries): "
+                      "slots %L-%L not served", len, host,
+                      primary->element[1]->integer,
+                      NGX_HTTP_COLLAB_CLUSTER_NODES, start, end);
+        return NGX_DECLINED;
     }
 
-    node->used = 1;
+    node->seen = 1;
 
     for (s = start; s <= end; s++) {
         cl->next[s] = (u_char) (node - cl->nodes + 1);
@@ -557,22 +571,98 @@ ngx_http_collab_cluster_node(ngx_http_collab_cluster_t *cl, u_char *host,
         }
     }
 
-    if (!add || cl->nnodes == NGX_HTTP_COLLAB_CLUSTER_NODES) {
+    if (!add) {
         return NULL;
     }
 
-    node = &cl->nodes[cl->nnodes];
+    if (cl->nnodes < NGX_HTTP_COLLAB_CLUSTER_NODES) {
+        node = &cl->nodes[cl->nnodes];
+
+    } else {
+        /* an entry of a former primary, left by every reference */
+
+        for (i = 0; i < cl->nnodes; i++) {
+            if (ngx_http_collab_cluster_idle(cl, &cl->nodes[i])) {
+                break;
+            }
+        }
+
+        if (i == cl->nnodes) {
+            return NULL;
+        }
+
+        node = &cl->nodes[i];
+    }
 
     if (ngx_http_collab_addr_set(&node->addr, host, len, port) != NGX_OK) {
         return NULL;
     }
 
-    cl->nnodes++;
+    if (node == &cl->nodes[cl->nnodes]) {
+        cl->nnodes++;
 
-    node->cmd.node = cl->nnodes;
-    node->sub.node = cl->nnodes;
+    } else {
+        ngx_log_error(NGX_LOG_INFO, cl->map.log, 0,
+                      "collab: redis cluster primary \"%*s\" replaces "
+                      "\"%V\" in the node table", node->addr.text_len,
+                      node->addr.text, &node->cmd.addr);
+
+        ngx_memzero(&node->cmd, sizeof(ngx_http_collab_redis_t));
+        ngx_memzero(&node->sub, sizeof(ngx_http_collab_redis_t));
+        node->started = 0;
+        node->used = 0;
+        node->seen = 0;
+    }
+
+    node->cmd.node = node - cl->nodes + 1;
+    node->sub.node = node - cl->nodes + 1;
 
     return node;
+}
+
+
+/*
+ * Not in the map, disconnected, no timer, no command in flight or parked:
+ * nothing points to its connections (a document's channel ended with the
+ * connection, doc->redis is only read while the channel is followed).
+ */
+
+static ngx_uint_t
+ngx_http_collab_cluster_idle(ngx_http_collab_cluster_t *cl,
+    ngx_http_collab_cluster_node_t *node)
+{
+    ngx_uint_t                i;
+    ngx_queue_t              *q;
+    ngx_http_collab_cmd_t    *cmd;
+    ngx_http_collab_redis_t  *rc;
+
+    if (node->used || node->seen) {
+        return 0;
+    }
+
+    for (i = 0; node->started && i < 2; i++) {
+        rc = i ? &node->sub : &node->cmd;
+
+        if (rc->ac || rc->ninflight || rc->reconnect.timer_set
+            || rc->watchdog.timer_set || rc->heartbeat.timer_set
+            || rc->kick.posted)
+        {
+            return 0;
+        }
+    }
+
+    for (q = ngx_queue_head(&cl->again);
+         q != ngx_queue_sentinel(&cl->again);
+         q = ngx_queue_next(q))
+    {
+        cmd = ngx_queue_data(q, ngx_http_collab_cmd_t, redis_link);
+
+        if (cmd->rc == &node->cmd) {
+            return 0;
+        }
+    }
+
+    return 1;
 }
 
 
