@@ -5,7 +5,11 @@
 #   while a primary fails over: the map connection times out and goes to
 #   the next seed, so the worker learns the new primary;
 # - a slot stuck half-migrated (TRYAGAIN past the resend bound): the write
-#   is refused as "unavailable" (the client retries), never "internal".
+#   is refused as "unavailable" (the client retries), never "internal";
+# - a primary cut off from the cluster but not from nginx (it forgets the
+#   other nodes) while its replica takes over: the channel its members
+#   follow moves to the new primary with the map, so they get the deltas
+#   acked there.
 
 use strict;
 use warnings;
@@ -79,7 +83,10 @@ for my $i (1 .. 200) {
 # the victim; the map seed is the replica of another primary (no vote)
 my $victim = $primaries[0];
 my ($seed) = grep { $primary_of{$_} && $primary_of{$_} ne $victim } sort keys %primary_of;
-my @seeds = ($seed, grep { $_ ne $seed } @nodes);
+my $live = (grep { $_ ne $victim } @primaries)[0];
+my $third = (grep { $_ ne $victim && $_ ne $live } @primaries)[0];
+# after the stopped seed, the map comes from $live; $third is never a seed
+my @seeds = ($seed, $live, grep { $_ ne $seed && $_ ne $live && $_ ne $third } @nodes);
 my $SEEDS = join ',', map { "127.0.0.1:$port{$_}" } @seeds;
 
 $t->write_nginx_conf(<<"EOF", workers => 1);
@@ -125,7 +132,6 @@ $t->kill_node($seed, 'STOP');
 $t->idle(1.5);    # the next CLUSTER SLOTS is sent to the stopped seed
 $t->kill_node($victim, 'KILL');
 
-my $live = (grep { $_ ne $victim && $_ ne $seed } @primaries)[0];
 my $slot = slot_of($vdoc);
 ok(Collab::Test::wait_until(sub {
     my $o = owner_at($live, $slot);
@@ -145,7 +151,7 @@ $t->kill_node($seed, 'CONT');
     my $doc = $doc_on{$live};
     ok((write_until_acked($doc, 'mig-0', 20))[0], "a delta on $doc ($live) acked");
     my $s = slot_of($doc);
-    my ($dst) = grep { $_ ne $victim && $_ ne $live } @primaries;
+    my $dst = $third;
     my $dst_id = $t->redis_at($port{$dst}, 'CLUSTER', 'MYID');
     my $src_id = $t->redis_at($port{$live}, 'CLUSTER', 'MYID');
     $t->redis_at($port{$dst}, 'CLUSTER', 'SETSLOT', $s, 'IMPORTING', $src_id);
@@ -165,6 +171,41 @@ $t->kill_node($seed, 'CONT');
     }, 20), 'the write during a stuck migration is answered');
     is($code, 'unavailable', '... with nack unavailable (TRYAGAIN past the bound)');
     like($t->error_log, qr/TRYAGAIN, the command waits/, '... after waiting');
+}
+
+# --- a primary cut off from the cluster, not from nginx: its replica takes
+# over; the channel followed on the old primary moves to the new one
+{
+    $t->redis_at($port{$live}, 'CLUSTER', 'SETSLOT', slot_of($doc_on{$live}), 'STABLE');
+    $t->redis_at($port{$third}, 'CLUSTER', 'SETSLOT', slot_of($doc_on{$live}), 'STABLE');
+    my $doc = $doc_on{$third};
+    my $s = slot_of($doc);
+    my ($rep) = grep { $primary_of{$_} eq $third } keys %primary_of;
+    my $sub;
+    Collab::Test::wait_until(sub { $sub = eval { $t->ws_session } }, 20);
+    is($t->subscribe($sub, $doc)->{type}, 'subscribed', "a member follows $doc ($third)");
+    ok((write_until_acked($doc, 'cut-1', 20))[0], "a delta on $doc acked");
+    ok($sub->wait_for(sub { $_[0]{type} eq 'delta' && $_[0]{id} eq 'cut-1' }, 10),
+       '... and delivered');
+    $t->redis_at($port{$third}, 'WAIT', 1, 5000);
+
+    # $third forgets every other node (for 60 s): it keeps its slots
+    for my $line (split /\r?\n/, $t->redis_at($port{$third}, 'CLUSTER', 'NODES')) {
+        my ($nid, undef, $flags) = split / /, $line;
+        next if $flags =~ /myself/;
+        $t->redis_at_try($port{$third}, 'CLUSTER', 'FORGET', $nid);
+    }
+    $t->redis_at($port{$rep}, 'CLUSTER', 'FAILOVER', 'TAKEOVER');
+    ok(Collab::Test::wait_until(sub { (owner_at($live, $s) // '') eq $rep }, 20),
+       "$rep took over the slots of $third");
+    is(owner_at($third, $s), $third, "... while $third still serves them");
+
+    my ($acked, $codes) = write_until_acked($doc, 'cut-2', 20);
+    ok($acked, "a delta on $doc acked on $rep") or diag explain $codes;
+    ok($sub->wait_for(sub { $_[0]{type} eq 'delta' && $_[0]{id} eq 'cut-2' }, 15),
+       '... and delivered to the member (its channel followed the map)');
+    like($t->error_log, qr/the map moved "collab:\{\Q$doc\E\}"/, '... as the log says');
+    $sub->close(1000);
 }
 
 $ws->close(1000);
