@@ -56,7 +56,15 @@
  * the connection ends: the connection is rebuilt after 65536 of them.
  * When a reshard moves the slot away, Redis sends "sunsubscribe": the
  * document leaves that node (UNSUBSCRIBE), its members catch up from the
- * log, and it subscribes on the new owner once the map names it.
+ * log, and it subscribes on the new owner once the map names it.  A node
+ * that does not know it lost the slot (cut off from the cluster) sends
+ * nothing: a map, or a MOVED to SSUBSCRIBE, that names another owner
+ * makes the document leave it the same way (doc_redis_follow).
+ *
+ * Node table.  An entry lives as long as the worker (documents and
+ * commands point to its connections); one of a primary that left the map,
+ * disconnected and no longer referenced, is reused for a new primary.
+ * Node addresses must be IPs: CLUSTER SLOTS and MOVED name them as such.
  */
 
 
