@@ -108,7 +108,7 @@ static void ngx_http_collab_cluster_soon_handler(ngx_event_t *ev);
 static void ngx_http_collab_cluster_again_handler(ngx_event_t *ev);
 static ngx_int_t ngx_http_collab_cluster_resend(ngx_http_collab_redis_t *rc,
     ngx_http_collab_cmd_t *cmd);
-static ngx_int_t ngx_http_collab_cluster_parse(redisReply *reply,
+static ngx_int_t ngx_http_collab_cluster_parse(u_char *p, size_t len,
     ngx_uint_t *ask, ngx_str_t *host, ngx_int_t *port);
 static ngx_int_t ngx_http_collab_cluster_park(ngx_http_collab_cluster_t *cl,
     ngx_http_collab_redis_t *rc, ngx_http_collab_cmd_t *cmd);
@@ -740,20 +740,19 @@ ngx_http_collab_cluster_sent(ngx_http_collab_cmd_t *cmd)
 /* "MOVED slot host:port", "ASK slot host:port": the slot, NGX_ERROR */
 
 static ngx_int_t
-ngx_http_collab_cluster_parse(redisReply *reply, ngx_uint_t *ask,
+ngx_http_collab_cluster_parse(u_char *p, size_t len, ngx_uint_t *ask,
     ngx_str_t *host, ngx_int_t *port)
 {
-    u_char     *p, *last, *colon, *sp;
+    u_char     *last, *colon, *sp;
     ngx_int_t   slot;
 
-    p = (u_char *) reply->str;
-    last = p + reply->len;
+    last = p + len;
 
-    if (reply->len > 6 && ngx_strncmp(p, "MOVED ", 6) == 0) {
+    if (len > 6 && ngx_strncmp(p, "MOVED ", 6) == 0) {
         *ask = 0;
         p += 6;
 
-    } else if (reply->len > 4 && ngx_strncmp(p, "ASK ", 4) == 0) {
+    } else if (len > 4 && ngx_strncmp(p, "ASK ", 4) == 0) {
         *ask = 1;
         p += 4;
 
@@ -821,7 +820,8 @@ ngx_http_collab_cluster_redirect(ngx_http_collab_cmd_t *cmd,
         return ngx_http_collab_cluster_park(cl, cmd->rc, cmd);
     }
 
-    slot = ngx_http_collab_cluster_parse(reply, &ask, &host, &port);
+    slot = ngx_http_collab_cluster_parse((u_char *) reply->str, reply->len,
+                                         &ask, &host, &port);
     if (slot == NGX_ERROR) {
         return NGX_DECLINED;
     }
@@ -1039,11 +1039,13 @@ ngx_http_collab_cluster_lock(ngx_http_collab_redis_t *rc, u_char *buf)
 
 
 /*
- * An SSUBSCRIBE or SUNSUBSCRIBE refused.  hiredis hands the error to the
- * oldest such command's callback, whichever failed: so only the reply
- * tells.  MOVED: the slot's documents follow its owner, the connection
- * stays (a MOVED to SUNSUBSCRIBE finds its document leaving already).
- * Anything else: the connection is rebuilt, its channels follow the map.
+ * An SSUBSCRIBE or SUNSUBSCRIBE refused.  hiredis 0.14 never calls this
+ * with an error: an error reply on a subscribed connection ends it (see
+ * ngx_http_collab_cluster_moved()).  A library that hands the error to
+ * the oldest such command's callback, whichever failed, would: then only
+ * the reply tells.  MOVED: the slot's documents follow its owner, the
+ * connection stays (a MOVED to SUNSUBSCRIBE finds its document leaving
+ * already).  Anything else: the connection is rebuilt.
  */
 
 void
@@ -1052,37 +1054,17 @@ ngx_http_collab_cluster_shard_reply(redisAsyncContext *ac, void *r,
 {
     ngx_http_collab_redis_t *rc = data;
 
-    ngx_str_t                        host;
-    ngx_int_t                        slot, port;
-    ngx_uint_t                       ask;
-    redisReply                      *reply;
-    ngx_http_collab_cluster_t       *cl;
-    ngx_http_collab_cluster_node_t  *node;
+    redisReply  *reply;
 
     reply = r;
-    cl = ngx_http_collab_worker->cluster;
 
-    if (reply == NULL || reply->type != REDIS_REPLY_ERROR || cl == NULL) {
+    if (reply == NULL || reply->type != REDIS_REPLY_ERROR) {
         return;
     }
 
-    ngx_http_collab_cluster_refresh();
-
-    slot = ngx_http_collab_cluster_parse(reply, &ask, &host, &port);
-
-    if (slot != NGX_ERROR && !ask) {
-        node = ngx_http_collab_cluster_node(cl, host.data, host.len, port, 0);
-
-        if (node && node->used) {
-            ngx_log_error(NGX_LOG_INFO, rc->log, 0,
-                          "collab: redis %s connection to \"%V\": a sharded "
-                          "subscription was redirected: %s", rc->name,
-                          &rc->addr, reply->str);
-
-            cl->slots[slot] = (u_char) (node - cl->nodes + 1);
-            ngx_http_collab_doc_redis_follow();
-            return;
-        }
+    if (ngx_http_collab_cluster_moved(rc, reply->str) == NGX_OK) {
+        ngx_http_collab_doc_redis_follow();
+        return;
     }
 
     ngx_log_error(NGX_LOG_WARN, rc->log, 0,
@@ -1095,6 +1077,54 @@ ngx_http_collab_cluster_shard_reply(redisAsyncContext *ac, void *r,
     if (!(ac->c.flags & REDIS_DISCONNECTING)) {
         redisAsyncDisconnect(ac);
     }
+}
+
+
+/*
+ * A subscriber connection got "MOVED slot host:port" (hiredis 0.14 ends
+ * the connection on it): the slot goes to the named primary now, so the
+ * channels subscribed again after the reconnect go there, not to the
+ * same node again until the next map.
+ */
+
+ngx_int_t
+ngx_http_collab_cluster_moved(ngx_http_collab_redis_t *rc, const char *err)
+{
+    ngx_str_t                        host;
+    ngx_int_t                        slot, port;
+    ngx_uint_t                       ask;
+    ngx_http_collab_cluster_t       *cl;
+    ngx_http_collab_cluster_node_t  *node;
+
+    cl = ngx_http_collab_worker->cluster;
+
+    if (cl == NULL || err == NULL) {
+        return NGX_DECLINED;
+    }
+
+    slot = ngx_http_collab_cluster_parse((u_char *) err, ngx_strlen(err),
+                                         &ask, &host, &port);
+    if (slot == NGX_ERROR || ask) {
+        return NGX_DECLINED;
+    }
+
+    ngx_http_collab_cluster_refresh();
+
+    node = ngx_http_collab_cluster_node(cl, host.data, host.len, port, 0);
+
+    if (node == NULL || !node->used) {
+        /* the map will tell */
+        return NGX_DECLINED;
+    }
+
+    ngx_log_error(NGX_LOG_INFO, rc->log, 0,
+                  "collab: redis %s connection to \"%V\": a sharded "
+                  "subscription was redirected: %s", rc->name, &rc->addr,
+                  err);
+
+    cl->slots[slot] = (u_char) (node - cl->nodes + 1);
+
+    return NGX_OK;
 }
 
 

@@ -802,6 +802,8 @@ ngx_uint_t ngx_http_collab_cluster_node_used(ngx_http_collab_redis_t *rc);
 ngx_int_t ngx_http_collab_cluster_redirect(ngx_http_collab_cmd_t *cmd,
     redisReply *reply);
 ngx_uint_t ngx_http_collab_cluster_unserved(redisReply *reply);
+ngx_int_t ngx_http_collab_cluster_moved(ngx_http_collab_redis_t *rc,
+    const char *err);
 size_t ngx_http_collab_cluster_lock(ngx_http_collab_redis_t *rc,
     u_char *buf);
 void ngx_http_collab_cluster_shard_reply(redisAsyncContext *ac, void *r,

@@ -842,6 +842,11 @@ ngx_http_collab_redis_on_disconnect(const redisAsyncContext *ac, int status)
         ngx_del_timer(&rc->heartbeat);
     }
 
+    if (rc->subscriber && status != REDIS_OK) {
+        /* cluster: a MOVED to SSUBSCRIBE ends the connection */
+        (void) ngx_http_collab_cluster_moved(rc, ac->errstr);
+    }
+
     /*
      * Pending commands and subscriptions were answered with NULL replies
      * before this: their readers wait for ngx_http_collab_doc_redis_ready().

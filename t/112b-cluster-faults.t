@@ -68,7 +68,7 @@ sub owner_at {
 
 my %slot_cache;
 sub slot_of {
-    $slot_cache{ $_[0] } //= $t->redis_at($port{ $primaries[0] }, 'CLUSTER', 'KEYSLOT',
+    $slot_cache{ $_[0] } //= $t->redis_at($port{ $primaries[1] }, 'CLUSTER', 'KEYSLOT',
                                           "collab:{$_[0]}:log");
 }
 
@@ -125,6 +125,14 @@ sub write_until_acked {
 }
 
 my $vdoc = $doc_on{$victim};
+
+# a member of a document (for a connection that must stay)
+sub session_on {
+    my $m;
+    Collab::Test::wait_until(sub { $m = eval { $t->ws_session } }, 20);
+    $t->subscribe($m, $_[0]);
+    return $m;
+}
 ok((write_until_acked($vdoc, 'before', 20))[0], "a delta on $vdoc ($victim) acked");
 
 # --- the map seed stops answering, then the victim dies
@@ -173,6 +181,8 @@ $t->kill_node($seed, 'CONT');
     like($t->error_log, qr/TRYAGAIN, the command waits/, '... after waiting');
 }
 
+my $rep;
+
 # --- a primary cut off from the cluster, not from nginx: its replica takes
 # over; the channel followed on the old primary moves to the new one
 {
@@ -180,7 +190,7 @@ $t->kill_node($seed, 'CONT');
     $t->redis_at($port{$third}, 'CLUSTER', 'SETSLOT', slot_of($doc_on{$live}), 'STABLE');
     my $doc = $doc_on{$third};
     my $s = slot_of($doc);
-    my ($rep) = grep { $primary_of{$_} eq $third } keys %primary_of;
+    ($rep) = grep { $primary_of{$_} eq $third } keys %primary_of;
     my $sub;
     Collab::Test::wait_until(sub { $sub = eval { $t->ws_session } }, 20);
     is($t->subscribe($sub, $doc)->{type}, 'subscribed', "a member follows $doc ($third)");
@@ -206,6 +216,40 @@ $t->kill_node($seed, 'CONT');
        '... and delivered to the member (its channel followed the map)');
     like($t->error_log, qr/the map moved "collab:\{\Q$doc\E\}"/, '... as the log says');
     $sub->close(1000);
+}
+
+# --- SSUBSCRIBE answered MOVED (the map is stale: its seed is stopped):
+# the channel goes to the slot's owner at once
+{
+    my $src = owner_at($rep, slot_of($vdoc));            # the promoted replica
+    my $dst = $rep;
+    my ($doc) = grep { !defined $slot_cache{$_} && (owner_at($rep, slot_of($_)) // '') eq $src }
+        map { "mv$_" } 1 .. 300;
+    my $s = slot_of($doc);
+    my $stay = session_on($vdoc);
+    my $log_before = $t->error_log;
+
+    $t->kill_node($live, 'STOP');       # the map seed: no new map for a second or more
+    my ($src_id, $dst_id) = map { $t->redis_at($port{$_}, 'CLUSTER', 'MYID') } $src, $dst;
+    $t->redis_at($port{$dst}, 'CLUSTER', 'SETSLOT', $s, 'IMPORTING', $src_id);
+    $t->redis_at($port{$src}, 'CLUSTER', 'SETSLOT', $s, 'MIGRATING', $dst_id);
+    $t->redis_at($port{$dst}, 'CLUSTER', 'SETSLOT', $s, 'NODE', $dst_id);
+    $t->redis_at($port{$src}, 'CLUSTER', 'SETSLOT', $s, 'NODE', $dst_id);
+    my $m = eval { $t->ws_session };
+    my $r = $m && $t->subscribe($m, $doc);
+    $t->kill_node($live, 'CONT');
+    is($r && $r->{type}, 'subscribed', "a member follows $doc, whose slot just left $src");
+    ok((write_until_acked($doc, 'mv-1', 20))[0], "a delta on $doc acked");
+    ok($m->wait_for(sub { $_[0]{type} eq 'delta' && $_[0]{id} eq 'mv-1' }, 15),
+       '... and delivered');
+    my $log = substr($t->error_log, length $log_before);
+    like($log, qr/a sharded subscription was redirected/,
+         'SSUBSCRIBE was answered MOVED: the slot goes to its owner at once');
+    # hiredis 0.14 ends a subscribed connection on an error reply: once,
+    # not again and again until the next map
+    my $drops = () = $log =~ /subscriber connection to "[^"]+" lost: MOVED/g;
+    ok($drops <= 1, "the subscriber connection to $src dropped once at most ($drops)");
+    $_->close(1000) for $m, $stay;
 }
 
 $ws->close(1000);
