@@ -40,6 +40,9 @@ static void ngx_http_collab_doc_redis_subscribed(ngx_http_collab_doc_t *doc);
 static void ngx_http_collab_doc_shard_message(ngx_http_collab_doc_t *doc,
     redisReply *kind, redisReply *reply);
 static void ngx_http_collab_doc_members_lost(ngx_http_collab_doc_t *doc);
+static ngx_int_t ngx_http_collab_doc_redis_leave(ngx_http_collab_doc_t *doc,
+    ngx_uint_t shard);
+static void ngx_http_collab_doc_unsubscribed(ngx_http_collab_doc_t *doc);
 static ngx_http_collab_msg_t *ngx_http_collab_doc_shared(u_char *payload,
     size_t len);
 static void ngx_http_collab_doc_deliver(ngx_http_collab_doc_t *doc,
@@ -217,8 +220,11 @@ ngx_http_collab_doc_redis_subscribe(ngx_http_collab_doc_t *doc)
     }
 
     if (rc->nshard >= NGX_HTTP_COLLAB_SHARD_MAX) {
-        /* hiredis's records of S(UN)SUBSCRIBE go with the connection */
-        ngx_http_collab_redis_kick(rc, "too many sharded subscriptions");
+        /*
+         * hiredis's records of S(UN)SUBSCRIBE go with the connection; not
+         * dropped here, we may be inside one of its callbacks
+         */
+        ngx_http_collab_redis_kick_later(rc, "too many sharded subscriptions");
         return;
     }
 
@@ -321,8 +327,13 @@ ngx_http_collab_doc_subscribe(ngx_http_collab_session_t *s, ngx_str_t *name,
         sub->has_epoch = 1;
     }
 
-    if ((!doc->in_redis || doc->unsubscribing) && !doc->moved) {
-        doc->unsubscribing = 0;
+    /*
+     * While our UNSUBSCRIBE is in flight the channel is not subscribed
+     * again: its reply ends hiredis's entry whatever was sent after it.
+     * The reply subscribes again (the document has members now).
+     */
+
+    if (!doc->in_redis) {
         ngx_http_collab_doc_redis_subscribe(doc);
     }
 
@@ -466,10 +477,7 @@ ngx_http_collab_doc_unsubscribe(ngx_http_collab_session_t *s,
 void
 ngx_http_collab_doc_sub_free(ngx_http_collab_sub_t *sub)
 {
-    const char               *argv[2];
-    size_t                    argvlen[2];
-    ngx_http_collab_doc_t    *doc;
-    ngx_http_collab_redis_t  *rc;
+    ngx_http_collab_doc_t  *doc;
 
     if (sub->read) {
         sub->read->sub = NULL;
@@ -505,12 +513,28 @@ ngx_http_collab_doc_sub_free(ngx_http_collab_sub_t *sub)
         return;
     }
 
+    (void) ngx_http_collab_doc_redis_leave(doc, 1);
+}
+
+
+/*
+ * UNSUBSCRIBE (after SUNSUBSCRIBE in a cluster, unless the node ended the
+ * sharded subscription itself); the document stays until its reply.
+ */
+
+static ngx_int_t
+ngx_http_collab_doc_redis_leave(ngx_http_collab_doc_t *doc, ngx_uint_t shard)
+{
+    const char               *argv[2];
+    size_t                    argvlen[2];
+    ngx_http_collab_redis_t  *rc;
+
     rc = doc->redis;
 
     argv[1] = (char *) doc->channel.data;
     argvlen[1] = doc->channel.len;
 
-    if (ngx_http_collab_worker->cluster) {
+    if (ngx_http_collab_worker->cluster && shard) {
         /* before UNSUBSCRIBE, which ends the callback */
 
         argv[0] = "SUNSUBSCRIBE";
@@ -526,11 +550,16 @@ ngx_http_collab_doc_sub_free(ngx_http_collab_sub_t *sub)
     argvlen[0] = 11;
 
     if (ngx_http_collab_redis_raw(rc, NULL, NULL, 2, argv, argvlen)
-        == NGX_OK)
+        != NGX_OK)
     {
-        doc->unsubscribing = 1;
-        doc->subscribed = 0;
+        /* the connection is gone: the NULL reply ends the entry */
+        return NGX_ERROR;
     }
+
+    doc->unsubscribing = 1;
+    doc->subscribed = 0;
+
+    return NGX_OK;
 }
 
 
@@ -584,34 +613,44 @@ ngx_http_collab_doc_message(redisAsyncContext *ac, void *r, void *data)
     }
 
     if (kind->len == 11 && ngx_strncmp(kind->str, "unsubscribe", 11) == 0) {
+        ngx_http_collab_doc_unsubscribed(doc);
+    }
+}
 
-        if (!doc->unsubscribing) {
-            /* a subscribe was sent after this unsubscribe: wait for it */
-            return;
-        }
 
-        doc->unsubscribing = 0;
-        doc->in_redis = 0;
+/* our UNSUBSCRIBE is confirmed: hiredis forgot the channel */
 
-        if (doc->nsubs == 0) {
-            ngx_http_collab_doc_free(doc);
-            return;
-        }
+static void
+ngx_http_collab_doc_unsubscribed(ngx_http_collab_doc_t *doc)
+{
+    ngx_uint_t  moved;
 
-        if (doc->moved
-            && ngx_http_collab_redis_for_doc(&doc->node.str, 1) != doc->redis)
-        {
-            /* the map names the new owner already */
-            doc->moved = 0;
-            ngx_http_collab_doc_redis_subscribe(doc);
-        }
-
-        /* else the next map subscribes it (cluster_apply) */
-
-        doc->moved = 0;
-
+    if (!doc->unsubscribing) {
+        /* not ours (cannot be: one UNSUBSCRIBE at most is in flight) */
         return;
     }
+
+    moved = doc->moved;
+
+    doc->unsubscribing = 0;
+    doc->moved = 0;
+    doc->in_redis = 0;
+    doc->subscribed = 0;
+
+    if (doc->nsubs == 0) {
+        ngx_http_collab_doc_free(doc);
+        return;
+    }
+
+    /* members (again): subscribe, on the new owner after a move */
+
+    if (!moved
+        || ngx_http_collab_redis_for_doc(&doc->node.str, 1) != doc->redis)
+    {
+        ngx_http_collab_doc_redis_subscribe(doc);
+    }
+
+    /* else the next map subscribes it (cluster_apply) */
 }
 
 
@@ -625,8 +664,6 @@ static void
 ngx_http_collab_doc_shard_message(ngx_http_collab_doc_t *doc,
     redisReply *kind, redisReply *reply)
 {
-    const char               *argv[2];
-    size_t                    argvlen[2];
     ngx_http_collab_redis_t  *rc;
 
     if (kind->len == 8 && ngx_strncmp(kind->str, "smessage", 8) == 0) {
@@ -657,22 +694,69 @@ ngx_http_collab_doc_shard_message(ngx_http_collab_doc_t *doc,
 
     ngx_http_collab_cluster_refresh();
 
-    argv[0] = "UNSUBSCRIBE";
-    argvlen[0] = 11;
-    argv[1] = (char *) doc->channel.data;
-    argvlen[1] = doc->channel.len;
+    /* the node ended the sharded subscription: UNSUBSCRIBE only */
 
-    if (ngx_http_collab_redis_raw(rc, NULL, NULL, 2, argv, argvlen)
-        != NGX_OK)
-    {
+    if (ngx_http_collab_doc_redis_leave(doc, 0) != NGX_OK) {
         return;
     }
 
-    doc->unsubscribing = 1;
     doc->moved = 1;
-    doc->subscribed = 0;
 
     ngx_http_collab_doc_members_lost(doc);
+}
+
+
+/*
+ * Cluster: the map names another primary for documents still followed on
+ * their old one (a failover that the old primary, partitioned from the
+ * cluster but not from us, does not know of; a MOVED to SSUBSCRIBE): they
+ * leave it, their members catch up from the log, and the channels are
+ * followed on the new owner once the old one confirms the unsubscribe.
+ */
+
+void
+ngx_http_collab_doc_redis_follow(void)
+{
+    ngx_rbtree_node_t        *node, *root, *sentinel;
+    ngx_http_collab_doc_t    *doc;
+    ngx_http_collab_redis_t  *rc;
+
+    root = ngx_http_collab_worker->docs.root;
+    sentinel = ngx_http_collab_worker->docs.sentinel;
+
+    if (root == sentinel) {
+        return;
+    }
+
+    for (node = ngx_rbtree_min(root, sentinel);
+         node;
+         node = ngx_rbtree_next(&ngx_http_collab_worker->docs, node))
+    {
+        doc = (ngx_http_collab_doc_t *) node;
+
+        if (!doc->in_redis || doc->unsubscribing) {
+            continue;
+        }
+
+        rc = ngx_http_collab_redis_for_doc(&doc->node.str, 1);
+
+        if (rc == doc->redis || rc->node == 0) {
+            /* the same owner, or none yet: stay */
+            continue;
+        }
+
+        ngx_log_error(NGX_LOG_NOTICE, rc->log, 0,
+                      "collab: the map moved \"%V\" from \"%V\" to \"%V\"",
+                      &doc->channel, &doc->redis->addr, &rc->addr);
+
+        if (ngx_http_collab_doc_redis_leave(doc, 1) != NGX_OK) {
+            continue;
+        }
+
+        doc->moved = 1;
+
+        ngx_http_collab_doc_members_lost(doc);
+    }
 }
 
 

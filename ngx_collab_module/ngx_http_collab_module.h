@@ -332,6 +332,8 @@ struct ngx_http_collab_redis_s {
     ngx_event_t                  reconnect;
     ngx_event_t                  watchdog;
     ngx_event_t                  heartbeat;
+    ngx_event_t                  kick;           /* posted: kick_later */
+    const char                  *kick_why;
     ngx_msec_t                   backoff;
     ngx_uint_t                   state;
     ngx_queue_t                  inflight;
@@ -633,6 +635,7 @@ ngx_int_t ngx_http_collab_doc_unsubscribe(ngx_http_collab_session_t *s,
 void ngx_http_collab_doc_sub_free(ngx_http_collab_sub_t *sub);
 void ngx_http_collab_doc_resume(ngx_http_collab_session_t *s);
 void ngx_http_collab_doc_redis_ready(ngx_http_collab_redis_t *rc);
+void ngx_http_collab_doc_redis_follow(void);
 void ngx_http_collab_doc_retry_handler(ngx_event_t *ev);
 ngx_int_t ngx_http_collab_doc_publish(ngx_http_collab_session_t *s,
     ngx_str_t *doc, ngx_http_collab_msg_t *m);
@@ -806,6 +809,8 @@ void ngx_http_collab_cmd_free(ngx_http_collab_cmd_t *cmd);
 void ngx_http_collab_cmd_discard(ngx_http_collab_cmd_t *cmd,
     redisReply *reply);
 void ngx_http_collab_redis_setup_done(ngx_http_collab_redis_t *rc);
+void ngx_http_collab_redis_kick_later(ngx_http_collab_redis_t *rc,
+    const char *why);
 void ngx_http_collab_redis_kick(ngx_http_collab_redis_t *rc,
     const char *why);
 
@@ -830,6 +835,9 @@ void ngx_http_collab_cluster_refresh(void);
 ngx_uint_t ngx_http_collab_cluster_node_used(ngx_http_collab_redis_t *rc);
 ngx_int_t ngx_http_collab_cluster_redirect(ngx_http_collab_cmd_t *cmd,
     redisReply *reply);
+ngx_uint_t ngx_http_collab_cluster_unserved(redisReply *reply);
+ngx_int_t ngx_http_collab_cluster_moved(ngx_http_collab_redis_t *rc,
+    const char *err);
 size_t ngx_http_collab_cluster_lock(ngx_http_collab_redis_t *rc,
     u_char *buf);
 void ngx_http_collab_cluster_shard_reply(redisAsyncContext *ac, void *r,

@@ -29,6 +29,7 @@
 static void ngx_http_collab_redis_connect(ngx_http_collab_redis_t *rc);
 static void ngx_http_collab_redis_reconnect_handler(ngx_event_t *ev);
 static void ngx_http_collab_redis_watchdog_handler(ngx_event_t *ev);
+static void ngx_http_collab_redis_kick_handler(ngx_event_t *ev);
 static ngx_int_t ngx_http_collab_redis_target(ngx_http_collab_redis_t *rc);
 static void ngx_http_collab_redis_schedule(ngx_http_collab_redis_t *rc);
 static void ngx_http_collab_redis_drop(ngx_http_collab_redis_t *rc,
@@ -88,6 +89,10 @@ ngx_http_collab_redis_init(ngx_cycle_t *cycle, ngx_http_collab_redis_t *rc,
     rc->heartbeat.log = cycle->log;
     rc->heartbeat.cancelable = 1;
 
+    rc->kick.handler = ngx_http_collab_redis_kick_handler;
+    rc->kick.data = rc;
+    rc->kick.log = cycle->log;
+
     ngx_http_collab_redis_connect(rc);
 
     return NGX_OK;
@@ -109,6 +114,10 @@ ngx_http_collab_redis_exit(ngx_http_collab_redis_t *rc)
 
     if (rc->heartbeat.timer_set) {
         ngx_del_timer(&rc->heartbeat);
+    }
+
+    if (rc->kick.posted) {
+        ngx_delete_posted_event(&rc->kick);
     }
 
     if (rc->ac) {
@@ -259,6 +268,30 @@ ngx_http_collab_redis_kick(ngx_http_collab_redis_t *rc, const char *why)
     }
 
     ngx_http_collab_redis_connect(rc);
+}
+
+
+/* kick() from inside a hiredis callback: after the callbacks return */
+
+void
+ngx_http_collab_redis_kick_later(ngx_http_collab_redis_t *rc, const char *why)
+{
+    rc->kick_why = why;
+
+    if (!rc->kick.posted) {
+        ngx_post_event(&rc->kick, &ngx_posted_events);
+    }
+}
+
+
+static void
+ngx_http_collab_redis_kick_handler(ngx_event_t *ev)
+{
+    ngx_http_collab_redis_t  *rc;
+
+    rc = ev->data;
+
+    ngx_http_collab_redis_kick(rc, rc->kick_why);
 }
 
 
@@ -813,6 +846,11 @@ ngx_http_collab_redis_on_disconnect(const redisAsyncContext *ac, int status)
         ngx_del_timer(&rc->heartbeat);
     }
 
+    if (rc->subscriber && status != REDIS_OK) {
+        /* cluster: a MOVED to SSUBSCRIBE ends the connection */
+        (void) ngx_http_collab_cluster_moved(rc, ac->errstr);
+    }
+
     /*
      * Pending commands and subscriptions were answered with NULL replies
      * before this: their readers wait for ngx_http_collab_doc_redis_ready().
@@ -1065,6 +1103,14 @@ ngx_http_collab_redis_reply(redisAsyncContext *ac, void *r, void *data)
                 redisAsyncDisconnect(ac);
             }
 
+            r = NULL;
+
+        } else if (r && ngx_http_collab_cluster_unserved(r)) {
+            /* a redirect not followed, CLUSTERDOWN: as if the link was lost */
+            ngx_log_error(NGX_LOG_INFO, rc->log, 0,
+                          "collab: redis %s connection to \"%V\": %s, the "
+                          "command is answered \"unavailable\"", rc->name,
+                          &rc->addr, ((redisReply *) r)->str);
             r = NULL;
         }
 

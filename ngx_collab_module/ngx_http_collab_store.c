@@ -1052,10 +1052,13 @@ ngx_http_collab_store_sharded(const char **text, size_t *len)
 
     if (sharded == NULL) {
         pub = (u_char *) ngx_strstr(ngx_http_collab_store_lua, "'PUBLISH'");
+        if (pub == NULL) {
+            return NGX_ERROR;
+        }
 
         /* lives as long as the worker */
         p = ngx_alloc(n + 1, ngx_cycle->log);
-        if (p == NULL || pub == NULL) {
+        if (p == NULL) {
             return NGX_ERROR;
         }
 
