@@ -5,7 +5,7 @@
 # its UNSUBSCRIBE is in flight (hiredis forgets the channel on that reply,
 # whatever was sent after it), so no message goes to another document's
 # callback, no document is freed while a reply can reach it (run it with
-# `make test-asan TEST=t/113-resubscribe.t`), and the channel ends with
+# `make test-asan TEST=t/62-resubscribe.t`), and the channel ends with
 # exactly the subscriptions the sessions hold.
 
 use strict;
