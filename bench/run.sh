@@ -691,7 +691,8 @@ main() {
         --quick "${QUICK:-0}" --runs "$RUNS" --workers "$WORKERS" --module "$MODULE_SRC"
         --module-rev "$MODULE_REV" --module-sha "$MODULE_SHA"
         --nchan "$NCHAN_MODULE" --nginx "$NGINX_BIN" --redis "$REDIS_SERVER"
-        --seconds $(( SECONDS - t0 )))
+        --seconds $(( SECONDS - t0 )) --workloads "$WORKLOADS")
+    [ -n "${BENCH_DOC:-}" ] && rargs+=(--doc-explicit)
     printf '%q ' "${rargs[@]}" > "$OUT/report.args"
     report
 }
@@ -699,7 +700,7 @@ main() {
 report() {
     [ -s "$OUT/report.args" ] || fail "no results in $OUT (run the suite first)"
     eval "perl \"\$ROOT/bench/report.pl\" $(cat "$OUT/report.args")" || fail "report failed"
-    log "wrote $DOC and $PLOT"
+    log "report done"
 }
 
 case ${1:-} in
