@@ -5,9 +5,9 @@
 #
 # Only a full suite (W1..W4, collab and nchan) rewrites --doc. Any other run writes its
 # report to --out/benchmarks.md (unless --doc-explicit: then to --doc as asked), and if it
-# measured W3c1/W3c3 replaces only the section "W3 on a Redis Cluster" of --doc. That section
-# is also kept in bench/cluster-notes.md, which a full report includes when its own run did
-# not measure a cluster.
+# measured W3c1/W3c3 (not in quick mode) replaces only the section "W3 on a Redis Cluster"
+# of --doc. That section is also kept in bench/cluster-notes.md (not by a quick run), which
+# a full report includes when its own run did not measure a cluster.
 
 use strict;
 use warnings;
@@ -479,11 +479,14 @@ sub cluster_section {
 }
 
 my $cluster_md;
+my $cluster_new = ($by{W3c1} || $by{W3c3}) && !$o{quick};
 if ($by{W3c1} || $by{W3c3}) {
     $cluster_md = cluster_section();
-    open my $cn, '>', dirname(abs_path($0)) . '/cluster-notes.md' or die "cluster-notes.md: $!\n";
-    print $cn $cluster_md;
-    close $cn;
+    if ($cluster_new) {
+        open my $cn, '>', dirname(abs_path($0)) . '/cluster-notes.md' or die "cluster-notes.md: $!\n";
+        print $cn $cluster_md;
+        close $cn;
+    }
 } elsif (-s dirname(abs_path($0)) . '/cluster-notes.md') {
     open my $cn, '<', dirname(abs_path($0)) . '/cluster-notes.md' or die;
     local $/;
@@ -569,6 +572,9 @@ p '';
 p '```sh';
 p 'make bench                    # the full suite (about 15–25 min on 2 cores)';
 p 'BENCH_QUICK=1 make bench      # 1 run, 3 s workloads, short search (about 3 min)';
+p '# W3 against one Redis and a Redis Cluster of 1 and 3 primaries (collab only, about 30 min;';
+p '# replaces only the section "W3 on a Redis Cluster")';
+p 'BENCH_WORKLOADS="W3 W3c1 W3c3" BENCH_TARGETS=collab BENCH_PROFILE=0 bash bench/run.sh';
 p 'make -C bench && bench/collab-bench --help';
 p '```';
 p '';
@@ -621,7 +627,7 @@ open my $out, '>', $doc or die "$doc: $!\n";
 print $out $md;
 close $out;
 print STDERR "report: wrote $doc\n";
-if ($doc ne $o{doc} && ($by{W3c1} || $by{W3c3}) && -f $o{doc}) {
+if ($doc ne $o{doc} && $cluster_new && -f $o{doc}) {
     open my $in, '<', $o{doc} or die "$o{doc}: $!\n";
     local $/;
     my $text = <$in>;

@@ -23,7 +23,12 @@
 #   BENCH_QUIET_BUDGET=480 ... and this many seconds in all (quick: 20); the load seen is
 #                          recorded with every run (bg_busy) and shown in the report
 #   BENCH_OUT=dir          results, configs, logs (default bench/out)
-#   BENCH_DOC=file         report (default docs/benchmarks.md; the plot goes next to it)
+#   BENCH_DOC=file         report (default docs/benchmarks.md; the plot goes next to it).
+#                          Only the full suite (W1..W4, both targets) rewrites the default
+#                          report; any other run writes OUT/benchmarks.md (+ .png) and changes
+#                          only the section "W3 on a Redis Cluster" of the default report (and
+#                          bench/cluster-notes.md) when it measured W3c1/W3c3, not in quick
+#                          mode. With BENCH_DOC set, that file gets the whole report of any run
 #   BENCH_COLLAB_EXTRA / BENCH_NCHAN_EXTRA   directives added to the collab / nchan locations
 #   BENCH_COLLAB_SERVER    added to collab's server block (default: a collab_metrics location,
 #                          so that the counters are on as in production; "" for a module
