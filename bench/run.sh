@@ -578,7 +578,7 @@ w3_step() {  # $1 target, $2 run, $3 rate -> 0 = pass (LAST_JSON = the passing a
     w3_pass "$LAST_JSON" && return 0
     [ -n "$QUICK" ] && return 1
     stop_nginx; sleep 1; start_nginx "$1"
-    log "W3 $1: $3 deltas/s failed, trying it once more"
+    log "${W3_PROBE%-probe} $1: $3 deltas/s failed, trying it once more"
     w3_run "$1" "$2" "$3"
     w3_pass "$LAST_JSON"
 }
