@@ -6,8 +6,8 @@
 # Only a full suite (W1..W4, collab and nchan) rewrites --doc. Any other run writes its
 # report to --out/benchmarks.md (unless --doc-explicit: then to --doc as asked), and if it
 # measured W3c1/W3c3 (not in quick mode) replaces only the section "W3 on a Redis Cluster"
-# of --doc. That section is also kept in bench/cluster-notes.md (not by a quick run), which
-# a full report includes when its own run did not measure a cluster.
+# of --doc. That section is also kept in bench/cluster-notes.md (not by a quick run or one
+# with --doc-explicit), which a full report includes when its run did not measure a cluster.
 
 use strict;
 use warnings;
@@ -368,12 +368,14 @@ sub cluster_section {
     my $bmed = sub { my ($c, $f) = @_; median(map { $f->($_) } @{ $best{ $c->[1] } }) };
     my $runs = sub { my ($c) = @_; scalar @{ $best{ $c->[1] } } };
 
+    my ($subs) = map { $_->{subs} } grep { $_->{subs} } map { $probes->($_) } @cfg;
+    $subs //= 100;
     $q->('## W3 on a Redis Cluster (issue 12)');
     $q->('');
     $q->("Measured $date by `BENCH_WORKLOADS=\"$o{workloads}\" BENCH_TARGETS=collab bash bench/run.sh`"
          . ($o{quick} ? ' (**quick mode**: 1 run, 3 s steps, short search; not representative)' : '')
          . ", collab only, module commit $rev$sha, `worker_processes $o{workers}`. The same W3 search"
-         . ' (100 subscribers on 10 documents, 10 publishers, the highest paced rate with p99 ≤ 50 ms and'
+         . " ($subs subscribers on 10 documents, 10 publishers, the highest paced rate with p99 ≤ 50 ms and"
          . ' nothing lost, duplicated, reordered or refused) against one Redis and against a Redis Cluster'
          . ' of 1 and of 3 primaries (no replicas, `collab_redis cluster:127.0.0.1:P0,...`), all on this'
          . ' 2-core machine, interleaved run by run (W3, W3c1, W3c3, W3, …); each figure is the median of'
@@ -479,7 +481,7 @@ sub cluster_section {
 }
 
 my $cluster_md;
-my $cluster_new = ($by{W3c1} || $by{W3c3}) && !$o{quick};
+my $cluster_new = ($by{W3c1} || $by{W3c3}) && !$o{quick} && !$o{'doc-explicit'};
 if ($by{W3c1} || $by{W3c3}) {
     $cluster_md = cluster_section();
     if ($cluster_new) {

@@ -15,6 +15,8 @@
 #                          only, not in the default list: "W3 W3c1 W3c3" compares them with
 #                          one Redis, see docs/benchmarks.md "W3 on a Redis Cluster")
 #   BENCH_TARGETS="collab nchan"    subset to run
+#   BENCH_W3_SUBS=100      subscribers of the W3 searches (10 documents): 10 makes each delta
+#                          cheaper for nginx and the generator, so Redis's share grows
 #   BENCH_WORKERS=N        worker_processes of both nginx instances (default 2)
 #   BENCH_PROFILE=0        skip the perf profile (default: on when perf works)
 #   BENCH_QUIET_MAX=25     before each measurement, wait until other processes use at most
@@ -29,6 +31,7 @@
 #                          only the section "W3 on a Redis Cluster" of the default report (and
 #                          bench/cluster-notes.md) when it measured W3c1/W3c3, not in quick
 #                          mode. With BENCH_DOC set, that file gets the whole report of any run
+#                          (and bench/cluster-notes.md is left as it is)
 #   BENCH_COLLAB_EXTRA / BENCH_NCHAN_EXTRA   directives added to the collab / nchan locations
 #   BENCH_COLLAB_SERVER    added to collab's server block (default: a collab_metrics location,
 #                          so that the counters are on as in production; "" for a module
@@ -556,6 +559,7 @@ w3_pass() {  # $1 json
 # named so that they spread evenly over the primaries; where they landed is recorded
 W3_PROBE=W3-probe
 W3_ATTEMPT=0
+W3_SUBS=${BENCH_W3_SUBS:-100}
 w3_run() {  # $1 target, $2 run, $3 rate
     BENCH_PREFIX=""
     if [ "$1" = collab ] && [ "$RUN_REDIS" != single ]; then
@@ -564,7 +568,7 @@ w3_run() {  # $1 target, $2 run, $3 rate
         bp=$(balanced_prefix "w3c${n}r$2a${W3_ATTEMPT}x" 10 "$n") || fail "no prefix spreads 10 documents over $n primaries"
         BENCH_PREFIX=${bp% *}
     fi
-    run_bench "$1" "$W3_PROBE" "$2" -S 100 -K 10 -P 10 -R "$3" -D "$D3" -B 256 --drain 3
+    run_bench "$1" "$W3_PROBE" "$2" -S "$W3_SUBS" -K 10 -P 10 -R "$3" -D "$D3" -B 256 --drain 3
     if [ -n "$BENCH_PREFIX" ] && [ "$(jget "$LAST_JSON" docs_per_node)" != "${bp#* }" ]; then
         log "W3 $1: documents $BENCH_PREFIX-0..9 expected on the primaries as ${bp#* }, found $(jget "$LAST_JSON" docs_per_node)"
     fi
