@@ -379,7 +379,8 @@ sub cluster_section {
          . ' nothing lost, duplicated, reordered or refused) against one Redis and against a Redis Cluster'
          . ' of 1 and of 3 primaries (no replicas, `collab_redis cluster:127.0.0.1:P0,...`), all on this'
          . ' 2-core machine, interleaved run by run (W3, W3c1, W3c3, W3, …); each figure is the median of'
-         . " the runs (delivered/s at the highest passing rate of each search; the CPU columns are those of that step).");
+         . ' the runs (delivered/s at the highest passing rate of each search; every other row: the median of'
+         . ' that figure over the same steps, so one column\'s rows may come from different runs).');
     $q->('');
     $q->('The cluster is started for each search and stopped after it (`CLUSTER ADDSLOTSRANGE` + `CLUSTER MEET`:'
          . ' `redis-cli --cluster create` wants at least 3 primaries); node i serves slots'
@@ -418,7 +419,7 @@ sub cluster_section {
     $row->('whole machine busy (of 200 %)', map { $cpu->($bmed->($_, sub { $_[0]{cpu_machine} })) } @cfg);
     $row->('other CPU load just before (of 100 %)', map { $cpu->($bmed->($_, sub { $_[0]{bg_busy} })) } @cfg);
     $row->('documents per primary', 'all 10 on the one Redis', 'all 10 on the one primary',
-           join(', ', sort { $a cmp $b } do { my %u; grep { !$u{$_}++ } map { $_->{docs_per_node} // '?' } @{ $best{W3c3} } }) || '–');
+           join(' or ', sort { $a cmp $b } do { my %u; grep { !$u{$_}++ } map { $_->{docs_per_node} // '?' } @{ $best{W3c3} } }) || '–');
     $q->('');
 
     # the same paced rates in every configuration: where the CPU goes
