@@ -402,8 +402,10 @@ sub cluster_section {
          . ' each Redis process (as `INFO cpu` `used_cpu_sys + used_cpu_user`), and the busy time of the'
          . ' whole machine from `/proc/stat`, sampled when publishing starts and when the drain ends'
          . ' (`collab-bench --cpu NAME=PID`); % of one core over that window (the machine has 2 cores:'
-         . ' 200 % is all of it). "Other processes" = machine − nginx − generator − Redis: the two other'
-         . ' sessions that share this machine (test suites), and the kernel\'s softirq work not charged to a process.');
+         . ' 200 % is all of it). Redis per node: node 0, 1, 2 in slot order. "Other processes" = machine −'
+         . ' nginx − generator − Redis (at least 0): whatever else ran on the machine and kernel work not'
+         . ' charged to a process; `/proc/stat` counts busy time by ticks, so at light load the machine'
+         . ' figure can read lower than the processes\' own times.');
     $q->('');
     $q->('| | ' . join(' | ', map { $_->[0] } @cfg) . ' |');
     $q->('|---|---|---|---|');
