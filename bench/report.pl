@@ -372,7 +372,9 @@ sub cluster_section {
     $subs //= 100;
     $q->('## W3 on a Redis Cluster (issue 12)');
     $q->('');
-    $q->("Measured $date by `BENCH_WORKLOADS=\"$o{workloads}\" BENCH_TARGETS=collab bash bench/run.sh`"
+    # when the results were written, not when this report is
+    my $mdate = strftime('%Y-%m-%d %H:%M UTC', gmtime((stat $o{results})[9] // time));
+    $q->("Measured (run ending $mdate) by `" . ($subs == 100 ? '' : "BENCH_W3_SUBS=$subs ") . "BENCH_WORKLOADS=\"$o{workloads}\" BENCH_TARGETS=collab bash bench/run.sh`"
          . ($o{quick} ? ' (**quick mode**: 1 run, 3 s steps, short search; not representative)' : '')
          . ", collab only, module commit $rev$sha, `worker_processes $o{workers}`. The same W3 search"
          . " ($subs subscribers on 10 documents, 10 publishers, the highest paced rate with p99 ≤ 50 ms and"
