@@ -58,6 +58,7 @@
 #define MAXPROCS   16
 #define NBUCKETS   (1024 + 40 * 64)
 #define SCRATCH    (512 * 1024)
+#define MAXCPU     16
 
 enum { MODE_COLLAB, MODE_NCHAN };
 enum { PH_INIT, PH_CONNECT, PH_PROBE, PH_RUN, PH_DRAIN, PH_DONE };
@@ -88,6 +89,9 @@ static struct {
     int quiet;
     int json_only;
     int connect_only;
+    int ncpu;                 /* --cpu NAME=PID: processes whose CPU time is measured */
+    const char *cpu_name[MAXCPU];
+    int cpu_pid[MAXCPU];
 } opt = {
     .mode = MODE_COLLAB, .host = "127.0.0.1", .port = 8080, .path = "/collab",
     .sub_path = "/ps/", .pub_path = "/pub/",
@@ -938,6 +942,103 @@ static int workers_mem(int mpid, long *rss_kb, long *pss_kb, int *nworkers)
     return 0;
 }
 
+/* CPU time (utime + stime, clock ticks) of one process, -1 if it is gone */
+static long long proc_cpu(int pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    char *rp = strrchr(buf, ')');
+    if (!rp) return -1;
+    unsigned long long ut, st;
+    /* after ")": state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime */
+    if (sscanf(rp + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
+        return -1;
+    return (long long) (ut + st);
+}
+
+/* CPU ticks of the children of mpid (the nginx workers) */
+static long long children_cpu(int mpid)
+{
+    long long t = 0;
+    if (mpid <= 0) return 0;
+    DIR *d = opendir("/proc");
+    if (!d) return 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (!isdigit((unsigned char) e->d_name[0])) continue;
+        char path[300], buf[512];
+        snprintf(path, sizeof(path), "/proc/%s/stat", e->d_name);
+        FILE *f = fopen(path, "r");
+        if (!f) continue;
+        size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+        fclose(f);
+        buf[n] = 0;
+        char *rp = strrchr(buf, ')');
+        int ppid;
+        if (!rp || sscanf(rp + 2, "%*c %d", &ppid) != 1 || ppid != mpid) continue;
+        long long c = proc_cpu(atoi(e->d_name));
+        if (c > 0) t += c;
+    }
+    closedir(d);
+    return t;
+}
+
+/* busy and total ticks of the whole machine (all CPUs) */
+static void machine_cpu(long long *busy, long long *total)
+{
+    unsigned long long v[8] = {0};
+    *busy = *total = 0;
+    FILE *f = fopen("/proc/stat", "r");
+    if (!f) return;
+    if (fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3], &v[4],
+               &v[5], &v[6], &v[7]) == 8) {
+        for (int i = 0; i < 8; i++) *total += (long long) v[i];
+        *busy = *total - (long long) (v[3] + v[4]);
+    }
+    fclose(f);
+}
+
+typedef struct {
+    int64_t t_us;
+    long long nginx, gen, busy, total;
+    long long named[MAXCPU];
+} cpu_sample_t;
+
+static void cpu_sample(cpu_sample_t *s, int mpid, pid_t *kp, int nk)
+{
+    s->t_us = now_us();
+    s->nginx = children_cpu(mpid);
+    s->gen = proc_cpu(getpid());
+    for (int i = 0; i < nk; i++) { long long c = proc_cpu(kp[i]); if (c > 0) s->gen += c; }
+    for (int i = 0; i < opt.ncpu; i++) s->named[i] = proc_cpu(opt.cpu_pid[i]);
+    machine_cpu(&s->busy, &s->total);
+}
+
+/* appends ,"cpu_window_s":W,"cpu_nginx":%,... to out: % of one CPU over the window */
+static void cpu_json(char *out, size_t sz, const cpu_sample_t *a, const cpu_sample_t *b, long ncpus)
+{
+    double w = (double) (b->t_us - a->t_us) / 1e6, hz = (double) sysconf(_SC_CLK_TCK);
+    size_t n = 0;
+    out[0] = 0;
+    if (w <= 0 || hz <= 0) return;
+#define PCT(x) (100.0 * (double) (x) / hz / w)
+    n += (size_t) snprintf(out + n, sz - n, ",\"cpu_window_s\":%.3f,\"cpu_nginx\":%.1f,\"cpu_gen\":%.1f", w,
+                           PCT(b->nginx - a->nginx), PCT(b->gen - a->gen));
+    for (int i = 0; i < opt.ncpu && n < sz; i++) {
+        if (a->named[i] < 0 || b->named[i] < 0) continue;
+        n += (size_t) snprintf(out + n, sz - n, ",\"cpu_%s\":%.1f", opt.cpu_name[i], PCT(b->named[i] - a->named[i]));
+    }
+    if (b->total > a->total && n < sz)
+        snprintf(out + n, sz - n, ",\"cpu_machine\":%.1f",
+                 100.0 * (double) ncpus * (double) (b->busy - a->busy) / (double) (b->total - a->total));
+#undef PCT
+}
+
 static pid_t kids[MAXPROCS];
 static int nkids;
 
@@ -987,6 +1088,9 @@ static void usage(void)
 "  --connect-timeout s (60)  --drain s (5)  --hold s (idle hold when R=0, 1)  --settle s (1)\n"
 "  --connect-only          collab: sessions do not subscribe (ready at `welcome`; with -R 0)\n"
 "  --label STR             copied into the JSON line\n"
+"  --cpu NAME=PID          CPU of that process while publishing (+ drain), as cpu_NAME in\n"
+"                          the JSON line (%% of one CPU); repeatable (16); nginx workers,\n"
+"                          the generator and the machine are always measured\n"
 "  --json                  print only the JSON line\n");
     exit(2);
 }
@@ -999,6 +1103,7 @@ int main(int argc, char **argv)
         {"pid-file", 1, 0, 6}, {"procs", 1, 0, 7}, {"src-ips", 1, 0, 8}, {"src-base", 1, 0, 9},
         {"conc", 1, 0, 10}, {"connect-timeout", 1, 0, 11}, {"drain", 1, 0, 12}, {"hold", 1, 0, 13},
         {"label", 1, 0, 14}, {"json", 0, 0, 15}, {"settle", 1, 0, 16}, {"connect-only", 0, 0, 17},
+        {"cpu", 1, 0, 18},
         {"help", 0, 0, 'H'},
         {0, 0, 0, 0}};
     int c;
@@ -1028,6 +1133,17 @@ int main(int argc, char **argv)
         case 15: opt.json_only = 1; break;
         case 16: opt.settle = atof(optarg); break;
         case 17: opt.connect_only = 1; break;
+        case 18: {
+            const char *eq = strchr(optarg, '=');
+            size_t nl = eq ? (size_t) (eq - optarg) : 0;
+            if (!eq || nl == 0 || nl > 32 || strspn(optarg, "abcdefghijklmnopqrstuvwxyz0123456789_") != nl
+                || atoi(eq + 1) <= 0)
+                die("--cpu wants NAME=PID (NAME: a-z, 0-9, _), not \"%s\"", optarg);
+            if (opt.ncpu == MAXCPU) die("at most %d --cpu", MAXCPU);
+            opt.cpu_name[opt.ncpu] = strndup(optarg, nl);
+            opt.cpu_pid[opt.ncpu++] = atoi(eq + 1);
+            break;
+        }
         case 'S': opt.subs = atoi(optarg); break;
         case 'K': opt.docs = atoi(optarg); break;
         case 'P': opt.pubs = atoi(optarg); break;
@@ -1134,7 +1250,10 @@ int main(int argc, char **argv)
     }
 
     int64_t t0 = 0, t_end = 0, t_done = 0;
+    cpu_sample_t cpu0, cpu1;
+    char cpujs[1024] = "";
     if (opt.rate > 0) {
+        cpu_sample(&cpu0, mpid, kids, nkids);
         t0 = now_us() + 50000;
         t_end = t0 + (int64_t) (opt.duration * 1e6);
         shm->t0_us = t0;
@@ -1158,6 +1277,8 @@ int main(int argc, char **argv)
             usleep(2000);
         }
         t_done = now_us();
+        cpu_sample(&cpu1, mpid, kids, nkids);
+        cpu_json(cpujs, sizeof(cpujs), &cpu0, &cpu1, sysconf(_SC_NPROCESSORS_ONLN));
     } else {
         sleep_us((int64_t) (opt.hold * 1e6));
     }
@@ -1241,6 +1362,8 @@ int main(int argc, char **argv)
         if (mpid)
             printf("  nginx        %d workers, RSS %ld -> %ld kB (%+ld kB, %.0f B/session; PSS %.0f B/session), after run %ld kB\n",
                    nw, rss0, rss1, drss, rss_per, pss_per, rss2);
+        if (cpujs[0])   /* % of one CPU while publishing and draining */
+            printf("  cpu %%        %s\n", cpujs + 1);
     }
     printf("{\"tool\":\"collab-bench\",\"mode\":\"%s\",\"label\":\"%s\",\"subs\":%d,\"docs\":%d,\"pubs\":%d,"
            "\"rate\":%g,\"duration\":%g,\"size\":%d,\"procs\":%d,\"sessions\":%" PRIu64 ",\"subscribed\":%" PRIu64 ","
@@ -1251,11 +1374,11 @@ int main(int argc, char **argv)
            "\"p50_us\":%" PRIu64 ",\"p90_us\":%" PRIu64 ",\"p99_us\":%" PRIu64 ",\"p999_us\":%" PRIu64 ",\"max_us\":%" PRIu64 ","
            "\"mean_us\":%.1f,\"pace_lag_max_us\":%" PRIu64 ",\"pace_lag_mean_us\":%.1f,"
            "\"nginx_workers\":%d,\"rss_before_kb\":%ld,\"rss_after_kb\":%ld,\"rss_end_kb\":%ld,"
-           "\"rss_per_session_b\":%.1f,\"pss_per_session_b\":%.1f}\n",
+           "\"rss_per_session_b\":%.1f,\"pss_per_session_b\":%.1f%s}\n",
            opt.mode == MODE_COLLAB ? "collab" : "nchan", opt.label, opt.subs, opt.docs, opt.pubs, opt.rate,
            opt.duration, opt.size, nprocs, sessions, sub_ok, cfail, disc, connect_s, probe_ok ? "true" : "false",
            probe_s, sent, acks, nacks, expected, delivered, lost, dups, gap_events, gaps, resyncs, errs, dps, span,
            drain_s, pv[0], pv[1], pv[2], pv[3], lat_max, lat_n ? (double) lat_sum / (double) lat_n : 0.0, lagmax,
-           lagavg, nw, rss0, rss1, rss2, rss_per, pss_per);
+           lagavg, nw, rss0, rss1, rss2, rss_per, pss_per, cpujs);
     return 0;
 }

@@ -2,6 +2,12 @@
 # bench/report.pl: turns bench/out/results.jsonl (one collab-bench JSON line per run, with
 # target/workload/run/cmd added by run.sh) into docs/benchmarks.md and a gnuplot PNG.
 # Medians over the runs; ratio = collab / nchan.
+#
+# Only a full suite (W1..W4, collab and nchan) rewrites --doc. Any other run writes its
+# report to --out/benchmarks.md (unless --doc-explicit: then to --doc as asked), and if it
+# measured W3c1/W3c3 (not in quick mode) replaces only the section "W3 on a Redis Cluster"
+# of --doc. That section is also kept in bench/cluster-notes.md (not by a quick run or one
+# with --doc-explicit), which a full report includes when its run did not measure a cluster.
 
 use strict;
 use warnings;
@@ -13,7 +19,8 @@ use Cwd qw(abs_path);
 
 my %o = (quick => 0, runs => 3, workers => 2, seconds => 0);
 GetOptions(\%o, 'results=s', 'out=s', 'doc=s', 'plot=s', 'quick=s', 'runs=i', 'workers=i',
-           'module=s', 'module-rev=s', 'module-sha=s', 'nchan=s', 'nginx=s', 'redis=s', 'seconds=i') or die "bad options\n";
+           'module=s', 'module-rev=s', 'module-sha=s', 'nchan=s', 'nginx=s', 'redis=s', 'seconds=i',
+           'doc-explicit!', 'workloads=s') or die "bad options\n";
 
 my $json = JSON::PP->new->canonical;
 my (@rows, %by);
@@ -26,6 +33,14 @@ while (my $l = <$fh>) {
     push @{ $by{ $j->{workload} }{ $j->{target} } }, $j;
 }
 close $fh;
+
+# a full suite (or an explicit --doc) rewrites --doc and its plot; any other run writes
+# them to --out
+my $full = 1;
+for my $w (qw(W1 W2 W3 W4)) { $full = 0 unless $by{$w} && $by{$w}{collab} && $by{$w}{nchan} }
+my $doc = $full || $o{'doc-explicit'} ? $o{doc} : "$o{out}/benchmarks.md";
+$o{plot} = "$o{out}/benchmarks.png" if $o{plot} && $doc ne $o{doc};
+$o{workloads} //= join(' ', sort keys %by);
 
 sub median {
     my @v = sort { $a <=> $b } grep { defined } @_;
@@ -322,6 +337,172 @@ if (-s $ab) {
     p '';
 }
 
+# ---- W3 on a Redis Cluster (W3c1, W3c3: collab only)
+sub cluster_section {
+    my $s = '';
+    my $q = sub { $s .= join('', @_) . "\n" };
+    my @cfg = (['one Redis (W3)', 'W3', 'W3-probe', 'single'],
+               ['cluster, 1 primary (W3c1)', 'W3c1', 'W3c1-probe', 'cluster1'],
+               ['cluster, 3 primaries (W3c3)', 'W3c3', 'W3c3-probe', 'cluster3']);
+    # the single-Redis probes of the 2-worker W3 search (not W3w1's)
+    my $probes = sub {
+        my ($c) = @_;
+        grep { ($_->{workload} // '') eq $c->[2] && !$_->{failed} && ($_->{target} // '') eq 'collab'
+               && ($_->{workers} // $o{workers}) == $o{workers} } @rows;
+    };
+    my $nodes = sub {   # the cpu_redis* keys of a configuration
+        my ($c) = @_;
+        return ('cpu_redis') if $c->[3] eq 'single';
+        my ($n) = $c->[3] =~ /(\d+)$/;
+        return map { "cpu_redis$_" } 0 .. $n - 1;
+    };
+    my $cpu = sub { my ($v) = @_; defined $v ? sprintf('%.0f %%', $v) : '–' };
+    my $redis_sum = sub { my ($j, $c) = @_; my $t; for ($nodes->($c)) { $t += $j->{$_} if defined $j->{$_} } $t };
+    my $others = sub {
+        my ($j, $c) = @_;
+        return undef unless defined $j->{cpu_machine} && defined $j->{cpu_nginx};
+        my $v = $j->{cpu_machine} - $j->{cpu_nginx} - ($j->{cpu_gen} // 0) - ($redis_sum->($j, $c) // 0);
+        return $v < 0 ? 0 : $v;
+    };
+    my %best = map { $_->[1] => [ grep { ($_->{target} // '') eq 'collab' } @{ $by{ $_->[1] }{collab} || [] } ] } @cfg;
+    my $bmed = sub { my ($c, $f) = @_; median(map { $f->($_) } @{ $best{ $c->[1] } }) };
+    my $runs = sub { my ($c) = @_; scalar @{ $best{ $c->[1] } } };
+
+    my ($subs) = map { $_->{subs} } grep { $_->{subs} } map { $probes->($_) } @cfg;
+    $subs //= 100;
+    $q->('## W3 on a Redis Cluster (issue 12)');
+    $q->('');
+    # when the results were written, not when this report is
+    my $mdate = strftime('%Y-%m-%d %H:%M UTC', gmtime((stat $o{results})[9] // time));
+    $q->("Measured (run ending $mdate) by `" . ($subs == 100 ? '' : "BENCH_W3_SUBS=$subs ") . "BENCH_WORKLOADS=\"$o{workloads}\" BENCH_TARGETS=collab bash bench/run.sh`"
+         . ($o{quick} ? ' (**quick mode**: 1 run, 3 s steps, short search; not representative)' : '')
+         . ", collab only, module commit $rev$sha, `worker_processes $o{workers}`. The same W3 search"
+         . " ($subs subscribers on 10 documents, 10 publishers, the highest paced rate with p99 ≤ 50 ms and"
+         . ' nothing lost, duplicated, reordered or refused) against one Redis and against a Redis Cluster'
+         . ' of 1 and of 3 primaries (no replicas, `collab_redis cluster:127.0.0.1:P0,...`), all on this'
+         . ' 2-core machine, interleaved run by run (W3, W3c1, W3c3, W3, …); each figure is the median of'
+         . ' the runs (delivered/s at the highest passing rate of each search; every other row: the median of'
+         . ' that figure over the same steps, so one column\'s rows may come from different runs).');
+    $q->('');
+    $q->('The cluster is started for each search and stopped after it (`CLUSTER ADDSLOTSRANGE` + `CLUSTER MEET`:'
+         . ' `redis-cli --cluster create` wants at least 3 primaries); node i serves slots'
+         . ' [i·16384/N, (i+1)·16384/N). Every step of a search uses 10 new documents whose names'
+         . ' (`PREFIX-0` … `PREFIX-9`, hash tag `{DOC}`) are chosen so that they spread 4/3/3 over the 3'
+         . ' primaries (with random names 10 documents often land 5/4/1 or worse); after each step the runner'
+         . ' scans every node for the documents\' keys to see where they really are.');
+    my @c3 = $probes->($cfg[2]);
+    if (@c3) {
+        my %dist;
+        $dist{ $_->{docs_per_node} // '?' }++ for @c3;
+        my $even = grep { my @n = split /,/, ($_->{docs_per_node} // ''); @n == 3 && (sort { $a <=> $b } @n)[2] - (sort { $a <=> $b } @n)[0] <= 1 && eval { my $t = 0; $t += $_ for @n; $t } == 10 } @c3;
+        $q->('Documents per primary found after the ' . scalar(@c3) . ' steps on 3 primaries: '
+             . join(', ', map { "$_ ($dist{$_}×)" } sort keys %dist) . ' — '
+             . ($even == @c3 ? 'every step spread as planned.' : ($even . ' of ' . scalar(@c3) . ' steps spread as planned.')));
+    }
+    $q->('');
+    $q->('CPU: utime + stime from `/proc/PID/stat` of the nginx workers, the generator\'s processes and'
+         . ' each Redis process (as `INFO cpu` `used_cpu_sys + used_cpu_user`), and the busy time of the'
+         . ' whole machine from `/proc/stat`, sampled when publishing starts and when the drain ends'
+         . ' (`collab-bench --cpu NAME=PID`); % of one core over that window (the machine has 2 cores:'
+         . ' 200 % is all of it). Redis per node: node 0, 1, 2 in slot order. "Other processes" = machine −'
+         . ' nginx − generator − Redis (at least 0): whatever else ran on the machine and kernel work not'
+         . ' charged to a process; `/proc/stat` counts busy time by ticks, so at light load the machine'
+         . ' figure can read lower than the processes\' own times.');
+    $q->('');
+    $q->('| | ' . join(' | ', map { $_->[0] } @cfg) . ' |');
+    $q->('|---|---|---|---|');
+    my $row = sub { my ($label, @v) = @_; $q->("| $label | " . join(' | ', @v) . ' |') };
+    $row->('**delivered / s** (median)', map { fmt($bmed->($_, sub { $_[0]{delivered_per_s} }), 'n') } @cfg);
+    $row->('runs (delivered / s)', map { my $c = $_; join(', ', map { fmt($_->{delivered_per_s}, 'n') } @{ $best{ $c->[1] } }) || '–' } @cfg);
+    $row->('paced rate (deltas / s)', map { fmt($bmed->($_, sub { $_[0]{rate} }), 'n') } @cfg);
+    $row->('latency p99 at that rate', map { fmt($bmed->($_, sub { $_[0]{p99_us} }), 'ms') } @cfg);
+    $row->('Redis CPU per node', map { my $c = $_; join(' · ', map { my $k = $_; $cpu->($bmed->($c, sub { $_[0]{$k} })) } $nodes->($c)) } @cfg);
+    $row->('nginx workers CPU (both)', map { $cpu->($bmed->($_, sub { $_[0]{cpu_nginx} })) } @cfg);
+    $row->('generator CPU', map { $cpu->($bmed->($_, sub { $_[0]{cpu_gen} })) } @cfg);
+    $row->('other processes CPU', map { my $c = $_; $cpu->($bmed->($c, sub { $others->($_[0], $c) })) } @cfg);
+    $row->('whole machine busy (of 200 %)', map { $cpu->($bmed->($_, sub { $_[0]{cpu_machine} })) } @cfg);
+    $row->('other CPU load just before (of 100 %)', map { $cpu->($bmed->($_, sub { $_[0]{bg_busy} })) } @cfg);
+    $row->('documents per primary', 'all 10 on the one Redis', 'all 10 on the one primary',
+           join(' or ', sort { $a cmp $b } do { my %u; grep { !$u{$_}++ } map { $_->{docs_per_node} // '?' } @{ $best{W3c3} } }) || '–');
+    $q->('');
+
+    # the same paced rates in every configuration: where the CPU goes
+    my %rates;
+    for my $i (0 .. $#cfg) { $rates{ $_->{rate} }{$i}++ for $probes->($cfg[$i]) }
+    my @common = sort { $a <=> $b } grep { keys %{ $rates{$_} } == @cfg } keys %rates;
+    if (@common) {
+        $q->('At the same paced rates (every step of the searches that ran that rate, passing or not,'
+             . ' medians): where the CPU goes as the load grows.');
+        $q->('');
+        $q->('| deltas / s | configuration | steps | delivered / s | p99 | nginx | generator | Redis per node | Redis total | other processes | machine (of 200 %) |');
+        $q->('|---|---|---|---|---|---|---|---|---|---|---|');
+        for my $r (@common) {
+            for my $c (@cfg) {
+                my @j = grep { $_->{rate} == $r } $probes->($c);
+                my $m = sub { my ($f) = @_; median(map { $f->($_) } @j) };
+                $q->('| ' . fmt($r, 'n') . " | $c->[1] | " . scalar(@j) . ' | ' . fmt($m->(sub { $_[0]{delivered_per_s} }), 'n')
+                     . ' | ' . fmt($m->(sub { $_[0]{p99_us} }), 'ms') . ' | ' . $cpu->($m->(sub { $_[0]{cpu_nginx} }))
+                     . ' | ' . $cpu->($m->(sub { $_[0]{cpu_gen} })) . ' | '
+                     . join(' · ', map { my $k = $_; $cpu->($m->(sub { $_[0]{$k} })) } $nodes->($c)) . ' | '
+                     . $cpu->($m->(sub { $redis_sum->($_[0], $c) })) . ' | ' . $cpu->($m->(sub { $others->($_[0], $c) }))
+                     . ' | ' . $cpu->($m->(sub { $_[0]{cpu_machine} })) . ' |');
+            }
+        }
+        $q->('');
+    }
+
+    # every step
+    my @all = map { $probes->($_) } @cfg[1, 2];
+    if (@all) {
+        $q->('<details><summary>every step of the cluster searches</summary>');
+        $q->('');
+        $q->('| workload | run | rate | delivered/s | p99 | lost | nacks | Redis CPU per node | nginx | generator | machine | other load before | documents per primary | pass |');
+        $q->('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|');
+        for my $j (@all) {
+            my ($c) = grep { $_->[2] eq $j->{workload} } @cfg;
+            my $pass = ($j->{p99_us} <= 50000 && !$j->{lost} && !$j->{dups} && !$j->{order_violations}
+                        && !$j->{connect_fail} && !$j->{nacks} && $j->{acks} == $j->{sent}) ? 'yes' : 'no';
+            $q->("| $c->[1] | $j->{run} | " . fmt($j->{rate}, 'n') . ' | ' . fmt($j->{delivered_per_s}, 'n') . ' | '
+                 . fmt($j->{p99_us}, 'ms') . " | $j->{lost} | $j->{nacks} | "
+                 . join(' · ', map { $cpu->($j->{$_}) } $nodes->($c)) . ' | ' . $cpu->($j->{cpu_nginx}) . ' | '
+                 . $cpu->($j->{cpu_gen}) . ' | ' . $cpu->($j->{cpu_machine}) . ' | ' . ($j->{bg_busy} // '–') . '% | '
+                 . ($j->{docs_per_node} || '–') . " | $pass |");
+        }
+        $q->('');
+        $q->('</details>');
+        $q->('');
+    }
+
+    # the reading, written by hand for the run it describes (bench/cluster-reading.md)
+    my $rd = dirname(abs_path($0)) . '/cluster-reading.md';
+    if (-s $rd) {
+        open my $f, '<', $rd or die;
+        local $/;
+        $s .= <$f>;
+        close $f;
+        $s .= "\n" unless $s =~ /\n\n\z/;
+    }
+    return $s;
+}
+
+my $cluster_md;
+my $cluster_new = ($by{W3c1} || $by{W3c3}) && !$o{quick} && !$o{'doc-explicit'};
+if ($by{W3c1} || $by{W3c3}) {
+    $cluster_md = cluster_section();
+    if ($cluster_new) {
+        open my $cn, '>', dirname(abs_path($0)) . '/cluster-notes.md' or die "cluster-notes.md: $!\n";
+        print $cn $cluster_md;
+        close $cn;
+    }
+} elsif (-s dirname(abs_path($0)) . '/cluster-notes.md') {
+    open my $cn, '<', dirname(abs_path($0)) . '/cluster-notes.md' or die;
+    local $/;
+    $cluster_md = <$cn>;
+    close $cn;
+}
+$md .= $cluster_md if defined $cluster_md;
+
+
 # ---- the Yjs workload (bench/yjs.pl writes bench/yjs-notes.md)
 my $yjs = dirname(abs_path($0)) . "/yjs-notes.md";
 if (-s $yjs) {
@@ -398,6 +579,9 @@ p '';
 p '```sh';
 p 'make bench                    # the full suite (about 15–25 min on 2 cores)';
 p 'BENCH_QUICK=1 make bench      # 1 run, 3 s workloads, short search (about 3 min)';
+p '# W3 against one Redis and a Redis Cluster of 1 and 3 primaries (collab only, about 30 min;';
+p '# replaces only the section "W3 on a Redis Cluster")';
+p 'BENCH_WORKLOADS="W3 W3c1 W3c3" BENCH_TARGETS=collab BENCH_PROFILE=0 bash bench/run.sh';
 p 'make -C bench && bench/collab-bench --help';
 p '```';
 p '';
@@ -414,6 +598,8 @@ for my $j (@rows) {
     $c =~ s/--port \d+/--port PORT/;
     $c =~ s/--pid-file \S+/--pid-file PREFIX\/nginx.pid/;
     $c =~ s/--src-base \d+/--src-base N/;
+    $c =~ s/--cpu (\w+)=\d+/--cpu $1=PID/g;
+    $c =~ s/--prefix \S+/--prefix PREFIX/;
     p "# $j->{target} $j->{workload}" . ($j->{workload} =~ /^W3/ ? ' (one step; -R varies)' : '');
     p $c;
 }
@@ -442,6 +628,22 @@ for my $t (@T) {
     p '';
 }
 
-open my $out, '>', $o{doc} or die "$o{doc}: $!\n";
+# a full suite (or an explicit --doc) gets the whole report; any other run leaves --doc as
+# it is but for the cluster section
+open my $out, '>', $doc or die "$doc: $!\n";
 print $out $md;
 close $out;
+print STDERR "report: wrote $doc\n";
+if ($doc ne $o{doc} && $cluster_new && -f $o{doc}) {
+    open my $in, '<', $o{doc} or die "$o{doc}: $!\n";
+    local $/;
+    my $text = <$in>;
+    close $in;
+    if ($text !~ s/^## W3 on a Redis Cluster \(issue 12\)\n.*?(?=^## |\z)/$cluster_md/ms) {
+        $text =~ s/^(## Yjs |## Profile\n)/$cluster_md$1/m or $text .= "\n$cluster_md";
+    }
+    open my $o2, '>', $o{doc} or die "$o{doc}: $!\n";
+    print $o2 $text;
+    close $o2;
+    print STDERR "report: replaced the section \"W3 on a Redis Cluster\" of $o{doc} (a partial run: the rest is as it was)\n";
+}

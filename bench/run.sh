@@ -10,8 +10,13 @@
 #   BENCH_QUICK=1          shortened suite
 #   BENCH_RUNS=N           repetitions per workload and target (default 3, quick 1)
 #   BENCH_WORKLOADS="W1 W2 W3 W4 W3w1"   subset to run (W3w1: W3 with worker_processes 1,
-#                          collab only, first run only: does throughput grow with workers?)
+#                          collab only, first run only: does throughput grow with workers?
+#                          W3c1 / W3c3: W3 against a Redis Cluster of 1 / 3 primaries, collab
+#                          only, not in the default list: "W3 W3c1 W3c3" compares them with
+#                          one Redis, see docs/benchmarks.md "W3 on a Redis Cluster")
 #   BENCH_TARGETS="collab nchan"    subset to run
+#   BENCH_W3_SUBS=100      subscribers of the W3 searches (10 documents): 10 makes each delta
+#                          cheaper for nginx and the generator, so Redis's share grows
 #   BENCH_WORKERS=N        worker_processes of both nginx instances (default 2)
 #   BENCH_PROFILE=0        skip the perf profile (default: on when perf works)
 #   BENCH_QUIET_MAX=25     before each measurement, wait until other processes use at most
@@ -20,7 +25,13 @@
 #   BENCH_QUIET_BUDGET=480 ... and this many seconds in all (quick: 20); the load seen is
 #                          recorded with every run (bg_busy) and shown in the report
 #   BENCH_OUT=dir          results, configs, logs (default bench/out)
-#   BENCH_DOC=file         report (default docs/benchmarks.md; the plot goes next to it)
+#   BENCH_DOC=file         report (default docs/benchmarks.md; the plot goes next to it).
+#                          Only the full suite (W1..W4, both targets) rewrites the default
+#                          report; any other run writes OUT/benchmarks.md (+ .png) and changes
+#                          only the section "W3 on a Redis Cluster" of the default report (and
+#                          bench/cluster-notes.md) when it measured W3c1/W3c3, not in quick
+#                          mode. With BENCH_DOC set, that file gets the whole report of any run
+#                          (and bench/cluster-notes.md is left as it is)
 #   BENCH_COLLAB_EXTRA / BENCH_NCHAN_EXTRA   directives added to the collab / nchan locations
 #   BENCH_COLLAB_SERVER    added to collab's server block (default: a collab_metrics location,
 #                          so that the counters are on as in production; "" for a module
@@ -28,7 +39,8 @@
 #   COLLAB_MODULE, NGINX_BIN, REDIS_SERVER   as for the tests
 #
 # Everything listens on 127.0.0.1; the load generator connects from 127.0.0.2.. (loopback).
-# One redis-server and at most one nginx run at a time; all of them are stopped on exit.
+# One redis-server (plus the nodes of a cluster during W3c1/W3c3) and at most one nginx run
+# at a time; all of them are stopped on exit.
 
 set -u -o pipefail
 
@@ -144,6 +156,114 @@ stop_redis() {
     REDIS_PID=""
 }
 
+# a Redis Cluster of N primaries and no replicas (W3c1, W3c3), started for one search and
+# stopped after it. Made by hand (CLUSTER ADDSLOTSRANGE + MEET): `redis-cli --cluster create`
+# wants at least 3 primaries. Node i serves the slots [i * 16384 / N, (i + 1) * 16384 / N).
+CLUSTER_PIDS=()
+CLUSTER_PORTS=()
+
+cluster_port() {  # a free port whose cluster bus port (+10000) is free too
+    local p i
+    for i in $(seq 100); do
+        p=$((10000 + RANDOM % 10000))
+        port_busy "$p" || port_busy $((p + 10000)) || { echo "$p"; return 0; }
+    done
+    fail "no free port pair for a cluster node"
+}
+
+cluster_ok() {  # every node: state ok, every slot served, every node known
+    local p info
+    for p in "${CLUSTER_PORTS[@]}"; do
+        info=$(redis-cli -h 127.0.0.1 -p "$p" cluster info 2>/dev/null | tr -d '\r')
+        [[ $info == *cluster_state:ok* && $info == *cluster_slots_ok:16384* \
+           && $info == *"cluster_known_nodes:${#CLUSTER_PORTS[@]}"* ]] || return 1
+    done
+}
+
+start_cluster() {  # $1 primaries
+    local n=$1 i p dir
+    stop_cluster
+    for i in $(seq 0 $((n - 1))); do
+        p=$(cluster_port)
+        dir=$OUT/cluster$n/node$i
+        rm -rf "$dir"; mkdir -p "$dir"
+        "$REDIS_SERVER" --port "$p" --bind 127.0.0.1 --dir "$dir" --save '' --appendonly no \
+            --protected-mode no --daemonize no --maxclients 10000 --cluster-enabled yes \
+            --cluster-config-file nodes.conf --cluster-node-timeout 5000 \
+            --logfile "$dir/redis.log" </dev/null >/dev/null 2>&1 &
+        CLUSTER_PIDS+=($!)
+        CLUSTER_PORTS+=("$p")
+    done
+    for i in $(seq 0 $((n - 1))); do
+        p=${CLUSTER_PORTS[$i]}
+        local k
+        for k in $(seq 100); do
+            [ "$(redis-cli -h 127.0.0.1 -p "$p" ping 2>/dev/null)" = PONG ] && break
+            kill -0 "${CLUSTER_PIDS[$i]}" 2>/dev/null || fail "cluster node $i did not start (see $OUT/cluster$n/node$i/redis.log)"
+            sleep 0.1
+        done
+        redis-cli -h 127.0.0.1 -p "$p" cluster addslotsrange $((i * 16384 / n)) $(((i + 1) * 16384 / n - 1)) \
+            | grep -qx OK || fail "CLUSTER ADDSLOTSRANGE on node $i failed"
+        [ "$i" -gt 0 ] && { redis-cli -h 127.0.0.1 -p "${CLUSTER_PORTS[0]}" cluster meet 127.0.0.1 "$p" \
+            | grep -qx OK || fail "CLUSTER MEET of node $i failed"; }
+    done
+    for i in $(seq 300); do
+        cluster_ok && { log "redis cluster of $n primaries on ports ${CLUSTER_PORTS[*]} (pids ${CLUSTER_PIDS[*]})"; return 0; }
+        sleep 0.1
+    done
+    fail "the cluster of $n primaries did not reach cluster_state:ok in 30 s"
+}
+
+stop_cluster() {
+    local pid i
+    for pid in "${CLUSTER_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null; done
+    for pid in "${CLUSTER_PIDS[@]}"; do
+        for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null
+        wait "$pid" 2>/dev/null
+    done
+    CLUSTER_PIDS=()
+    CLUSTER_PORTS=()
+}
+
+# a document name prefix whose K documents (PREFIX-0 .. PREFIX-K-1, hash tag {DOC}: slot
+# CRC16(DOC) mod 16384) spread over the N primaries as evenly as possible (10 over 3: 4, 3, 3)
+# -> "PREFIX COUNTS", e.g. "w3c3a17 4,3,3"
+balanced_prefix() {  # $1 base, $2 documents, $3 primaries
+    perl -e '
+        sub crc16 {
+            my $c = 0;
+            for my $b (unpack "C*", $_[0]) {
+                $c ^= $b << 8;
+                $c = $c & 0x8000 ? (($c << 1) ^ 0x1021) & 0xffff : ($c << 1) & 0xffff for 1 .. 8;
+            }
+            return $c;
+        }
+        my ($base, $k, $n) = @ARGV;
+        for my $try (0 .. 99999) {
+            my @c = (0) x $n;
+            for my $d (0 .. $k - 1) {
+                my $slot = crc16("$base$try-$d") % 16384;
+                my $i = $n - 1;
+                $i-- while $slot < int($i * 16384 / $n);
+                $c[$i]++;
+            }
+            my @s = sort { $a <=> $b } @c;
+            if ($s[-1] - $s[0] <= 1) { print "$base$try ", join(",", @c), "\n"; exit 0 }
+        }
+        exit 1' "$@"
+}
+
+# the documents of PREFIX that have keys on each node, e.g. "4,3,3": where they really landed
+docs_per_node() {  # $1 prefix
+    local p out=""
+    for p in "${CLUSTER_PORTS[@]}"; do
+        out="$out,$(redis-cli -h 127.0.0.1 -p "$p" --scan --pattern "collab:{$1-*" 2>/dev/null \
+            | sed -n 's/^collab:{\([^}]*\)}.*/\1/p' | sort -u | wc -l)"
+    done
+    echo "${out#,}"
+}
+
 # the open-file limit for nginx and the generator: the hard limit (raising it needs
 # CAP_SYS_RESOURCE); nginx workers get a little less than that
 ulimit -n "$(ulimit -Hn)" 2>/dev/null
@@ -175,7 +295,7 @@ http {
 EOF
         if [ "$t" = collab ]; then
             cat <<EOF
-    collab_redis 127.0.0.1:$REDIS_PORT;
+    collab_redis $COLLAB_REDIS;
     server {
         listen 127.0.0.1:$port reuseport backlog=4096;
         location = /collab {
@@ -221,10 +341,27 @@ EOF
     } > "$dir/nginx.conf"
 }
 
+# what collab's nginx uses: one Redis (RUN_REDIS=single) or the cluster (cluster1, cluster3)
+RUN_REDIS=single
+collab_redis_arg() {
+    local p seeds=""
+    if [ "$RUN_REDIS" = single ]; then echo "127.0.0.1:$REDIS_PORT"; return; fi
+    for p in "${CLUSTER_PORTS[@]}"; do seeds="$seeds,127.0.0.1:$p"; done
+    echo "cluster:${seeds#,}"
+}
+
+# every worker logged a slot map that serves every slot (cluster only)
+cluster_map_ready() {
+    [ "$(grep -h 'of 16384 slots served' "$NGINX_PREFIX/logs/error.log" 2>/dev/null \
+         | grep ': 16384 of 16384' | sed -n 's/.*\] \([0-9]*\)#.*/\1/p' | sort -u | wc -l)" -ge "$WORKERS" ]
+}
+
 start_nginx() {  # $1 = collab|nchan; sets NGINX_PORT, NGINX_PREFIX
     local t=$1
     NGINX_TARGET=$t
     NGINX_PREFIX=$OUT/$t
+    [ "$t" = collab ] && [ "$RUN_REDIS" != single ] && NGINX_PREFIX=$OUT/$t-$RUN_REDIS
+    COLLAB_REDIS=$(collab_redis_arg)
     NGINX_PORT=$(free_port)
     rm -rf "$NGINX_PREFIX"
     write_conf "$t" "$NGINX_PREFIX" "$NGINX_PORT"
@@ -233,6 +370,10 @@ start_nginx() {  # $1 = collab|nchan; sets NGINX_PORT, NGINX_PREFIX
     local i
     for i in $(seq 100); do
         if [ -s "$NGINX_PREFIX/nginx.pid" ] && port_busy "$NGINX_PORT"; then
+            if [ "$t" = collab ] && [ "$RUN_REDIS" != single ]; then
+                for i in $(seq 300); do cluster_map_ready && break; sleep 0.1; done
+                cluster_map_ready || log "nginx ($t): not every worker has the cluster's slot map after 30 s"
+            fi
             # let the workers connect to Redis
             sleep 0.5
             return 0
@@ -265,6 +406,7 @@ cleanup() {
     [ -n "$PERF_PID" ] && kill -INT "$PERF_PID" 2>/dev/null
     [ -n "${BENCH_PID:-}" ] && kill -TERM "$BENCH_PID" 2>/dev/null
     stop_nginx
+    stop_cluster
     stop_redis
     exit $rc
 }
@@ -313,6 +455,7 @@ wait_quiet() {
 # one measurement
 
 SRC_BASE=2
+BENCH_PREFIX=""   # document name prefix of the next run ("": the generator's random one)
 run_bench() {  # $1 target, $2 workload, $3 run number, rest = generator arguments
     local t=$1 w=$2 r=$3
     shift 3
@@ -323,6 +466,14 @@ run_bench() {  # $1 target, $2 workload, $3 run number, rest = generator argumen
     # limit the next one
     local args=(--port "$NGINX_PORT" "${path_args[@]}" --pid-file "$NGINX_PREFIX/nginx.pid"
                 --src-base "$SRC_BASE" --src-ips 4 --label "$w" "$@")
+    [ -n "$BENCH_PREFIX" ] && args+=(--prefix "$BENCH_PREFIX")
+    # the CPU of each Redis process while the generator publishes (and drains)
+    local i
+    if [ "$t" = collab ] && [ "$RUN_REDIS" != single ]; then
+        for i in "${!CLUSTER_PIDS[@]}"; do args+=(--cpu "redis$i=${CLUSTER_PIDS[$i]}"); done
+    else
+        args+=(--cpu "redis=$REDIS_PID")
+    fi
     SRC_BASE=$(( SRC_BASE + 4 )); [ $SRC_BASE -gt 240 ] && SRC_BASE=2
     local before after line
     before=$(log_problems)
@@ -350,7 +501,12 @@ run_bench() {  # $1 target, $2 workload, $3 run number, rest = generator argumen
     fi
     local cmd="collab-bench ${args[*]}"
     cmd=${cmd//\"/\\\"}
-    LAST_JSON=$(printf '%s' "$line" | sed "s|^{|{\"target\":\"$t\",\"workload\":\"$w\",\"run\":$r,\"log_problems\":$nlog,\"bg_busy\":$BG_BUSY,\"workers\":$WORKERS,\"cmd\":\"$cmd\",|")
+    local redis=single dpn=""
+    if [ "$t" = collab ] && [ "$RUN_REDIS" != single ]; then
+        redis=$RUN_REDIS
+        [ -n "$BENCH_PREFIX" ] && dpn=$(docs_per_node "$BENCH_PREFIX")
+    fi
+    LAST_JSON=$(printf '%s' "$line" | sed "s|^{|{\"target\":\"$t\",\"workload\":\"$w\",\"run\":$r,\"log_problems\":$nlog,\"bg_busy\":$BG_BUSY,\"workers\":$WORKERS,\"redis\":\"$redis\",\"docs_per_node\":\"$dpn\",\"cmd\":\"$cmd\",|")
     printf '%s\n' "$LAST_JSON" >> "$RESULTS"
 }
 
@@ -399,20 +555,43 @@ w3_pass() {  # $1 json
     return 0
 }
 
+# one attempt: on a cluster, fresh documents (as the random prefix gives with one Redis)
+# named so that they spread evenly over the primaries; where they landed is recorded
+W3_PROBE=W3-probe
+W3_ATTEMPT=0
+W3_SUBS=${BENCH_W3_SUBS:-100}
+w3_run() {  # $1 target, $2 run, $3 rate
+    BENCH_PREFIX=""
+    if [ "$1" = collab ] && [ "$RUN_REDIS" != single ]; then
+        local n=${#CLUSTER_PORTS[@]} bp
+        W3_ATTEMPT=$(( W3_ATTEMPT + 1 ))
+        bp=$(balanced_prefix "w3c${n}r$2a${W3_ATTEMPT}x" 10 "$n") || fail "no prefix spreads 10 documents over $n primaries"
+        BENCH_PREFIX=${bp% *}
+    fi
+    run_bench "$1" "$W3_PROBE" "$2" -S "$W3_SUBS" -K 10 -P 10 -R "$3" -D "$D3" -B 256 --drain 3
+    if [ -n "$BENCH_PREFIX" ] && [ "$(jget "$LAST_JSON" docs_per_node)" != "${bp#* }" ]; then
+        log "W3 $1: documents $BENCH_PREFIX-0..9 expected on the primaries as ${bp#* }, found $(jget "$LAST_JSON" docs_per_node)"
+    fi
+    BENCH_PREFIX=""
+}
+
 # one step of the search; in the full suite a failed step is tried once more (a noise spike
 # on the shared machine should not end the search), both attempts are recorded
 w3_step() {  # $1 target, $2 run, $3 rate -> 0 = pass (LAST_JSON = the passing attempt)
-    run_bench "$1" W3-probe "$2" -S 100 -K 10 -P 10 -R "$3" -D "$D3" -B 256 --drain 3
+    w3_run "$1" "$2" "$3"
     w3_pass "$LAST_JSON" && return 0
     [ -n "$QUICK" ] && return 1
     stop_nginx; sleep 1; start_nginx "$1"
-    log "W3 $1: $3 deltas/s failed, trying it once more"
-    run_bench "$1" W3-probe "$2" -S 100 -K 10 -P 10 -R "$3" -D "$D3" -B 256 --drain 3
+    log "${W3_PROBE%-probe} $1: $3 deltas/s failed, trying it once more"
+    w3_run "$1" "$2" "$3"
     w3_pass "$LAST_JSON"
 }
 
 run_w3() {  # $1 run [$2 label, default W3]
     local r=$1 label=${2:-W3} t rate lo hi best bestj steps maxsteps
+    # the steps of a search on a cluster are told apart from W3's (W3w1's carry workers 1)
+    W3_PROBE=W3-probe
+    [ "$RUN_REDIS" != single ] && W3_PROBE=$label-probe
     if [ -n "$QUICK" ]; then maxsteps=2; else maxsteps=4; fi
     for t in $TARGETS; do
         start_nginx "$t"
@@ -440,10 +619,10 @@ run_w3() {  # $1 run [$2 label, default W3]
         done
         stop_nginx
         if [ -n "$best" ]; then
-            log "W3 $t run $r: highest passing rate $lo deltas/s -> $(jget "$best" delivered_per_s) delivered/s"
-            printf '%s\n' "$best" | sed "s/\"workload\":\"W3-probe\"/\"workload\":\"$label\"/" >> "$RESULTS"
+            log "$label $t run $r: highest passing rate $lo deltas/s -> $(jget "$best" delivered_per_s) delivered/s"
+            printf '%s\n' "$best" | sed "s/\"workload\":\"$W3_PROBE\"/\"workload\":\"$label\"/" >> "$RESULTS"
         else
-            log "W3 $t run $r: no rate passed"
+            log "$label $t run $r: no rate passed"
             printf '{"target":"%s","workload":"%s","run":%s,"failed":true}\n' "$t" "$label" "$r" >> "$RESULTS"
         fi
         sleep 1
@@ -498,6 +677,17 @@ main() {
                         run_w3 "$r" W3w1
                         WORKERS=$saved_w; TARGETS=$saved_t
                     fi ;;
+                W3c1|W3c3)
+                    if [[ " $TARGETS " == *" collab "* ]]; then
+                        local saved_t=$TARGETS
+                        TARGETS=collab
+                        start_cluster "${w#W3c}"
+                        RUN_REDIS=cluster${w#W3c}
+                        run_w3 "$r" "$w"
+                        RUN_REDIS=single
+                        stop_cluster
+                        TARGETS=$saved_t
+                    fi ;;
                 W1|W2|W4) run_simple "$w" "$r" ;;
                 *) fail "unknown workload $w" ;;
             esac
@@ -510,7 +700,8 @@ main() {
         --quick "${QUICK:-0}" --runs "$RUNS" --workers "$WORKERS" --module "$MODULE_SRC"
         --module-rev "$MODULE_REV" --module-sha "$MODULE_SHA"
         --nchan "$NCHAN_MODULE" --nginx "$NGINX_BIN" --redis "$REDIS_SERVER"
-        --seconds $(( SECONDS - t0 )))
+        --seconds $(( SECONDS - t0 )) --workloads "$WORKLOADS")
+    [ -n "${BENCH_DOC:-}" ] && rargs+=(--doc-explicit)
     printf '%q ' "${rargs[@]}" > "$OUT/report.args"
     report
 }
@@ -518,7 +709,7 @@ main() {
 report() {
     [ -s "$OUT/report.args" ] || fail "no results in $OUT (run the suite first)"
     eval "perl \"\$ROOT/bench/report.pl\" $(cat "$OUT/report.args")" || fail "report failed"
-    log "wrote $DOC and $PLOT"
+    log "report done"
 }
 
 case ${1:-} in
