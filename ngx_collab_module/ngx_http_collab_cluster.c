@@ -45,7 +45,10 @@
  * Functions.  Each primary's command connection loads the library as any
  * command connection does; the WATCH/INCR key of that check is a key of
  * the node's own slots, collab:library:{N}.  The cluster variant of the
- * library publishes with SPUBLISH; collab_fence (Sentinel) is never called.
+ * library publishes with SPUBLISH.  Each primary's command connection asks
+ * collab_fence for the node's replid and the one it was promoted from, its
+ * epoch fence, and keeps its own ack=replicated WAIT (ngx_http_collab_store.c);
+ * a command redirected to another node carries that node's fence.
  *
  * Sharded pub/sub.  hiredis 0.14 does not know SSUBSCRIBE: its callback
  * table is filled by SUBSCRIBE only.  So a document's channel is followed
@@ -83,6 +86,7 @@ typedef struct {
     ngx_http_collab_redis_t      sub;
     unsigned                     used:1;         /* in the last map */
     unsigned                     seen:1;         /* in the map being read */
+    unsigned                     back:1;         /* in it again */
     unsigned                     started:1;
 } ngx_http_collab_cluster_node_t;
 
@@ -125,6 +129,8 @@ static ngx_http_collab_cluster_node_t *ngx_http_collab_cluster_node(
 static ngx_uint_t ngx_http_collab_cluster_idle(ngx_http_collab_cluster_t *cl,
     ngx_http_collab_cluster_node_t *node);
 static ngx_uint_t ngx_http_collab_cluster_slot(u_char *p, size_t len);
+static size_t ngx_http_collab_cluster_arg_offset(ngx_uint_t i, int argc,
+    const size_t *argvlen);
 
 
 ngx_int_t
@@ -401,6 +407,7 @@ ngx_http_collab_cluster_slots_reply(redisAsyncContext *ac, void *r,
     }
 
     for (i = 0; i < cl->nnodes; i++) {
+        cl->nodes[i].back = cl->nodes[i].seen && !cl->nodes[i].used;
         cl->nodes[i].used = cl->nodes[i].seen;
     }
 
@@ -502,6 +509,11 @@ ngx_http_collab_cluster_apply(ngx_http_collab_cluster_t *cl)
 
             if (node->cmd.ac == NULL && !node->cmd.reconnect.timer_set) {
                 ngx_http_collab_redis_kick(&node->cmd, "a primary again");
+
+            } else if (node->back && node->cmd.ac) {
+                /* a replica meanwhile: its replid changed, ask again */
+                ngx_http_collab_redis_kick_later(&node->cmd,
+                                                 "a primary again");
             }
 
             if (node->sub.ac == NULL && !node->sub.reconnect.timer_set) {
@@ -653,7 +665,7 @@ ngx_http_collab_cluster_idle(ngx_http_collab_cluster_t *cl,
 
         if (rc->ac || rc->ninflight || rc->reconnect.timer_set
             || rc->watchdog.timer_set || rc->heartbeat.timer_set
-            || rc->kick.posted)
+            || rc->kick.posted || rc->wait || !ngx_queue_empty(&rc->acks))
         {
             return 0;
         }
@@ -721,7 +733,39 @@ ngx_http_collab_cluster_format(ngx_http_collab_cmd_t *cmd, int argc,
     cmd->fmt = fmt;
     cmd->fmt_len = n;
 
+    cmd->fence_len = 0;
+
+    if (cmd->fence_arg && cmd->fence_arg < (ngx_uint_t) argc) {
+        cmd->fence_off = ngx_http_collab_cluster_arg_offset(cmd->fence_arg,
+                                                            argc, argvlen);
+        cmd->fence_len = argvlen[cmd->fence_arg];
+    }
+
     return NGX_OK;
+}
+
+
+/* where argument i starts in the text redisFormatCommandArgv() made */
+
+static size_t
+ngx_http_collab_cluster_arg_offset(ngx_uint_t i, int argc,
+    const size_t *argvlen)
+{
+    u_char      buf[NGX_SIZE_T_LEN + 4];
+    size_t      off;
+    ngx_uint_t  j;
+
+    off = ngx_sprintf(buf, "*%d\r\n", argc) - buf;
+
+    for (j = 0; j <= i; j++) {
+        off += ngx_sprintf(buf, "$%uz\r\n", argvlen[j]) - buf;
+
+        if (j < i) {
+            off += argvlen[j] + 2;
+        }
+    }
+
+    return off;
 }
 
 
@@ -943,6 +987,16 @@ ngx_http_collab_cluster_resend(ngx_http_collab_redis_t *rc,
         && redisAsyncCommand(rc->ac, NULL, NULL, "ASKING") != REDIS_OK)
     {
         return NGX_DECLINED;
+    }
+
+    /*
+     * The epoch fence of the node that runs it: a stale map must not pass
+     * a former primary's replid to the one promoted from it (see epoch_of).
+     * A replid is 40 characters, so the fence keeps its length.
+     */
+
+    if (cmd->fmt && cmd->fence_len && cmd->fence_len == rc->fence_len) {
+        ngx_memcpy(cmd->fmt + cmd->fence_off, rc->fence, rc->fence_len);
     }
 
     return ngx_http_collab_redis_send(rc, cmd);

@@ -318,6 +318,9 @@ struct ngx_http_collab_cmd_s {
     ngx_http_collab_redis_t     *rc;             /* sent on */
     char                        *fmt;            /* cluster: to resend */
     size_t                       fmt_len;
+    ngx_uint_t                   fence_arg;      /* its index, 0: none */
+    size_t                       fence_off;      /* cluster: in fmt */
+    size_t                       fence_len;
     ngx_uint_t                   redirects;
     unsigned                     asking:1;       /* ASK: ASKING first */
     unsigned                     by_name:1;      /* the worker's: the reply
@@ -347,6 +350,17 @@ struct ngx_http_collab_redis_s {
     ngx_uint_t                   next_sentinel;
     ngx_uint_t                   node;           /* cluster: its index + 1 */
     ngx_uint_t                   nshard;         /* cluster: S(UN)SUBSCRIBEs */
+
+    /* ack=replicated: WAIT counts this connection's writes */
+    ngx_queue_t                  acks;           /* stored, await a WAIT */
+    ngx_http_collab_cmd_t       *wait;           /* the WAIT in flight */
+    ngx_uint_t                   wait_batch;     /* acks it answers */
+    ngx_msec_t                   replicas_short; /* a WAIT fell short then */
+
+    /* the epoch fence: "REPLID" (Sentinel), "REPLID,REPLID2" (cluster) */
+    size_t                       fence_len;
+    u_char                       fence[96];
+
     unsigned                     subscriber:1;
     unsigned                     sentinel:1;     /* to a Redis Sentinel */
     unsigned                     kicked:1;       /* dropped on purpose */
@@ -473,12 +487,6 @@ typedef struct {
     ngx_http_collab_addr_t       primary;        /* as the sentinels say */
     int64_t                      primary_epoch;  /* its config-epoch */
     ngx_http_collab_cluster_t   *cluster;        /* cluster mode */
-    ngx_msec_t                   replicas_short; /* a WAIT fell short then */
-    ngx_queue_t                  acks;           /* stored, await a WAIT */
-    ngx_http_collab_cmd_t       *wait;           /* the WAIT in flight */
-    ngx_uint_t                   wait_batch;     /* acks it answers */
-    size_t                       fence_len;      /* sentinel mode: the */
-    u_char                       fence[64];      /* primary's replid */
     ngx_connection_t            *watcher;
     ngx_event_t                  retry;
     time_t                       deny_sec;
