@@ -1,0 +1,397 @@
+#!/usr/bin/perl
+
+# ack=replicated and the epoch fence in a Redis Cluster: 3 primaries + 3
+# replicas on loopback, "collab_redis cluster:... ack=replicated", two
+# nginx instances.
+#
+# - Each primary has its own WAIT: a replica SIGSTOPped nacks "unavailable"
+#   for its shard's documents only.  A slot moved by hand (SETSLOT +
+#   MIGRATE): a delta redirected (ASK) to the importing node is acked only
+#   after a WAIT there (its replica stopped: nack; back: the retry is acked
+#   at the seq it was stored with, once), and the documents keep their epoch
+#   (clients get no resync), the fence becomes the new owner's replid.
+# - Failover under load, COLLAB_CLUSTER_SEEDS times (3 by default): writers
+#   on both instances over documents on every shard retry their ids until
+#   acked while a primary is killed (SIGKILL): no acked delta lost, none
+#   stored twice, seq dense, every subscriber ends with exactly the log; the
+#   failed shard's documents get a new epoch, the others keep theirs.
+
+use strict;
+use warnings;
+
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use Test::More;
+use Time::HiRes qw(time);
+use Collab::Test;
+
+my $SEEDS = $ENV{COLLAB_CLUSTER_SEEDS} || 3;
+my $t = Collab::Test->new(timeout => 60 + 30 * $SEEDS);
+my $started = time;
+
+my $NODE_ARGS = ['--cluster-enabled', 'yes', '--cluster-config-file', 'nodes.conf',
+                 '--cluster-node-timeout', 2000, '--repl-diskless-sync-delay', '0'];
+my @nodes = $t->redis_cluster(primaries => 3, replicas => 1, node_timeout => 2000);
+my $SEEDLIST = join ',', map { '127.0.0.1:' . $t->node_port($_) } @nodes;
+
+my $CONF = <<"EOF";
+    collab_redis cluster:$SEEDLIST ack=replicated ack_timeout=1s timeout=3s;
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        location = /collab {
+            collab;
+            collab_rate off;
+            collab_max_docs 32;
+        }
+    }
+EOF
+{
+    my ($rc, $out) = $t->check_nginx_conf($CONF);
+    is($rc, 0, 'nginx -t accepts cluster:... ack=replicated') or diag $out;
+}
+$t->write_nginx_conf($CONF, workers => 2);
+$t->start_nginx;
+$t->start_nginx(name => 'b');
+
+sub session {
+    my (%o) = @_;
+    my $ws;
+    Collab::Test::wait_until(sub { $ws = eval { $t->ws_session(%o) } }, 20);
+    return $ws;
+}
+
+sub port_of { $t->node_port($_[0]) }
+sub slot_of { $t->redis_at(port_of($nodes[0]), 'CLUSTER', 'KEYSLOT', "collab:{$_[0]}:log") }
+sub node_id { $t->redis_at(port_of($_[0]), 'CLUSTER', 'MYID') }
+sub info    { ($t->redis_at_try(port_of($_[0]), 'INFO', 'replication'))[0] // '' }
+sub replid  { (info($_[0]) =~ /master_replid:(\w+)/)[0] }
+sub primaries { my %p; $p{ $t->cluster_owner($_) // '' } = 1 for 0, 8000, 16383; sort keys %p }
+sub entry { my %f = @{ $_[0][1] }; "$f{seq}:$f{id}" }
+
+# the replica of a primary, by its port in INFO of the primary
+sub replica_of {
+    my ($p) = @_;
+    my ($port) = info($p) =~ /slave0:ip=[^,]+,port=(\d+)/ or return undef;
+    for my $n (@nodes) { return $n if port_of($n) == $port }
+    return undef;
+}
+
+sub synced {
+    my ($p) = @_;
+    my $i = info($p);
+    return $i =~ /role:master/ && $i =~ /slave0:[^\n]*state=online/;
+}
+
+# documents named PREFIX-N, at least $per on each of the 3 shards
+sub docs_on_shards {
+    my ($prefix, $per) = @_;
+    my (%by, @docs);
+    for my $n (1 .. 200) {
+        my $d = "$prefix-$n";
+        my $o = $t->cluster_owner(slot_of($d));
+        next if ($by{$o} // 0) >= $per;
+        $by{$o}++;
+        push @docs, $d;
+        last if @docs == 3 * $per;
+    }
+    return @docs;
+}
+
+sub field {
+    my ($doc, $f) = @_;
+    my $o = $t->cluster_owner(slot_of($doc));
+    return $t->redis_at(port_of($o), 'HGET', "collab:{$doc}:state", $f);
+}
+
+# one delta, its answer
+sub delta {
+    my ($ws, $doc, $id) = @_;
+    $ws->send_json({ type => 'delta', doc => $doc, id => $id, data => { id => $id } });
+    return $ws->wait_for(sub { ($_[0]{id} // '') eq $id
+                               && $_[0]{type} =~ /^n?ack$/ }, 10) || {};
+}
+
+# --- every primary: the library, one WAIT each
+my @p = primaries();
+is(scalar @p, 3, 'a cluster of 3 primaries and 3 replicas');
+my @docs = docs_on_shards('k', 2);
+my %owner = map { $_ => $t->cluster_owner(slot_of($_)) } @docs;
+my $w = session();
+ok(Collab::Test::wait_until(sub {
+    my $a = delta($w, $docs[0], 'warm-' . time);
+    return ($a->{type} // '') eq 'ack';
+}, 20), 'a delta is acked with ack=replicated');
+my $acked = 0;
+for my $d (@docs) {
+    my $a = delta($w, $d, "k1-$d");
+    $acked++ if ($a->{type} // '') eq 'ack';
+}
+is($acked, scalar @docs, 'a delta on a document of every shard is acked');
+for my $p (@p) {
+    my $v = $t->redis_at(port_of($p), 'FCALL', 'collab_version', 0);
+    is(join('.', @$v), '10.1.1', "$p: the sharded library 10");
+}
+my $fence_ok = grep { (field($_, 'fence') // '') eq replid($owner{$_}) } @docs;
+is($fence_ok, scalar @docs, "each document is fenced with its primary's replid");
+
+# --- a slot moved by hand; the importing node's replica stopped meanwhile
+{
+    my ($doc) = @docs;
+    my $src = $owner{$doc};
+    my ($dst) = grep { $_ ne $src } @p;
+    my ($third) = grep { $_ ne $src && $_ ne $dst } @p;
+    my ($on_dst) = grep { $owner{$_} eq $dst } @docs;
+    my ($on_third) = grep { $owner{$_} eq $third } @docs;
+    my ($on_src) = grep { $owner{$_} eq $src && $_ ne $doc } @docs;
+    my $slot = slot_of($doc);
+    my $epoch = field($doc, 'epoch');
+
+    # two subscribers, one per instance
+    my @subs = map { session(instance => $_ ? 'b' : undef) } 0, 1;
+    my @seen = ([], []);
+    my @events;
+    for my $k (0, 1) {
+        my $m = $t->subscribe($subs[$k], $doc);
+        push @events, "$k:subscribed:$m->{epoch}:$m->{seq}"
+            if ($m->{epoch} // '') ne $epoch || ($m->{seq} // 0) != 1;
+    }
+    my $pump = sub {
+        for my $k (0, 1) {
+            for my $m ($subs[$k]->collect(0.002)) {
+                next unless ($m->{doc} // '') eq $doc;
+                if ($m->{type} eq 'delta') {
+                    push @{ $seen[$k] }, "$m->{seq}:$m->{id}";
+                } elsif ($m->{type} =~ /^(?:resync|error|unsubscribed|subscribed)$/) {
+                    push @events, "$k:$m->{type}:" . ($m->{reason} // $m->{code} // '');
+                }
+            }
+        }
+    };
+
+    $t->redis_at(port_of($dst), 'CLUSTER', 'SETSLOT', $slot, 'IMPORTING', node_id($src));
+    $t->redis_at(port_of($src), 'CLUSTER', 'SETSLOT', $slot, 'MIGRATING', node_id($dst));
+    my $moved = 0;
+    while (my $keys = $t->redis_at(port_of($src), 'CLUSTER', 'GETKEYSINSLOT', $slot, 10)) {
+        last unless @$keys;
+        $t->redis_at(port_of($src), 'MIGRATE', '127.0.0.1', port_of($dst), '', 0, 5000,
+                     'KEYS', @$keys);
+        $moved += @$keys;
+    }
+    ok($moved >= 3, "slot $slot of \"$doc\" migrating from $src to $dst ($moved keys moved)");
+
+    my $rep = replica_of($dst);
+    $t->kill_node($rep, 'STOP');
+    my $n = delta($w, $doc, 'mv-1');
+    is("$n->{type} " . ($n->{code} // ''), 'nack unavailable',
+       'the replica of the importing node stopped: a delta asked there (ASK) is nacked');
+    my %got;
+    for my $d ($on_dst, $on_src, $on_third) {
+        my $a = delta($w, $d, "mv-$d");
+        $got{$d} = "$a->{type} " . ($a->{code} // '');
+    }
+    is($got{$on_dst}, 'nack unavailable', "... and one of the importing node's own");
+    is($got{$on_src}, 'ack ', '... the migrating node acks its other documents');
+    is($got{$on_third}, 'ack ', '... the third shard acks');
+    like($t->error_log . $t->error_log('b'), qr/deltas reached 0 of 1 replicas of "127\.0\.0\.1:@{[port_of($dst)]}"/,
+         'the short WAIT is logged with its node');
+
+    my $id = node_id($dst);
+    $t->redis_at(port_of($_), 'CLUSTER', 'SETSLOT', $slot, 'NODE', $id) for $dst, $src, $third;
+    $t->kill_node($rep, 'CONT');
+    ok(Collab::Test::wait_until(sub { synced($dst) }, 30), 'the replica is back');
+    my $a;
+    Collab::Test::wait_until(sub {
+        $a = delta($w, $doc, 'mv-1');
+        return ($a->{type} // '') eq 'ack';
+    }, 20, 0.3);
+    is("$a->{type} " . ($a->{seq} // ''), 'ack 2', 'the retry is acked at the seq it was stored with');
+    $a = delta($w, $doc, 'mv-2');
+    is("$a->{type} " . ($a->{seq} // ''), 'ack 3', 'the next delta follows on the new owner');
+    is($t->cluster_owner($slot), $dst, "the slot is $dst\'s");
+    my $log = $t->redis_at(port_of($dst), 'XRANGE', "collab:{$doc}:log", '-', '+');
+    is(join(' ', map { entry($_) } @$log), "1:k1-$doc 2:mv-1 3:mv-2",
+       'the log on the new owner: each delta once');
+    is(field($doc, 'epoch'), $epoch, 'the document kept its epoch');
+    is(field($doc, 'fence'), replid($dst), "... and is fenced with $dst\'s replid now");
+    my $want = '2:mv-1 3:mv-2';
+    ok(Collab::Test::wait_until(sub {
+        $pump->();
+        return join(' ', @{ $seen[0] }) eq $want && join(' ', @{ $seen[1] }) eq $want;
+    }, 10), 'its subscribers on both instances got the deltas stored on the new owner')
+        or diag "want $want; have @{ $seen[0] } | @{ $seen[1] }";
+    is("@events", '', '... and no resync, no error');
+    $_->close(1000) for @subs;
+    $owner{$doc} = $dst;
+}
+$w->close(1000);
+
+# --- failover under load, $SEEDS times
+my ($lost, $dups, $gaps, $subs_bad, $epoch_bad, $seeds_done) = (0, 0, 0, 0, 0, 0);
+my $seeds_started = time;
+for my $seed (1 .. $SEEDS) {
+    srand($seed);
+    my @docs = docs_on_shards("f$seed", 3);
+    my %owner = map { $_ => $t->cluster_owner(slot_of($_)) } @docs;
+    my @prims = primaries();
+    my $victim = $prims[ $seed % @prims ];
+    my %victim_doc = map { $_ => 1 } grep { $owner{$_} eq $victim } @docs;
+
+    # two subscribers (one per instance) follow every document
+    my @subs = map { session(instance => $_ ? 'b' : undef) } 0, 1;
+    my (%seen, %again, %subd, @events);
+    for my $k (0, 1) {
+        for my $d (@docs) {
+            $subs[$k]->send_json({ type => 'subscribe', doc => $d });
+            $seen{"$k $d"} = [];
+        }
+    }
+    my $pump_subs = sub {
+        for my $k (0, 1) {
+            for my $m ($subs[$k]->collect(0.002)) {
+                my $key = "$k " . ($m->{doc} // '');
+                if ($m->{type} eq 'delta') {
+                    push @{ $seen{$key} }, "$m->{seq}:$m->{id}";
+                } elsif ($m->{type} eq 'subscribed') {
+                    $subd{$key} = 1;
+                } elsif ($m->{type} =~ /^(?:resync|error|unsubscribed)$/) {
+                    push @events, "$key $m->{type}:" . ($m->{code} // $m->{reason} // '');
+                    $seen{$key} = [];
+                    $again{$key} = time + ($m->{type} eq 'resync' ? 0 : 0.3);
+                }
+            }
+        }
+        for my $key (grep { $again{$_} <= time } keys %again) {
+            delete $again{$key};
+            my ($k, $doc) = split / /, $key;
+            $subs[$k]->send_json({ type => 'subscribe', doc => $doc });
+        }
+    };
+
+    Collab::Test::wait_until(sub { $pump_subs->(); keys %subd == 2 * @docs }, 20)
+        or diag "seed $seed: not every subscribe answered";
+
+    # writers on both instances; a nack or a lost session: the same id again
+    my @w = map { session(instance => $_ % 2 ? 'b' : undef) } 0 .. 3;
+    my (%todo, %acked, %next_try);
+    for my $wi (0 .. $#w) {
+        for my $i (1 .. 12) {
+            $todo{"s$seed-w$wi-$i"} = { w => $wi, doc => $docs[int rand @docs], i => $i };
+        }
+    }
+    my ($killed, $promoted, %epoch_before);
+    my $deadline = time + 45;
+    while ((%todo || !$promoted) && time < $deadline) {
+        my $now = time;
+        for my $id (sort { $todo{$a}{i} <=> $todo{$b}{i} } keys %todo) {
+            my $d = $todo{$id};
+            next if ($next_try{$id} // 0) > $now;
+            $next_try{$id} = $now + 3;
+            $w[$d->{w}]->send_json({ type => 'delta', doc => $d->{doc}, id => $id,
+                                     data => { id => $id } });
+        }
+        Collab::HTTP::idle(0.02);
+        for my $wi (0 .. $#w) {
+            for my $m ($w[$wi]->collect(0.002)) {
+                next unless defined $m->{id} && $todo{ $m->{id} };
+                if ($m->{type} eq 'ack') {
+                    $acked{ $m->{id} } = { seq => $m->{seq}, doc => $todo{ $m->{id} }{doc} };
+                    delete $todo{ $m->{id} };
+                } elsif ($m->{type} eq 'nack') {
+                    $next_try{ $m->{id} } = time + 0.2;
+                }
+            }
+            if (!$w[$wi]->is_open) {
+                $w[$wi] = session(instance => $wi % 2 ? 'b' : undef);
+                delete $next_try{$_} for grep { $todo{$_}{w} == $wi } keys %todo;
+            }
+        }
+        $pump_subs->();
+        if (!$killed && keys %acked >= 12) {
+            %epoch_before = map { $_ => field($_, 'epoch') } @docs;
+            $t->kill_node($victim, 'KILL');
+            $killed = time;
+        }
+        if ($killed && !$promoted) {
+            my $o = $t->cluster_owner(slot_of((keys %victim_doc)[0]));
+            if ($o && $o ne $victim) {
+                $promoted = time;
+                # the killed primary comes back empty, as a replica of its successor
+                $t->redis_node($victim, port => port_of($victim), args => $NODE_ARGS);
+            }
+        }
+    }
+    is(scalar keys %todo, 0, "seed $seed: every delta acked in the end ($victim killed, "
+       . sprintf('replica promoted after %.1f s)', ($promoted // time) - ($killed // time)))
+        or diag "seed $seed: " . (scalar keys %todo) . ' never acked';
+
+    # each document once more: the first touch after the failover fences it
+    my $ws = session();
+    for my $d (@docs) {
+        Collab::Test::wait_until(sub {
+            my $a = delta($ws, $d, "post-$seed-$d");
+            return ($a->{type} // '') eq 'ack';
+        }, 20, 0.2) or diag "seed $seed: post-$seed-$d never acked";
+    }
+    $ws->close(1000);
+    $t->cluster_wait(30);
+    my ($seed_lost, $seed_dups, $seed_gaps, @epochs) = (0, 0, 0);
+    my %log;
+    for my $doc (@docs) {
+        my $o = $t->cluster_owner(slot_of($doc));
+        my $entries = $t->redis_at(port_of($o), 'XRANGE', "collab:{$doc}:log", '-', '+');
+        my ($n, %ids) = (0);
+        for my $e (@$entries) {
+            my %f = @{ $e->[1] };
+            $n++;
+            $seed_gaps++ if $f{seq} != $n;
+            $seed_dups++ if $ids{ $f{id} }++;
+            push @{ $log{$doc} }, "$f{seq}:$f{id}";
+        }
+        my $changed = (field($doc, 'epoch') // '') ne ($epoch_before{$doc} // '-');
+        push @epochs, $doc if $victim_doc{$doc} ? !$changed : $changed;
+    }
+    for my $id (keys %acked) {
+        my $a = $acked{$id};
+        $seed_lost++ unless grep { $_ eq "$a->{seq}:$id" } @{ $log{ $a->{doc} } || [] };
+    }
+    $lost += $seed_lost;
+    $dups += $seed_dups;
+    $gaps += $seed_gaps;
+    $epoch_bad += @epochs;
+    diag "seed $seed: epoch wrong for @epochs (victim $victim: "
+        . join(' ', sort keys %victim_doc) . ')' if @epochs;
+
+    # every subscriber ends with exactly the log (a resync starts it afresh)
+    for my $key (sort keys %seen) {
+        my (undef, $doc) = split / /, $key;
+        my $want = join ' ', @{ $log{$doc} || [] };
+        Collab::Test::wait_until(sub {
+            $pump_subs->();
+            return join(' ', @{ $seen{$key} }) eq $want;
+        }, 15);
+        next if join(' ', @{ $seen{$key} }) eq $want;
+        $subs_bad++;
+        diag "seed $seed $key: subscriber has @{ $seen{$key} }\n  log has $want\n"
+            . '  events: ' . join(' ', grep { index($_, $key) == 0 } @events);
+    }
+    diag "seed $seed: lost $seed_lost, duplicates $seed_dups, gaps $seed_gaps"
+        if $seed_lost || $seed_dups || $seed_gaps;
+    $_->close(1000) for @w, @subs;
+
+    # every primary has a replica in sync again before the next kill
+    Collab::Test::wait_until(sub { !grep { !synced($_) } primaries() }, 40)
+        or diag "seed $seed: a primary has no replica in sync";
+    $seeds_done++;
+}
+is($seeds_done, $SEEDS, "$SEEDS failovers (kill -9 of a primary) under load, "
+   . sprintf('%.0f s', time - $seeds_started));
+is($lost, 0, 'no acked delta lost in any failover (ack=replicated)');
+is($dups, 0, 'every retried delta stored once');
+is($gaps, 0, 'seq dense in every log');
+is($epoch_bad, 0, "the failed shard's documents got a new epoch, the others kept theirs");
+is($subs_bad, 0, 'every subscriber (2 per document) ends with exactly the log');
+diag sprintf('t/112c: %d seeds, %.0f s in all', $SEEDS, time - $started);
+
+$t->allow_log(qr/redis|cluster|slot|replicas/i);
+$t->done;
+done_testing;
