@@ -46,9 +46,10 @@
  * command connection does; the WATCH/INCR key of that check is a key of
  * the node's own slots, collab:library:{N}.  The cluster variant of the
  * library publishes with SPUBLISH.  Each primary's command connection asks
- * collab_fence for the node's replid and the one it was promoted from, its
- * epoch fence, and keeps its own ack=replicated WAIT (ngx_http_collab_store.c);
- * a command redirected to another node carries that node's fence.
+ * collab_fence for the node's epoch fence (its replid, the replid it was
+ * promoted from, its node id) and keeps its own ack=replicated WAIT (see
+ * ngx_http_collab_store.c); a command redirected to another node carries
+ * that node's fence.
  *
  * Sharded pub/sub.  hiredis 0.14 does not know SSUBSCRIBE: its callback
  * table is filled by SUBSCRIBE only.  So a document's channel is followed
@@ -992,7 +993,7 @@ ngx_http_collab_cluster_resend(ngx_http_collab_redis_t *rc,
     /*
      * The epoch fence of the node that runs it: a stale map must not pass
      * a former primary's replid to the one promoted from it (see epoch_of).
-     * A replid is 40 characters, so the fence keeps its length.
+     * Replids and node ids are 40 characters: the fence keeps its length.
      */
 
     if (cmd->fmt && cmd->fence_len && cmd->fence_len == rc->fence_len) {

@@ -357,9 +357,10 @@ struct ngx_http_collab_redis_s {
     ngx_uint_t                   wait_batch;     /* acks it answers */
     ngx_msec_t                   replicas_short; /* a WAIT fell short then */
 
-    /* the epoch fence: "REPLID" (Sentinel), "REPLID,REPLID2" (cluster) */
+    /* the epoch fence: "REPLID" (Sentinel), "REPLID,REPLID2,NODE-ID"
+     * (cluster) */
     size_t                       fence_len;
-    u_char                       fence[96];
+    u_char                       fence[128];
 
     unsigned                     subscriber:1;
     unsigned                     sentinel:1;     /* to a Redis Sentinel */

@@ -95,20 +95,22 @@ static const char  ngx_http_collab_store_lua[] =
 /* fence (sentinel mode; '' otherwise) names the primary's tenure, its
  * replication id: a document last used under another one may have lost a
  * tail that clients saw (replication is asynchronous), so it gets a new
- * epoch and its clients a fresh start.  In a cluster it is "ID,ID2", ID2
- * the replid of the primary this one was promoted from: only a document
- * last used under ID2 gets a new epoch; one under a foreign replid came
- * whole by MIGRATE (resharding) and keeps its epoch */
+ * epoch and its clients a fresh start.  In a cluster it is "ID,ID2,NODE"
+ * (ID2: the replid this primary was promoted from, NODE its node id) and
+ * "ID,NODE" is stored: a document last used under ID2 or by this node
+ * under another replid (restarted) gets a new epoch; one from elsewhere
+ * came whole by MIGRATE (resharding) and keeps its epoch */
 "local function epoch_of(state, new, fence)\n"
 "  fence = fence or ''\n"
 "  local e\n"
 "  if fence == '' then e = {redis.call('HGET', state, 'epoch')}\n"
 "  else e = redis.call('HMGET', state, 'epoch', 'fence') end\n"
-"  local id, id2 = string.match(fence, '^(%x+),(%x*)$')\n"
-"  fence = id or fence\n"
+"  local id, id2, node = string.match(fence, '^(%x+),(%x*),(%x+)$')\n"
+"  if id then fence = id .. ',' .. node end\n"
 "  if e[1] and (fence == '' or e[2] == fence) then return e[1], false end\n"
-"  if e[1] and id and e[2] ~= id2 then\n"
-"    redis.call('HSET', state, 'fence', id)\n"
+"  local was, on = string.match(e[2] or '', '^(%x+),(%x+)$')\n"
+"  if e[1] and id and was ~= id2 and on ~= node then\n"
+"    redis.call('HSET', state, 'fence', fence)\n"
 "    return e[1], false\n"
 "  end\n"
 "  if e[1] then\n"
@@ -128,9 +130,11 @@ static const char  ngx_http_collab_store_lua[] =
 "  end\n"
 "  local id = string.match(info, 'master_replid:(%x+)')\n"
 "  if not id then return redis.error_reply('ERR no replication id') end\n"
-/* a cluster's also names the primary this one was promoted from */
+/* a cluster's also names the primary this one was promoted from, and
+ * the node, which keeps its id over restarts */
 "  if PUB == 'SPUBLISH' then\n"
 "    return id .. ',' .. (string.match(info, 'master_replid2:(%x+)') or '')\n"
+"           .. ',' .. redis.call('CLUSTER', 'MYID')\n"
 "  end\n"
 "  return id\n"
 "end\n"

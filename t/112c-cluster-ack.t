@@ -144,8 +144,35 @@ for my $p (@p) {
     my $v = $t->redis_at(port_of($p), 'FCALL', 'collab_version', 0);
     is(join('.', @$v), '10.1.1', "$p: the sharded library 10");
 }
-my $fence_ok = grep { (field($_, 'fence') // '') eq replid($owner{$_}) } @docs;
-is($fence_ok, scalar @docs, "each document is fenced with its primary's replid");
+my $fence_ok = grep { (field($_, 'fence') // '') eq replid($owner{$_}) . ',' . node_id($owner{$_}) }
+               @docs;
+is($fence_ok, scalar @docs, "each document is fenced with its primary's replid and node id");
+
+# --- the fence rule, by direct calls (FENCE: replid, replid it was promoted from, node id)
+{
+    my $p = $t->cluster_owner(slot_of('rule'));
+    my $port = port_of($p);
+    my ($id, $node) = (replid($p), node_id($p));
+    my ($x, $y, $z, $zero) = map { $_ x 40 } 'a', 'b', 'c', '0';
+    my $fenced = sub {
+        my $r = $t->redis_at($port, 'FCALL', 'collab_read', 4, map({ "collab:{rule}:$_" }
+                             qw(state log acl audit)), sprintf('%016x', int rand 2**31), 0, 1, '',
+                             'u', '', 1, 0, 1000, 0, $_[0]);
+        return $r->[0] . ' ' . $t->redis_at($port, 'HGET', 'collab:{rule}:state', 'fence');
+    };
+    my $f = $t->redis_at($port, 'FCALL', 'collab_fence', 0);
+    like($f, qr/^$id,[0-9a-f]{40},$node$/, 'collab_fence (cluster): replid, replid2, node id');
+    my ($e0) = split / /, $fenced->($f);
+    is($fenced->($f), "$e0 $id,$node", 'created under its fence; the same fence: the same epoch');
+    my ($e1, $s1) = split / /, $fenced->("$x,$zero,$node");
+    ok($e1 ne $e0 && $s1 eq "$x,$node", 'this node under another replid (restarted): a new epoch');
+    my ($e2, $s2) = split / /, $fenced->("$y,$x,$z");
+    ok($e2 ne $e1 && $s2 eq "$y,$z", 'a node promoted from the last writer: a new epoch');
+    is($fenced->("$x,$zero,$node"), "$e2 $x,$node",
+       'another node, not promoted from it (the document migrated): the same epoch, its fence');
+    $t->redis_at($port, 'HDEL', 'collab:{rule}:state', 'fence');
+    is($fenced->($f), "$e2 $id,$node", 'no fence yet: the same epoch, the fence stored');
+}
 
 # --- a slot moved by hand; the importing node's replica stopped meanwhile
 {
@@ -235,7 +262,8 @@ is($fence_ok, scalar @docs, "each document is fenced with its primary's replid")
     is(join(' ', map { entry($_) } @$log), "1:k1-$doc 2:mv-1 3:mv-2",
        'the log on the new owner: each delta once');
     is(field($doc, 'epoch'), $epoch, 'the document kept its epoch');
-    is(field($doc, 'fence'), replid($dst), "... and is fenced with $dst\'s replid now");
+    is(field($doc, 'fence'), replid($dst) . ',' . node_id($dst),
+       "... and is fenced with $dst\'s replid and node id now");
     my $want = join ' ', map { entry($_) } @$log;
     ok(Collab::Test::wait_until(sub {
         $pump->();
