@@ -361,6 +361,7 @@ for my $seed (1 .. $SEEDS) {
         or diag "seed $seed: a primary has no replica in sync";
     $seeds_done++;
 }
+my $seeds_time = time - $seeds_started;
 # --- a slot moved by hand; the importing node's replica stopped meanwhile
 # (after the failovers: a killed node that had imported a slot by hand can
 # come back with a claim that leaves its successor CLUSTERDOWN)
@@ -478,7 +479,7 @@ for my $seed (1 .. $SEEDS) {
 }
 
 is($seeds_done, $SEEDS, "$SEEDS failovers (kill -9 of a primary) under load, "
-   . sprintf('%.0f s', time - $seeds_started));
+   . sprintf('%.0f s', $seeds_time));
 is($lost, 0, 'no acked delta lost in any failover (ack=replicated)');
 is($dups, 0, 'every retried delta stored once');
 is($gaps, 0, 'seq dense in every log');
