@@ -49,7 +49,8 @@
  * collab_fence for the node's epoch fence (its replid, the replid it was
  * promoted from, its node id) and keeps its own ack=replicated WAIT (see
  * ngx_http_collab_store.c); a command redirected to another node carries
- * that node's fence.
+ * that node's fence.  A primary that leaves the map (a replica now) loses
+ * its command connection, so that it asks again if promoted again.
  *
  * Sharded pub/sub.  hiredis 0.14 does not know SSUBSCRIBE: its callback
  * table is filled by SUBSCRIBE only.  So a document's channel is followed
@@ -87,7 +88,7 @@ typedef struct {
     ngx_http_collab_redis_t      sub;
     unsigned                     used:1;         /* in the last map */
     unsigned                     seen:1;         /* in the map being read */
-    unsigned                     back:1;         /* in it again */
+    unsigned                     left:1;         /* no longer in it */
     unsigned                     started:1;
 } ngx_http_collab_cluster_node_t;
 
@@ -408,7 +409,7 @@ ngx_http_collab_cluster_slots_reply(redisAsyncContext *ac, void *r,
     }
 
     for (i = 0; i < cl->nnodes; i++) {
-        cl->nodes[i].back = cl->nodes[i].seen && !cl->nodes[i].used;
+        cl->nodes[i].left = cl->nodes[i].used && !cl->nodes[i].seen;
         cl->nodes[i].used = cl->nodes[i].seen;
     }
 
@@ -496,6 +497,16 @@ ngx_http_collab_cluster_apply(ngx_http_collab_cluster_t *cl)
     for (i = 0; i < cl->nnodes; i++) {
         node = &cl->nodes[i];
 
+        if (node->left && node->cmd.ac) {
+            /*
+             * A replica now, or gone: its commands would be redirected.
+             * Should it be promoted again, its replid is new, so its
+             * fence is asked again on a new connection.
+             */
+            ngx_http_collab_redis_kick_later(&node->cmd,
+                                             "no longer a primary");
+        }
+
         if (!node->used) {
             continue;
         }
@@ -510,11 +521,6 @@ ngx_http_collab_cluster_apply(ngx_http_collab_cluster_t *cl)
 
             if (node->cmd.ac == NULL && !node->cmd.reconnect.timer_set) {
                 ngx_http_collab_redis_kick(&node->cmd, "a primary again");
-
-            } else if (node->back && node->cmd.ac) {
-                /* a replica meanwhile: its replid changed, ask again */
-                ngx_http_collab_redis_kick_later(&node->cmd,
-                                                 "a primary again");
             }
 
             if (node->sub.ac == NULL && !node->sub.reconnect.timer_set) {
@@ -890,6 +896,11 @@ ngx_http_collab_cluster_redirect(ngx_http_collab_cmd_t *cmd,
         if (ngx_http_collab_cluster_start(cl, node) != NGX_OK) {
             return NGX_DECLINED;
         }
+
+    } else if (node->cmd.ac == NULL && !node->cmd.reconnect.timer_set) {
+        /* one the map left (a replica meanwhile): a primary again */
+        ngx_http_collab_cluster_refresh();
+        ngx_http_collab_redis_kick(&node->cmd, "a primary again");
     }
 
     if (!ask && node->used) {

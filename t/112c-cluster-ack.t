@@ -362,6 +362,42 @@ for my $seed (1 .. $SEEDS) {
     $seeds_done++;
 }
 my $seeds_time = time - $seeds_started;
+
+# --- a primary demoted and promoted again (CLUSTER FAILOVER twice): once
+# out of the map its command connection is dropped, so that promoted again
+# it is asked for its fence again; its documents get its new replid, not
+# the one of its first term
+{
+    my $w = session();
+    my $d = $docs[-1];
+    my $p = $t->cluster_owner(slot_of($d));
+    my $r = replica_of($p);
+    my $acked = sub {
+        my ($id) = @_;
+        Collab::Test::wait_until(sub { (delta($w, $d, $id)->{type} // '') eq 'ack' }, 20, 0.2);
+    };
+    ok($acked->('fd-1'), "a delta on $d ($p)");
+    my $old = replid($p);
+    for my $step ([$r, $p], [$p, $r]) {
+        my ($to, $from) = @$step;
+        Collab::Test::wait_until(sub { synced($from) }, 20);
+        $t->redis_at(port_of($to), 'CLUSTER', 'FAILOVER');
+        Collab::Test::wait_until(sub {
+            ($t->cluster_owner(slot_of($d)) // '') eq $to && info($from) =~ /role:slave/
+        }, 20);
+        # a map read (every second) without the demoted node
+        $t->idle(1.5) if $to eq $r;
+        ok($acked->("fd-$to"), "$to is the primary of $d: a delta acked");
+    }
+    isnt(replid($p), $old, "$p has a new replid");
+    is(field($d, 'fence'), replid($p) . ',' . node_id($p), '... which fences its documents')
+        or diag "$p was " . $old;
+    like($t->error_log . $t->error_log('b'),
+         qr/"127\.0\.0\.1:@{[port_of($p)]}" dropped: no longer a primary/,
+         '... asked on a new connection (the old one dropped when it left the map)');
+    $w->close(1000);
+}
+
 # --- a slot moved by hand; the importing node's replica stopped meanwhile
 # (after the failovers: a killed node that had imported a slot by hand can
 # come back with a claim that leaves its successor CLUSTERDOWN)
