@@ -49,8 +49,9 @@
  * collab_fence for the node's epoch fence (its replid, the replid it was
  * promoted from, its node id) and keeps its own ack=replicated WAIT (see
  * ngx_http_collab_store.c); a command redirected to another node carries
- * that node's fence.  A primary that leaves the map (a replica now) loses
- * its command connection, so that it asks again if promoted again.
+ * that node's fence.  Each map asks every node's fence again: one that
+ * answers as a replica loses its command connection, so that promoted
+ * again it is asked on a new one.
  *
  * Sharded pub/sub.  hiredis 0.14 does not know SSUBSCRIBE: its callback
  * table is filled by SUBSCRIBE only.  So a document's channel is followed
@@ -88,7 +89,6 @@ typedef struct {
     ngx_http_collab_redis_t      sub;
     unsigned                     used:1;         /* in the last map */
     unsigned                     seen:1;         /* in the map being read */
-    unsigned                     left:1;         /* no longer in it */
     unsigned                     started:1;
 } ngx_http_collab_cluster_node_t;
 
@@ -409,7 +409,6 @@ ngx_http_collab_cluster_slots_reply(redisAsyncContext *ac, void *r,
     }
 
     for (i = 0; i < cl->nnodes; i++) {
-        cl->nodes[i].left = cl->nodes[i].used && !cl->nodes[i].seen;
         cl->nodes[i].used = cl->nodes[i].seen;
     }
 
@@ -497,14 +496,14 @@ ngx_http_collab_cluster_apply(ngx_http_collab_cluster_t *cl)
     for (i = 0; i < cl->nnodes; i++) {
         node = &cl->nodes[i];
 
-        if (node->left && node->cmd.ac) {
+        if (node->started) {
             /*
-             * A replica now, or gone: its commands would be redirected.
-             * Should it be promoted again, its replid is new, so its
-             * fence is asked again on a new connection.
+             * Its fence again, in or out of the map: a replica now is
+             * dropped (READONLY), a primary keeps its connection (one
+             * first reached by a redirect, or one a seed's partial view
+             * left out) and its replid, should that change.
              */
-            ngx_http_collab_redis_kick_later(&node->cmd,
-                                             "no longer a primary");
+            ngx_http_collab_store_fence_refresh(&node->cmd);
         }
 
         if (!node->used) {

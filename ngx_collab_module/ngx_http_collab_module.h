@@ -30,6 +30,13 @@
 #define NGX_HTTP_COLLAB_READ_BATCH        256
 
 /*
+ * The epoch fence, collab_fence's reply: a replid (Sentinel), or in a
+ * cluster "REPLID,REPLID2,NODE-ID", three 40-character ids and two commas
+ * (122); a longer reply is refused as unexpected.
+ */
+#define NGX_HTTP_COLLAB_FENCE_MAX         128
+
+/*
  * What a message costs in the session's collab_rate message bucket, in
  * deltas: a subscribe starts a log read, a state stores a snapshot, an auth
  * checks a signature.  Every message also costs its bytes.
@@ -357,14 +364,14 @@ struct ngx_http_collab_redis_s {
     ngx_uint_t                   wait_batch;     /* acks it answers */
     ngx_msec_t                   replicas_short; /* a WAIT fell short then */
 
-    /* the epoch fence: "REPLID" (Sentinel), "REPLID,REPLID2,NODE-ID"
-     * (cluster) */
+    /* the epoch fence (see NGX_HTTP_COLLAB_FENCE_MAX) */
     size_t                       fence_len;
-    u_char                       fence[128];
+    u_char                       fence[NGX_HTTP_COLLAB_FENCE_MAX];
 
     unsigned                     subscriber:1;
     unsigned                     sentinel:1;     /* to a Redis Sentinel */
     unsigned                     kicked:1;       /* dropped on purpose */
+    unsigned                     fence_asking:1; /* cluster: asked again */
     unsigned                     cluster_map:1;  /* asks for the slot map */
     unsigned                     exiting:1;
     unsigned                     heartbeat_pending:1;
@@ -943,6 +950,7 @@ typedef struct {
 } ngx_http_collab_presence_list_t;
 
 ngx_int_t ngx_http_collab_store_setup(ngx_http_collab_redis_t *rc);
+void ngx_http_collab_store_fence_refresh(ngx_http_collab_redis_t *rc);
 ngx_int_t ngx_http_collab_store_append(ngx_http_collab_session_t *s,
     ngx_str_t *doc, ngx_str_t *id, ngx_str_t *data, int64_t base,
     ngx_uint_t slot);

@@ -91,27 +91,66 @@ static const char  ngx_http_collab_store_lua[] =
 "    follow(audit, base .. 'state')\n"
 "  end\n"
 "end\n"
-/* a new log: every worker that knew the old one resyncs its sessions */
-/* fence (sentinel mode; '' otherwise) names the primary's tenure, its
- * replication id: a document last used under another one may have lost a
- * tail that clients saw (replication is asynchronous), so it gets a new
- * epoch and its clients a fresh start.  In a cluster it is "ID,ID2,NODE"
- * (ID2: the replid this primary was promoted from, NODE its node id) and
- * "ID,NODE" is stored: a document last used under ID2 or by this node
- * under another replid (restarted) gets a new epoch; one from elsewhere
- * came whole by MIGRATE (resharding) and keeps its epoch */
+/* role, replid and replid2 of this node */
+"local function replication()\n"
+"  local info = redis.call('INFO', 'replication')\n"
+"  return string.find(info, 'role:master', 1, true),\n"
+"         string.match(info, 'master_replid:(%x+)'),\n"
+"         string.match(info, 'master_replid2:(%x+)') or ''\n"
+"end\n"
+/* cluster: node S is a primary that serves slots and is not failing */
+"local function serves(s)\n"
+"  local nodes = '\\n' .. redis.call('CLUSTER', 'NODES')\n"
+"  local at = string.find(nodes, '\\n' .. s .. ' ', 1, true)\n"
+"  if not at then return false end\n"
+"  local flags, slots = string.match(nodes,\n"
+"    '^%S+ %S+ (%S+) %S+ %S+ %S+ %S+ %S+ ?([^\\n]*)', at + 1)\n"
+"  return flags ~= nil and string.find(flags, 'fail', 1, true) == nil\n"
+"    and string.find(',' .. flags .. ',', ',master,', 1, true) ~= nil\n"
+"    and string.find(' ' .. slots, ' %d') ~= nil\n"
+"end\n"
+/* cluster, the fence passed does not match the stored one (rare: first
+ * use under another fence, or a connection's fence not refreshed yet):
+ * this node's fence now, and whether the document keeps its epoch.  The
+ * stored "ID,S" names the node S that last wrote it.  S is this node under
+ * another replid (restarted, or demoted and promoted again), or the
+ * primary this one was promoted from (ID is our replid2), or S is a
+ * replica now, failing, unknown, without slots: a tail may be lost, a new
+ * epoch.  S a healthy primary serving slots: the document came whole by
+ * MIGRATE (resharding), it keeps its epoch.  No fence: written by an older
+ * module, it keeps its epoch. */
+"local function cluster_fence(stored)\n"
+"  local _, id, id2 = replication()\n"
+"  local node = redis.call('CLUSTER', 'MYID')\n"
+"  local fence = (id or '') .. ',' .. node\n"
+"  if stored == nil or stored == fence then return true, fence end\n"
+"  local was, on = string.match(stored, '^(%x*),(%x+)$')\n"
+"  if not on then return true, fence end\n"
+"  return on ~= node and was ~= id2 and serves(on), fence\n"
+"end\n"
+/* fence names the primary's tenure ('' with a single Redis): in Sentinel
+ * mode its replication id, a document last used under another one may
+ * have lost a tail that clients saw (replication is asynchronous), so it
+ * gets a new epoch and its clients a fresh start.  In a cluster it is
+ * "ID,ID2,NODE" (ID2: the replid this primary was promoted from, NODE its
+ * node id), "ID,NODE" is stored, and a mismatch is judged by
+ * cluster_fence().  A new log: every worker that knew the old one
+ * resyncs its sessions */
 "local function epoch_of(state, new, fence)\n"
 "  fence = fence or ''\n"
 "  local e\n"
 "  if fence == '' then e = {redis.call('HGET', state, 'epoch')}\n"
 "  else e = redis.call('HMGET', state, 'epoch', 'fence') end\n"
-"  local id, id2, node = string.match(fence, '^(%x+),(%x*),(%x+)$')\n"
-"  if id then fence = id .. ',' .. node end\n"
+"  local cluster = string.find(fence, ',', 1, true)\n"
+"  if cluster then fence = string.gsub(fence, ',%x*,', ',') end\n"
 "  if e[1] and (fence == '' or e[2] == fence) then return e[1], false end\n"
-"  local was, on = string.match(e[2] or '', '^(%x+),(%x+)$')\n"
-"  if e[1] and id and was ~= id2 and on ~= node then\n"
-"    redis.call('HSET', state, 'fence', fence)\n"
-"    return e[1], false\n"
+"  if cluster then\n"
+"    local keep\n"
+"    keep, fence = cluster_fence(e[2])\n"
+"    if e[1] and keep then\n"
+"      if e[2] ~= fence then redis.call('HSET', state, 'fence', fence) end\n"
+"      return e[1], false\n"
+"    end\n"
 "  end\n"
 "  if e[1] then\n"
 "    redis.call('HSET', state, 'epoch', new, 'fence', fence)\n"
@@ -124,17 +163,15 @@ static const char  ngx_http_collab_store_lua[] =
 "  return new, not e[1]\n"
 "end\n"
 "local function fence()\n"
-"  local info = redis.call('INFO', 'replication')\n"
-"  if not string.find(info, 'role:master', 1, true) then\n"
+"  local master, id, id2 = replication()\n"
+"  if not master then\n"
 "    return redis.error_reply('READONLY not the primary')\n"
 "  end\n"
-"  local id = string.match(info, 'master_replid:(%x+)')\n"
 "  if not id then return redis.error_reply('ERR no replication id') end\n"
 /* a cluster's also names the primary this one was promoted from, and
  * the node, which keeps its id over restarts */
 "  if PUB == 'SPUBLISH' then\n"
-"    return id .. ',' .. (string.match(info, 'master_replid2:(%x+)') or '')\n"
-"           .. ',' .. redis.call('CLUSTER', 'MYID')\n"
+"    return id .. ',' .. id2 .. ',' .. redis.call('CLUSTER', 'MYID')\n"
 "  end\n"
 "  return id\n"
 "end\n"
@@ -763,6 +800,8 @@ static ngx_int_t ngx_http_collab_store_load(redisAsyncContext *ac,
     ngx_uint_t attempt);
 static void ngx_http_collab_store_loaded(redisAsyncContext *ac,
     ngx_http_collab_redis_t *rc);
+static ngx_int_t ngx_http_collab_store_fence_ask(redisAsyncContext *ac,
+    void *data);
 static void ngx_http_collab_store_fence_reply(redisAsyncContext *ac,
     void *r, void *data);
 static void ngx_http_collab_store_fence_arg(ngx_http_collab_cmd_t *cmd,
@@ -979,10 +1018,8 @@ static void
 ngx_http_collab_store_loaded(redisAsyncContext *ac,
     ngx_http_collab_redis_t *rc)
 {
-    const char  *argv[3];
-    size_t       argvlen[3];
-
     rc->fence_len = 0;
+    rc->fence_asking = 0;
 
     if (rc->mcf->sentinel_master.len == 0 && rc->node == 0) {
         if (--rc->setup_pending == 0) {
@@ -992,6 +1029,43 @@ ngx_http_collab_store_loaded(redisAsyncContext *ac,
         return;
     }
 
+    if (ngx_http_collab_store_fence_ask(ac, NULL) != NGX_OK) {
+        redisAsyncDisconnect(ac);
+    }
+}
+
+
+/*
+ * Cluster: each map (every second) asks a node's ready command connection
+ * for its fence again.  A replid changes without a failover too (a backlog
+ * created anew), and a node demoted to a replica answers READONLY: the
+ * connection is dropped, so that promoted again it is asked on a new one,
+ * and a primary that a seed's map left out (a partial view) keeps its own.
+ */
+
+void
+ngx_http_collab_store_fence_refresh(ngx_http_collab_redis_t *rc)
+{
+    if (rc->ac == NULL || rc->state != NGX_HTTP_COLLAB_REDIS_READY
+        || rc->fence_asking)
+    {
+        return;
+    }
+
+    if (ngx_http_collab_store_fence_ask(rc->ac, rc) == NGX_OK) {
+        rc->fence_asking = 1;
+    }
+}
+
+
+/* data: NULL at setup, the connection when asked again */
+
+static ngx_int_t
+ngx_http_collab_store_fence_ask(redisAsyncContext *ac, void *data)
+{
+    const char  *argv[3];
+    size_t       argvlen[3];
+
     argv[0] = "FCALL";
     argvlen[0] = 5;
     argv[1] = "collab_fence";
@@ -999,12 +1073,14 @@ ngx_http_collab_store_loaded(redisAsyncContext *ac,
     argv[2] = "0";
     argvlen[2] = 1;
 
-    if (redisAsyncCommandArgv(ac, ngx_http_collab_store_fence_reply, NULL, 3,
-                              argv, argvlen)
+    if (redisAsyncCommandArgv(ac, ngx_http_collab_store_fence_reply, data,
+                              3, argv, argvlen)
         != REDIS_OK)
     {
-        redisAsyncDisconnect(ac);
+        return NGX_ERROR;
     }
+
+    return NGX_OK;
 }
 
 
@@ -1018,12 +1094,25 @@ ngx_http_collab_store_fence_reply(redisAsyncContext *ac, void *r,
     rc = ac->data;
     reply = r;
 
+    if (data) {
+        rc->fence_asking = 0;
+    }
+
     if (reply == NULL) {
         return;
     }
 
     if (reply->type == REDIS_REPLY_ERROR) {
         /* READONLY: a replica, the sentinels (or the map) are asked again */
+
+        if (data) {
+            /* demoted: expected in a failover */
+            ngx_log_error(NGX_LOG_NOTICE, rc->log, 0,
+                          "collab: redis %s connection to \"%V\": %s",
+                          rc->name, &rc->addr, reply->str);
+            ngx_http_collab_redis_kick_later(rc, "no longer a primary");
+            return;
+        }
 
         ngx_log_error(NGX_LOG_ERR, rc->log, 0,
                       "collab: redis %s connection to \"%V\" is not to "
@@ -1044,7 +1133,7 @@ ngx_http_collab_store_fence_reply(redisAsyncContext *ac, void *r,
     rc->fence_len = reply->len;
     ngx_memcpy(rc->fence, reply->str, reply->len);
 
-    if (--rc->setup_pending == 0) {
+    if (data == NULL && --rc->setup_pending == 0) {
         ngx_http_collab_redis_setup_done(rc);
     }
 }
@@ -1052,8 +1141,9 @@ ngx_http_collab_store_fence_reply(redisAsyncContext *ac, void *r,
 
 /*
  * Argument i: the fence of the primary the document's commands go to, for
- * epoch_of(); empty with a single Redis.  A command redirected to another
- * node gets that node's (ngx_http_collab_cluster_resend()).
+ * epoch_of(); empty with a single Redis.  Sets cmd->fence_arg so that
+ * ngx_http_collab_cluster_format() finds it in the command text: a command
+ * redirected to another node gets that node's (cluster_resend()).
  */
 
 static void

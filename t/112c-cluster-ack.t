@@ -150,30 +150,49 @@ my $fence_ok = grep { (field($_, 'fence') // '') eq replid($owner{$_}) . ',' . n
                @docs;
 is($fence_ok, scalar @docs, "each document is fenced with its primary's replid and node id");
 
-# --- the fence rule, by direct calls (FENCE: replid, replid it was promoted from, node id)
+# --- the fence rule, by direct calls (FENCE: replid, replid it was promoted
+# from, node id; "replid,node id" stored); a mismatch is judged by the node's
+# own fence and CLUSTER NODES
 {
     my $p = $t->cluster_owner(slot_of('rule'));
     my $port = port_of($p);
     my ($id, $node) = (replid($p), node_id($p));
-    my ($x, $y, $z, $zero) = map { $_ x 40 } 'a', 'b', 'c', '0';
+    my ($other) = map { node_id($_) } grep { $_ ne $p } primaries();
+    my $replica = node_id(replica_of($p));
+    my $id2 = (info($p) =~ /master_replid2:(\w+)/)[0];
+    my ($x, $z, $zero) = map { $_ x 40 } 'a', 'c', '0';
     my $fenced = sub {
         my $r = $t->redis_at($port, 'FCALL', 'collab_read', 4, map({ "collab:{rule}:$_" }
                              qw(state log acl audit)), sprintf('%016x', int rand 2**31), 0, 1, '',
                              'u', '', 1, 0, 1000, 0, $_[0]);
         return $r->[0] . ' ' . $t->redis_at($port, 'HGET', 'collab:{rule}:state', 'fence');
     };
+    my $stored = sub { $t->redis_at($port, 'HSET', 'collab:{rule}:state', 'fence', $_[0]) };
     my $f = $t->redis_at($port, 'FCALL', 'collab_fence', 0);
     like($f, qr/^$id,[0-9a-f]{40},$node$/, 'collab_fence (cluster): replid, replid2, node id');
-    my ($e0) = split / /, $fenced->($f);
-    is($fenced->($f), "$e0 $id,$node", 'created under its fence; the same fence: the same epoch');
-    my ($e1, $s1) = split / /, $fenced->("$x,$zero,$node");
-    ok($e1 ne $e0 && $s1 eq "$x,$node", 'this node under another replid (restarted): a new epoch');
-    my ($e2, $s2) = split / /, $fenced->("$y,$x,$z");
-    ok($e2 ne $e1 && $s2 eq "$y,$z", 'a node promoted from the last writer: a new epoch');
-    is($fenced->("$x,$zero,$node"), "$e2 $x,$node",
-       'another node, not promoted from it (the document migrated): the same epoch, its fence');
+    my ($e0) = split / /, $fenced->("$x,$zero,$node");
+    is($fenced->($f), "$e0 $id,$node",
+       "created under the node's own fence (not a stale one passed); the same fence: the same epoch");
+    $stored->("$x,$node");
+    my ($e1, $s1) = split / /, $fenced->($f);
+    ok($e1 ne $e0 && $s1 eq "$id,$node",
+       'last written by this node under another replid (restarted, demoted and promoted): a new epoch');
+    $stored->("$x,$other");
+    is($fenced->($f), "$e1 $id,$node",
+       'by another primary that serves slots (the document migrated): the same epoch, our fence');
+    $stored->("$x,$replica");
+    my ($e2) = split / /, $fenced->($f);
+    isnt($e2, $e1, 'by a node that is a replica now (failed over since): a new epoch');
+    $stored->("$x,$z");
+    my ($e3) = split / /, $fenced->($f);
+    isnt($e3, $e2, 'by an unknown node: a new epoch');
+    $stored->("$id2,$other");
+    my ($e4) = split / /, $fenced->($f);
+    isnt($e4, $e3, 'under the replid this node was promoted from: a new epoch');
+    is($fenced->("$x,$zero,$node"), "$e4 $id,$node",
+       "a stale fence passed (not refreshed yet): judged by the node's own, the same epoch");
     $t->redis_at($port, 'HDEL', 'collab:{rule}:state', 'fence');
-    is($fenced->($f), "$e2 $id,$node", 'no fence yet: the same epoch, the fence stored');
+    is($fenced->($f), "$e4 $id,$node", 'no fence (an older module wrote it): the same epoch, ours');
 }
 
 $w->close(1000);
