@@ -123,7 +123,7 @@ static const char  ngx_http_collab_store_lua[] =
 "  local _, id, id2 = replication()\n"
 "  local node = redis.call('CLUSTER', 'MYID')\n"
 "  local fence = (id or '') .. ',' .. node\n"
-"  if stored == nil or stored == fence then return true, fence end\n"
+"  if not stored or stored == fence then return true, fence end\n"
 "  local was, on = string.match(stored, '^(%x*),(%x+)$')\n"
 "  if not on then return true, fence end\n"
 "  return on ~= node and was ~= id2 and serves(on), fence\n"
