@@ -57,6 +57,9 @@ EOF
 $t->write_nginx_conf($CONF, workers => 2);
 $t->start_nginx;
 $t->start_nginx(name => 'b');
+# the same setup with ack=local, for the control of the first seed
+(my $CONF_LOCAL = $CONF) =~ s/ ack=replicated ack_timeout=1s//;
+$t->start_nginx(name => 'c', conf => $CONF_LOCAL, workers => 1);
 
 sub session {
     my (%o) = @_;
@@ -199,6 +202,7 @@ $w->close(1000);
 
 # --- failover under load, $SEEDS times
 my ($lost, $dups, $gaps, $subs_bad, $epoch_bad, $others_bad, $seeds_done) = (0) x 7;
+my (%local_acked, $local_lost, $lag_acked);
 my $seeds_started = time;
 for my $seed (1 .. $SEEDS) {
     srand($seed);
@@ -261,6 +265,22 @@ for my $seed (1 .. $SEEDS) {
         $w[$d->{w}]->send_json({ type => 'delta', doc => $d->{doc}, id => $id,
                                  data => { id => $id } });
     };
+    my $on_msg = sub {
+        my ($wi, $m) = @_;
+        return unless defined $m->{id} && $todo{ $m->{id} };
+        my $doc = $todo{ $m->{id} }{doc};
+        if ($m->{type} eq 'ack') {
+            $acked{ $m->{id} } = { seq => $m->{seq}, doc => $doc };
+            delete $todo{ $m->{id} };
+            $pace{$wi} = time + 0.04;
+            # sent once the victim's replica was paused (seed 1), before the kill
+            $lag_acked++ if !$killed && $m->{id} =~ /^s1-x-/;
+        } elsif ($m->{type} eq 'nack') {
+            $next_try{ $m->{id} } = time + 0.2;
+            $nacks{ $m->{code} }++;
+            $others_nacked++ if $killed && !$victim_doc{$doc};
+        }
+    };
     my $deadline = time + 45;
     while ((%todo || !$promoted) && time < $deadline) {
         my $now = time;
@@ -276,19 +296,7 @@ for my $seed (1 .. $SEEDS) {
         }
         Collab::HTTP::idle(0.01);
         for my $wi (0 .. $#w) {
-            for my $m ($w[$wi]->collect(0.002)) {
-                next unless defined $m->{id} && $todo{ $m->{id} };
-                my $doc = $todo{ $m->{id} }{doc};
-                if ($m->{type} eq 'ack') {
-                    $acked{ $m->{id} } = { seq => $m->{seq}, doc => $doc };
-                    delete $todo{ $m->{id} };
-                    $pace{$wi} = time + 0.04;
-                } elsif ($m->{type} eq 'nack') {
-                    $next_try{ $m->{id} } = time + 0.2;
-                    $nacks{ $m->{code} }++;
-                    $others_nacked++ if $killed && !$victim_doc{$doc};
-                }
-            }
+            $on_msg->($wi, $_) for $w[$wi]->collect(0.002);
             if (!$w[$wi]->is_open) {
                 $w[$wi] = session(instance => $wi % 2 ? 'b' : undef);
                 delete $next_try{$_} for grep { $todo{$_}{w} == $wi } keys %todo;
@@ -296,13 +304,30 @@ for my $seed (1 .. $SEEDS) {
         }
         $pump_subs->();
         if (!$killed && keys %acked >= 30) {
+            # seed 1: the victim's replica applies nothing from now on (its
+            # replication stream waits unread, and is lost with the link)
+            my ($rep, $local) = $seed == 1 ? (replica_of($victim), session(instance => 'c')) : ();
+            $lag_acked = 0 if $rep;
+            $t->redis_at(port_of($rep), 'CLIENT', 'PAUSE', 2000, 'ALL') if $rep;
             # a delta to each of the victim's documents in flight as it dies
             for my $d (sort keys %victim_doc) {
                 my $id = "s$seed-x-$d";
                 $todo{$id} = { w => 0, doc => $d, i => 0 };
                 $send->($id);
+                $local->send_json({ type => 'delta', doc => $d, id => "l-$d", data => {} })
+                    if $local;
             }
+            # the control: ack=local acks what the replica never gets
+            Collab::Test::wait_until(sub {
+                for my $m ($local->collect(0.01)) {
+                    $local_acked{ $m->{id} } = { seq => $m->{seq}, doc => $m->{doc} }
+                        if $m->{type} eq 'ack';
+                }
+                $on_msg->(0, $_) for $w[0]->collect(0.002);
+                return keys %local_acked == keys %victim_doc;
+            }, 1.5, 0.01) if $local;
             $t->kill_node($victim, 'KILL');
+            $local->close(1000) if $local;
             $killed = time;
         }
         if ($killed && !$promoted) {
@@ -350,6 +375,13 @@ for my $seed (1 .. $SEEDS) {
     for my $id (keys %acked) {
         my $a = $acked{$id};
         $seed_lost++ unless grep { $_ eq "$a->{seq}:$id" } @{ $log{ $a->{doc} } || [] };
+    }
+    if ($seed == 1) {
+        $local_lost = 0;
+        for my $id (keys %local_acked) {
+            my $a = $local_acked{$id};
+            $local_lost++ unless grep { $_ eq "$a->{seq}:$id" } @{ $log{ $a->{doc} } || [] };
+        }
     }
     $lost += $seed_lost;
     $dups += $seed_dups;
@@ -536,6 +568,9 @@ my $seeds_time = time - $seeds_started;
 is($seeds_done, $SEEDS, "$SEEDS failovers (kill -9 of a primary) under load, "
    . sprintf('%.0f s', $seeds_time));
 is($lost, 0, 'no acked delta lost in any failover (ack=replicated)');
+is($lag_acked, 0, "seed 1, the victim's replica paused: none of its deltas acked meanwhile");
+ok($local_lost, 'the control: with ack=local the same setup loses acked deltas '
+   . "($local_lost of " . (scalar keys %local_acked) . ')');
 is($dups, 0, 'every retried delta stored once');
 is($gaps, 0, 'seq dense in every log');
 is($epoch_bad, 0, "the failed shard's documents got a new epoch, the others kept theirs");
