@@ -751,7 +751,12 @@ ngx_http_collab_cluster_format(ngx_http_collab_cmd_t *cmd, int argc,
 }
 
 
-/* where argument i starts in the text redisFormatCommandArgv() made */
+/*
+ * Where argument i starts in the text redisFormatCommandArgv() made: RESP,
+ * "*argc\r\n" then "$len\r\n" arg "\r\n" for each argument (hiredis
+ * formats exactly so, the protocol leaves no choice).  Only the fence is
+ * overwritten there, by one of the same length (cluster_resend()).
+ */
 
 static size_t
 ngx_http_collab_cluster_arg_offset(ngx_uint_t i, int argc,
