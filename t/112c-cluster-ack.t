@@ -57,9 +57,6 @@ EOF
 $t->write_nginx_conf($CONF, workers => 2);
 $t->start_nginx;
 $t->start_nginx(name => 'b');
-# the same setup with ack=local, for the control of the first seed
-(my $CONF_LOCAL = $CONF) =~ s/ ack=replicated ack_timeout=1s//;
-$t->start_nginx(name => 'c', conf => $CONF_LOCAL, workers => 1);
 
 sub session {
     my (%o) = @_;
@@ -129,6 +126,14 @@ sub delta {
 
 # --- every primary: the library, one WAIT each
 my @p = primaries();
+
+# the same setup with ack=local (the control of the first seed); its one
+# worker reads the map from a replica first ($pv_seed, see "a partial view")
+my $pv_seed = replica_of($p[1]);
+(my $CONF_LOCAL = $CONF) =~ s/ ack=replicated ack_timeout=1s//;
+$CONF_LOCAL =~ s/cluster:\S+/'cluster:127.0.0.1:' . port_of($pv_seed) . ",$SEEDLIST"/e;
+$t->start_nginx(name => 'c', conf => $CONF_LOCAL, workers => 1);
+
 is(scalar @p, 3, 'a cluster of 3 primaries and 3 replicas');
 is(slot_of('k-1'), $t->redis_at(port_of($p[0]), 'CLUSTER', 'KEYSLOT', 'collab:{k-1}:log'),
    'the slot of a document as Redis computes it');
@@ -199,6 +204,32 @@ is($fence_ok, scalar @docs, "each document is fenced with its primary's replid a
 }
 
 $w->close(1000);
+
+# --- a map from a seed with a partial view (it forgot a primary) leaves a
+# healthy primary's command connection alone
+{
+    my $p = $p[0];
+    my ($d) = grep { $t->cluster_owner(slot_of($_)) eq $p } map { "pv-$_" } 1 .. 100;
+    my $ws = session(instance => 'c');
+    my $a = delta($ws, $d, 'pv-1');
+    is($a->{type}, 'ack', "instance c: a delta on $d ($p)");
+    my $seed_port = port_of($pv_seed);
+    $t->redis_at($seed_port, 'CLUSTER', 'FORGET', node_id($p));
+    my $covered = sub {
+        my ($r) = $t->redis_at_try($seed_port, 'CLUSTER', 'SLOTS');
+        return ref $r && grep { $_->[0] <= slot_of($d) && $_->[1] >= slot_of($d) } @$r;
+    };
+    ok(Collab::Test::wait_until(sub {
+        !$covered->() && $t->error_log('c') =~ /cluster map from "127\.0\.0\.1:$seed_port": \d+ of/
+    }, 10), "$pv_seed forgot $p: its map leaves ${p}'s slots out");
+    $t->idle(1.5);
+    $t->redis_at($seed_port, 'CLUSTER', 'MEET', '127.0.0.1', port_of($p));
+    ok(Collab::Test::wait_until($covered, 20), "$pv_seed knows $p again");
+    Collab::Test::wait_until(sub { (delta($ws, $d, 'pv-2')->{type} // '') eq 'ack' }, 10, 0.2);
+    unlike($t->error_log('c'), qr/"127\.0\.0\.1:@{[port_of($p)]}" dropped/,
+           "... and ${p}'s command connection was kept meanwhile");
+    $ws->close(1000);
+}
 
 # --- failover under load, $SEEDS times
 my ($lost, $dups, $gaps, $subs_bad, $epoch_bad, $others_bad, $seeds_done) = (0) x 7;
