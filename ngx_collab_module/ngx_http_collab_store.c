@@ -105,8 +105,11 @@ static const char  ngx_http_collab_store_lua[] =
 "  if not at then return false end\n"
 "  local flags, slots = string.match(nodes,\n"
 "    '^%S+ %S+ (%S+) %S+ %S+ %S+ %S+ %S+ ?([^\\n]*)', at + 1)\n"
-"  return flags ~= nil and string.find(flags, 'fail', 1, true) == nil\n"
-"    and string.find(',' .. flags .. ',', ',master,', 1, true) ~= nil\n"
+"  if not flags then return false end\n"
+"  flags = ',' .. flags .. ','\n"
+"  return string.find(flags, ',master,', 1, true) ~= nil\n"
+"    and string.find(flags, ',fail,', 1, true) == nil\n"
+"    and string.find(flags, ',fail?,', 1, true) == nil\n"
 "    and string.find(' ' .. slots, ' %d') ~= nil\n"
 "end\n"
 /* cluster, the fence passed does not match the stored one (rare: first

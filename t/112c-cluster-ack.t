@@ -445,10 +445,10 @@ for my $seed (1 .. $SEEDS) {
 }
 my $seeds_time = time - $seeds_started;
 
-# --- a primary demoted and promoted again (CLUSTER FAILOVER twice): once
-# out of the map its command connection is dropped, so that promoted again
-# it is asked for its fence again; its documents get its new replid, not
-# the one of its first term
+# --- a primary demoted and promoted again (CLUSTER FAILOVER twice): asked
+# its fence with the next map, it answers as a replica and its command
+# connection is dropped, so that promoted again it is asked for its fence
+# again; its documents get its new replid, not the one of its first term
 {
     my $w = session();
     my $d = $docs[-1];
@@ -467,7 +467,7 @@ my $seeds_time = time - $seeds_started;
         Collab::Test::wait_until(sub {
             ($t->cluster_owner(slot_of($d)) // '') eq $to && info($from) =~ /role:slave/
         }, 20);
-        # a map read (every second) without the demoted node
+        # a map read (every second): the demoted node's fence asked again
         $t->idle(1.5) if $to eq $r;
         ok($acked->("fd-$to"), "$to is the primary of $d: a delta acked");
     }
@@ -476,7 +476,7 @@ my $seeds_time = time - $seeds_started;
         or diag "$p was " . $old;
     like($t->error_log . $t->error_log('b'),
          qr/"127\.0\.0\.1:@{[port_of($p)]}" dropped: no longer a primary/,
-         '... asked on a new connection (the old one dropped when it left the map)');
+         '... asked on a new connection (the old one dropped when it answered as a replica)');
     $w->close(1000);
 }
 
