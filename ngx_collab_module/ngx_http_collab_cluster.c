@@ -45,7 +45,13 @@
  * Functions.  Each primary's command connection loads the library as any
  * command connection does; the WATCH/INCR key of that check is a key of
  * the node's own slots, collab:library:{N}.  The cluster variant of the
- * library publishes with SPUBLISH; collab_fence (Sentinel) is never called.
+ * library publishes with SPUBLISH.  Each primary's command connection asks
+ * collab_fence for the node's epoch fence (its replid, the replid it was
+ * promoted from, its node id) and keeps its own ack=replicated WAIT (see
+ * ngx_http_collab_store.c); a command redirected to another node carries
+ * that node's fence.  Each map asks every node's fence again: one that
+ * answers as a replica loses its command connection, so that promoted
+ * again it is asked on a new one.
  *
  * Sharded pub/sub.  hiredis 0.14 does not know SSUBSCRIBE: its callback
  * table is filled by SUBSCRIBE only.  So a document's channel is followed
@@ -125,6 +131,8 @@ static ngx_http_collab_cluster_node_t *ngx_http_collab_cluster_node(
 static ngx_uint_t ngx_http_collab_cluster_idle(ngx_http_collab_cluster_t *cl,
     ngx_http_collab_cluster_node_t *node);
 static ngx_uint_t ngx_http_collab_cluster_slot(u_char *p, size_t len);
+static size_t ngx_http_collab_cluster_arg_offset(ngx_uint_t i, int argc,
+    const size_t *argvlen);
 
 
 ngx_int_t
@@ -488,6 +496,16 @@ ngx_http_collab_cluster_apply(ngx_http_collab_cluster_t *cl)
     for (i = 0; i < cl->nnodes; i++) {
         node = &cl->nodes[i];
 
+        if (node->started) {
+            /*
+             * Its fence again, in or out of the map: a replica now is
+             * dropped (READONLY), a primary keeps its connection (one
+             * first reached by a redirect, or one a seed's partial view
+             * left out) and its replid, should that change.
+             */
+            ngx_http_collab_store_fence_refresh(&node->cmd);
+        }
+
         if (!node->used) {
             continue;
         }
@@ -653,7 +671,7 @@ ngx_http_collab_cluster_idle(ngx_http_collab_cluster_t *cl,
 
         if (rc->ac || rc->ninflight || rc->reconnect.timer_set
             || rc->watchdog.timer_set || rc->heartbeat.timer_set
-            || rc->kick.posted)
+            || rc->kick.posted || rc->wait || !ngx_queue_empty(&rc->acks))
         {
             return 0;
         }
@@ -721,7 +739,44 @@ ngx_http_collab_cluster_format(ngx_http_collab_cmd_t *cmd, int argc,
     cmd->fmt = fmt;
     cmd->fmt_len = n;
 
+    cmd->fence_len = 0;
+
+    if (cmd->fence_arg && cmd->fence_arg < (ngx_uint_t) argc) {
+        cmd->fence_off = ngx_http_collab_cluster_arg_offset(cmd->fence_arg,
+                                                            argc, argvlen);
+        cmd->fence_len = argvlen[cmd->fence_arg];
+    }
+
     return NGX_OK;
+}
+
+
+/*
+ * Where argument i starts in the text redisFormatCommandArgv() made: RESP,
+ * "*argc\r\n" then "$len\r\n" arg "\r\n" for each argument (hiredis
+ * formats exactly so, the protocol leaves no choice).  Only the fence is
+ * overwritten there, by one of the same length (cluster_resend()).
+ */
+
+static size_t
+ngx_http_collab_cluster_arg_offset(ngx_uint_t i, int argc,
+    const size_t *argvlen)
+{
+    u_char      buf[NGX_SIZE_T_LEN + 4];
+    size_t      off;
+    ngx_uint_t  j;
+
+    off = ngx_sprintf(buf, "*%d\r\n", argc) - buf;
+
+    for (j = 0; j <= i; j++) {
+        off += ngx_sprintf(buf, "$%uz\r\n", argvlen[j]) - buf;
+
+        if (j < i) {
+            off += argvlen[j] + 2;
+        }
+    }
+
+    return off;
 }
 
 
@@ -845,6 +900,11 @@ ngx_http_collab_cluster_redirect(ngx_http_collab_cmd_t *cmd,
         if (ngx_http_collab_cluster_start(cl, node) != NGX_OK) {
             return NGX_DECLINED;
         }
+
+    } else if (node->cmd.ac == NULL && !node->cmd.reconnect.timer_set) {
+        /* one the map left (a replica meanwhile): a primary again */
+        ngx_http_collab_cluster_refresh();
+        ngx_http_collab_redis_kick(&node->cmd, "a primary again");
     }
 
     if (!ask && node->used) {
@@ -943,6 +1003,16 @@ ngx_http_collab_cluster_resend(ngx_http_collab_redis_t *rc,
         && redisAsyncCommand(rc->ac, NULL, NULL, "ASKING") != REDIS_OK)
     {
         return NGX_DECLINED;
+    }
+
+    /*
+     * The epoch fence of the node that runs it: a stale map must not pass
+     * a former primary's replid to the one promoted from it (see epoch_of).
+     * Replids and node ids are 40 characters: the fence keeps its length.
+     */
+
+    if (cmd->fmt && cmd->fence_len && cmd->fence_len == rc->fence_len) {
+        ngx_memcpy(cmd->fmt + cmd->fence_off, rc->fence, rc->fence_len);
     }
 
     return ngx_http_collab_redis_send(rc, cmd);

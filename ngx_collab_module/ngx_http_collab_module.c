@@ -678,14 +678,6 @@ ngx_http_collab_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
-    if (mcf->cluster_seeds && mcf->ack_replicas) {
-        /* the worker's one WAIT at a time is for one primary */
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"ack=replicated\" is not supported with a "
-                           "Redis Cluster");
-        return NGX_CONF_ERROR;
-    }
-
     return NGX_CONF_OK;
 }
 
@@ -1818,8 +1810,6 @@ ngx_http_collab_init_process(ngx_cycle_t *cycle)
     c->write->log = cycle->log;
     c->data = w;
     w->watcher = c;
-
-    ngx_queue_init(&w->acks);
 
     w->retry.handler = ngx_http_collab_doc_retry_handler;
     w->retry.data = w;

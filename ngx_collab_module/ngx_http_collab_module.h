@@ -30,6 +30,13 @@
 #define NGX_HTTP_COLLAB_READ_BATCH        256
 
 /*
+ * The epoch fence, collab_fence's reply: a replid (Sentinel), or in a
+ * cluster "REPLID,REPLID2,NODE-ID", three 40-character ids and two commas
+ * (122); a longer reply is refused as unexpected.
+ */
+#define NGX_HTTP_COLLAB_FENCE_MAX         128
+
+/*
  * What a message costs in the session's collab_rate message bucket, in
  * deltas: a subscribe starts a log read, a state stores a snapshot, an auth
  * checks a signature.  Every message also costs its bytes.
@@ -318,6 +325,9 @@ struct ngx_http_collab_cmd_s {
     ngx_http_collab_redis_t     *rc;             /* sent on */
     char                        *fmt;            /* cluster: to resend */
     size_t                       fmt_len;
+    ngx_uint_t                   fence_arg;      /* its index, 0: none */
+    size_t                       fence_off;      /* cluster: in fmt */
+    size_t                       fence_len;
     ngx_uint_t                   redirects;
     unsigned                     asking:1;       /* ASK: ASKING first */
     unsigned                     by_name:1;      /* the worker's: the reply
@@ -347,9 +357,21 @@ struct ngx_http_collab_redis_s {
     ngx_uint_t                   next_sentinel;
     ngx_uint_t                   node;           /* cluster: its index + 1 */
     ngx_uint_t                   nshard;         /* cluster: S(UN)SUBSCRIBEs */
+
+    /* ack=replicated: WAIT counts this connection's writes */
+    ngx_queue_t                  acks;           /* stored, await a WAIT */
+    ngx_http_collab_cmd_t       *wait;           /* the WAIT in flight */
+    ngx_uint_t                   wait_batch;     /* acks it answers */
+    ngx_msec_t                   replicas_short; /* a WAIT fell short then */
+
+    /* the epoch fence (see NGX_HTTP_COLLAB_FENCE_MAX) */
+    size_t                       fence_len;
+    u_char                       fence[NGX_HTTP_COLLAB_FENCE_MAX];
+
     unsigned                     subscriber:1;
     unsigned                     sentinel:1;     /* to a Redis Sentinel */
     unsigned                     kicked:1;       /* dropped on purpose */
+    unsigned                     fence_asking:1; /* cluster: asked again */
     unsigned                     cluster_map:1;  /* asks for the slot map */
     unsigned                     exiting:1;
     unsigned                     heartbeat_pending:1;
@@ -473,12 +495,6 @@ typedef struct {
     ngx_http_collab_addr_t       primary;        /* as the sentinels say */
     int64_t                      primary_epoch;  /* its config-epoch */
     ngx_http_collab_cluster_t   *cluster;        /* cluster mode */
-    ngx_msec_t                   replicas_short; /* a WAIT fell short then */
-    ngx_queue_t                  acks;           /* stored, await a WAIT */
-    ngx_http_collab_cmd_t       *wait;           /* the WAIT in flight */
-    ngx_uint_t                   wait_batch;     /* acks it answers */
-    size_t                       fence_len;      /* sentinel mode: the */
-    u_char                       fence[64];      /* primary's replid */
     ngx_connection_t            *watcher;
     ngx_event_t                  retry;
     time_t                       deny_sec;
@@ -934,6 +950,7 @@ typedef struct {
 } ngx_http_collab_presence_list_t;
 
 ngx_int_t ngx_http_collab_store_setup(ngx_http_collab_redis_t *rc);
+void ngx_http_collab_store_fence_refresh(ngx_http_collab_redis_t *rc);
 ngx_int_t ngx_http_collab_store_append(ngx_http_collab_session_t *s,
     ngx_str_t *doc, ngx_str_t *id, ngx_str_t *data, int64_t base,
     ngx_uint_t slot);

@@ -69,6 +69,7 @@ ngx_http_collab_redis_init(ngx_cycle_t *cycle, ngx_http_collab_redis_t *rc,
     rc->backoff = NGX_HTTP_COLLAB_BACKOFF_MIN;
 
     ngx_queue_init(&rc->inflight);
+    ngx_queue_init(&rc->acks);
 
     rc->reconnect.handler = ngx_http_collab_redis_reconnect_handler;
     rc->reconnect.data = rc;

@@ -27,7 +27,7 @@
  */
 
 
-#define NGX_HTTP_COLLAB_STORE_VERSION  9
+#define NGX_HTTP_COLLAB_STORE_VERSION  10
 #define NGX_HTTP_COLLAB_STORE_COMPAT   1
 
 /* a key every load changes, "collab:library" (see cluster_lock) */
@@ -91,17 +91,70 @@ static const char  ngx_http_collab_store_lua[] =
 "    follow(audit, base .. 'state')\n"
 "  end\n"
 "end\n"
-/* a new log: every worker that knew the old one resyncs its sessions */
-/* fence (sentinel mode; '' otherwise) names the primary's tenure, its
- * replication id: a document last used under another one may have lost a
- * tail that clients saw (replication is asynchronous), so it gets a new
- * epoch and its clients a fresh start */
+/* role, replid and replid2 of this node */
+"local function replication()\n"
+"  local info = redis.call('INFO', 'replication')\n"
+"  return string.find(info, 'role:master', 1, true),\n"
+"         string.match(info, 'master_replid:(%x+)'),\n"
+"         string.match(info, 'master_replid2:(%x+)') or ''\n"
+"end\n"
+/* cluster: node S is a primary that serves slots and is not failing */
+"local function serves(s)\n"
+"  local nodes = '\\n' .. redis.call('CLUSTER', 'NODES')\n"
+"  local at = string.find(nodes, '\\n' .. s .. ' ', 1, true)\n"
+"  if not at then return false end\n"
+"  local flags, slots = string.match(nodes,\n"
+"    '^%S+ %S+ (%S+) %S+ %S+ %S+ %S+ %S+ ?([^\\n]*)', at + 1)\n"
+"  if not flags then return false end\n"
+"  flags = ',' .. flags .. ','\n"
+"  return string.find(flags, ',master,', 1, true) ~= nil\n"
+"    and string.find(flags, ',fail,', 1, true) == nil\n"
+"    and string.find(flags, ',fail?,', 1, true) == nil\n"
+"    and string.find(' ' .. slots, ' %d') ~= nil\n"
+"end\n"
+/* cluster, the fence passed does not match the stored one (rare: first
+ * use under another fence, or a connection's fence not refreshed yet):
+ * this node's fence now, and whether the document keeps its epoch.  The
+ * stored "ID,S" names the node S that last wrote it.  S is this node under
+ * another replid (restarted, or demoted and promoted again), or the
+ * primary this one was promoted from (ID is our replid2), or S is a
+ * replica now, failing, unknown, without slots: a tail may be lost, a new
+ * epoch.  S a healthy primary serving slots: the document came whole by
+ * MIGRATE (resharding), it keeps its epoch.  No fence: written by an older
+ * module, it keeps its epoch. */
+"local function cluster_fence(stored)\n"
+"  local _, id, id2 = replication()\n"
+"  local node = redis.call('CLUSTER', 'MYID')\n"
+"  local fence = (id or '') .. ',' .. node\n"
+"  if not stored or stored == fence then return true, fence end\n"
+"  local was, on = string.match(stored, '^(%x*),(%x+)$')\n"
+"  if not on then return true, fence end\n"
+"  return on ~= node and was ~= id2 and serves(on), fence\n"
+"end\n"
+/* fence names the primary's tenure ('' with a single Redis): in Sentinel
+ * mode its replication id, a document last used under another one may
+ * have lost a tail that clients saw (replication is asynchronous), so it
+ * gets a new epoch and its clients a fresh start.  In a cluster it is
+ * "ID,ID2,NODE" (ID2: the replid this primary was promoted from, NODE its
+ * node id), "ID,NODE" is stored, and a mismatch is judged by
+ * cluster_fence().  A new log: every worker that knew the old one
+ * resyncs its sessions */
 "local function epoch_of(state, new, fence)\n"
 "  fence = fence or ''\n"
 "  local e\n"
 "  if fence == '' then e = {redis.call('HGET', state, 'epoch')}\n"
 "  else e = redis.call('HMGET', state, 'epoch', 'fence') end\n"
+"  local cluster = string.find(fence, ',', 1, true)\n"
+"  if cluster then fence = string.gsub(fence, ',%x*,', ',') end\n"
 "  if e[1] and (fence == '' or e[2] == fence) then return e[1], false end\n"
+"  if cluster then\n"
+"    local keep\n"
+"    keep, fence = cluster_fence(e[2])\n"
+"    if e[1] and keep then\n"
+"      if e[2] ~= fence then redis.call('HSET', state, 'fence', fence) end\n"
+"      return e[1], false\n"
+"    end\n"
+"  end\n"
 "  if e[1] then\n"
 "    redis.call('HSET', state, 'epoch', new, 'fence', fence)\n"
 "  else\n"
@@ -113,12 +166,16 @@ static const char  ngx_http_collab_store_lua[] =
 "  return new, not e[1]\n"
 "end\n"
 "local function fence()\n"
-"  local info = redis.call('INFO', 'replication')\n"
-"  if not string.find(info, 'role:master', 1, true) then\n"
+"  local master, id, id2 = replication()\n"
+"  if not master then\n"
 "    return redis.error_reply('READONLY not the primary')\n"
 "  end\n"
-"  local id = string.match(info, 'master_replid:(%x+)')\n"
 "  if not id then return redis.error_reply('ERR no replication id') end\n"
+/* a cluster's also names the primary this one was promoted from, and
+ * the node, which keeps its id over restarts */
+"  if PUB == 'SPUBLISH' then\n"
+"    return id .. ',' .. id2 .. ',' .. redis.call('CLUSTER', 'MYID')\n"
+"  end\n"
 "  return id\n"
 "end\n"
 "local function head_of(state)\n"
@@ -746,10 +803,12 @@ static ngx_int_t ngx_http_collab_store_load(redisAsyncContext *ac,
     ngx_uint_t attempt);
 static void ngx_http_collab_store_loaded(redisAsyncContext *ac,
     ngx_http_collab_redis_t *rc);
+static ngx_int_t ngx_http_collab_store_fence_ask(redisAsyncContext *ac,
+    void *data);
 static void ngx_http_collab_store_fence_reply(redisAsyncContext *ac,
     void *r, void *data);
-static void ngx_http_collab_store_fence_arg(const char **argv,
-    size_t *argvlen);
+static void ngx_http_collab_store_fence_arg(ngx_http_collab_cmd_t *cmd,
+    ngx_str_t *doc, const char **argv, size_t *argvlen, ngx_uint_t i);
 static void ngx_http_collab_store_load_reply(redisAsyncContext *ac,
     void *r, void *data);
 static ngx_http_collab_msg_t *ngx_http_collab_store_refusal(
@@ -760,14 +819,16 @@ static ngx_http_collab_msg_t *ngx_http_collab_store_ack(
     ngx_http_collab_cmd_t *cmd, int64_t seq);
 static void ngx_http_collab_store_replicate(ngx_http_collab_cmd_t *cmd,
     int64_t seq);
-static void ngx_http_collab_store_wait_next(void);
+static void ngx_http_collab_store_wait_next(ngx_http_collab_redis_t *rc);
 static void ngx_http_collab_store_wait_reply(ngx_http_collab_cmd_t *cmd,
     redisReply *reply);
-static void ngx_http_collab_store_wait_answer(ngx_uint_t ok, ngx_uint_t n);
+static void ngx_http_collab_store_wait_answer(ngx_http_collab_redis_t *rc,
+    ngx_uint_t ok, ngx_uint_t n);
 static void ngx_http_collab_store_answered(ngx_http_collab_cmd_t *cmd,
     ngx_http_collab_msg_t *m);
 static void ngx_http_collab_store_woke(ngx_http_collab_session_t *s);
-static ngx_uint_t ngx_http_collab_store_replicas_short(void);
+static ngx_uint_t ngx_http_collab_store_replicas_short(
+    ngx_http_collab_redis_t *rc);
 static void ngx_http_collab_store_state_reply(ngx_http_collab_cmd_t *cmd,
     redisReply *reply);
 static void ngx_http_collab_store_read_reply(ngx_http_collab_cmd_t *cmd,
@@ -951,22 +1012,62 @@ ngx_http_collab_store_version_reply(redisAsyncContext *ac, void *r,
 }
 
 
-/* the library is there; in sentinel mode this primary fences the logs */
+/*
+ * The library is there; with Sentinel or a cluster this primary fences the
+ * logs: asked on every connect, as a failover changes the replid.
+ */
 
 static void
 ngx_http_collab_store_loaded(redisAsyncContext *ac,
     ngx_http_collab_redis_t *rc)
 {
-    const char  *argv[3];
-    size_t       argvlen[3];
+    rc->fence_len = 0;
+    rc->fence_asking = 0;
 
-    if (rc->mcf->sentinel_master.len == 0) {
+    if (rc->mcf->sentinel_master.len == 0 && rc->node == 0) {
         if (--rc->setup_pending == 0) {
             ngx_http_collab_redis_setup_done(rc);
         }
 
         return;
     }
+
+    if (ngx_http_collab_store_fence_ask(ac, NULL) != NGX_OK) {
+        redisAsyncDisconnect(ac);
+    }
+}
+
+
+/*
+ * Cluster: each map (every second) asks a node's ready command connection
+ * for its fence again.  A replid changes without a failover too (a backlog
+ * created anew), and a node demoted to a replica answers READONLY: the
+ * connection is dropped, so that promoted again it is asked on a new one,
+ * and a primary that a seed's map left out (a partial view) keeps its own.
+ */
+
+void
+ngx_http_collab_store_fence_refresh(ngx_http_collab_redis_t *rc)
+{
+    if (rc->ac == NULL || rc->state != NGX_HTTP_COLLAB_REDIS_READY
+        || rc->fence_asking)
+    {
+        return;
+    }
+
+    if (ngx_http_collab_store_fence_ask(rc->ac, rc) == NGX_OK) {
+        rc->fence_asking = 1;
+    }
+}
+
+
+/* data: NULL at setup, the connection when asked again */
+
+static ngx_int_t
+ngx_http_collab_store_fence_ask(redisAsyncContext *ac, void *data)
+{
+    const char  *argv[3];
+    size_t       argvlen[3];
 
     argv[0] = "FCALL";
     argvlen[0] = 5;
@@ -975,12 +1076,14 @@ ngx_http_collab_store_loaded(redisAsyncContext *ac,
     argv[2] = "0";
     argvlen[2] = 1;
 
-    if (redisAsyncCommandArgv(ac, ngx_http_collab_store_fence_reply, NULL, 3,
-                              argv, argvlen)
+    if (redisAsyncCommandArgv(ac, ngx_http_collab_store_fence_reply, data,
+                              3, argv, argvlen)
         != REDIS_OK)
     {
-        redisAsyncDisconnect(ac);
+        return NGX_ERROR;
     }
+
+    return NGX_OK;
 }
 
 
@@ -988,19 +1091,31 @@ static void
 ngx_http_collab_store_fence_reply(redisAsyncContext *ac, void *r,
     void *data)
 {
-    redisReply                *reply;
-    ngx_http_collab_redis_t   *rc;
-    ngx_http_collab_worker_t  *w;
+    redisReply               *reply;
+    ngx_http_collab_redis_t  *rc;
 
     rc = ac->data;
     reply = r;
+
+    if (data) {
+        rc->fence_asking = 0;
+    }
 
     if (reply == NULL) {
         return;
     }
 
     if (reply->type == REDIS_REPLY_ERROR) {
-        /* READONLY: a replica, the sentinels are asked again */
+        /* READONLY: a replica, the sentinels (or the map) are asked again */
+
+        if (data) {
+            /* demoted: expected in a failover */
+            ngx_log_error(NGX_LOG_NOTICE, rc->log, 0,
+                          "collab: redis %s connection to \"%V\": %s",
+                          rc->name, &rc->addr, reply->str);
+            ngx_http_collab_redis_kick_later(rc, "no longer a primary");
+            return;
+        }
 
         ngx_log_error(NGX_LOG_ERR, rc->log, 0,
                       "collab: redis %s connection to \"%V\" is not to "
@@ -1009,10 +1124,8 @@ ngx_http_collab_store_fence_reply(redisAsyncContext *ac, void *r,
         return;
     }
 
-    w = ngx_http_collab_worker;
-
     if (reply->type != REDIS_REPLY_STRING || reply->len == 0
-        || reply->len > sizeof(w->fence))
+        || reply->len > sizeof(rc->fence))
     {
         ngx_log_error(NGX_LOG_ERR, rc->log, 0,
                       "collab: unexpected reply to collab_fence");
@@ -1020,22 +1133,33 @@ ngx_http_collab_store_fence_reply(redisAsyncContext *ac, void *r,
         return;
     }
 
-    w->fence_len = reply->len;
-    ngx_memcpy(w->fence, reply->str, reply->len);
+    rc->fence_len = reply->len;
+    ngx_memcpy(rc->fence, reply->str, reply->len);
 
-    if (--rc->setup_pending == 0) {
+    if (data == NULL && --rc->setup_pending == 0) {
         ngx_http_collab_redis_setup_done(rc);
     }
 }
 
 
-/* the primary's replication id, for epoch_of(); empty without Sentinel */
+/*
+ * Argument i: the fence of the primary the document's commands go to, for
+ * epoch_of(); empty with a single Redis.  Sets cmd->fence_arg so that
+ * ngx_http_collab_cluster_format() finds it in the command text: a command
+ * redirected to another node gets that node's (cluster_resend()).
+ */
 
 static void
-ngx_http_collab_store_fence_arg(const char **argv, size_t *argvlen)
+ngx_http_collab_store_fence_arg(ngx_http_collab_cmd_t *cmd, ngx_str_t *doc,
+    const char **argv, size_t *argvlen, ngx_uint_t i)
 {
-    *argv = (const char *) ngx_http_collab_worker->fence;
-    *argvlen = ngx_http_collab_worker->fence_len;
+    ngx_http_collab_redis_t  *rc;
+
+    rc = ngx_http_collab_redis_for_doc(doc, 0);
+
+    argv[i] = (const char *) rc->fence;
+    argvlen[i] = rc->fence_len;
+    cmd->fence_arg = i;
 }
 
 
@@ -1279,7 +1403,9 @@ ngx_http_collab_store_append(ngx_http_collab_session_t *s, ngx_str_t *doc,
     ngx_http_collab_cmd_t  *cmd;
     ngx_http_collab_msg_t  *m;
 
-    if (ngx_http_collab_store_replicas_short()) {
+    if (ngx_http_collab_store_replicas_short(
+                                   ngx_http_collab_redis_for_doc(doc, 0)))
+    {
         ngx_http_collab_reply(s, slot,
             ngx_http_collab_msg_error("nack", "unavailable", doc, id,
                                       "the replicas do not confirm deltas "
@@ -1350,7 +1476,7 @@ ngx_http_collab_store_append(ngx_http_collab_session_t *s, ngx_str_t *doc,
 
     ngx_http_collab_store_retain_args(s->conf, &argv[21], &argvlen[21],
                                       retain);
-    ngx_http_collab_store_fence_arg(&argv[25], &argvlen[25]);
+    ngx_http_collab_store_fence_arg(cmd, doc, argv, argvlen, 25);
     argv[26] = ngx_http_collab_worker->mcf->ack_replicas ? "1" : "";
     argvlen[26] = ngx_http_collab_worker->mcf->ack_replicas ? 1 : 0;
 
@@ -1380,21 +1506,17 @@ ngx_http_collab_store_append(ngx_http_collab_session_t *s, ngx_str_t *doc,
 }
 
 
-/* ack=replicated: a WAIT fell short less than a second ago */
+/* ack=replicated: a WAIT on rc fell short less than a second ago */
 
 static ngx_uint_t
-ngx_http_collab_store_replicas_short(void)
+ngx_http_collab_store_replicas_short(ngx_http_collab_redis_t *rc)
 {
-    ngx_http_collab_worker_t  *w;
-
-    w = ngx_http_collab_worker;
-
-    if (w->mcf->ack_replicas == 0 || w->replicas_short == 0) {
+    if (rc->mcf->ack_replicas == 0 || rc->replicas_short == 0) {
         return 0;
     }
 
-    if ((ngx_msec_int_t) (ngx_current_msec - w->replicas_short) >= 0) {
-        w->replicas_short = 0;
+    if ((ngx_msec_int_t) (ngx_current_msec - rc->replicas_short) >= 0) {
+        rc->replicas_short = 0;
         return 0;
     }
 
@@ -1545,19 +1667,21 @@ ngx_http_collab_store_ack(ngx_http_collab_cmd_t *cmd, int64_t seq)
 /*
  * ack=replicated.  WAIT counts the writes of the connection that sends it,
  * and Redis answers nothing else on that connection while it waits: so one
- * WAIT at a time, for every delta stored before it was sent.  Deltas
- * stored meanwhile wait for the next one.  The queue is bounded by the
- * deltas in flight (collab_max_inflight per session).
+ * WAIT at a time per command connection (per primary in a cluster), for
+ * every delta stored on it before it was sent.  Deltas stored meanwhile
+ * wait for the next one.  A delta redirected (MOVED, ASK) waits on the
+ * connection that finally stored it.  The queues are bounded by the deltas
+ * in flight (collab_max_inflight per session).
  */
 
 static void
 ngx_http_collab_store_replicate(ngx_http_collab_cmd_t *cmd, int64_t seq)
 {
-    ngx_http_collab_worker_t  *w;
+    ngx_http_collab_redis_t  *rc;
 
-    w = ngx_http_collab_worker;
+    rc = cmd->rc;
 
-    if (ngx_http_collab_store_replicas_short()) {
+    if (ngx_http_collab_store_replicas_short(rc)) {
         ngx_http_collab_store_answered(cmd,
             ngx_http_collab_msg_error("nack", "unavailable", &cmd->doc,
                                       &cmd->id, "the replicas do not "
@@ -1569,14 +1693,14 @@ ngx_http_collab_store_replicate(ngx_http_collab_cmd_t *cmd, int64_t seq)
     cmd->seq = seq;
     cmd->session->inflight++;
 
-    ngx_queue_insert_tail(&w->acks, &cmd->redis_link);
+    ngx_queue_insert_tail(&rc->acks, &cmd->redis_link);
 
-    ngx_http_collab_store_wait_next();
+    ngx_http_collab_store_wait_next(rc);
 }
 
 
 static void
-ngx_http_collab_store_wait_next(void)
+ngx_http_collab_store_wait_next(ngx_http_collab_redis_t *rc)
 {
     u_char                       nrep[NGX_INT_T_LEN], ms[NGX_INT_T_LEN];
     const char                  *argv[3];
@@ -1584,20 +1708,18 @@ ngx_http_collab_store_wait_next(void)
     ngx_uint_t                   n;
     ngx_queue_t                 *q;
     ngx_http_collab_cmd_t       *cmd;
-    ngx_http_collab_worker_t    *w;
     ngx_http_collab_main_conf_t *mcf;
 
-    w = ngx_http_collab_worker;
-    mcf = w->mcf;
+    mcf = rc->mcf;
 
-    if (w->wait || ngx_queue_empty(&w->acks)) {
+    if (rc->wait || ngx_queue_empty(&rc->acks)) {
         return;
     }
 
     n = 0;
 
-    for (q = ngx_queue_head(&w->acks);
-         q != ngx_queue_sentinel(&w->acks);
+    for (q = ngx_queue_head(&rc->acks);
+         q != ngx_queue_sentinel(&rc->acks);
          q = ngx_queue_next(q))
     {
         n++;
@@ -1605,7 +1727,7 @@ ngx_http_collab_store_wait_next(void)
 
     cmd = ngx_http_collab_cmd_alloc(NULL, 0);
     if (cmd == NULL) {
-        ngx_http_collab_store_wait_answer(0, n);
+        ngx_http_collab_store_wait_answer(rc, 0, n);
         return;
     }
 
@@ -1619,16 +1741,14 @@ ngx_http_collab_store_wait_next(void)
     argv[2] = (char *) ms;
     argvlen[2] = ngx_sprintf(ms, "%M", mcf->ack_timeout) - ms;
 
-    if (ngx_http_collab_redis_command(&w->cmd, cmd, 3, argv, argvlen)
-        != NGX_OK)
-    {
+    if (ngx_http_collab_redis_command(rc, cmd, 3, argv, argvlen) != NGX_OK) {
         /* not sent, so the deltas were stored on a connection now gone */
-        ngx_http_collab_store_wait_answer(0, n);
+        ngx_http_collab_store_wait_answer(rc, 0, n);
         return;
     }
 
-    w->wait = cmd;
-    w->wait_batch = n;
+    rc->wait = cmd;
+    rc->wait_batch = n;
 }
 
 
@@ -1636,53 +1756,52 @@ static void
 ngx_http_collab_store_wait_reply(ngx_http_collab_cmd_t *cmd,
     redisReply *reply)
 {
-    ngx_uint_t                 ok;
-    ngx_http_collab_worker_t  *w;
+    ngx_uint_t                ok;
+    ngx_http_collab_redis_t  *rc;
 
-    w = ngx_http_collab_worker;
-    w->wait = NULL;
+    rc = cmd->rc;
+    rc->wait = NULL;
 
     ngx_http_collab_cmd_free(cmd);
 
     ok = reply && reply->type == REDIS_REPLY_INTEGER
-         && reply->integer >= (long long) w->mcf->ack_replicas;
+         && reply->integer >= (long long) rc->mcf->ack_replicas;
 
     if (reply && reply->type == REDIS_REPLY_INTEGER && !ok) {
         /* appends are refused for a while rather than all waiting */
-        w->replicas_short = ngx_current_msec + 1000;
+        rc->replicas_short = ngx_current_msec + 1000;
 
-        ngx_log_error(NGX_LOG_WARN, w->log, 0,
-                      "collab: %ui deltas reached %L of %ui replicas within "
-                      "%M", w->wait_batch, (int64_t) reply->integer,
-                      w->mcf->ack_replicas, w->mcf->ack_timeout);
+        ngx_log_error(NGX_LOG_WARN, rc->log, 0,
+                      "collab: %ui deltas reached %L of %ui replicas of "
+                      "\"%V\" within %M", rc->wait_batch,
+                      (int64_t) reply->integer, rc->mcf->ack_replicas,
+                      &rc->addr, rc->mcf->ack_timeout);
     }
 
     if (reply == NULL || reply->type != REDIS_REPLY_INTEGER) {
         /* the link is lost: no WAIT can cover the rest any more */
-        ngx_http_collab_store_wait_answer(0, (ngx_uint_t) -1);
+        ngx_http_collab_store_wait_answer(rc, 0, (ngx_uint_t) -1);
         return;
     }
 
-    ngx_http_collab_store_wait_answer(ok, w->wait_batch);
+    ngx_http_collab_store_wait_answer(rc, ok, rc->wait_batch);
 
-    ngx_http_collab_store_wait_next();
+    ngx_http_collab_store_wait_next(rc);
 }
 
 
 /* acks (or nacks) the first n deltas of the queue */
 
 static void
-ngx_http_collab_store_wait_answer(ngx_uint_t ok, ngx_uint_t n)
+ngx_http_collab_store_wait_answer(ngx_http_collab_redis_t *rc, ngx_uint_t ok,
+    ngx_uint_t n)
 {
-    ngx_queue_t                *q;
-    ngx_http_collab_msg_t      *m;
-    ngx_http_collab_cmd_t      *cmd;
-    ngx_http_collab_worker_t   *w;
+    ngx_queue_t            *q;
+    ngx_http_collab_msg_t  *m;
+    ngx_http_collab_cmd_t  *cmd;
 
-    w = ngx_http_collab_worker;
-
-    while (n-- && !ngx_queue_empty(&w->acks)) {
-        q = ngx_queue_head(&w->acks);
+    while (n-- && !ngx_queue_empty(&rc->acks)) {
+        q = ngx_queue_head(&rc->acks);
         ngx_queue_remove(q);
         cmd = ngx_queue_data(q, ngx_http_collab_cmd_t, redis_link);
 
@@ -1790,7 +1909,7 @@ ngx_http_collab_store_state(ngx_http_collab_session_t *s, ngx_str_t *doc,
     ngx_http_collab_store_role_args(s, doc, &argv[10], &argvlen[10], role);
     argv[13] = (char *) expire;
     argvlen[13] = ngx_sprintf(expire, "%M", s->conf->doc_expire) - expire;
-    ngx_http_collab_store_fence_arg(&argv[14], &argvlen[14]);
+    ngx_http_collab_store_fence_arg(cmd, doc, argv, argvlen, 14);
 
     rc = ngx_http_collab_redis_command(ngx_http_collab_redis_for_doc(doc, 0),
                                        cmd, 15, argv, argvlen);
@@ -2006,7 +2125,7 @@ ngx_http_collab_store_read_send(ngx_http_collab_session_t *s,
 
     argv[16] = (char *) expire;
     argvlen[16] = ngx_sprintf(expire, "%M", s->conf->doc_expire) - expire;
-    ngx_http_collab_store_fence_arg(&argv[17], &argvlen[17]);
+    ngx_http_collab_store_fence_arg(cmd, doc, argv, argvlen, 17);
 
     return ngx_http_collab_redis_command(ngx_http_collab_redis_for_doc(doc, 0),
                                          cmd, 18, argv, argvlen);

@@ -39,8 +39,8 @@ EOF
         ['collab_redis cluster:nohost.invalid:1;', 'invalid Redis Cluster node',
          'a seed that does not resolve'],
         ['collab_redis cluster:127.0.0.1:7000 db=2;', 'no "db="', 'a database number'],
-        ['collab_redis cluster:127.0.0.1:7000 ack=replicated;', 'not supported with a Redis Cluster',
-         'ack=replicated'],
+        ['collab_redis cluster:127.0.0.1:7000 ack=replicated ack_timeout=2s timeout=3s;',
+         'more than half of timeout', 'an ack_timeout over half the timeout'],
     ) {
         (my $c = $conf) =~ s/collab_redis .*?;/$bad->[0]/s;
         ($rc, $out) = $t->check_nginx_conf($c);
@@ -101,7 +101,7 @@ ok(Collab::Test::wait_until(sub {
 }, 30), 'a delta on each of the 30 documents is acked');
 for my $p (keys %shards) {
     my $v = $t->redis_at($t->node_port($p), 'FCALL', 'collab_version', 0);
-    is(join('.', @$v[0, 2]), '9.1', "$p: the sharded library (collab_version [9, 1, 1])");
+    is(join('.', @$v[0, 2]), '10.1', "$p: the sharded library (collab_version [10, 1, 1])");
 }
 is((grep { $t->redis_at($t->node_port($owner{$_}), 'XLEN', "collab:{$_}:log") == 1 } @docs),
    30, 'each delta stored on its shard');

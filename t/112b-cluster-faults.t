@@ -9,7 +9,8 @@
 # - a primary cut off from the cluster but not from nginx (it forgets the
 #   other nodes) while its replica takes over: the channel its members
 #   follow moves to the new primary with the map, so they get the deltas
-#   acked there.
+#   acked there (after a resync "epoch": the new primary fences the
+#   document with a new epoch).
 
 use strict;
 use warnings;
@@ -195,6 +196,7 @@ my $rep;
     Collab::Test::wait_until(sub { $sub = eval { $t->ws_session } }, 20);
     is($t->subscribe($sub, $doc)->{type}, 'subscribed', "a member follows $doc ($third)");
     ok((write_until_acked($doc, 'cut-1', 20))[0], "a delta on $doc acked");
+    my $epoch_cut1 = $t->redis_at($port{$third}, 'HGET', "collab:{$doc}:state", 'epoch');
     ok($sub->wait_for(sub { $_[0]{type} eq 'delta' && $_[0]{id} eq 'cut-1' }, 10),
        '... and delivered');
     $t->redis_at($port{$third}, 'WAIT', 1, 5000);
@@ -212,8 +214,25 @@ my $rep;
 
     my ($acked, $codes) = write_until_acked($doc, 'cut-2', 20);
     ok($acked, "a delta on $doc acked on $rep") or diag explain $codes;
-    ok($sub->wait_for(sub { $_[0]{type} eq 'delta' && $_[0]{id} eq 'cut-2' }, 15),
-       '... and delivered to the member (its channel followed the map)');
+    # $rep was promoted from $third: the epoch fence gives the document a
+    # new epoch, so the member may be told to start afresh (resync epoch)
+    # before the delta reaches it; it subscribes again and reads it then
+    my ($got, @resync);
+    Collab::Test::wait_until(sub {
+        for my $m ($sub->collect(0.05)) {
+            next unless ($m->{doc} // '') eq $doc;
+            $got = 1 if $m->{type} eq 'delta' && $m->{id} eq 'cut-2';
+            if ($m->{type} eq 'resync') {
+                push @resync, $m->{reason};
+                $sub->send_json({ type => 'subscribe', doc => $doc });
+            }
+        }
+        return $got;
+    }, 15);
+    ok($got, '... and delivered to the member (its channel followed the map)');
+    is(join(' ', grep { $_ ne 'epoch' } @resync), '', '... after a resync "epoch" at most');
+    my $epoch = $t->redis_at($port{$rep}, 'HGET', "collab:{$doc}:state", 'epoch');
+    isnt($epoch, $epoch_cut1, "... the document has a new epoch on $rep (the fence)");
     like($t->error_log, qr/the map moved "collab:\{\Q$doc\E\}"/, '... as the log says');
     $sub->close(1000);
 }
