@@ -740,14 +740,25 @@ ngx_http_collab_doc_redis_follow(void)
 
         rc = ngx_http_collab_redis_for_doc(&doc->node.str, 1);
 
-        if (rc == doc->redis || rc->node == 0) {
+        if (rc == doc->redis
+            || (ngx_http_collab_worker->cluster && rc->node == 0))
+        {
             /* the same owner, or none yet: stay */
             continue;
         }
 
-        ngx_log_error(NGX_LOG_NOTICE, rc->log, 0,
-                      "collab: the map moved \"%V\" from \"%V\" to \"%V\"",
-                      &doc->channel, &doc->redis->addr, &rc->addr);
+        if (ngx_http_collab_worker->cluster) {
+            ngx_log_error(NGX_LOG_NOTICE, rc->log, 0,
+                          "collab: the map moved \"%V\" from \"%V\" to "
+                          "\"%V\"", &doc->channel, &doc->redis->addr,
+                          &rc->addr);
+
+        } else {
+            /* replica=: replica.c logs the change once */
+            ngx_log_debug3(NGX_LOG_DEBUG_HTTP, rc->log, 0,
+                           "collab: \"%V\" moves from \"%V\" to \"%V\"",
+                           &doc->channel, &doc->redis->addr, &rc->addr);
+        }
 
         if (ngx_http_collab_doc_redis_leave(doc, 1) != NGX_OK) {
             continue;
@@ -1161,9 +1172,16 @@ ngx_http_collab_doc_sub_read(ngx_http_collab_sub_t *sub)
 
     if (ngx_http_collab_store_read(sub) == NGX_DECLINED) {
         /* too many commands in flight: try again shortly */
-        if (!ngx_http_collab_worker->retry.timer_set) {
-            ngx_add_timer(&ngx_http_collab_worker->retry, 50);
-        }
+        ngx_http_collab_doc_retry_later();
+    }
+}
+
+
+void
+ngx_http_collab_doc_retry_later(void)
+{
+    if (!ngx_http_collab_worker->retry.timer_set) {
+        ngx_add_timer(&ngx_http_collab_worker->retry, 50);
     }
 }
 
@@ -1219,6 +1237,18 @@ ngx_http_collab_doc_read_done(ngx_http_collab_sub_t *sub,
 
     default:
         ngx_http_collab_doc_read_failed(sub, rd);
+        return;
+    }
+
+    if (rd->replica && sub->doc->has_epoch
+        && (rd->epoch.len != NGX_HTTP_COLLAB_EPOCH_LEN
+            || ngx_memcmp(sub->doc->epoch, rd->epoch.data,
+                          NGX_HTTP_COLLAB_EPOCH_LEN) != 0))
+    {
+        /* the replica has not seen the log we follow yet: the primary
+         * decides whether it was reset */
+        sub->primary = 1;
+        ngx_http_collab_doc_sub_read(sub);
         return;
     }
 
@@ -1570,6 +1600,17 @@ ngx_http_collab_doc_read_next(ngx_http_collab_sub_t *sub,
         return;
     }
 
+    if (rd->replica && d->seq > sub->pos) {
+        /*
+         * The replica is behind what the channel announced: the primary
+         * has it.  Never counted as a read that brings nothing: the
+         * replica's log says nothing about whether the seq exists.
+         */
+        sub->primary = 1;
+        ngx_http_collab_doc_sub_read(sub);
+        return;
+    }
+
     if (d->seq > sub->pos) {
         /*
          * Announced after the read was sent, and skipped by the fan-out
@@ -1597,6 +1638,14 @@ ngx_http_collab_doc_read_next(ngx_http_collab_sub_t *sub,
     }
 
     sub->rereads = 0;
+
+    if (!d->subscribed) {
+        /* the channel moves (replica=, cluster): live once it is followed
+         * again, after one more read (ngx_http_collab_doc_redis_subscribed) */
+        sub->stalled = 1;
+        return;
+    }
+
     sub->state = NGX_HTTP_COLLAB_SUB_LIVE;
     sub->stalled = 0;
 
