@@ -1,0 +1,328 @@
+#!/usr/bin/perl
+
+# replica=: a Redis replica near the PoP serves reads.  Nginx A (the PoP)
+# reaches the primary through a proxy that delays 40 ms each way and names
+# a replica (--replicaof the primary) for its reads; nginx B talks to the
+# primary directly.  Writers on A and B, subscribers on A: every subscriber
+# gets every delta once, in seq order, and the logs are dense; a resume
+# gets exactly what was missed; a new document and a refused subscribe are
+# decided by the primary (the denial is audited there).  The replica is
+# really used (FCALL_RO and the channels on it).  Killing the replica
+# (SIGKILL) or stopping it (SIGSTOP: it lags) mid-run falls back to the
+# primary without a gap, and it is used again once it is back.
+
+use strict;
+use warnings;
+
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use Test::More;
+use Time::HiRes qw(time);
+use Collab::Test;
+
+my $t = Collab::Test->new(timeout => 150);
+
+# --- configuration
+{
+    my $base = <<'EOF';
+    collab_redis 127.0.0.1:6379 replica=127.0.0.1:6380 replica_lag=300ms;
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        location = /collab { collab; }
+    }
+EOF
+    my ($rc, $out) = $t->check_nginx_conf($base);
+    is($rc, 0, 'nginx -t accepts replica= replica_lag=') or diag $out;
+    (my $s = $base) =~ s/collab_redis .*?;/collab_redis sentinel:m sentinels=127.0.0.1:26379 replica=127.0.0.1:6380;/s;
+    ($rc, $out) = $t->check_nginx_conf($s);
+    is($rc, 0, 'nginx -t accepts replica= with sentinel:') or diag $out;
+    for my $bad (
+        ['collab_redis cluster:127.0.0.1:7000 replica=127.0.0.1:6380;',
+         '"replica=" is not supported with a Redis Cluster', 'with a cluster'],
+        ['collab_redis 127.0.0.1 replica=unix:/tmp/r.sock;', 'not a unix socket',
+         'a unix socket'],
+        ['collab_redis 127.0.0.1 replica=nohost.invalid:6380;',
+         'invalid replica address "nohost.invalid:6380"', 'a name that does not resolve'],
+        ['collab_redis 127.0.0.1 replica=;', 'invalid replica address ""', 'an empty address'],
+        ['collab_redis 127.0.0.1 replica=127.0.0.1:6380 replica=127.0.0.1:6381;',
+         'duplicate "replica="', 'two replicas'],
+        ['collab_redis 127.0.0.1 replica_lag=1s;', '"replica_lag=" needs "replica="',
+         'replica_lag= alone'],
+        ['collab_redis 127.0.0.1 replica=127.0.0.1:6380 replica_lag=0;',
+         'invalid parameter "replica_lag=0"', 'a zero lag'],
+        ['collab_redis 127.0.0.1 replica=127.0.0.1:6380 replica_lag=2m;',
+         'invalid parameter "replica_lag=2m"', 'a lag over 60 s'],
+        ['collab_redis 127.0.0.1:6380 replica=127.0.0.1:6380;', 'is the primary itself',
+         'the primary as its own replica'],
+    ) {
+        (my $c = $base) =~ s/collab_redis .*?;/$bad->[0]/s;
+        ($rc, $out) = $t->check_nginx_conf($c);
+        ok($rc != 0 && index($out, $bad->[1]) >= 0, "refused: $bad->[2]") or diag $out;
+    }
+}
+
+# --- the topology
+$t->start_redis;
+my $P = $t->redis_port;
+my $R;
+sub start_replica {
+    $R = $t->redis_node('r', port => $R, args => ['--replicaof', '127.0.0.1', $P,
+                                                   '--repl-diskless-sync-delay', '0']);
+}
+start_replica();
+my $proxy = $t->delay_proxy(to => $P, up => 0.04, down => 0.04);
+
+sub replica_synced {
+    my ($info) = $t->redis_at_try($R, 'INFO', 'replication');
+    return defined $info && $info =~ /master_link_status:up/;
+}
+ok(wait_until(\&replica_synced, 20), 'the replica follows the primary');
+
+my $CONF = <<'EOF';
+    collab_redis 127.0.0.1:%%REDIS%% %%REPLICA%%;
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        location = /collab {
+            collab;
+            collab_rate off;
+            collab_user $arg_user;
+            collab_default_role editor;
+        }
+    }
+EOF
+(my $ca = $CONF) =~ s/%%REDIS%%/$proxy/;
+$ca =~ s/%%REPLICA%%/replica=127.0.0.1:$R replica_lag=1s/;
+(my $cb = $CONF) =~ s/%%REDIS%%/$P/;
+$cb =~ s/%%REPLICA%%//;
+$t->start_nginx(conf => $ca, workers => 2);
+$t->start_nginx(name => 'b', conf => $cb, workers => 2);
+
+sub used_count { scalar $t->grep_error_log(qr/the replica "[^"]+" is used for reads/) }
+sub unused_count { scalar $t->grep_error_log(qr/the replica "[^"]+" is no longer used/) }
+
+ok(wait_until(sub { used_count() >= 2 }, 30), 'both workers of A use the replica')
+    or diag $t->error_log;
+
+# --- writers on A and B, subscribers on A
+my @DOCS = map { "rp$_" } 1 .. 3;
+my (%writer, @subs);
+
+sub session {
+    my ($inst, $user) = @_;
+    my $ws;
+    wait_until(sub { $ws = eval { $t->ws_session(instance => $inst, timeout => 10,
+                                                 path => "/collab?user=$user") } }, 20);
+    return $ws;
+}
+
+for my $d (@DOCS) {
+    $writer{$d} = [ session('main', 'wa'), session('b', 'wb') ];
+    for my $i (1 .. 2) {
+        my $ws = session('main', "s$i");
+        my $s = $t->subscribe($ws, $d);
+        push @subs, { ws => $ws, doc => $d, pos => 0, ids => {}, bad => [] };
+        is($s && $s->{type}, 'subscribed', "subscriber $i of $d on A")
+            or diag explain $s;
+    }
+}
+
+my $round = 0;
+
+# every writer sends $n deltas, a little at a time; $during runs midway
+sub write_round {
+    my ($n, $during) = @_;
+    $round++;
+    for my $k (1 .. $n) {
+        for my $d (@DOCS) {
+            my $w = $writer{$d};
+            $w->[$_]->send_json({ type => 'delta', doc => $d,
+                                  id => "r$round-$_-$k", data => { k => $k } }) for 0, 1;
+        }
+        $t->idle(0.02);
+        $during->() if $during && $k == int($n / 2);
+    }
+    my $acked = 0;
+    for my $d (@DOCS) {
+        for my $w (@{ $writer{$d} }) {
+            for my $k (1 .. $n) {
+                my $m = $w->wait_for(sub { $_[0]{type} =~ /^n?ack$/ }, 20) or last;
+                $acked++ if $m->{type} eq 'ack';
+            }
+        }
+    }
+    return $acked;
+}
+
+# reads a subscriber on to $head: every seq once and in order
+sub follow {
+    my ($s, $head) = @_;
+    my $deadline = time + 20;
+    while ($s->{pos} < $head && time < $deadline) {
+        my $m = $s->{ws}->wait_for(sub {
+            my $m = shift;
+            ($m->{doc} // '') eq $s->{doc}
+                && $m->{type} =~ /^(delta|resync|error|unsubscribed)$/
+        }, $deadline - time) or last;
+        if ($m->{type} ne 'delta') {
+            push @{ $s->{bad} }, "$m->{type} " . Collab::Test::json_encode($m);
+            last;
+        }
+        if ($m->{seq} != $s->{pos} + 1) {
+            push @{ $s->{bad} }, "seq $m->{seq} after $s->{pos}";
+            $s->{pos} = $m->{seq} if $m->{seq} > $s->{pos};
+            next;
+        }
+        $s->{pos} = $m->{seq};
+        $s->{ids}{ $m->{seq} } = $m->{id};
+    }
+    return $s->{pos} == $head && !@{ $s->{bad} };
+}
+
+# the log is dense and every subscriber has exactly it
+sub check_all {
+    my ($what) = @_;
+    my ($dense, $same) = (0, 0);
+    for my $d (@DOCS) {
+        my @log = $t->log_entries($d);
+        my $ok = 1;
+        for my $i (0 .. $#log) { $ok = 0 unless $log[$i]{seq} == $i + 1 }
+        $dense++ if $ok;
+        for my $s (grep { $_->{doc} eq $d } @subs) {
+            my $good = follow($s, scalar @log);
+            for my $e (@log) {
+                $good = 0 unless ($s->{ids}{ $e->{seq} } // '') eq $e->{id};
+            }
+            $same++ if $good;
+            diag "$d: $_" for @{ $s->{bad} };
+            @{ $s->{bad} } = ();
+        }
+    }
+    is($dense, scalar @DOCS, "$what: dense logs");
+    is($same, scalar @subs, "$what: every subscriber has exactly the log");
+}
+
+is(write_round(15), 15 * 2 * @DOCS, 'writers on A and B: every delta acked');
+check_all('steady');
+
+# --- the replica is really used
+{
+    my ($pa, $ra) = (fcalls($P, 'fcall'), fcalls($R, 'fcall_ro'));
+    my $reads = 0;
+    for my $d (@DOCS) {
+        for my $since (0, 5, 10) {
+            my $r = $t->http(path => "/collab?doc=$d&view=deltas&since=$since&user=g");
+            $reads++ if $r->{status} == 200 && @{ $r->{json}{deltas} || [] };
+        }
+        my $ws = session('main', 'j');
+        my $s = $t->subscribe($ws, $d, since => 0);
+        $reads++ if $s && $s->{type} eq 'subscribed';
+        $ws->close(1000);
+    }
+    is($reads, 4 * @DOCS, 'HTTP reads and joins on A answered');
+    my ($pb, $rb) = (fcalls($P, 'fcall'), fcalls($R, 'fcall_ro'));
+    cmp_ok($rb - $ra, '>=', $reads, 'the reads ran on the replica (FCALL_RO)');
+    cmp_ok($pb - $pa, '<', $reads / 2, 'the primary ran fewer reads')
+        or diag "primary fcall +" . ($pb - $pa);
+    my $sub_r = $t->redis_at($R, 'PUBSUB', 'NUMSUB', "collab:{$DOCS[0]}")->[1];
+    my $sub_p = $t->redis_at($P, 'PUBSUB', 'NUMSUB', "collab:{$DOCS[0]}")->[1];
+    ok($sub_r >= 1 && $sub_p == 0, 'A follows the channels on the replica')
+        or diag "replica $sub_r, primary $sub_p";
+}
+
+sub fcalls {
+    my ($port, $cmd) = @_;
+    my $info = $t->redis_at($port, 'INFO', 'commandstats');
+    return $info =~ /cmdstat_$cmd:calls=(\d+)/ ? $1 : 0;
+}
+
+# --- a resume after a drop gets exactly what was missed
+{
+    my $s = $subs[0];
+    my $epoch;
+    my $ws0 = session('main', 'e');
+    my $sub = $t->subscribe($ws0, $s->{doc});
+    $epoch = $sub->{epoch};
+    $ws0->close(1000);
+    $s->{ws}->drop;
+    my $from = $s->{pos};
+    is(write_round(5), 5 * 2 * @DOCS, 'writes while a subscriber is away');
+    $s->{ws} = session('main', 's1');
+    $sub = $t->subscribe($s->{ws}, $s->{doc}, since => $from, epoch => $epoch);
+    is($sub && $sub->{type}, 'subscribed', 'resumed with since and epoch');
+    check_all('resume');
+}
+
+# --- a new document (no state yet), and a refused subscribe
+{
+    my $ws = session('main', 'n');
+    my $s = $t->subscribe($ws, 'rp-new');
+    ok($s && $s->{type} eq 'subscribed' && $s->{seq} == 0, 'a new document is created')
+        or diag explain $s;
+    $writer{'rp-new'}[0] = session('b', 'wb');
+    $writer{'rp-new'}[0]->send_json({ type => 'delta', doc => 'rp-new', id => 'n1',
+                                      data => 1 });
+    my $m = $ws->wait_for({ type => 'delta' }, 10);
+    ok($m && $m->{seq} == 1, 'and its first delta is delivered');
+
+    $t->redis('SET', 'collab:{rp-acl}:acl',
+              '{"version":1,"default":"none","users":{"own":"owner"}}');
+    my $o = session('main', 'own');
+    $s = $t->subscribe($o, 'rp-acl');
+    is($s && $s->{type}, 'subscribed', 'the owner subscribes');
+    ok(wait_until(sub { ($t->redis_at($R, 'EXISTS', 'collab:{rp-acl}:state')) == 1 }, 10),
+       'the state hash reached the replica');
+    my $v = session('main', 'mallory');
+    $s = $t->subscribe($v, 'rp-acl');
+    is($s && $s->{code}, 'forbidden', 'a user without a role is refused');
+    my $audit = $t->redis('XRANGE', 'collab:{rp-acl}:audit', '-', '+');
+    ok((grep { my %h = @{ $_->[1] }; ($h{user} // '') eq 'mallory' } @$audit),
+       'the denial is audited on the primary');
+    $_->close(1000) for $ws, $o, $v;
+}
+
+# --- the replica killed mid-run: the primary serves, nothing is lost
+{
+    my $before = unused_count();
+    is(write_round(20, sub { $t->kill_node('r', 'KILL') }), 20 * 2 * @DOCS,
+       'replica killed mid-run: every delta acked');
+    ok(wait_until(sub { unused_count() >= $before + 2 }, 20),
+       'both workers stopped using the replica');
+    check_all('replica killed');
+    is(write_round(5), 5 * 2 * @DOCS, 'writes without the replica');
+    check_all('without the replica');
+
+    my $used = used_count();
+    start_replica();
+    ok(wait_until(sub { used_count() >= $used + 2 }, 30), 'the replica is used again');
+    my $ra = fcalls($R, 'fcall_ro');
+    is(write_round(10), 10 * 2 * @DOCS, 'writes with the replica back');
+    check_all('replica back');
+    my $ws = session('main', 'j');
+    $t->subscribe($ws, $DOCS[0], since => 0);
+    $ws->close(1000);
+    cmp_ok(fcalls($R, 'fcall_ro') - $ra, '>=', 1, 'reads on the replica again');
+}
+
+# --- the replica stops (lags) mid-run: fall back, then back again
+{
+    my $before = unused_count();
+    my $used = used_count();
+    is(write_round(20, sub { $t->kill_node('r', 'STOP') }), 20 * 2 * @DOCS,
+       'replica stopped mid-run: every delta acked');
+    ok(wait_until(sub { unused_count() >= $before + 2 }, 20),
+       'a lagging replica is no longer used');
+    check_all('replica lagging');
+    $t->kill_node('r', 'CONT');
+    ok(wait_until(sub { used_count() >= $used + 2 }, 30), 'used again once it follows');
+    is(write_round(10), 10 * 2 * @DOCS, 'writes after the lag');
+    check_all('after the lag');
+}
+
+my @clamped = $t->grep_error_log(qr/not confirmed by the log/);
+is(scalar @clamped, 0, 'no member went live below an announced seq');
+
+$_->{ws}->close(1000) for @subs;
+$t->done;
+done_testing;
+
+sub wait_until { Collab::Test::wait_until(@_) }
