@@ -86,6 +86,7 @@ my $CONF = <<'EOF';
             collab;
             collab_rate off;
             collab_user $arg_user;
+            collab_doc $arg_doc;
             collab_default_role editor;
         }
     }
