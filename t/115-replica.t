@@ -304,12 +304,33 @@ sub fcalls {
     cmp_ok(fcalls($R, 'fcall_ro') - $ra, '>=', 1, 'reads on the replica again');
 }
 
-# --- the replica stops (lags) mid-run: fall back, then back again
+# --- the replica stops (lags) with reads in flight on it: the clients that
+# leave have their reads cut, the others are answered by the primary
 {
     my $before = unused_count();
     my $used = used_count();
-    is(write_round(20, sub { $t->kill_node('r', 'STOP') }), 20 * 2 * @DOCS,
-       'replica stopped mid-run: every delta acked');
+    $t->kill_node('r', 'STOP');
+    my (@gone, @stay);
+    for my $i (0 .. 5) {
+        my $ws = session('main', "x$i");
+        $ws->send_json({ type => 'subscribe', doc => $DOCS[$i % @DOCS], since => 0 });
+        push @{ $i % 2 ? \@gone : \@stay }, $ws;
+        my $h = Collab::HTTP::connect_socket(port => $t->port, timeout => 2, tls => 0);
+        Collab::HTTP::write_all($h, "GET /collab?doc=$DOCS[0]&view=deltas&since=0&user=h "
+                                    . "HTTP/1.1\r\nHost: x\r\n\r\n", 2) if $h;
+        push @gone, $h;
+    }
+    $t->idle(0.2);
+    for my $c (@gone) { ref $c eq 'Collab::WS' ? $c->drop : close $c }
+    my $answered = 0;
+    for my $i (0 .. $#stay) {
+        my $s = $stay[$i]->wait_for(sub { $_[0]{type} =~ /^(subscribed|error)$/ }, 15);
+        $answered++ if $s && $s->{type} eq 'subscribed';
+        push @subs, { ws => $stay[$i], doc => $DOCS[(2 * $i) % @DOCS], pos => 0,
+                      ids => {}, bad => [] };
+    }
+    is($answered, scalar @stay, 'joins sent to the stopped replica are answered');
+    is(write_round(20), 20 * 2 * @DOCS, 'replica stopped: every delta acked');
     ok(wait_until(sub { unused_count() >= $before + 2 }, 20),
        'a lagging replica is no longer used');
     check_all('replica lagging');
