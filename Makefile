@@ -232,6 +232,11 @@ bench: build t/yjs/node_modules
 bench-yjs: build t/yjs/node_modules
 	COLLAB_MODULE=$(MODULE) NGINX_BIN=$(NGINX_BIN) REDIS_SERVER=$(REDIS_SERVER) perl bench/yjs.pl
 
+# replicas near the PoP (bench/replica.pl: join, resume and delivery latency with the primary
+# 40 ms away, with and without replica=; its section of docs/benchmarks.md)
+bench-replica: build
+	COLLAB_MODULE=$(MODULE) NGINX_BIN=$(NGINX_BIN) REDIS_SERVER=$(REDIS_SERVER) perl bench/replica.pl
+
 ifneq ($(wildcard fuzz/Makefile.fuzz),)
 include fuzz/Makefile.fuzz
 fuzz: fuzz-all
