@@ -101,7 +101,7 @@ ok(Collab::Test::wait_until(sub {
 }, 30), 'a delta on each of the 30 documents is acked');
 for my $p (keys %shards) {
     my $v = $t->redis_at($t->node_port($p), 'FCALL', 'collab_version', 0);
-    is(join('.', @$v[0, 2]), '9.1', "$p: the sharded library (collab_version [9, 1, 1])");
+    is(join('.', @$v[0, 2]), '10.1', "$p: the sharded library (collab_version [10, 1, 1])");
 }
 is((grep { $t->redis_at($t->node_port($owner{$_}), 'XLEN', "collab:{$_}:log") == 1 } @docs),
    30, 'each delta stored on its shard');

@@ -80,7 +80,7 @@ sub delta_reply {
 
 my $ws = $t->ws_session;
 is($t->subscribe($ws, 'lib-doc')->{type}, 'subscribed', 'the module works');
-is(lib_version(), '9.1', 'collab_version: {9, 1}');
+is(lib_version(), '10.1', 'collab_version: {10, 1}');
 my $code = lib_code();
 ok($code && $code =~ /^#!lua name=collab_v1/, 'the library text from FUNCTION LIST WITHCODE');
 
@@ -108,12 +108,12 @@ like($t->error_log('b'), qr/keeping the newer Redis function library version 99/
 # older libraries are replaced
 $t->redis('FUNCTION', 'LOAD', 'REPLACE', with_version($code, 1, 1));
 ok(reconnect(undef, 'b'), 'reconnected against an older library');
-is(lib_version(), '9.1', 'an older library is replaced');
+is(lib_version(), '10.1', 'an older library is replaced');
 (my $pre = $code) =~ s/redis\.register_function\{function_name = 'collab_version'.*//s;
 $t->redis('FUNCTION', 'LOAD', 'REPLACE', $pre);
 like(lib_version(), qr/not found/i, 'a library from before collab_version');
 ok(reconnect(undef, 'b'), 'reconnected against it');
-is(lib_version(), '9.1', 'it is replaced');
+is(lib_version(), '10.1', 'it is replaced');
 is(delta_reply($ws)->{type}, 'ack', 'the module works');
 
 # check and load are one step (WATCH collab:library, MULTI, FUNCTION LOAD,
@@ -131,7 +131,7 @@ ok(reconnect(undef, 'b'), 'reconnected against a library that changes while it i
 is($t->redis('EXISTS', 'race-once'), 0, '... the change happened');
 like($t->error_log . $t->error_log('b'), qr/library changed while loading it, checking its version again/,
     '... the load was aborted and the version asked again');
-is(lib_version(), '9.1', '... and the library is loaded');
+is(lib_version(), '10.1', '... and the library is loaded');
 ok($t->redis('GET', 'collab:library') > $loads, 'every load changes collab:library');
 is(delta_reply($ws)->{type}, 'ack', 'the module works');
 
