@@ -141,7 +141,7 @@ $log0 = length $t->error_log;
 $t->redis('CLIENT', 'KILL', 'TYPE', 'normal', 'SKIPME', 'yes');
 ok(Collab::Test::wait_until(sub { substr($t->error_log, $log0) =~ /upgrade the module/ }, 5),
     'an incompatible newer library: error in the log');
-like(substr($t->error_log, $log0), qr/version 99, which serves modules of version 50 and newer; this module is version 9/,
+like(substr($t->error_log, $log0), qr/version 99, which serves modules of version 50 and newer; this module is version 10/,
     '... naming both versions');
 is(lib_version(), '99.50', '... and it is not replaced');
 my $r = delta_reply($ws);
