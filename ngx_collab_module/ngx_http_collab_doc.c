@@ -644,9 +644,10 @@ ngx_http_collab_doc_unsubscribed(ngx_http_collab_doc_t *doc)
 
     /* members (again): subscribe, on the new owner after a move */
 
-    if (!moved
+    if (!moved || ngx_http_collab_worker->cluster == NULL
         || ngx_http_collab_redis_for_doc(&doc->node.str, 1) != doc->redis)
     {
+        /* replica=: even where it left, if the replica flipped back */
         ngx_http_collab_doc_redis_subscribe(doc);
     }
 
