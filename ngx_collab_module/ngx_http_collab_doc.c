@@ -1246,8 +1246,10 @@ ngx_http_collab_doc_read_done(ngx_http_collab_sub_t *sub,
             || ngx_memcmp(sub->doc->epoch, rd->epoch.data,
                           NGX_HTTP_COLLAB_EPOCH_LEN) != 0))
     {
-        /* the replica has not seen the log we follow yet: the primary
-         * decides whether it was reset */
+        /*
+         * the replica has not seen the log we follow yet: the primary
+         * decides whether it was reset
+         */
         sub->primary = 1;
         ngx_http_collab_doc_sub_read(sub);
         return;
@@ -1641,8 +1643,10 @@ ngx_http_collab_doc_read_next(ngx_http_collab_sub_t *sub,
     sub->rereads = 0;
 
     if (!d->subscribed) {
-        /* the channel moves (replica=, cluster): live once it is followed
-         * again, after one more read (ngx_http_collab_doc_redis_subscribed) */
+        /*
+         * the channel moves (replica=, cluster): live once it is followed
+         * again, after one more read (ngx_http_collab_doc_redis_subscribed)
+         */
         sub->stalled = 1;
         return;
     }

@@ -2028,20 +2028,19 @@ ngx_http_collab_store_read_send(ngx_http_collab_session_t *s,
     ngx_uint_t count, ngx_str_t *client_epoch, size_t budget,
     ngx_uint_t primary)
 {
+    u_char                    kstate[NGX_HTTP_COLLAB_KEY_MAX];
+    u_char                    klog[NGX_HTTP_COLLAB_KEY_MAX];
+    u_char                    kacl[NGX_HTTP_COLLAB_KEY_MAX];
+    u_char                    kaudit[NGX_HTTP_COLLAB_KEY_MAX];
+    u_char                    epoch[NGX_HTTP_COLLAB_EPOCH_LEN];
+    u_char                    ssince[NGX_INT64_LEN + 1];
+    u_char                    scount[NGX_INT_T_LEN];
+    u_char                    sbudget[NGX_SIZE_T_LEN];
+    u_char                    expire[NGX_INT64_LEN];
+    u_char                    role[2];
+    size_t                    argvlen[18];
+    const char               *argv[18];
     ngx_http_collab_redis_t  *rc;
-
-    u_char       kstate[NGX_HTTP_COLLAB_KEY_MAX];
-    u_char       klog[NGX_HTTP_COLLAB_KEY_MAX];
-    u_char       kacl[NGX_HTTP_COLLAB_KEY_MAX];
-    u_char       kaudit[NGX_HTTP_COLLAB_KEY_MAX];
-    u_char       epoch[NGX_HTTP_COLLAB_EPOCH_LEN];
-    u_char       ssince[NGX_INT64_LEN + 1];
-    u_char       scount[NGX_INT_T_LEN];
-    u_char       sbudget[NGX_SIZE_T_LEN];
-    u_char       expire[NGX_INT64_LEN];
-    u_char       role[2];
-    const char  *argv[18];
-    size_t       argvlen[18];
 
     ngx_http_collab_store_epoch(epoch);
 
@@ -2127,8 +2126,7 @@ ngx_http_collab_store_read_reply(ngx_http_collab_cmd_t *cmd,
     }
 
     if (replica && ngx_http_collab_store_ask_primary(reply)) {
-        /* the same read from the newest point, where the client cannot
-         * tell the difference */
+        /* the same read, from the newest point: the client cannot tell */
 
         sub->again = 0;
         sub->primary = 1;
