@@ -9,7 +9,8 @@
 # decided by the primary (the denial is audited there).  The replica is
 # really used (FCALL_RO and the channels on it).  Killing the replica
 # (SIGKILL) or stopping it (SIGSTOP: it lags) mid-run falls back to the
-# primary without a gap, and it is used again once it is back.
+# primary without a gap, and it is used again once it is back.  With
+# sentinel:NAME the primary's fence travels to the replica with the state.
 
 use strict;
 use warnings;
@@ -338,6 +339,34 @@ sub fcalls {
     ok(wait_until(sub { used_count() >= $used + 2 }, 30), 'used again once it follows');
     is(write_round(10), 10 * 2 * @DOCS, 'writes after the lag');
     check_all('after the lag');
+}
+
+# --- with Sentinel: the primary's fence reaches the replica with the state
+{
+    my $sp = $t->redis_node('s1', sentinel => 1,
+                            conf => ["sentinel monitor m 127.0.0.1 $P 1"]);
+    (my $cs = $CONF) =~ s/127.0.0.1:%%REDIS%%/sentinel:m sentinels=127.0.0.1:$sp/;
+    $cs =~ s/%%REPLICA%%/replica=127.0.0.1:$R replica_lag=1s/;
+    my $used = used_count();
+    $t->start_nginx(name => 'c', conf => $cs, workers => 1);
+    ok(wait_until(sub { used_count() > $used }, 30), 'sentinel: the replica is used');
+    my $w = session('c', 'wc');
+    my $r = session('c', 'rc');
+    my $s = $t->subscribe($r, 'sn1');
+    $w->send_json({ type => 'delta', doc => 'sn1', id => "s$_", data => $_ }) for 1 .. 10;
+    my @seq = map { my $m = $r->wait_for({ type => 'delta' }, 10); $m ? $m->{seq} : 0 } 1 .. 10;
+    is("@seq", "@{[1 .. 10]}", 'sentinel: deltas delivered in order');
+    my $fence = ($t->redis('INFO', 'replication') =~ /master_replid:(\w+)/)[0];
+    ok(wait_until(sub {
+        ($t->redis_at($R, 'HGET', 'collab:{sn1}:state', 'fence') // '') eq $fence }, 10),
+       'the fenced state reached the replica');
+    my $ra = fcalls($R, 'fcall_ro');
+    my $r2 = session('c', 'rc');
+    $s = $t->subscribe($r2, 'sn1', since => 5, epoch => $s->{epoch});
+    @seq = map { my $m = $r2->wait_for({ type => 'delta' }, 10); $m ? $m->{seq} : 0 } 1 .. 5;
+    is("@seq", "6 7 8 9 10", 'sentinel: a resume gets what it missed');
+    cmp_ok(fcalls($R, 'fcall_ro') - $ra, '>=', 1, 'sentinel: ... read on the replica');
+    $_->close(1000) for $w, $r, $r2;
 }
 
 my @clamped = $t->grep_error_log(qr/not confirmed by the log/);
