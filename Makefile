@@ -56,7 +56,7 @@ ASAN_OPTIONS_DEFAULT := detect_leaks=0
 
 SUDO = $(shell [ "$$(id -u)" = 0 ] || { command -v sudo >/dev/null && echo sudo; })
 
-.PHONY: build build-asan deps test test-asan run stop bench bench-yjs fuzz clean js
+.PHONY: build build-asan deps test test-asan run stop bench bench-yjs bench-replica fuzz clean js
 
 # ---------------------------------------------------------------------------------------------
 # deps: install only what is missing; a no-op (one dpkg-query) when everything is there.
