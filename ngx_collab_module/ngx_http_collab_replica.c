@@ -49,6 +49,7 @@ struct ngx_http_collab_replica_s {
     ngx_str_t                    addr;
     ngx_msec_t                   lag;
     ngx_msec_t                   probe_sent;
+    ngx_msec_t                   checks_sent;
     uint64_t                     probe_n;
     ngx_uint_t                   good;           /* in time, in a row */
     ngx_uint_t                   checks;         /* INFO, version pending */
@@ -289,9 +290,14 @@ ngx_http_collab_replica_check(ngx_http_collab_replica_t *r)
     }
 
     if (r->checks) {
-        /* the last round is not answered yet */
-        r->role_ok = 0;
-        r->role_why = "it does not answer";
+        if (ngx_current_msec - r->checks_sent
+            >= NGX_HTTP_COLLAB_REPLICA_TICK / 2)
+        {
+            /* the last round is not answered yet */
+            r->role_ok = 0;
+            r->role_why = "it does not answer";
+        }
+
         return;
     }
 
@@ -308,6 +314,7 @@ ngx_http_collab_replica_check(ngx_http_collab_replica_t *r)
     }
 
     r->checks++;
+    r->checks_sent = ngx_current_msec;
 
     argv[0] = "FCALL_RO";
     argvlen[0] = 8;
