@@ -34,7 +34,8 @@ my $t = Collab::Test->new(timeout => 150);
 EOF
     my ($rc, $out) = $t->check_nginx_conf($base);
     is($rc, 0, 'nginx -t accepts replica= replica_lag=') or diag $out;
-    (my $s = $base) =~ s/collab_redis .*?;/collab_redis sentinel:m sentinels=127.0.0.1:26379 replica=127.0.0.1:6380;/s;
+    my $sentinel = 'collab_redis sentinel:m sentinels=127.0.0.1:26379 replica=127.0.0.1:6380;';
+    (my $s = $base) =~ s/collab_redis .*?;/$sentinel/s;
     ($rc, $out) = $t->check_nginx_conf($s);
     is($rc, 0, 'nginx -t accepts replica= with sentinel:') or diag $out;
     for my $bad (
