@@ -25,9 +25,14 @@
  */
 
 
+/* a log read, then not the channel's "reset": how long members wait */
+#define NGX_HTTP_COLLAB_RESET_WAIT  1000
+
+
 static ngx_http_collab_doc_t *ngx_http_collab_doc_get(ngx_str_t *name,
     ngx_log_t *log);
 static void ngx_http_collab_doc_free(ngx_http_collab_doc_t *doc);
+static void ngx_http_collab_doc_wake(ngx_http_collab_doc_t *doc);
 static void ngx_http_collab_doc_redis_subscribe(ngx_http_collab_doc_t *doc);
 static void ngx_http_collab_doc_message(redisAsyncContext *ac, void *r,
     void *data);
@@ -66,7 +71,6 @@ static ngx_int_t ngx_http_collab_doc_read_entries(ngx_http_collab_sub_t *sub,
     ngx_http_collab_read_t *rd, ngx_uint_t joined, size_t *used);
 static void ngx_http_collab_doc_read_next(ngx_http_collab_sub_t *sub,
     ngx_http_collab_read_t *rd, ngx_uint_t joined, size_t used);
-static void ngx_http_collab_doc_sub_read(ngx_http_collab_sub_t *sub);
 static void ngx_http_collab_doc_dropped(ngx_http_collab_session_t *s);
 static void ngx_http_collab_doc_broken(ngx_http_collab_sub_t *sub);
 static void ngx_http_collab_doc_refuse(ngx_http_collab_sub_t *sub);
@@ -187,6 +191,13 @@ ngx_http_collab_doc_release(ngx_http_collab_doc_t *doc)
 
 void
 ngx_http_collab_doc_acl_known(ngx_http_collab_doc_t *doc)
+{
+    ngx_http_collab_doc_wake(doc);
+}
+
+
+static void
+ngx_http_collab_doc_wake(ngx_http_collab_doc_t *doc)
 {
     ngx_queue_t            *q, *next;
     ngx_http_collab_sub_t  *sub;
@@ -811,6 +822,14 @@ ngx_http_collab_doc_members_lost(ngx_http_collab_doc_t *doc)
 
         if (sub->read == NULL) {
             sub->stalled = 1;
+
+        } else {
+            /*
+             * Its head may be older than what the next subscription
+             * shows: the reply is ignored, and the read is sent again
+             * once the channel is followed (ngx_http_collab_doc_sub_read)
+             */
+            sub->again = 1;
         }
     }
 }
@@ -1127,8 +1146,17 @@ ngx_http_collab_doc_reset(ngx_http_collab_doc_t *doc, u_char *epoch)
     if (doc->has_epoch
         && ngx_memcmp(doc->epoch, epoch, NGX_HTTP_COLLAB_EPOCH_LEN) == 0)
     {
+        if (doc->reset_wait) {
+            /* a read showed it first: the deltas seen so far were old */
+            doc->reset_wait = 0;
+            doc->seq = 0;
+            ngx_http_collab_doc_wake(doc);
+        }
+
         return;
     }
+
+    doc->reset_wait = 0;
 
     ngx_memcpy(doc->epoch, epoch, NGX_HTTP_COLLAB_EPOCH_LEN);
     doc->has_epoch = 1;
@@ -1149,7 +1177,7 @@ ngx_http_collab_doc_reset(ngx_http_collab_doc_t *doc, u_char *epoch)
 }
 
 
-static void
+void
 ngx_http_collab_doc_sub_read(ngx_http_collab_sub_t *sub)
 {
     ngx_http_collab_session_t  *s;
@@ -1241,14 +1269,17 @@ ngx_http_collab_doc_read_done(ngx_http_collab_sub_t *sub,
         return;
     }
 
-    if (rd->replica && sub->doc->has_epoch
-        && (rd->epoch.len != NGX_HTTP_COLLAB_EPOCH_LEN
-            || ngx_memcmp(sub->doc->epoch, rd->epoch.data,
-                          NGX_HTTP_COLLAB_EPOCH_LEN) != 0))
+    if (rd->replica
+        && ((sub->doc->has_epoch
+             && (rd->epoch.len != NGX_HTTP_COLLAB_EPOCH_LEN
+                 || ngx_memcmp(sub->doc->epoch, rd->epoch.data,
+                               NGX_HTTP_COLLAB_EPOCH_LEN) != 0))
+            || sub->doc->acl_stale || sub->acl_gen != sub->doc->acl_gen))
     {
         /*
-         * the replica has not seen the log we follow yet: the primary
-         * decides whether it was reset
+         * The replica has not seen the log we follow yet (the primary
+         * decides whether it was reset), or its ACL may be older than the
+         * one loaded or announced meanwhile: never applied.
          */
         sub->primary = 1;
         ngx_http_collab_doc_sub_read(sub);
@@ -1378,6 +1409,7 @@ static ngx_int_t
 ngx_http_collab_doc_read_epoch(ngx_http_collab_sub_t *sub,
     ngx_http_collab_read_t *rd)
 {
+    ngx_uint_t              joining;
     ngx_http_collab_doc_t  *d;
 
     d = sub->doc;
@@ -1386,24 +1418,36 @@ ngx_http_collab_doc_read_epoch(ngx_http_collab_sub_t *sub,
         return NGX_OK;
     }
 
-    if (d->has_epoch && sub->state != NGX_HTTP_COLLAB_SUB_JOINING
-        && ngx_memcmp(d->epoch, rd->epoch.data, rd->epoch.len) != 0)
-    {
-        ngx_http_collab_doc_hold(d);
-        ngx_http_collab_doc_reset(d, rd->epoch.data);
-        (void) ngx_http_collab_doc_release(d);
+    if (!d->has_epoch) {
+        ngx_memcpy(d->epoch, rd->epoch.data, rd->epoch.len);
+        d->has_epoch = 1;
+        return NGX_OK;
+    }
+
+    if (ngx_memcmp(d->epoch, rd->epoch.data, rd->epoch.len) == 0) {
+        return NGX_OK;
+    }
+
+    /*
+     * A new log that the channel did not announce yet (a replica or a
+     * subscriber connection behind the reply): the members of the old one
+     * resync, a joining one goes on.  Until the channel's "reset" comes
+     * (or NGX_HTTP_COLLAB_RESET_WAIT passed) no member goes live: a delta
+     * of the old log still on its way carries no epoch.
+     */
+
+    joining = (sub->state == NGX_HTTP_COLLAB_SUB_JOINING);
+
+    ngx_http_collab_doc_hold(d);
+    ngx_http_collab_doc_reset(d, rd->epoch.data);
+
+    d->reset_wait = 1;
+    d->reset_time = ngx_current_msec;
+
+    if (ngx_http_collab_doc_release(d) == NGX_DONE || !joining) {
+        /* this member resynced too (or the document is gone) */
         return NGX_DONE;
     }
-
-    if (d->has_epoch
-        && ngx_memcmp(d->epoch, rd->epoch.data, rd->epoch.len) != 0)
-    {
-        /* only joining members, none of the old log live: its seqs go */
-        d->yjs_snap = 0;
-    }
-
-    ngx_memcpy(d->epoch, rd->epoch.data, rd->epoch.len);
-    d->has_epoch = 1;
 
     return NGX_OK;
 }
@@ -1649,6 +1693,17 @@ ngx_http_collab_doc_read_next(ngx_http_collab_sub_t *sub,
          */
         sub->stalled = 1;
         return;
+    }
+
+    if (d->reset_wait) {
+        if (ngx_current_msec - d->reset_time < NGX_HTTP_COLLAB_RESET_WAIT) {
+            /* read again shortly: the channel's "reset" may come first */
+            sub->stalled = 1;
+            ngx_http_collab_doc_retry_later();
+            return;
+        }
+
+        d->reset_wait = 0;
     }
 
     sub->state = NGX_HTTP_COLLAB_SUB_LIVE;

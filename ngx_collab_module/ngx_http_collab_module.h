@@ -255,6 +255,7 @@ struct ngx_http_collab_sub_s {
                                                     in flight is stale */
     unsigned                     primary:1;      /* the next read: not on
                                                     the replica */
+    ngx_uint_t                   acl_gen;        /* doc's at the read */
     size_t                       budget;         /* bytes asked of it */
 
     /* the session's presence on the document: see presence.c */
@@ -287,6 +288,10 @@ struct ngx_http_collab_doc_s {
     unsigned                     acl_known:1;
     unsigned                     acl_again:1;
     unsigned                     acl_stale:1;    /* changed, not reloaded */
+    unsigned                     reset_wait:1;   /* epoch read, its "reset"
+                                                    not seen on the channel */
+    ngx_msec_t                   reset_time;     /* reset_wait since */
+    ngx_uint_t                   acl_gen;        /* ACL events and loads */
     json_t                      *acl;            /* NULL: no ACL document */
     ngx_http_collab_cmd_t       *acl_cmd;
     ngx_event_t                  acl_retry;
@@ -647,6 +652,7 @@ void ngx_http_collab_doc_redis_ready(ngx_http_collab_redis_t *rc);
 void ngx_http_collab_doc_redis_follow(void);
 void ngx_http_collab_doc_retry_handler(ngx_event_t *ev);
 void ngx_http_collab_doc_retry_later(void);
+void ngx_http_collab_doc_sub_read(ngx_http_collab_sub_t *sub);
 ngx_int_t ngx_http_collab_doc_publish(ngx_http_collab_session_t *s,
     ngx_str_t *doc, ngx_http_collab_msg_t *m);
 void ngx_http_collab_doc_read_done(ngx_http_collab_sub_t *sub,

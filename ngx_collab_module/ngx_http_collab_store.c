@@ -1942,6 +1942,7 @@ ngx_http_collab_store_read(ngx_http_collab_sub_t *sub)
     cmd->sub = sub;
     sub->read = cmd;
     sub->stalled = 0;
+    sub->acl_gen = sub->doc->acl_gen;
 
     if (sub->state == NGX_HTTP_COLLAB_SUB_JOINING) {
         since = sub->since;
@@ -2126,16 +2127,15 @@ ngx_http_collab_store_read_reply(ngx_http_collab_cmd_t *cmd,
     }
 
     if (replica && ngx_http_collab_store_ask_primary(reply)) {
-        /* the same read, from the newest point: the client cannot tell */
+        /*
+         * The same read, from the newest point: the client cannot tell.
+         * Through the gate of every read: not while the channel moves.
+         */
 
         sub->again = 0;
         sub->primary = 1;
 
-        if (ngx_http_collab_store_read(sub) != NGX_OK) {
-            /* read again shortly, or when the primary is ready again */
-            sub->stalled = 1;
-            ngx_http_collab_doc_retry_later();
-        }
+        ngx_http_collab_doc_sub_read(sub);
 
         return;
     }
