@@ -742,7 +742,8 @@ ngx_int_t ngx_http_collab_limit_usage(ngx_uint_t *used, ngx_uint_t *total);
 #define NGX_HTTP_COLLAB_G_SESSIONS        5
 #define NGX_HTTP_COLLAB_G_DOCUMENTS       6
 #define NGX_HTTP_COLLAB_G_REDIS_INFLIGHT  7
-#define NGX_HTTP_COLLAB_G_N               8
+#define NGX_HTTP_COLLAB_G_REPLICA_USABLE  8
+#define NGX_HTTP_COLLAB_G_N               9
 
 #define NGX_HTTP_COLLAB_H_REDIS           0
 #define NGX_HTTP_COLLAB_H_FANOUT          1
@@ -779,7 +780,6 @@ void ngx_http_collab_metrics_disconnect(ngx_uint_t code);
 void ngx_http_collab_metrics_resync(const char *reason);
 void ngx_http_collab_metrics_observe(ngx_uint_t h, uint64_t v);
 void ngx_http_collab_metrics_gauge(ngx_uint_t g, ngx_int_t delta);
-void ngx_http_collab_metrics_gauge_set(ngx_uint_t g, ngx_uint_t v);
 void ngx_http_collab_metrics_fanout(u_char *payload, size_t len);
 
 /* ACL admin endpoint */

@@ -1075,8 +1075,8 @@ ngx_http_collab_redis_track(ngx_http_collab_redis_t *rc,
     rc->ninflight++;
 
     ngx_http_collab_metric_inc(NGX_HTTP_COLLAB_M_REDIS_COMMANDS);
-    ngx_http_collab_metrics_gauge_set(NGX_HTTP_COLLAB_G_REDIS_INFLIGHT,
-                                      rc->ninflight);
+    /* summed over the connections (primary, replica, cluster nodes) */
+    ngx_http_collab_metrics_gauge(NGX_HTTP_COLLAB_G_REDIS_INFLIGHT, 1);
 
     if (!rc->watchdog.timer_set) {
         rc->watchdog.cancelable = 0;
@@ -1097,8 +1097,7 @@ ngx_http_collab_redis_reply(redisAsyncContext *ac, void *r, void *data)
     ngx_queue_remove(&cmd->redis_link);
     rc->ninflight--;
 
-    ngx_http_collab_metrics_gauge_set(NGX_HTTP_COLLAB_G_REDIS_INFLIGHT,
-                                      rc->ninflight);
+    ngx_http_collab_metrics_gauge(NGX_HTTP_COLLAB_G_REDIS_INFLIGHT, -1);
 
     if (r && ((redisReply *) r)->type == REDIS_REPLY_ERROR && cmd->fmt
         && !rc->exiting

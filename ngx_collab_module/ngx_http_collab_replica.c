@@ -23,9 +23,15 @@
  * library that serves this module (collab_version); and it does not lag.
  * Lag is measured end to end: every second the worker PUBLISHes a probe on
  * the primary's command connection, on a channel of its own that it
- * follows on the replica.  A probe that is not back within replica_lag
- * makes the replica lagging; it is used again once REPLICA_GOOD probes in
- * a row came back in time.  One probe is out at a time.
+ * follows on the replica.  One probe is out at a time.
+ *
+ * Whatever makes it unusable (a probe late or not sent, a check not
+ * answered in time or failed, a connection lost) also makes it untrusted:
+ * it is used again only after "need" probes in a row came back in time
+ * while the checks were good.  need starts at REPLICA_GOOD, doubles with
+ * every usable -> unusable change up to REPLICA_GOOD_MAX, and is back at
+ * REPLICA_GOOD after REPLICA_CALM of use: a replica that flaps is used
+ * less and less often.
  *
  * When usability changes, the documents follow it as they follow a cluster
  * map (ngx_http_collab_doc_redis_follow): they leave one subscriber
@@ -37,8 +43,13 @@
  */
 
 
-#define NGX_HTTP_COLLAB_REPLICA_TICK   1000
-#define NGX_HTTP_COLLAB_REPLICA_GOOD   3
+#define NGX_HTTP_COLLAB_REPLICA_TICK      1000
+#define NGX_HTTP_COLLAB_REPLICA_GOOD      3
+#define NGX_HTTP_COLLAB_REPLICA_GOOD_MAX  24
+#define NGX_HTTP_COLLAB_REPLICA_CALM      60000
+/* not usable this long: warned of (again after REPLICA_NAG) */
+#define NGX_HTTP_COLLAB_REPLICA_UNUSED    10000
+#define NGX_HTTP_COLLAB_REPLICA_NAG       60000
 
 
 struct ngx_http_collab_replica_s {
@@ -50,12 +61,16 @@ struct ngx_http_collab_replica_s {
     ngx_msec_t                   lag;
     ngx_msec_t                   probe_sent;
     ngx_msec_t                   checks_sent;
+    ngx_msec_t                   since;          /* usable or not since */
+    ngx_msec_t                   warned;         /* unused: last warning */
     uint64_t                     probe_n;
     ngx_uint_t                   good;           /* in time, in a row */
+    ngx_uint_t                   need;           /* good: to be trusted */
     ngx_uint_t                   checks;         /* INFO, version pending */
     const char                  *role_why;       /* role_ok == 0: why */
     size_t                       channel_len;
     u_char                       channel[64];
+    u_char                       nonce[16];      /* this process's, hex */
     unsigned                     usable:1;
     unsigned                     probing:1;      /* a probe is out */
     unsigned                     listening:1;    /* its channel followed */
@@ -79,6 +94,9 @@ static void ngx_http_collab_replica_version_reply(redisAsyncContext *ac,
 static void ngx_http_collab_replica_update(ngx_http_collab_replica_t *r);
 static const char *ngx_http_collab_replica_why(ngx_http_collab_replica_t *r);
 static void ngx_http_collab_replica_follow(ngx_event_t *ev);
+static void ngx_http_collab_replica_distrust(ngx_http_collab_replica_t *r);
+static void ngx_http_collab_replica_nonce(ngx_http_collab_replica_t *r);
+static void ngx_http_collab_replica_unused(ngx_http_collab_replica_t *r);
 
 
 ngx_int_t
@@ -100,14 +118,18 @@ ngx_http_collab_replica_init(ngx_cycle_t *cycle,
     r->log = cycle->log;
     r->lag = mcf->replica_lag;
     r->lagging = 1;
+    r->need = NGX_HTTP_COLLAB_REPLICA_GOOD;
+    r->since = ngx_current_msec;
     r->role_why = "not checked yet";
     r->addr.data = mcf->replica->text;
     r->addr.len = mcf->replica->text_len;
 
-    /* the worker's own: pid and a random part (several nginx share Redis) */
+    /* the worker's own: several nginx (hosts, containers) share Redis */
 
-    r->channel_len = ngx_sprintf(r->channel, "collab:__replica__:%P:%08xD",
-                                 ngx_pid, (uint32_t) ngx_random())
+    ngx_http_collab_replica_nonce(r);
+
+    r->channel_len = ngx_sprintf(r->channel, "collab:__replica__:%P:%*s",
+                                 ngx_pid, sizeof(r->nonce), r->nonce)
                      - r->channel;
 
     r->tick.handler = ngx_http_collab_replica_tick;
@@ -140,6 +162,39 @@ ngx_http_collab_replica_init(ngx_cycle_t *cycle,
     ngx_add_timer(&r->tick, NGX_HTTP_COLLAB_REPLICA_TICK);
 
     return NGX_OK;
+}
+
+
+/* random bytes; without /dev/urandom: the time, pid and host name */
+
+static void
+ngx_http_collab_replica_nonce(ngx_http_collab_replica_t *r)
+{
+    u_char      raw[8];
+    ssize_t     n;
+    uint32_t    h;
+    ngx_fd_t    fd;
+    ngx_time_t  *tp;
+
+    n = -1;
+    fd = ngx_open_file("/dev/urandom", NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+
+    if (fd != NGX_INVALID_FILE) {
+        n = read(fd, raw, sizeof(raw));
+        (void) ngx_close_file(fd);
+    }
+
+    if (n != (ssize_t) sizeof(raw)) {
+        tp = ngx_timeofday();
+        h = ngx_crc32_short(ngx_cycle->hostname.data, ngx_cycle->hostname.len);
+        h ^= (uint32_t) ngx_random();
+
+        ngx_memcpy(raw, &h, 4);
+        h = (uint32_t) (tp->sec * 1000 + tp->msec) ^ (uint32_t) ngx_pid;
+        ngx_memcpy(raw + 4, &h, 4);
+    }
+
+    (void) ngx_hex_dump(r->nonce, raw, sizeof(raw));
 }
 
 
@@ -246,8 +301,13 @@ ngx_http_collab_replica_lost(ngx_http_collab_redis_t *rc)
     }
 
     if (rc->subscriber) {
+        /* a probe out is lost with it: counted as late */
         r->listening = 0;
         r->probing = 0;
+
+        if (r->deadline.timer_set) {
+            ngx_del_timer(&r->deadline);
+        }
 
     } else {
         r->role_ok = 0;
@@ -255,7 +315,18 @@ ngx_http_collab_replica_lost(ngx_http_collab_redis_t *rc)
         r->checks = 0;
     }
 
+    ngx_http_collab_replica_distrust(r);
     ngx_http_collab_replica_update(r);
+}
+
+
+/* trusted again only after r->need good probes in a row */
+
+static void
+ngx_http_collab_replica_distrust(ngx_http_collab_replica_t *r)
+{
+    r->good = 0;
+    r->lagging = 1;
 }
 
 
@@ -270,7 +341,38 @@ ngx_http_collab_replica_tick(ngx_event_t *ev)
     ngx_http_collab_replica_probe(r);
     ngx_http_collab_replica_update(r);
 
+    if (r->usable) {
+        if (ngx_current_msec - r->since >= NGX_HTTP_COLLAB_REPLICA_CALM) {
+            /* used long enough: a later flap starts from the beginning */
+            r->need = NGX_HTTP_COLLAB_REPLICA_GOOD;
+        }
+
+    } else {
+        ngx_http_collab_replica_unused(r);
+    }
+
     ngx_add_timer(&r->tick, NGX_HTTP_COLLAB_REPLICA_TICK);
+}
+
+
+/* a replica never (or long not) used says why, once a minute */
+
+static void
+ngx_http_collab_replica_unused(ngx_http_collab_replica_t *r)
+{
+    if (ngx_current_msec - r->since < NGX_HTTP_COLLAB_REPLICA_UNUSED
+        || (r->warned
+            && ngx_current_msec - r->warned < NGX_HTTP_COLLAB_REPLICA_NAG))
+    {
+        return;
+    }
+
+    r->warned = ngx_current_msec;
+
+    ngx_log_error(NGX_LOG_WARN, r->log, 0,
+                  "collab: the replica \"%V\" is not used for reads for "
+                  "%M s: %s", &r->addr, (ngx_current_msec - r->since) / 1000,
+                  ngx_http_collab_replica_why(r));
 }
 
 
@@ -296,6 +398,7 @@ ngx_http_collab_replica_check(ngx_http_collab_replica_t *r)
             /* the last round is not answered yet */
             r->role_ok = 0;
             r->role_why = "it does not answer";
+            ngx_http_collab_replica_distrust(r);
         }
 
         return;
@@ -337,7 +440,7 @@ ngx_http_collab_replica_check(ngx_http_collab_replica_t *r)
 static void
 ngx_http_collab_replica_probe(ngx_http_collab_replica_t *r)
 {
-    u_char                    n[NGX_INT64_LEN];
+    u_char                    n[sizeof(r->nonce) + 1 + NGX_INT64_LEN];
     const char               *argv[3];
     size_t                    argvlen[3];
     ngx_http_collab_redis_t  *rc;
@@ -359,15 +462,16 @@ ngx_http_collab_replica_probe(ngx_http_collab_replica_t *r)
     argv[1] = (const char *) r->channel;
     argvlen[1] = r->channel_len;
     argv[2] = (const char *) n;
-    argvlen[2] = ngx_sprintf(n, "%uL", r->probe_n + 1) - n;
+    argvlen[2] = ngx_sprintf(n, "%*s:%uL", sizeof(r->nonce), r->nonce,
+                             r->probe_n + 1)
+                 - n;
 
     if (!r->listening || rc->state != NGX_HTTP_COLLAB_REDIS_READY
         || ngx_http_collab_redis_raw(rc, NULL, NULL, 3, argv, argvlen)
            != NGX_OK)
     {
         /* nothing measures the lag: not trusted */
-        r->good = 0;
-        r->lagging = 1;
+        ngx_http_collab_replica_distrust(r);
         return;
     }
 
@@ -390,9 +494,7 @@ ngx_http_collab_replica_late(ngx_event_t *ev)
         return;
     }
 
-    r->good = 0;
-    r->lagging = 1;
-
+    ngx_http_collab_replica_distrust(r);
     ngx_http_collab_replica_update(r);
 }
 
@@ -404,7 +506,7 @@ ngx_http_collab_replica_probe_reply(redisAsyncContext *ac, void *reply,
     ngx_http_collab_replica_t *r = data;
 
     int64_t      n;
-    redisReply  *rep, *kind;
+    redisReply  *rep, *kind, *p;
 
     rep = reply;
 
@@ -422,13 +524,20 @@ ngx_http_collab_replica_probe_reply(redisAsyncContext *ac, void *reply,
         return;
     }
 
+    p = rep->element[2];
+
     if (ngx_strcmp(kind->str, "message") != 0
-        || rep->element[2]->type != REDIS_REPLY_STRING)
+        || p->type != REDIS_REPLY_STRING
+        || p->len <= sizeof(r->nonce) + 1
+        || ngx_memcmp(p->str, r->nonce, sizeof(r->nonce)) != 0
+        || p->str[sizeof(r->nonce)] != ':')
     {
+        /* not ours: another process that happens to use the channel */
         return;
     }
 
-    n = ngx_atoof((u_char *) rep->element[2]->str, rep->element[2]->len);
+    n = ngx_atoof((u_char *) p->str + sizeof(r->nonce) + 1,
+                  p->len - sizeof(r->nonce) - 1);
 
     if (!r->probing || n != (int64_t) r->probe_n) {
         /* one given up on: the next tick sends another */
@@ -441,14 +550,15 @@ ngx_http_collab_replica_probe_reply(redisAsyncContext *ac, void *reply,
         ngx_del_timer(&r->deadline);
     }
 
-    if (ngx_current_msec - r->probe_sent < r->lag) {
-        if (++r->good >= NGX_HTTP_COLLAB_REPLICA_GOOD) {
+    if (ngx_current_msec - r->probe_sent < r->lag
+        && r->role_ok && r->library_ok)
+    {
+        if (++r->good >= r->need) {
             r->lagging = 0;
         }
 
     } else {
-        r->good = 0;
-        r->lagging = 1;
+        ngx_http_collab_replica_distrust(r);
     }
 
     ngx_http_collab_replica_update(r);
@@ -473,20 +583,24 @@ ngx_http_collab_replica_info_reply(redisAsyncContext *ac, void *reply,
         return;
     }
 
+    r->role_ok = 0;
+
     if (rep->type != REDIS_REPLY_STRING && rep->type != REDIS_REPLY_STATUS) {
-        r->role_ok = 0;
         r->role_why = "INFO failed";
 
     } else if (ngx_strstr(rep->str, "role:slave") == NULL) {
-        r->role_ok = 0;
         r->role_why = "it is not a replica";
 
     } else if (ngx_strstr(rep->str, "master_link_status:up") == NULL) {
-        r->role_ok = 0;
         r->role_why = "its link to the primary is down";
 
     } else {
+        /* usable again only after good probes (replica_distrust) */
         r->role_ok = 1;
+    }
+
+    if (!r->role_ok) {
+        ngx_http_collab_replica_distrust(r);
     }
 
     ngx_http_collab_replica_update(r);
@@ -509,6 +623,10 @@ ngx_http_collab_replica_version_reply(redisAsyncContext *ac, void *reply,
 
     /* the library replicates from the primary: until then not usable */
     r->library_ok = (ngx_http_collab_store_version_ok(reply) == NGX_OK);
+
+    if (!r->library_ok) {
+        ngx_http_collab_replica_distrust(r);
+    }
 
     ngx_http_collab_replica_update(r);
 }
@@ -533,6 +651,11 @@ ngx_http_collab_replica_update(ngx_http_collab_replica_t *r)
     }
 
     r->usable = usable;
+    r->since = ngx_current_msec;
+    r->warned = 0;
+
+    ngx_http_collab_metrics_gauge(NGX_HTTP_COLLAB_G_REPLICA_USABLE,
+                                  usable ? 1 : -1);
 
     if (usable) {
         ngx_log_error(NGX_LOG_NOTICE, r->log, 0,
@@ -545,6 +668,9 @@ ngx_http_collab_replica_update(ngx_http_collab_replica_t *r)
                       "reads: %s", &r->addr,
                       ngx_http_collab_replica_why(r));
         r->drop = 1;
+
+        /* a replica that flaps is trusted later and later */
+        r->need = ngx_min(r->need * 2, NGX_HTTP_COLLAB_REPLICA_GOOD_MAX);
     }
 
     if (!r->follow.posted) {
