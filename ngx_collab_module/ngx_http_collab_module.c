@@ -19,6 +19,8 @@ static ngx_int_t ngx_http_collab_redis_seeds(ngx_conf_t *cf,
     ngx_http_collab_main_conf_t *mcf, ngx_str_t *v);
 static ngx_int_t ngx_http_collab_redis_replica(ngx_conf_t *cf,
     ngx_http_collab_main_conf_t *mcf, ngx_str_t *v);
+static ngx_int_t ngx_http_collab_redis_replica_lag(ngx_conf_t *cf,
+    ngx_http_collab_main_conf_t *mcf, ngx_str_t *v);
 static ngx_int_t ngx_http_collab_redis_sentinels(ngx_conf_t *cf,
     ngx_http_collab_main_conf_t *mcf, ngx_str_t *v);
 static ngx_int_t ngx_http_collab_redis_parse_addr(ngx_conf_t *cf,
@@ -661,6 +663,16 @@ ngx_http_collab_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             continue;
         }
 
+        if (ngx_strncmp(value[i].data, "replica_lag=", 12) == 0) {
+            if (ngx_http_collab_redis_replica_lag(cf, mcf, &value[i])
+                != NGX_OK)
+            {
+                return NGX_CONF_ERROR;
+            }
+
+            continue;
+        }
+
         if (ngx_http_collab_redis_parse_option(mcf, &value[i]) != NGX_OK) {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                "invalid parameter \"%V\"", &value[i]);
@@ -814,6 +826,33 @@ ngx_http_collab_redis_replica(ngx_conf_t *cf,
                            "invalid replica address \"%V\"", &one);
         return NGX_ERROR;
     }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_collab_redis_replica_lag(ngx_conf_t *cf,
+    ngx_http_collab_main_conf_t *mcf, ngx_str_t *v)
+{
+    ngx_msec_t  lag;
+
+    if (mcf->replica_lag != NGX_CONF_UNSET_MSEC) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "duplicate \"replica_lag=\"");
+        return NGX_ERROR;
+    }
+
+    if (ngx_http_collab_redis_parse_msec(v, 12, &lag) != NGX_OK
+        || lag < 10 || lag > 60000)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid parameter \"%V\": a time from 10ms "
+                           "to 60s", v);
+        return NGX_ERROR;
+    }
+
+    mcf->replica_lag = lag;
 
     return NGX_OK;
 }
@@ -1020,17 +1059,6 @@ ngx_http_collab_redis_parse_option(ngx_http_collab_main_conf_t *mcf,
 
     if (ngx_strncmp(v->data, "ack_timeout=", 12) == 0) {
         return ngx_http_collab_redis_parse_msec(v, 12, &mcf->ack_timeout);
-    }
-
-    if (ngx_strncmp(v->data, "replica_lag=", 12) == 0) {
-        if (ngx_http_collab_redis_parse_msec(v, 12, &mcf->replica_lag)
-            != NGX_OK
-            || mcf->replica_lag < 10 || mcf->replica_lag > 60000)
-        {
-            return NGX_DECLINED;
-        }
-
-        return NGX_OK;
     }
 
     if (ngx_strncmp(v->data, "session_inflight=", 17) == 0) {

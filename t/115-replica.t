@@ -51,9 +51,11 @@ EOF
         ['collab_redis 127.0.0.1 replica_lag=1s;', '"replica_lag=" needs "replica="',
          'replica_lag= alone'],
         ['collab_redis 127.0.0.1 replica=127.0.0.1:6380 replica_lag=0;',
-         'invalid parameter "replica_lag=0"', 'a zero lag'],
+         'invalid parameter "replica_lag=0": a time from 10ms to 60s', 'a zero lag'],
         ['collab_redis 127.0.0.1 replica=127.0.0.1:6380 replica_lag=2m;',
-         'invalid parameter "replica_lag=2m"', 'a lag over 60 s'],
+         'invalid parameter "replica_lag=2m": a time from 10ms to 60s', 'a lag over 60 s'],
+        ['collab_redis 127.0.0.1 replica=127.0.0.1:6380 replica_lag=1s replica_lag=2s;',
+         'duplicate "replica_lag="', 'two lags'],
         ['collab_redis 127.0.0.1:6380 replica=127.0.0.1:6380;', 'is the primary itself',
          'the primary as its own replica'],
     ) {
@@ -91,6 +93,7 @@ my $CONF = <<'EOF';
             collab_doc $arg_doc;
             collab_default_role editor;
         }
+        location = /metrics { collab_metrics; }
     }
 EOF
 (my $ca = $CONF) =~ s/%%REDIS%%/$proxy/;
@@ -100,11 +103,36 @@ $cb =~ s/%%REPLICA%%//;
 $t->start_nginx(conf => $ca, workers => 2);
 $t->start_nginx(name => 'b', conf => $cb, workers => 2);
 
-sub used_count { scalar $t->grep_error_log(qr/the replica "[^"]+" is used for reads/) }
-sub unused_count { scalar $t->grep_error_log(qr/the replica "[^"]+" is no longer used/) }
 
-ok(wait_until(sub { used_count() >= 2 }, 30), 'both workers of A use the replica')
-    or diag $t->error_log;
+# every worker of an instance logged $re at least $n times (its own pid)
+sub each_worker {
+    my ($inst, $re, $n) = @_;
+    my @pids = $t->worker_pids($inst);
+    my @lines = grep { $_ =~ $re } split /\n/, $t->error_log($inst);
+    for my $pid (@pids) {
+        return 0 if (grep { / $pid#\d+: / } @lines) < $n;
+    }
+    return scalar @pids;
+}
+my $USED = qr/the replica "[^"]+" is used for reads/;
+my $UNUSED = qr/the replica "[^"]+" is no longer used/;
+
+# exact counts of one function's calls: the slow log keeps every command
+# (the replica's checks run FCALL_RO collab_version every second)
+sub slowlog_on {
+    my ($port) = @_;
+    $t->redis_at($port, 'CONFIG', 'SET', 'slowlog-log-slower-than', '0');
+    $t->redis_at($port, 'CONFIG', 'SET', 'slowlog-max-len', '100000');
+    $t->redis_at($port, 'SLOWLOG', 'RESET');
+}
+sub calls_of {
+    my ($port, $fn) = @_;
+    my $log = $t->redis_at($port, 'SLOWLOG', 'GET', '-1');
+    return scalar grep { ref $_->[3] && ($_->[3][1] // '') eq $fn } @$log;
+}
+
+ok(wait_until(sub { each_worker('main', $USED, 1) == 2 }, 30),
+   'both workers of A use the replica') or diag $t->error_log;
 
 # --- writers on A and B, subscribers on A
 my @DOCS = map { "rp$_" } 1 .. 3;
@@ -209,7 +237,7 @@ check_all('steady');
 
 # --- the replica is really used
 {
-    my ($pa, $ra) = (fcalls($P, 'fcall'), fcalls($R, 'fcall_ro'));
+    slowlog_on($_) for $P, $R;
     my $reads = 0;
     for my $d (@DOCS) {
         for my $since (0, 5, 10) {
@@ -222,21 +250,16 @@ check_all('steady');
         $ws->close(1000);
     }
     is($reads, 4 * @DOCS, 'HTTP reads and joins on A answered');
-    my ($pb, $rb) = (fcalls($P, 'fcall'), fcalls($R, 'fcall_ro'));
-    cmp_ok($rb - $ra, '>=', $reads, 'the reads ran on the replica (FCALL_RO)');
-    cmp_ok($pb - $pa, '<', $reads / 2, 'the primary ran fewer reads')
-        or diag "primary fcall +" . ($pb - $pa);
+    my ($pr, $rr) = (calls_of($P, 'collab_read'), calls_of($R, 'collab_read_ro'));
+    cmp_ok($rr, '>=', $reads, 'the reads ran on the replica (collab_read_ro)');
+    cmp_ok($pr, '<', $reads / 2, 'the primary ran fewer reads (collab_read)')
+        or diag "primary collab_read $pr, replica collab_read_ro $rr";
     my $sub_r = $t->redis_at($R, 'PUBSUB', 'NUMSUB', "collab:{$DOCS[0]}")->[1];
     my $sub_p = $t->redis_at($P, 'PUBSUB', 'NUMSUB', "collab:{$DOCS[0]}")->[1];
     ok($sub_r >= 1 && $sub_p == 0, 'A follows the channels on the replica')
         or diag "replica $sub_r, primary $sub_p";
 }
 
-sub fcalls {
-    my ($port, $cmd) = @_;
-    my $info = $t->redis_at($port, 'INFO', 'commandstats');
-    return $info =~ /cmdstat_$cmd:calls=(\d+)/ ? $1 : 0;
-}
 
 # --- a resume after a drop gets exactly what was missed
 {
@@ -285,44 +308,55 @@ sub fcalls {
 
 # --- the replica killed mid-run: the primary serves, nothing is lost
 {
-    my $before = unused_count();
     is(write_round(20, sub { $t->kill_node('r', 'KILL') }), 20 * 2 * @DOCS,
        'replica killed mid-run: every delta acked');
-    ok(wait_until(sub { unused_count() >= $before + 2 }, 20),
+    ok(wait_until(sub { each_worker('main', $UNUSED, 1) == 2 }, 20),
        'both workers stopped using the replica');
     check_all('replica killed');
     is(write_round(5), 5 * 2 * @DOCS, 'writes without the replica');
     check_all('without the replica');
 
-    my $used = used_count();
+    # the channels move back while deltas flow and members catch up
     start_replica();
-    ok(wait_until(sub { used_count() >= $used + 2 }, 30), 'the replica is used again');
-    my $ra = fcalls($R, 'fcall_ro');
+    my ($n, $acked, $until) = (0, 0, time + 40);
+    until (each_worker('main', $USED, 2) == 2 || time > $until) {
+        $acked += write_round(2);
+        $n++;
+    }
+    is($acked, $n * 2 * 2 * @DOCS, "writes while the replica comes back ($n rounds)");
+    ok(each_worker('main', $USED, 2) == 2, 'the replica is used again by both workers');
+    check_all('replica back, writes meanwhile');
+    slowlog_on($R);
     is(write_round(10), 10 * 2 * @DOCS, 'writes with the replica back');
     check_all('replica back');
     my $ws = session('main', 'j');
     $t->subscribe($ws, $DOCS[0], since => 0);
     $ws->close(1000);
-    cmp_ok(fcalls($R, 'fcall_ro') - $ra, '>=', 1, 'reads on the replica again');
+    cmp_ok(calls_of($R, 'collab_read_ro'), '>=', 1, 'reads on the replica again');
 }
 
 # --- the replica stops (lags) with reads in flight on it: the clients that
 # leave have their reads cut, the others are answered by the primary
 {
-    my $before = unused_count();
-    my $used = used_count();
-    $t->kill_node('r', 'STOP');
-    my (@gone, @stay);
+    my (@ws, @http, @gone, @stay);
     for my $i (0 .. 5) {
-        my $ws = session('main', "x$i");
+        push @ws, session('main', "x$i");
+        push @http, Collab::HTTP::connect_socket(port => $t->port, timeout => 2, tls => 0);
+    }
+    my $inflight0 = inflight();
+    $t->kill_node('r', 'STOP');
+    for my $i (0 .. 5) {
+        my $ws = $ws[$i];
         $ws->send_json({ type => 'subscribe', doc => $DOCS[$i % @DOCS], since => 0 });
         push @{ $i % 2 ? \@gone : \@stay }, $ws;
-        my $h = Collab::HTTP::connect_socket(port => $t->port, timeout => 2, tls => 0);
+        my $h = $http[$i];
         Collab::HTTP::write_all($h, "GET /collab?doc=$DOCS[0]&view=deltas&since=0&user=h "
                                     . "HTTP/1.1\r\nHost: x\r\n\r\n", 2) if $h;
         push @gone, $h;
     }
-    $t->idle(0.2);
+    # the reads are in flight on the stopped replica (nginx's own count)
+    ok(wait_until(sub { inflight() >= $inflight0 + 6 }, 10),
+       'reads in flight on the stopped replica') or diag 'inflight ' . inflight();
     for my $c (@gone) { ref $c eq 'Collab::WS' ? $c->drop : close $c }
     my $answered = 0;
     for my $i (0 .. $#stay) {
@@ -333,11 +367,12 @@ sub fcalls {
     }
     is($answered, scalar @stay, 'joins sent to the stopped replica are answered');
     is(write_round(20), 20 * 2 * @DOCS, 'replica stopped: every delta acked');
-    ok(wait_until(sub { unused_count() >= $before + 2 }, 20),
+    ok(wait_until(sub { each_worker('main', $UNUSED, 2) == 2 }, 20),
        'a lagging replica is no longer used');
     check_all('replica lagging');
     $t->kill_node('r', 'CONT');
-    ok(wait_until(sub { used_count() >= $used + 2 }, 30), 'used again once it follows');
+    ok(wait_until(sub { each_worker('main', $USED, 3) == 2 }, 40),
+       'used again once it follows');
     is(write_round(10), 10 * 2 * @DOCS, 'writes after the lag');
     check_all('after the lag');
 }
@@ -348,9 +383,9 @@ sub fcalls {
                             conf => ["sentinel monitor m 127.0.0.1 $P 1"]);
     (my $cs = $CONF) =~ s/127.0.0.1:%%REDIS%%/sentinel:m sentinels=127.0.0.1:$sp/;
     $cs =~ s/%%REPLICA%%/replica=127.0.0.1:$R replica_lag=1s/;
-    my $used = used_count();
     $t->start_nginx(name => 'c', conf => $cs, workers => 1);
-    ok(wait_until(sub { used_count() > $used }, 30), 'sentinel: the replica is used');
+    ok(wait_until(sub { each_worker('c', $USED, 1) == 1 }, 30),
+       'sentinel: the replica is used');
     my $w = session('c', 'wc');
     my $r = session('c', 'rc');
     my $s = $t->subscribe($r, 'sn1');
@@ -361,12 +396,12 @@ sub fcalls {
     ok(wait_until(sub {
         ($t->redis_at($R, 'HGET', 'collab:{sn1}:state', 'fence') // '') eq $fence }, 10),
        'the fenced state reached the replica');
-    my $ra = fcalls($R, 'fcall_ro');
+    slowlog_on($R);
     my $r2 = session('c', 'rc');
     $s = $t->subscribe($r2, 'sn1', since => 5, epoch => $s->{epoch});
     @seq = map { my $m = $r2->wait_for({ type => 'delta' }, 10); $m ? $m->{seq} : 0 } 1 .. 5;
     is("@seq", "6 7 8 9 10", 'sentinel: a resume gets what it missed');
-    cmp_ok(fcalls($R, 'fcall_ro') - $ra, '>=', 1, 'sentinel: ... read on the replica');
+    cmp_ok(calls_of($R, 'collab_read_ro'), '>=', 1, 'sentinel: ... read on the replica');
     $_->close(1000) for $w, $r, $r2;
 }
 
@@ -378,3 +413,9 @@ $t->done;
 done_testing;
 
 sub wait_until { Collab::Test::wait_until(@_) }
+
+# collab_redis_inflight of A: commands of its workers waiting for a reply
+sub inflight {
+    my $r = $t->http(path => '/metrics');
+    return $r->{status} == 200 && $r->{body} =~ /^collab_redis_inflight (\d+)/m ? $1 : -1;
+}
