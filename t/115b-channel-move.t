@@ -1,0 +1,166 @@
+#!/usr/bin/perl
+
+# Reads that cross a channel move (docs/architecture.md, catch-up reads).
+#
+# 1. A join's read is in flight on a slow command connection (its reply
+#    500 ms late) when the subscriber connection is lost and comes back:
+#    the deltas written meanwhile reach neither subscription, so the stale
+#    reply must not make the member live; it reads again once the channel
+#    is followed (members_lost marks the read "again").
+# 2. replica=: the channel is followed on a replica whose replication is
+#    300 ms behind.  A document's log is recreated; a join that the primary
+#    answers (the replica has no state: "ask the primary") learns the new
+#    epoch before the replica's channel says "reset": the live members of
+#    the old log are told to resync at once, and the new member goes live
+#    only once the channel's reset passed (no delta of the old log reaches
+#    it), then gets the new deltas.
+
+use strict;
+use warnings;
+
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use Test::More;
+use Time::HiRes qw(time);
+use Collab::Test;
+
+my $t = Collab::Test->new(timeout => 90);
+
+$t->start_redis;
+my $P = $t->redis_port;
+
+# replies to the command connection come 500 ms late; SUBSCRIBE is fast
+my $slow = $t->delay_proxy(to => $P, up => 0, down => 0.5, fast => qr/SUBSCRIBE/);
+# the replica's replication stream comes 300 ms late
+my $lagged = $t->delay_proxy(to => $P, up => 0, down => 0.3);
+my $R = $t->redis_node('r', args => ['--replicaof', '127.0.0.1', $lagged,
+                                     '--repl-diskless-sync-delay', '0']);
+
+my $CONF = <<'EOF';
+    collab_redis 127.0.0.1:%%REDIS%%;
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        location = /collab {
+            collab;
+            collab_rate off;
+            collab_user $arg_user;
+            collab_doc $arg_doc;
+            collab_default_role editor;
+        }
+    }
+EOF
+(my $cs = $CONF) =~ s/%%REDIS%%/$slow/;
+(my $cr = $CONF) =~ s/%%REDIS%%/$P replica=127.0.0.1:$R replica_lag=2s/;
+$t->start_nginx(conf => $cs, workers => 1);
+$t->start_nginx(name => 'r', conf => $cr, workers => 1);
+
+sub wait_until { Collab::Test::wait_until(@_) }
+
+sub session {
+    my ($inst, $user) = @_;
+    my $ws;
+    wait_until(sub { $ws = eval { $t->ws_session(instance => $inst, timeout => 10,
+                                                 path => "/collab?user=$user") } }, 20);
+    return $ws;
+}
+
+sub write_acked {
+    my ($w, $doc, @ids) = @_;
+    $w->send_json({ type => 'delta', doc => $doc, id => $_, data => $_ }) for @ids;
+    my $n = 0;
+    for (@ids) {
+        my $m = $w->wait_for(sub { $_[0]{type} =~ /^n?ack$/ }, 10) or last;
+        $n++ if $m->{type} eq 'ack';
+    }
+    return $n;
+}
+
+# the seqs of the deltas of $doc that $ws gets, until $last or a deadline
+sub seqs_until {
+    my ($ws, $doc, $last, $secs) = @_;
+    my @seq;
+    my $deadline = time + $secs;
+    while (time < $deadline) {
+        my $m = $ws->wait_for(sub { ($_[0]{doc} // '') eq $doc
+                                    && $_[0]{type} =~ /^(delta|resync)$/ },
+                              $deadline - time) or last;
+        push @seq, $m->{type} eq 'delta' ? $m->{seq} : "resync($m->{reason})";
+        last if $m->{type} ne 'delta' || $m->{seq} >= $last;
+    }
+    return "@seq";
+}
+
+ok(wait_until(sub { scalar $t->grep_error_log(qr/the replica "[^"]+" is used/) }, 30),
+   'nginx r uses its replica');
+my $w = session('r', 'w');
+
+# --- 1. a read in flight while the subscriber connection is lost
+$t->redis('CONFIG', 'SET', 'slowlog-log-slower-than', '0');
+$t->redis('CONFIG', 'SET', 'slowlog-max-len', '100000');
+my $lost = 0;
+for my $trial (1 .. 3) {
+    my $doc = "mv$trial";
+    is(write_acked($w, $doc, map { "$doc-a$_" } 1 .. 3), 3, "$doc: 3 deltas before");
+    # the channel followed on the slow instance: a live member there
+    my $m = session('main', 'm');
+    my $s = $t->subscribe($m, $doc, since => 0);
+    is($s && $s->{type}, 'subscribed', "$doc: a member on the slow instance");
+    is(seqs_until($m, $doc, 3, 10), '1 2 3', "$doc: its replay");
+
+    $t->redis('SLOWLOG', 'RESET');
+    my $j = session('main', 'j');
+    $j->send_json({ type => 'subscribe', doc => $doc, since => 0 });
+    # the join's read ran on the primary; its reply is 500 ms away
+    ok(wait_until(sub {
+        grep { ref $_->[3] && ($_->[3][1] // '') eq 'collab_read'
+               && ($_->[3][3] // '') eq "collab:{$doc}:state" }
+            @{ $t->redis('SLOWLOG', 'GET', '-1') } }, 5, 0.005),
+       "$doc: the join's read ran");
+    my $killed = $t->redis('CLIENT', 'KILL', 'TYPE', 'pubsub');
+    is(write_acked($w, $doc, map { "$doc-b$_" } 1 .. 3), 3,
+       "$doc: 3 deltas while the channel is not followed");
+    my $numsub = $t->redis('PUBSUB', 'NUMSUB', "collab:{$doc}")->[1];
+    $lost++ if $numsub == 0;
+    $s = $j->wait_for(sub { $_[0]{type} =~ /^(subscribed|error)$/ }, 10);
+    is($s && $s->{type}, 'subscribed', "$doc: the join is answered");
+    is(seqs_until($j, $doc, 6, 10), '1 2 3 4 5 6',
+       "$doc: the joined member gets the deltas written while the channel was lost");
+    is(seqs_until($m, $doc, 6, 10), '4 5 6', "$doc: so does the live one");
+    $_->close(1000) for $m, $j;
+}
+cmp_ok($lost, '>=', 1, 'the deltas were written while no subscription was there')
+    or diag "$lost of 3";
+
+# --- 2. a new epoch learned from a read before the replica's channel says so
+{
+    my $doc = 'ep1';
+    is(write_acked($w, $doc, map { "e1-$_" } 1 .. 5), 5, 'old log: 5 deltas');
+    my $m = session('r', 'm');
+    my $s = $t->subscribe($m, $doc, since => 0);
+    is(seqs_until($m, $doc, 5, 10), '1 2 3 4 5', 'a live member of the old log');
+    my $old = $s->{epoch};
+
+    # the log recreated: the replica learns it 300 ms late
+    $t->redis('DEL', map { "collab:{$doc}:$_" } qw(state log));
+    ok(wait_until(sub { !$t->redis_at($R, 'EXISTS', "collab:{$doc}:state") }, 10),
+       'the replica has no state either');
+    my $j = session('r', 'j');
+    $s = $t->subscribe($j, $doc, since => 0);
+    ok($s && $s->{type} eq 'subscribed' && $s->{epoch} ne $old,
+       'a join answered by the primary: the new epoch') or diag explain $s;
+    my $r = $m->wait_for(sub { ($_[0]{doc} // '') eq $doc
+                               && $_[0]{type} =~ /^(delta|resync)$/ }, 5);
+    ok($r && $r->{type} eq 'resync', 'the member of the old log resyncs')
+        or diag explain $r;
+    is(write_acked($w, $doc, map { "e2-$_" } 1 .. 3), 3, 'new log: 3 deltas');
+    is(seqs_until($j, $doc, 3, 10), '1 2 3', 'the new member gets them once, in order');
+    $m->close(1000);
+    $m = session('r', 'm');
+    $s = $t->subscribe($m, $doc, since => 0);
+    is(seqs_until($m, $doc, 3, 10), '1 2 3', 'the old member, subscribed again: the new log');
+    $_->close(1000) for $m, $j;
+}
+
+$w->close(1000);
+$t->done;
+done_testing;
