@@ -19,6 +19,7 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
 use Time::HiRes qw(time);
+use POSIX ();
 use Collab::Test;
 
 my $t = Collab::Test->new(timeout => 150);
@@ -133,6 +134,7 @@ sub calls_of {
 
 ok(wait_until(sub { each_worker('main', $USED, 1) == 2 }, 30),
    'both workers of A use the replica') or diag $t->error_log;
+ok(wait_until(sub { replica_gauge() == 2 }, 10), 'collab_redis_replica_usable 2');
 
 # --- writers on A and B, subscribers on A
 my @DOCS = map { "rp$_" } 1 .. 3;
@@ -370,9 +372,16 @@ check_all('steady');
     ok(wait_until(sub { each_worker('main', $UNUSED, 2) == 2 }, 20),
        'a lagging replica is no longer used');
     check_all('replica lagging');
+    my $cont = int time;
     $t->kill_node('r', 'CONT');
     ok(wait_until(sub { each_worker('main', $USED, 3) == 2 }, 40),
        'used again once it follows');
+    # the third time it is left: 12 good probes (3, doubled per change)
+    my ($last) = reverse grep { $_ =~ $USED } split /\n/, $t->error_log('main');
+    my ($y, $mo, $d, $h, $mi, $se) = $last =~ m{^(\d+)/(\d+)/(\d+) (\d+):(\d+):(\d+)};
+    my $used_at = POSIX::mktime($se, $mi, $h, $d, $mo - 1, $y - 1900);
+    cmp_ok($used_at - $cont, '>=', 10, 'a replica that flaps is trusted later (>= 12 probes)')
+        or diag $last;
     is(write_round(10), 10 * 2 * @DOCS, 'writes after the lag');
     check_all('after the lag');
 }
@@ -413,6 +422,11 @@ $t->done;
 done_testing;
 
 sub wait_until { Collab::Test::wait_until(@_) }
+
+sub replica_gauge {
+    my $r = $t->http(path => '/metrics');
+    return $r->{status} == 200 && $r->{body} =~ /^collab_redis_replica_usable (\d+)/m ? $1 : -1;
+}
 
 # collab_redis_inflight of A: commands of its workers waiting for a reply
 sub inflight {

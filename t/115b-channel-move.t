@@ -14,6 +14,9 @@
 #    the old log are told to resync at once, and the new member goes live
 #    only once the channel's reset passed (no delta of the old log reaches
 #    it), then gets the new deltas.
+# 3. A replica= that is never usable (here: not a replica at all) is warned
+#    of with the reason after 10 s; collab_redis_replica_usable counts the
+#    workers that use theirs.
 
 use strict;
 use warnings;
@@ -47,14 +50,27 @@ my $CONF = <<'EOF';
             collab_doc $arg_doc;
             collab_default_role editor;
         }
+        location = /metrics { collab_metrics; }
     }
 EOF
 (my $cs = $CONF) =~ s/%%REDIS%%/$slow/;
 (my $cr = $CONF) =~ s/%%REDIS%%/$P replica=127.0.0.1:$R replica_lag=2s/;
 $t->start_nginx(conf => $cs, workers => 1);
 $t->start_nginx(name => 'r', conf => $cr, workers => 1);
+# a standalone Redis named as the replica: never usable
+my $X = $t->redis_node('x');
+(my $cn = $CONF) =~ s/%%REDIS%%/$P replica=127.0.0.1:$X/;
+$t->start_nginx(name => 'n', conf => $cn, workers => 1);
+my $started = time;
 
 sub wait_until { Collab::Test::wait_until(@_) }
+
+sub gauge {
+    my ($inst) = @_;
+    my $r = $t->http(instance => $inst, path => '/metrics');
+    return $r->{status} == 200 && $r->{body} =~ /^collab_redis_replica_usable (\d+)/m
+           ? $1 : -1;
+}
 
 sub session {
     my ($inst, $user) = @_;
@@ -159,6 +175,21 @@ cmp_ok($lost, '>=', 1, 'the deltas were written while no subscription was there'
     $s = $t->subscribe($m, $doc, since => 0);
     is(seqs_until($m, $doc, 3, 10), '1 2 3', 'the old member, subscribed again: the new log');
     $_->close(1000) for $m, $j;
+}
+
+# --- 3. a replica never used is warned of; the gauge
+{
+    my $re = qr/the replica "127\.0\.0\.1:$X" is not used for reads for \d+ s: it is not a replica/;
+    ok(wait_until(sub { scalar grep { $_ =~ $re } split /\n/, $t->error_log('n') }, 30),
+       'a replica never used: warned of with the reason');
+    my @w = grep { $_ =~ $re } split /\n/, $t->error_log('n');
+    is(scalar @w, 1, 'once (a minute)');
+    ok(!grep({ /is used for reads/ } split /\n/, $t->error_log('n')), 'and never used');
+    is(gauge('n'), 0, 'collab_redis_replica_usable 0 there');
+    is(gauge('r'), 1, 'collab_redis_replica_usable 1 where the worker uses it');
+    my $ch = $t->redis_at($R, 'PUBSUB', 'CHANNELS', 'collab:__replica__:*');
+    ok(@$ch && !grep({ !/^collab:__replica__:\d+:[0-9a-f]{16}$/ } @$ch),
+       'probe channels: pid and a 16-digit nonce') or diag "@$ch";
 }
 
 $w->close(1000);
