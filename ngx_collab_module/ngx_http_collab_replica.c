@@ -170,10 +170,10 @@ ngx_http_collab_replica_init(ngx_cycle_t *cycle,
 static void
 ngx_http_collab_replica_nonce(ngx_http_collab_replica_t *r)
 {
-    u_char      raw[8];
-    ssize_t     n;
-    uint32_t    h;
-    ngx_fd_t    fd;
+    u_char       raw[8];
+    ssize_t      n;
+    uint32_t     h;
+    ngx_fd_t     fd;
     ngx_time_t  *tp;
 
     n = -1;

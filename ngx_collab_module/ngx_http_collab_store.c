@@ -1971,14 +1971,14 @@ ngx_http_collab_store_read(ngx_http_collab_sub_t *sub)
                                          NGX_HTTP_COLLAB_READ_BATCH, &epoch,
                                          room, sub->primary);
 
-    /* one read to the primary at a time: the next may use the replica */
-    sub->primary = 0;
-
     if (rc != NGX_OK) {
-        /* retried when Redis is back */
+        /* retried when Redis is back, where it was meant to go */
         sub->stalled = 1;
         return NGX_DECLINED;
     }
+
+    /* one read to the primary at a time: the next may use the replica */
+    sub->primary = 0;
 
     return NGX_OK;
 }
