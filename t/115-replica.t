@@ -98,7 +98,7 @@ my $CONF = <<'EOF';
     }
 EOF
 (my $ca = $CONF) =~ s/%%REDIS%%/$proxy/;
-$ca =~ s/%%REPLICA%%/replica=127.0.0.1:$R replica_lag=1s/;
+$ca =~ s/%%REPLICA%%/replica=127.0.0.1:$R replica_lag=2s/;
 (my $cb = $CONF) =~ s/%%REDIS%%/$P/;
 $cb =~ s/%%REPLICA%%//;
 $t->start_nginx(conf => $ca, workers => 2);
