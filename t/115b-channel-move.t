@@ -14,7 +14,11 @@
 #    the old log are told to resync at once, and the new member goes live
 #    only once the channel's reset passed (no delta of the old log reaches
 #    it), then gets the new deltas.
-# 3. A replica= that is never usable (here: not a replica at all) is warned
+# 3. An ACL change reaches nginx q (its replica's replies 300 ms late, its
+#    channel fast) while a join's read on the replica is on its way with
+#    the old ACL: that read is not applied (the user was revoked: refused),
+#    the primary answers it.
+# 4. A replica= that is never usable (here: not a replica at all) is warned
 #    of with the reason after 10 s; collab_redis_replica_usable counts the
 #    workers that use theirs.
 
@@ -57,6 +61,10 @@ EOF
 (my $cr = $CONF) =~ s/%%REDIS%%/$P replica=127.0.0.1:$R replica_lag=2s/;
 $t->start_nginx(conf => $cs, workers => 1);
 $t->start_nginx(name => 'r', conf => $cr, workers => 1);
+# the replica again, its replies 300 ms late (the channels are not)
+my $RQ = $t->delay_proxy(to => $R, up => 0, down => 0.3, fast => qr/SUBSCRIBE/);
+(my $cq = $CONF) =~ s/%%REDIS%%/$P replica=127.0.0.1:$RQ replica_lag=2s/;
+$t->start_nginx(name => 'q', conf => $cq, workers => 1);
 # a standalone Redis named as the replica: never usable
 my $X = $t->redis_node('x');
 (my $cn = $CONF) =~ s/%%REDIS%%/$P replica=127.0.0.1:$X/;
@@ -64,6 +72,11 @@ $t->start_nginx(name => 'n', conf => $cn, workers => 1);
 my $started = time;
 
 sub wait_until { Collab::Test::wait_until(@_) }
+
+sub each_worker_used {
+    my ($inst) = @_;
+    return grep { /the replica "[^"]+" is used for reads/ } split /\n/, $t->error_log($inst);
+}
 
 sub gauge {
     my ($inst) = @_;
@@ -177,7 +190,32 @@ cmp_ok($lost, '>=', 1, 'the deltas were written while no subscription was there'
     $_->close(1000) for $m, $j;
 }
 
-# --- 3. a replica never used is warned of; the gauge
+# --- 3. a join's replica read with an ACL older than the one loaded since
+{
+    my $doc = 'acl1';
+    my $acl = '{"version":1,"default":"none","users":{"own":"owner","jj":"editor"}}';
+    $t->redis('SET', "collab:{$doc}:acl", $acl);
+    ok(wait_until(sub { each_worker_used('q') }, 30), 'nginx q uses its replica');
+    my $o = session('q', 'own');
+    my $s = $t->subscribe($o, $doc);
+    is($s && $s->{type}, 'subscribed', 'the owner follows the document on q');
+    ok(wait_until(sub { $t->redis_at($R, 'EXISTS', "collab:{$doc}:state") }, 10),
+       'the replica has its state and ACL');
+    my $j = session('q', 'jj');
+    (my $revoked = $acl) =~ s/,"jj":"editor"//;
+    $t->redis('SET', "collab:{$doc}:acl", $revoked);
+    $t->redis('PUBLISH', "collab:{$doc}", '{"type":"acl"}');
+    # the replica has the old ACL for another ~200 ms; the read's reply
+    # comes after the channel's notice and the reload from the primary
+    $t->idle(0.1);
+    $s = $t->subscribe($j, $doc);
+    is($s && ($s->{code} // $s->{type}), 'forbidden',
+       'a revoked user is refused: the stale replica read is not applied')
+        or diag explain $s;
+    $_->close(1000) for $o, $j;
+}
+
+# --- 4. a replica never used is warned of; the gauge
 {
     my $re = qr/the replica "127\.0\.0\.1:$X" is not used for reads for \d+ s: it is not a replica/;
     ok(wait_until(sub { scalar grep { $_ =~ $re } split /\n/, $t->error_log('n') }, 30),
