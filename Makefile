@@ -56,7 +56,7 @@ ASAN_OPTIONS_DEFAULT := detect_leaks=0
 
 SUDO = $(shell [ "$$(id -u)" = 0 ] || { command -v sudo >/dev/null && echo sudo; })
 
-.PHONY: build build-asan deps test test-asan run stop bench bench-yjs fuzz clean js
+.PHONY: build build-asan deps test test-asan run stop bench bench-yjs bench-replica fuzz clean js
 
 # ---------------------------------------------------------------------------------------------
 # deps: install only what is missing; a no-op (one dpkg-query) when everything is there.
@@ -231,6 +231,11 @@ bench: build t/yjs/node_modules
 # section of docs/benchmarks.md)
 bench-yjs: build t/yjs/node_modules
 	COLLAB_MODULE=$(MODULE) NGINX_BIN=$(NGINX_BIN) REDIS_SERVER=$(REDIS_SERVER) perl bench/yjs.pl
+
+# replicas near the PoP (bench/replica.pl: join, resume and delivery latency with the primary
+# 40 ms away, with and without replica=; its section of docs/benchmarks.md)
+bench-replica: build
+	COLLAB_MODULE=$(MODULE) NGINX_BIN=$(NGINX_BIN) REDIS_SERVER=$(REDIS_SERVER) perl bench/replica.pl
 
 ifneq ($(wildcard fuzz/Makefile.fuzz),)
 include fuzz/Makefile.fuzz

@@ -512,6 +512,15 @@ if (-s $yjs) {
     close $n;
 }
 
+# ---- replicas near the PoP (bench/replica.pl writes bench/replica-notes.md)
+my $replica = dirname(abs_path($0)) . "/replica-notes.md";
+if (-s $replica) {
+    open my $n, '<', $replica or die;
+    local $/;
+    $md .= <$n>;
+    close $n;
+}
+
 # ---- profile
 my $notes = dirname(abs_path($0)) . "/profile-notes.md";
 my $have_prof = grep { -s "$o{out}/profile-$_.txt" } @T;

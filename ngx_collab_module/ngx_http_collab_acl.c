@@ -269,6 +269,7 @@ ngx_http_collab_acl_changed(ngx_http_collab_doc_t *doc)
     }
 
     doc->acl_stale = 1;
+    doc->acl_gen++;
 
     if (doc->acl_cmd) {
         /* a load is on its way; load again when it is back */
@@ -359,6 +360,7 @@ ngx_http_collab_acl_loaded(ngx_http_collab_doc_t *doc,
 
     doc->acl_known = 1;
     doc->acl_backoff = 0;
+    doc->acl_gen++;             /* older replica reads do not apply */
 
     ngx_http_collab_metric_inc(NGX_HTTP_COLLAB_M_ACL_RELOADS);
 

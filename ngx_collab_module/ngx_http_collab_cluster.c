@@ -702,6 +702,11 @@ ngx_http_collab_redis_for_doc(ngx_str_t *doc, ngx_uint_t subscriber)
     w = ngx_http_collab_worker;
 
     if (w->cluster == NULL) {
+        if (subscriber && ngx_http_collab_replica_usable()) {
+            /* replica=: channels reach it in order with the log */
+            return &w->rsub;
+        }
+
         return subscriber ? &w->sub : &w->cmd;
     }
 

@@ -25,9 +25,14 @@
  */
 
 
+/* a log read, then not the channel's "reset": how long members wait */
+#define NGX_HTTP_COLLAB_RESET_WAIT  1000
+
+
 static ngx_http_collab_doc_t *ngx_http_collab_doc_get(ngx_str_t *name,
     ngx_log_t *log);
 static void ngx_http_collab_doc_free(ngx_http_collab_doc_t *doc);
+static void ngx_http_collab_doc_wake(ngx_http_collab_doc_t *doc);
 static void ngx_http_collab_doc_redis_subscribe(ngx_http_collab_doc_t *doc);
 static void ngx_http_collab_doc_message(redisAsyncContext *ac, void *r,
     void *data);
@@ -66,7 +71,6 @@ static ngx_int_t ngx_http_collab_doc_read_entries(ngx_http_collab_sub_t *sub,
     ngx_http_collab_read_t *rd, ngx_uint_t joined, size_t *used);
 static void ngx_http_collab_doc_read_next(ngx_http_collab_sub_t *sub,
     ngx_http_collab_read_t *rd, ngx_uint_t joined, size_t used);
-static void ngx_http_collab_doc_sub_read(ngx_http_collab_sub_t *sub);
 static void ngx_http_collab_doc_dropped(ngx_http_collab_session_t *s);
 static void ngx_http_collab_doc_broken(ngx_http_collab_sub_t *sub);
 static void ngx_http_collab_doc_refuse(ngx_http_collab_sub_t *sub);
@@ -187,6 +191,13 @@ ngx_http_collab_doc_release(ngx_http_collab_doc_t *doc)
 
 void
 ngx_http_collab_doc_acl_known(ngx_http_collab_doc_t *doc)
+{
+    ngx_http_collab_doc_wake(doc);
+}
+
+
+static void
+ngx_http_collab_doc_wake(ngx_http_collab_doc_t *doc)
 {
     ngx_queue_t            *q, *next;
     ngx_http_collab_sub_t  *sub;
@@ -644,9 +655,10 @@ ngx_http_collab_doc_unsubscribed(ngx_http_collab_doc_t *doc)
 
     /* members (again): subscribe, on the new owner after a move */
 
-    if (!moved
+    if (!moved || ngx_http_collab_worker->cluster == NULL
         || ngx_http_collab_redis_for_doc(&doc->node.str, 1) != doc->redis)
     {
+        /* replica=: even where it left, if the replica flipped back */
         ngx_http_collab_doc_redis_subscribe(doc);
     }
 
@@ -740,14 +752,25 @@ ngx_http_collab_doc_redis_follow(void)
 
         rc = ngx_http_collab_redis_for_doc(&doc->node.str, 1);
 
-        if (rc == doc->redis || rc->node == 0) {
+        if (rc == doc->redis
+            || (ngx_http_collab_worker->cluster && rc->node == 0))
+        {
             /* the same owner, or none yet: stay */
             continue;
         }
 
-        ngx_log_error(NGX_LOG_NOTICE, rc->log, 0,
-                      "collab: the map moved \"%V\" from \"%V\" to \"%V\"",
-                      &doc->channel, &doc->redis->addr, &rc->addr);
+        if (ngx_http_collab_worker->cluster) {
+            ngx_log_error(NGX_LOG_NOTICE, rc->log, 0,
+                          "collab: the map moved \"%V\" from \"%V\" to "
+                          "\"%V\"", &doc->channel, &doc->redis->addr,
+                          &rc->addr);
+
+        } else {
+            /* replica=: replica.c logs the change once */
+            ngx_log_debug3(NGX_LOG_DEBUG_HTTP, rc->log, 0,
+                           "collab: \"%V\" moves from \"%V\" to \"%V\"",
+                           &doc->channel, &doc->redis->addr, &rc->addr);
+        }
 
         if (ngx_http_collab_doc_redis_leave(doc, 1) != NGX_OK) {
             continue;
@@ -799,6 +822,14 @@ ngx_http_collab_doc_members_lost(ngx_http_collab_doc_t *doc)
 
         if (sub->read == NULL) {
             sub->stalled = 1;
+
+        } else {
+            /*
+             * Its head may be older than what the next subscription
+             * shows: the reply is ignored, and the read is sent again
+             * once the channel is followed (ngx_http_collab_doc_sub_read)
+             */
+            sub->again = 1;
         }
     }
 }
@@ -1115,8 +1146,17 @@ ngx_http_collab_doc_reset(ngx_http_collab_doc_t *doc, u_char *epoch)
     if (doc->has_epoch
         && ngx_memcmp(doc->epoch, epoch, NGX_HTTP_COLLAB_EPOCH_LEN) == 0)
     {
+        if (doc->reset_wait) {
+            /* a read showed it first: the deltas seen so far were old */
+            doc->reset_wait = 0;
+            doc->seq = 0;
+            ngx_http_collab_doc_wake(doc);
+        }
+
         return;
     }
+
+    doc->reset_wait = 0;
 
     ngx_memcpy(doc->epoch, epoch, NGX_HTTP_COLLAB_EPOCH_LEN);
     doc->has_epoch = 1;
@@ -1137,7 +1177,7 @@ ngx_http_collab_doc_reset(ngx_http_collab_doc_t *doc, u_char *epoch)
 }
 
 
-static void
+void
 ngx_http_collab_doc_sub_read(ngx_http_collab_sub_t *sub)
 {
     ngx_http_collab_session_t  *s;
@@ -1161,9 +1201,16 @@ ngx_http_collab_doc_sub_read(ngx_http_collab_sub_t *sub)
 
     if (ngx_http_collab_store_read(sub) == NGX_DECLINED) {
         /* too many commands in flight: try again shortly */
-        if (!ngx_http_collab_worker->retry.timer_set) {
-            ngx_add_timer(&ngx_http_collab_worker->retry, 50);
-        }
+        ngx_http_collab_doc_retry_later();
+    }
+}
+
+
+void
+ngx_http_collab_doc_retry_later(void)
+{
+    if (!ngx_http_collab_worker->retry.timer_set) {
+        ngx_add_timer(&ngx_http_collab_worker->retry, 50);
     }
 }
 
@@ -1219,6 +1266,23 @@ ngx_http_collab_doc_read_done(ngx_http_collab_sub_t *sub,
 
     default:
         ngx_http_collab_doc_read_failed(sub, rd);
+        return;
+    }
+
+    if (rd->replica
+        && ((sub->doc->has_epoch
+             && (rd->epoch.len != NGX_HTTP_COLLAB_EPOCH_LEN
+                 || ngx_memcmp(sub->doc->epoch, rd->epoch.data,
+                               NGX_HTTP_COLLAB_EPOCH_LEN) != 0))
+            || sub->doc->acl_stale || sub->acl_gen != sub->doc->acl_gen))
+    {
+        /*
+         * The replica has not seen the log we follow yet (the primary
+         * decides whether it was reset), or its ACL may be older than the
+         * one loaded or announced meanwhile: never applied.
+         */
+        sub->primary = 1;
+        ngx_http_collab_doc_sub_read(sub);
         return;
     }
 
@@ -1345,6 +1409,7 @@ static ngx_int_t
 ngx_http_collab_doc_read_epoch(ngx_http_collab_sub_t *sub,
     ngx_http_collab_read_t *rd)
 {
+    ngx_uint_t              joining;
     ngx_http_collab_doc_t  *d;
 
     d = sub->doc;
@@ -1353,24 +1418,36 @@ ngx_http_collab_doc_read_epoch(ngx_http_collab_sub_t *sub,
         return NGX_OK;
     }
 
-    if (d->has_epoch && sub->state != NGX_HTTP_COLLAB_SUB_JOINING
-        && ngx_memcmp(d->epoch, rd->epoch.data, rd->epoch.len) != 0)
-    {
-        ngx_http_collab_doc_hold(d);
-        ngx_http_collab_doc_reset(d, rd->epoch.data);
-        (void) ngx_http_collab_doc_release(d);
+    if (!d->has_epoch) {
+        ngx_memcpy(d->epoch, rd->epoch.data, rd->epoch.len);
+        d->has_epoch = 1;
+        return NGX_OK;
+    }
+
+    if (ngx_memcmp(d->epoch, rd->epoch.data, rd->epoch.len) == 0) {
+        return NGX_OK;
+    }
+
+    /*
+     * A new log that the channel did not announce yet (a replica or a
+     * subscriber connection behind the reply): the members of the old one
+     * resync, a joining one goes on.  Until the channel's "reset" comes
+     * (or NGX_HTTP_COLLAB_RESET_WAIT passed) no member goes live: a delta
+     * of the old log still on its way carries no epoch.
+     */
+
+    joining = (sub->state == NGX_HTTP_COLLAB_SUB_JOINING);
+
+    ngx_http_collab_doc_hold(d);
+    ngx_http_collab_doc_reset(d, rd->epoch.data);
+
+    d->reset_wait = 1;
+    d->reset_time = ngx_current_msec;
+
+    if (ngx_http_collab_doc_release(d) == NGX_DONE || !joining) {
+        /* this member resynced too (or the document is gone) */
         return NGX_DONE;
     }
-
-    if (d->has_epoch
-        && ngx_memcmp(d->epoch, rd->epoch.data, rd->epoch.len) != 0)
-    {
-        /* only joining members, none of the old log live: its seqs go */
-        d->yjs_snap = 0;
-    }
-
-    ngx_memcpy(d->epoch, rd->epoch.data, rd->epoch.len);
-    d->has_epoch = 1;
 
     return NGX_OK;
 }
@@ -1570,6 +1647,17 @@ ngx_http_collab_doc_read_next(ngx_http_collab_sub_t *sub,
         return;
     }
 
+    if (rd->replica && d->seq > sub->pos) {
+        /*
+         * The replica is behind what the channel announced: the primary
+         * has it.  Never counted as a read that brings nothing: the
+         * replica's log says nothing about whether the seq exists.
+         */
+        sub->primary = 1;
+        ngx_http_collab_doc_sub_read(sub);
+        return;
+    }
+
     if (d->seq > sub->pos) {
         /*
          * Announced after the read was sent, and skipped by the fan-out
@@ -1597,6 +1685,27 @@ ngx_http_collab_doc_read_next(ngx_http_collab_sub_t *sub,
     }
 
     sub->rereads = 0;
+
+    if (!d->subscribed) {
+        /*
+         * the channel moves (replica=, cluster): live once it is followed
+         * again, after one more read (ngx_http_collab_doc_redis_subscribed)
+         */
+        sub->stalled = 1;
+        return;
+    }
+
+    if (d->reset_wait) {
+        if (ngx_current_msec - d->reset_time < NGX_HTTP_COLLAB_RESET_WAIT) {
+            /* read again shortly: the channel's "reset" may come first */
+            sub->stalled = 1;
+            ngx_http_collab_doc_retry_later();
+            return;
+        }
+
+        d->reset_wait = 0;
+    }
+
     sub->state = NGX_HTTP_COLLAB_SUB_LIVE;
     sub->stalled = 0;
 

@@ -222,6 +222,10 @@ static ngx_http_collab_metrics_family_t  ngx_http_collab_metrics_gauge_f[] = {
       "Redis commands waiting for their reply.", NULL, NULL,
       NGX_HTTP_COLLAB_G_REDIS_INFLIGHT },
 
+    { "collab_redis_replica_usable", "gauge",
+      "Workers that use their replica= for reads.", NULL, NULL,
+      NGX_HTTP_COLLAB_G_REPLICA_USABLE },
+
     { NULL, NULL, NULL, NULL, NULL, 0 }
 };
 
@@ -547,15 +551,6 @@ ngx_http_collab_metrics_gauge(ngx_uint_t g, ngx_int_t delta)
 {
     if (ngx_http_collab_metrics_own) {
         ngx_http_collab_metrics_own->gauge[g] += delta;
-    }
-}
-
-
-void
-ngx_http_collab_metrics_gauge_set(ngx_uint_t g, ngx_uint_t v)
-{
-    if (ngx_http_collab_metrics_own) {
-        ngx_http_collab_metrics_own->gauge[g] = v;
     }
 }
 

@@ -17,6 +17,10 @@ static char *ngx_http_collab_redis(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static ngx_int_t ngx_http_collab_redis_seeds(ngx_conf_t *cf,
     ngx_http_collab_main_conf_t *mcf, ngx_str_t *v);
+static ngx_int_t ngx_http_collab_redis_replica(ngx_conf_t *cf,
+    ngx_http_collab_main_conf_t *mcf, ngx_str_t *v);
+static ngx_int_t ngx_http_collab_redis_replica_lag(ngx_conf_t *cf,
+    ngx_http_collab_main_conf_t *mcf, ngx_str_t *v);
 static ngx_int_t ngx_http_collab_redis_sentinels(ngx_conf_t *cf,
     ngx_http_collab_main_conf_t *mcf, ngx_str_t *v);
 static ngx_int_t ngx_http_collab_redis_parse_addr(ngx_conf_t *cf,
@@ -651,6 +655,24 @@ ngx_http_collab_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             continue;
         }
 
+        if (ngx_strncmp(value[i].data, "replica=", 8) == 0) {
+            if (ngx_http_collab_redis_replica(cf, mcf, &value[i]) != NGX_OK) {
+                return NGX_CONF_ERROR;
+            }
+
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "replica_lag=", 12) == 0) {
+            if (ngx_http_collab_redis_replica_lag(cf, mcf, &value[i])
+                != NGX_OK)
+            {
+                return NGX_CONF_ERROR;
+            }
+
+            continue;
+        }
+
         if (ngx_http_collab_redis_parse_option(mcf, &value[i]) != NGX_OK) {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                "invalid parameter \"%V\"", &value[i]);
@@ -675,6 +697,31 @@ ngx_http_collab_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     if (mcf->cluster_seeds && mcf->redis_db) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "a Redis Cluster has no \"db=\"");
+        return NGX_CONF_ERROR;
+    }
+
+    if (mcf->cluster_seeds && mcf->replica) {
+        /* a cluster's replicas follow their own primaries, slot by slot */
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"replica=\" is not supported with a Redis "
+                           "Cluster");
+        return NGX_CONF_ERROR;
+    }
+
+    if (mcf->replica_lag != NGX_CONF_UNSET_MSEC && mcf->replica == NULL) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"replica_lag=\" needs \"replica=\"");
+        return NGX_CONF_ERROR;
+    }
+
+    if (mcf->replica && mcf->redis_unix.len == 0
+        && mcf->sentinel_master.len == 0
+        && mcf->replica->port == mcf->redis_port
+        && ngx_strcmp(mcf->replica->host, mcf->redis_host.data) == 0)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"replica=%s:%d\" is the primary itself",
+                           mcf->replica->host, (int) mcf->replica->port);
         return NGX_CONF_ERROR;
     }
 
@@ -730,6 +777,74 @@ ngx_http_collab_redis_seeds(ngx_conf_t *cf, ngx_http_collab_main_conf_t *mcf,
             return NGX_ERROR;
         }
     }
+
+    return NGX_OK;
+}
+
+
+/* replica=host:port: a replica near this nginx for reads (replica.c) */
+
+static ngx_int_t
+ngx_http_collab_redis_replica(ngx_conf_t *cf,
+    ngx_http_collab_main_conf_t *mcf, ngx_str_t *v)
+{
+    ngx_str_t  one;
+
+    if (mcf->replica) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "duplicate \"replica=\"");
+        return NGX_ERROR;
+    }
+
+    one.data = v->data + 8;
+    one.len = v->len - 8;
+
+    if (one.len > 5 && ngx_strncmp(one.data, "unix:", 5) == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"%V\": a replica is reached over TCP, not a "
+                           "unix socket", v);
+        return NGX_ERROR;
+    }
+
+    mcf->replica = ngx_pcalloc(cf->pool, sizeof(ngx_http_collab_addr_t));
+    if (mcf->replica == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (one.len == 0
+        || ngx_http_collab_addr_parse(cf->pool, &one, mcf->replica, 6379)
+           != NGX_OK)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid replica address \"%V\"", &one);
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_collab_redis_replica_lag(ngx_conf_t *cf,
+    ngx_http_collab_main_conf_t *mcf, ngx_str_t *v)
+{
+    ngx_msec_t  lag;
+
+    if (mcf->replica_lag != NGX_CONF_UNSET_MSEC) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "duplicate \"replica_lag=\"");
+        return NGX_ERROR;
+    }
+
+    if (ngx_http_collab_redis_parse_msec(v, 12, &lag) != NGX_OK
+        || lag < 10 || lag > 60000)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid parameter \"%V\": a time from 10ms "
+                           "to 60s", v);
+        return NGX_ERROR;
+    }
+
+    mcf->replica_lag = lag;
 
     return NGX_OK;
 }
@@ -1326,6 +1441,7 @@ ngx_http_collab_create_main_conf(ngx_conf_t *cf)
     mcf->redis_session_inflight = NGX_CONF_UNSET_UINT;
     mcf->presence_ttl = NGX_CONF_UNSET_MSEC;
     mcf->ack_timeout = NGX_CONF_UNSET_MSEC;
+    mcf->replica_lag = NGX_CONF_UNSET_MSEC;
 
     return mcf;
 }
@@ -1344,6 +1460,7 @@ ngx_http_collab_init_main_conf(ngx_conf_t *cf, void *conf)
                              ngx_max(4, mcf->redis_max_inflight / 8));
     ngx_conf_init_msec_value(mcf->presence_ttl, 30000);
     ngx_conf_init_msec_value(mcf->ack_timeout, 1000);
+    ngx_conf_init_msec_value(mcf->replica_lag, 500);
 
     if (mcf->ack_replicas && mcf->ack_timeout * 2 > mcf->redis_timeout) {
         /* later commands wait behind a WAIT: the watchdog must not fire */
@@ -1832,6 +1949,13 @@ ngx_http_collab_init_process(ngx_cycle_t *cycle)
         return NGX_ERROR;
     }
 
+    if (mcf->replica) {
+        /* two more, to the replica that serves reads while it can */
+        if (ngx_http_collab_replica_init(cycle, mcf) != NGX_OK) {
+            return NGX_ERROR;
+        }
+    }
+
     if (mcf->cluster_seeds) {
         /* the two above stay unconnected: each primary has a pair */
         if (ngx_http_collab_cluster_init(cycle, mcf) != NGX_OK) {
@@ -1879,6 +2003,10 @@ ngx_http_collab_exit_process(ngx_cycle_t *cycle)
 
     if (w->watch.sentinel) {
         ngx_http_collab_redis_exit(&w->watch);
+    }
+
+    if (w->replica) {
+        ngx_http_collab_replica_exit();
     }
 
     if (w->cluster) {

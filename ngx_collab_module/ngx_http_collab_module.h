@@ -122,6 +122,7 @@ typedef struct ngx_http_collab_get_s        ngx_http_collab_get_t;
 typedef struct ngx_http_collab_metrics_sh_s ngx_http_collab_metrics_sh_t;
 typedef struct ngx_http_collab_yjs_s        ngx_http_collab_yjs_t;
 typedef struct ngx_http_collab_cluster_s    ngx_http_collab_cluster_t;
+typedef struct ngx_http_collab_replica_s    ngx_http_collab_replica_t;
 
 
 /* a Redis or Sentinel TCP address: an IP, for hiredis's blocking resolver */
@@ -149,6 +150,8 @@ struct ngx_http_collab_main_conf_s {
     ngx_array_t                 *cluster_seeds;  /* ngx_http_collab_addr_t */
     ngx_uint_t                   ack_replicas;   /* ack=replicated[:N] */
     ngx_msec_t                   ack_timeout;
+    ngx_http_collab_addr_t      *replica;        /* replica=, for reads */
+    ngx_msec_t                   replica_lag;
     ngx_uint_t                   enabled;        /* any collab location */
     ngx_shm_zone_t              *limit_zone;
     void                        *limit_sh;
@@ -257,6 +260,9 @@ struct ngx_http_collab_sub_s {
     ngx_uint_t                   limit_slot;     /* where it is counted */
     unsigned                     again:1;        /* re-subscribed: the read
                                                     in flight is stale */
+    unsigned                     primary:1;      /* the next read: not on
+                                                    the replica */
+    ngx_uint_t                   acl_gen;        /* doc's at the read */
     size_t                       budget;         /* bytes asked of it */
 
     /* the session's presence on the document: see presence.c */
@@ -289,6 +295,10 @@ struct ngx_http_collab_doc_s {
     unsigned                     acl_known:1;
     unsigned                     acl_again:1;
     unsigned                     acl_stale:1;    /* changed, not reloaded */
+    unsigned                     reset_wait:1;   /* epoch read, its "reset"
+                                                    not seen on the channel */
+    ngx_msec_t                   reset_time;     /* reset_wait since */
+    ngx_uint_t                   acl_gen;        /* ACL events and loads */
     json_t                      *acl;            /* NULL: no ACL document */
     ngx_http_collab_cmd_t       *acl_cmd;
     ngx_event_t                  acl_retry;
@@ -370,6 +380,7 @@ struct ngx_http_collab_redis_s {
 
     unsigned                     subscriber:1;
     unsigned                     sentinel:1;     /* to a Redis Sentinel */
+    unsigned                     replica:1;      /* to the replica= */
     unsigned                     kicked:1;       /* dropped on purpose */
     unsigned                     fence_asking:1; /* cluster: asked again */
     unsigned                     cluster_map:1;  /* asks for the slot map */
@@ -492,6 +503,9 @@ typedef struct {
     ngx_http_collab_redis_t      cmd;
     ngx_http_collab_redis_t      sub;
     ngx_http_collab_redis_t      watch;          /* to a sentinel */
+    ngx_http_collab_redis_t      rcmd;           /* to the replica= */
+    ngx_http_collab_redis_t      rsub;
+    ngx_http_collab_replica_t   *replica;        /* its state */
     ngx_http_collab_addr_t       primary;        /* as the sentinels say */
     int64_t                      primary_epoch;  /* its config-epoch */
     ngx_http_collab_cluster_t   *cluster;        /* cluster mode */
@@ -653,6 +667,8 @@ void ngx_http_collab_doc_resume(ngx_http_collab_session_t *s);
 void ngx_http_collab_doc_redis_ready(ngx_http_collab_redis_t *rc);
 void ngx_http_collab_doc_redis_follow(void);
 void ngx_http_collab_doc_retry_handler(ngx_event_t *ev);
+void ngx_http_collab_doc_retry_later(void);
+void ngx_http_collab_doc_sub_read(ngx_http_collab_sub_t *sub);
 ngx_int_t ngx_http_collab_doc_publish(ngx_http_collab_session_t *s,
     ngx_str_t *doc, ngx_http_collab_msg_t *m);
 void ngx_http_collab_doc_read_done(ngx_http_collab_sub_t *sub,
@@ -742,7 +758,8 @@ ngx_int_t ngx_http_collab_limit_usage(ngx_uint_t *used, ngx_uint_t *total);
 #define NGX_HTTP_COLLAB_G_SESSIONS        5
 #define NGX_HTTP_COLLAB_G_DOCUMENTS       6
 #define NGX_HTTP_COLLAB_G_REDIS_INFLIGHT  7
-#define NGX_HTTP_COLLAB_G_N               8
+#define NGX_HTTP_COLLAB_G_REPLICA_USABLE  8
+#define NGX_HTTP_COLLAB_G_N               9
 
 #define NGX_HTTP_COLLAB_H_REDIS           0
 #define NGX_HTTP_COLLAB_H_FANOUT          1
@@ -779,7 +796,6 @@ void ngx_http_collab_metrics_disconnect(ngx_uint_t code);
 void ngx_http_collab_metrics_resync(const char *reason);
 void ngx_http_collab_metrics_observe(ngx_uint_t h, uint64_t v);
 void ngx_http_collab_metrics_gauge(ngx_uint_t g, ngx_int_t delta);
-void ngx_http_collab_metrics_gauge_set(ngx_uint_t g, ngx_uint_t v);
 void ngx_http_collab_metrics_fanout(u_char *payload, size_t len);
 
 /* ACL admin endpoint */
@@ -838,6 +854,15 @@ ngx_int_t ngx_http_collab_addr_parse(ngx_pool_t *pool, ngx_str_t *text,
 ngx_int_t ngx_http_collab_addr_set(ngx_http_collab_addr_t *addr,
     u_char *host, size_t len, ngx_int_t port);
 
+/* a replica near this nginx for reads (ngx_http_collab_replica.c) */
+ngx_int_t ngx_http_collab_replica_init(ngx_cycle_t *cycle,
+    ngx_http_collab_main_conf_t *mcf);
+void ngx_http_collab_replica_exit(void);
+void ngx_http_collab_replica_ready(ngx_http_collab_redis_t *rc);
+void ngx_http_collab_replica_lost(ngx_http_collab_redis_t *rc);
+ngx_uint_t ngx_http_collab_replica_usable(void);
+ngx_http_collab_redis_t *ngx_http_collab_replica_reads(void);
+
 /* Redis Cluster (ngx_http_collab_cluster.c) */
 ngx_int_t ngx_http_collab_cluster_init(ngx_cycle_t *cycle,
     ngx_http_collab_main_conf_t *mcf);
@@ -884,6 +909,7 @@ struct ngx_http_collab_read_s {
     ngx_str_t                    acl;            /* data NULL: none */
     ngx_uint_t                   role;
     unsigned                     from_snap:1;    /* read from the snapshot */
+    unsigned                     replica:1;      /* answered by the replica */
     ngx_uint_t                   nentries;
     redisReply                 **entries;        /* see store_read_entry */
 };
@@ -951,6 +977,7 @@ typedef struct {
 
 ngx_int_t ngx_http_collab_store_setup(ngx_http_collab_redis_t *rc);
 void ngx_http_collab_store_fence_refresh(ngx_http_collab_redis_t *rc);
+ngx_int_t ngx_http_collab_store_version_ok(redisReply *reply);
 ngx_int_t ngx_http_collab_store_append(ngx_http_collab_session_t *s,
     ngx_str_t *doc, ngx_str_t *id, ngx_str_t *data, int64_t base,
     ngx_uint_t slot);

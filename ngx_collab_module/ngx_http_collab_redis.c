@@ -64,6 +64,13 @@ ngx_http_collab_redis_init(ngx_cycle_t *cycle, ngx_http_collab_redis_t *rc,
     rc->log = cycle->log;
     rc->addr = mcf->redis_addr;
     rc->subscriber = subscriber;
+
+    if (rc->replica) {
+        rc->target = *mcf->replica;
+        rc->addr.len = rc->target.text_len;
+        rc->addr.data = rc->target.text;
+    }
+
     rc->name = name;
     rc->state = NGX_HTTP_COLLAB_REDIS_DOWN;
     rc->backoff = NGX_HTTP_COLLAB_BACKOFF_MIN;
@@ -138,7 +145,10 @@ ngx_http_collab_redis_connect(ngx_http_collab_redis_t *rc)
 
     mcf = rc->mcf;
 
-    if (mcf->sentinel_master.len || mcf->cluster_seeds) {
+    if (rc->replica) {
+        ac = redisAsyncConnect((char *) rc->target.host, rc->target.port);
+
+    } else if (mcf->sentinel_master.len || mcf->cluster_seeds) {
         if (ngx_http_collab_redis_target(rc) != NGX_OK) {
             /* the primary is not known yet: the sentinels connect us */
             rc->state = NGX_HTTP_COLLAB_REDIS_DOWN;
@@ -305,7 +315,8 @@ ngx_http_collab_redis_schedule(ngx_http_collab_redis_t *rc)
         /* this sentinel failed: the next one */
         rc->next_sentinel++;
 
-    } else if (rc->mcf->sentinel_master.len && !rc->sentinel && !rc->kicked
+    } else if (rc->mcf->sentinel_master.len && !rc->sentinel && !rc->replica
+               && !rc->kicked
                && !rc->exiting && !ngx_exiting && !ngx_quit && !ngx_terminate)
     {
         /* the primary may have moved: the sentinels know */
@@ -313,6 +324,11 @@ ngx_http_collab_redis_schedule(ngx_http_collab_redis_t *rc)
     }
 
     rc->kicked = 0;
+
+    if (rc->replica) {
+        /* not usable: reads and channels go to the primary */
+        ngx_http_collab_replica_lost(rc);
+    }
 
     if (rc->mcf->cluster_seeds && !rc->exiting) {
         /* a node failed: the map may name its replica now */
@@ -667,7 +683,8 @@ ngx_http_collab_redis_on_connect(const redisAsyncContext *ac, int status)
         }
     }
 
-    if (!rc->subscriber) {
+    if (!rc->subscriber && !rc->replica) {
+        /* a replica gets the library from its primary: replica.c checks */
         if (ngx_http_collab_store_setup(rc) != NGX_OK) {
             goto failed;
         }
@@ -723,6 +740,12 @@ ngx_http_collab_redis_setup_done(ngx_http_collab_redis_t *rc)
         if (!rc->heartbeat.timer_set) {
             ngx_add_timer(&rc->heartbeat, rc->mcf->redis_timeout);
         }
+    }
+
+    if (rc->replica) {
+        /* used once it proves to follow the primary closely */
+        ngx_http_collab_replica_ready(rc);
+        return;
     }
 
     ngx_http_collab_doc_redis_ready(rc);
@@ -1053,8 +1076,8 @@ ngx_http_collab_redis_track(ngx_http_collab_redis_t *rc,
     rc->ninflight++;
 
     ngx_http_collab_metric_inc(NGX_HTTP_COLLAB_M_REDIS_COMMANDS);
-    ngx_http_collab_metrics_gauge_set(NGX_HTTP_COLLAB_G_REDIS_INFLIGHT,
-                                      rc->ninflight);
+    /* summed over the connections (primary, replica, cluster nodes) */
+    ngx_http_collab_metrics_gauge(NGX_HTTP_COLLAB_G_REDIS_INFLIGHT, 1);
 
     if (!rc->watchdog.timer_set) {
         rc->watchdog.cancelable = 0;
@@ -1075,8 +1098,7 @@ ngx_http_collab_redis_reply(redisAsyncContext *ac, void *r, void *data)
     ngx_queue_remove(&cmd->redis_link);
     rc->ninflight--;
 
-    ngx_http_collab_metrics_gauge_set(NGX_HTTP_COLLAB_G_REDIS_INFLIGHT,
-                                      rc->ninflight);
+    ngx_http_collab_metrics_gauge(NGX_HTTP_COLLAB_G_REDIS_INFLIGHT, -1);
 
     if (r && ((redisReply *) r)->type == REDIS_REPLY_ERROR && cmd->fmt
         && !rc->exiting
@@ -1090,7 +1112,9 @@ ngx_http_collab_redis_reply(redisAsyncContext *ac, void *r, void *data)
     if (r == NULL || ((redisReply *) r)->type == REDIS_REPLY_ERROR) {
         ngx_http_collab_metric_inc(NGX_HTTP_COLLAB_M_REDIS_ERRORS);
 
-        if (r && ngx_strncmp(((redisReply *) r)->str, "READONLY", 8) == 0) {
+        if (r && !rc->replica
+            && ngx_strncmp(((redisReply *) r)->str, "READONLY", 8) == 0)
+        {
             /*
              * A replica now (after a failover): the command is answered
              * as if the link was lost, and the primary is looked up again.

@@ -27,6 +27,7 @@
  */
 
 
+/* 10: collab_read_ro (replica reads), the cluster fence */
 #define NGX_HTTP_COLLAB_STORE_VERSION  10
 #define NGX_HTTP_COLLAB_STORE_COMPAT   1
 
@@ -578,6 +579,25 @@ static const char  ngx_http_collab_store_lua[] =
 "  end\n"
 "  return res\n"
 "end\n"
+/* --- library 10: collab_read_ro, for replica= (replica.c) ---
+ * collab_read on a replica: the same keys, arguments and reply, or {-3},
+ * "ask the primary", whenever the read would write or decide what only
+ * the primary may: no role (the primary records the denial), no state
+ * hash (the primary creates it), another fence (the primary starts a new
+ * epoch), another client epoch or a since beyond the head (the replica
+ * may only be behind) */
+"local function read_ro(keys, args)\n"
+"  local role = role_of(keys[3], args[5], args[6], args[7], args[8])\n"
+"  if role < 1 then return {-3} end\n"
+"  local e = redis.call('HMGET', keys[1], 'epoch', 'fence', 'head')\n"
+"  if not e[1] then return {-3} end\n"
+"  local fence = args[11] or ''\n"
+"  if fence ~= '' and e[2] ~= fence then return {-3} end\n"
+"  if args[4] ~= '' and args[4] ~= e[1] then return {-3} end\n"
+"  if tonumber(args[2]) > tonumber(e[3] or '0') then return {-3} end\n"
+"  return read(keys, args)\n"
+"end\n"
+/* --- end of library 10 --- */
 /* keys: state acl audit
  * args: epoch seq data user groups grant default expire */
 "local function setstate(keys, args)\n"
@@ -778,6 +798,8 @@ static const char  ngx_http_collab_store_lua[] =
 "redis.register_function('collab_state', setstate)\n"
 "redis.register_function('collab_acl', acl)\n"
 "redis.register_function('collab_deny', denied)\n"
+"redis.register_function{function_name = 'collab_read_ro',\n"
+"  callback = read_ro, flags = {'no-writes'}}\n"
 "redis.register_function{function_name = 'collab_fence',\n"
 "  callback = fence, flags = {'no-writes'}}\n"
 /* {version, oldest module version served[, 1: the sharded variant]} */
@@ -833,9 +855,13 @@ static void ngx_http_collab_store_state_reply(ngx_http_collab_cmd_t *cmd,
     redisReply *reply);
 static void ngx_http_collab_store_read_reply(ngx_http_collab_cmd_t *cmd,
     redisReply *reply);
+static ngx_int_t ngx_http_collab_store_fetch_on(ngx_http_collab_session_t *s,
+    ngx_http_collab_get_t *g, ngx_uint_t primary);
+static ngx_uint_t ngx_http_collab_store_ask_primary(redisReply *reply);
 static ngx_int_t ngx_http_collab_store_read_send(
     ngx_http_collab_session_t *s, ngx_http_collab_cmd_t *cmd, ngx_str_t *doc,
-    int64_t since, ngx_uint_t count, ngx_str_t *client_epoch, size_t budget);
+    int64_t since, ngx_uint_t count, ngx_str_t *client_epoch, size_t budget,
+    ngx_uint_t primary);
 static void ngx_http_collab_store_fetch_reply(ngx_http_collab_cmd_t *cmd,
     redisReply *reply);
 static void ngx_http_collab_store_read_decode(redisReply *reply,
@@ -1013,6 +1039,30 @@ ngx_http_collab_store_version_reply(redisAsyncContext *ac, void *r,
 
 
 /*
+ * replica=: whether the library that a replica holds (collab_version's
+ * reply) serves this module, collab_read_ro included
+ */
+
+ngx_int_t
+ngx_http_collab_store_version_ok(redisReply *reply)
+{
+    if (reply == NULL || reply->type != REDIS_REPLY_ARRAY
+        || reply->elements < 2
+        || reply->element[0]->type != REDIS_REPLY_INTEGER
+        || reply->element[1]->type != REDIS_REPLY_INTEGER
+        || reply->element[0]->integer < NGX_HTTP_COLLAB_STORE_VERSION
+        || reply->element[1]->integer > NGX_HTTP_COLLAB_STORE_VERSION
+        || (reply->elements >= 3
+            && reply->element[2]->type == REDIS_REPLY_INTEGER
+            && reply->element[2]->integer == 1))
+    {
+        return NGX_DECLINED;
+    }
+
+    return NGX_OK;
+}
+
+
  * The library is there; with Sentinel or a cluster this primary fences the
  * logs: asked on every connect, as a failover changes the replid.
  */
@@ -2010,6 +2060,7 @@ ngx_http_collab_store_read(ngx_http_collab_sub_t *sub)
     cmd->sub = sub;
     sub->read = cmd;
     sub->stalled = 0;
+    sub->acl_gen = sub->doc->acl_gen;
 
     if (sub->state == NGX_HTTP_COLLAB_SUB_JOINING) {
         since = sub->since;
@@ -2036,13 +2087,16 @@ ngx_http_collab_store_read(ngx_http_collab_sub_t *sub)
 
     rc = ngx_http_collab_store_read_send(s, cmd, &sub->doc->node.str, since,
                                          NGX_HTTP_COLLAB_READ_BATCH, &epoch,
-                                         room);
+                                         room, sub->primary);
 
     if (rc != NGX_OK) {
-        /* retried when Redis is back */
+        /* retried when Redis is back, where it was meant to go */
         sub->stalled = 1;
         return NGX_DECLINED;
     }
+
+    /* one read to the primary at a time: the next may use the replica */
+    sub->primary = 0;
 
     return NGX_OK;
 }
@@ -2057,6 +2111,14 @@ ngx_int_t
 ngx_http_collab_store_fetch(ngx_http_collab_session_t *s,
     ngx_http_collab_get_t *g)
 {
+    return ngx_http_collab_store_fetch_on(s, g, 0);
+}
+
+
+static ngx_int_t
+ngx_http_collab_store_fetch_on(ngx_http_collab_session_t *s,
+    ngx_http_collab_get_t *g, ngx_uint_t primary)
+{
     ngx_http_collab_cmd_t  *cmd;
 
     cmd = ngx_http_collab_cmd_alloc(s, 0);
@@ -2069,29 +2131,35 @@ ngx_http_collab_store_fetch(ngx_http_collab_session_t *s,
     return ngx_http_collab_store_read_send(s, cmd, &g->doc, g->since,
                                            g->since < 0 ? 0 : g->limit,
                                            &g->epoch,
-                                           NGX_HTTP_COLLAB_GET_BUDGET);
+                                           NGX_HTTP_COLLAB_GET_BUDGET,
+                                           primary);
 }
 
 
-/* collab_read; the command is freed when it cannot be sent */
+/*
+ * collab_read, or collab_read_ro on the replica while it is usable and
+ * "primary" is not asked for; the command is freed when it cannot be sent
+ */
 
 static ngx_int_t
 ngx_http_collab_store_read_send(ngx_http_collab_session_t *s,
     ngx_http_collab_cmd_t *cmd, ngx_str_t *doc, int64_t since,
-    ngx_uint_t count, ngx_str_t *client_epoch, size_t budget)
+    ngx_uint_t count, ngx_str_t *client_epoch, size_t budget,
+    ngx_uint_t primary)
 {
-    u_char       kstate[NGX_HTTP_COLLAB_KEY_MAX];
-    u_char       klog[NGX_HTTP_COLLAB_KEY_MAX];
-    u_char       kacl[NGX_HTTP_COLLAB_KEY_MAX];
-    u_char       kaudit[NGX_HTTP_COLLAB_KEY_MAX];
-    u_char       epoch[NGX_HTTP_COLLAB_EPOCH_LEN];
-    u_char       ssince[NGX_INT64_LEN + 1];
-    u_char       scount[NGX_INT_T_LEN];
-    u_char       sbudget[NGX_SIZE_T_LEN];
-    u_char       expire[NGX_INT64_LEN];
-    u_char       role[2];
-    const char  *argv[18];
-    size_t       argvlen[18];
+    u_char                    kstate[NGX_HTTP_COLLAB_KEY_MAX];
+    u_char                    klog[NGX_HTTP_COLLAB_KEY_MAX];
+    u_char                    kacl[NGX_HTTP_COLLAB_KEY_MAX];
+    u_char                    kaudit[NGX_HTTP_COLLAB_KEY_MAX];
+    u_char                    epoch[NGX_HTTP_COLLAB_EPOCH_LEN];
+    u_char                    ssince[NGX_INT64_LEN + 1];
+    u_char                    scount[NGX_INT_T_LEN];
+    u_char                    sbudget[NGX_SIZE_T_LEN];
+    u_char                    expire[NGX_INT64_LEN];
+    u_char                    role[2];
+    size_t                    argvlen[18];
+    const char               *argv[18];
+    ngx_http_collab_redis_t  *rc;
 
     ngx_http_collab_store_epoch(epoch);
 
@@ -2127,8 +2195,34 @@ ngx_http_collab_store_read_send(ngx_http_collab_session_t *s,
     argvlen[16] = ngx_sprintf(expire, "%M", s->conf->doc_expire) - expire;
     ngx_http_collab_store_fence_arg(cmd, doc, argv, argvlen, 17);
 
-    return ngx_http_collab_redis_command(ngx_http_collab_redis_for_doc(doc, 0),
-                                         cmd, 18, argv, argvlen);
+    rc = primary ? NULL : ngx_http_collab_replica_reads();
+
+    if (rc) {
+        argv[0] = "FCALL_RO";
+        argvlen[0] = 8;
+        argv[1] = "collab_read_ro";
+        argvlen[1] = 14;
+
+    } else {
+        rc = ngx_http_collab_redis_for_doc(doc, 0);
+    }
+
+    return ngx_http_collab_redis_command(rc, cmd, 18, argv, argvlen);
+}
+
+
+/*
+ * A replica's answer that the primary gives instead: {-3} (the read would
+ * write or decide), an error (NOSCRIPT, MASTERDOWN, ...), a lost link.
+ */
+
+static ngx_uint_t
+ngx_http_collab_store_ask_primary(redisReply *reply)
+{
+    return reply == NULL || reply->type == REDIS_REPLY_ERROR
+           || (reply->type == REDIS_REPLY_ARRAY && reply->elements == 1
+               && reply->element[0]->type == REDIS_REPLY_INTEGER
+               && reply->element[0]->integer == -3);
 }
 
 
@@ -2136,10 +2230,12 @@ static void
 ngx_http_collab_store_read_reply(ngx_http_collab_cmd_t *cmd,
     redisReply *reply)
 {
+    ngx_uint_t               replica;
     ngx_http_collab_sub_t   *sub;
     ngx_http_collab_read_t   rd;
 
     sub = cmd->sub;
+    replica = cmd->rc->replica;
 
     ngx_http_collab_cmd_free(cmd);
 
@@ -2148,7 +2244,22 @@ ngx_http_collab_store_read_reply(ngx_http_collab_cmd_t *cmd,
         return;
     }
 
+    if (replica && ngx_http_collab_store_ask_primary(reply)) {
+        /*
+         * The same read, from the newest point: the client cannot tell.
+         * Through the gate of every read: not while the channel moves.
+         */
+
+        sub->again = 0;
+        sub->primary = 1;
+
+        ngx_http_collab_doc_sub_read(sub);
+
+        return;
+    }
+
     ngx_http_collab_store_read_decode(reply, &rd);
+    rd.replica = replica;
 
     ngx_http_collab_doc_read_done(sub, &rd);
 }
@@ -2158,14 +2269,28 @@ static void
 ngx_http_collab_store_fetch_reply(ngx_http_collab_cmd_t *cmd,
     redisReply *reply)
 {
+    ngx_uint_t                  replica;
     ngx_http_collab_read_t      rd;
     ngx_http_collab_session_t  *s;
 
     s = cmd->session;
+    replica = cmd->rc->replica;
 
     ngx_http_collab_cmd_free(cmd);
 
+    if (replica && ngx_http_collab_store_ask_primary(reply)
+        && ngx_http_collab_store_fetch_on(s, s->get, 1) == NGX_OK)
+    {
+        /* answered by the primary, in a later event loop turn */
+        return;
+    }
+
     ngx_http_collab_store_read_decode(reply, &rd);
+
+    if (replica && ngx_http_collab_store_ask_primary(reply)) {
+        /* the primary could not take the read: "unavailable" */
+        rd.status = NGX_AGAIN;
+    }
 
     ngx_http_collab_get_done(s, &rd);
 }

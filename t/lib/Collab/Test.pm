@@ -429,7 +429,10 @@ sub _proxy_loop {
             $next = $q->[0][0] - $now if @$q && $q->[0][0] - $now < $next;
         }
         $next = 0.001 if $next < 0.001;
-        for my $s ($sel->can_read($next)) {
+        my @ready = $sel->can_read($next);
+        # what was read is delayed from now, not from before the wait
+        $now = Time::HiRes::time();
+        for my $s (@ready) {
             if ($s == $l) {
                 my $c = $l->accept or next;
                 my $r = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $to,
