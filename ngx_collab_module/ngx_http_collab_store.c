@@ -1063,6 +1063,7 @@ ngx_http_collab_store_version_ok(redisReply *reply)
 }
 
 
+/*
  * The library is there; with Sentinel or a cluster this primary fences the
  * logs: asked on every connect, as a failover changes the replid.
  */
