@@ -1199,8 +1199,9 @@ ngx_http_collab_doc_sub_read(ngx_http_collab_sub_t *sub)
         return;
     }
 
-    if (ngx_http_collab_store_read(sub) == NGX_DECLINED) {
-        /* too many commands in flight: try again shortly */
+    if (ngx_http_collab_store_read(sub) != NGX_OK) {
+        /* too many commands in flight, or no memory: try again shortly */
+        sub->stalled = 1;
         ngx_http_collab_doc_retry_later();
     }
 }
