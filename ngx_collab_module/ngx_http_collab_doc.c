@@ -1648,6 +1648,15 @@ ngx_http_collab_doc_read_next(ngx_http_collab_sub_t *sub,
         return;
     }
 
+    if (d->reset_wait && d->seq > sub->pos) {
+        /*
+         * Before the channel's "reset" its seqs are of the old log: no
+         * reason to read again, nor to go live with them (as the reset
+         * would, the seq seen starts again from the new log).
+         */
+        d->seq = sub->pos;
+    }
+
     if (rd->replica && d->seq > sub->pos) {
         /*
          * The replica is behind what the channel announced: the primary
