@@ -1160,6 +1160,7 @@ ngx_http_collab_doc_reset(ngx_http_collab_doc_t *doc, u_char *epoch)
 
     ngx_memcpy(doc->epoch, epoch, NGX_HTTP_COLLAB_EPOCH_LEN);
     doc->has_epoch = 1;
+    doc->epoch_gen++;
     doc->seq = 0;
     doc->yjs_snap = 0;      /* a seq of the old log */
 
@@ -1267,6 +1268,15 @@ ngx_http_collab_doc_read_done(ngx_http_collab_sub_t *sub,
 
     default:
         ngx_http_collab_doc_read_failed(sub, rd);
+        return;
+    }
+
+    if (sub->epoch_gen != sub->doc->epoch_gen) {
+        /*
+         * The epoch changed while the read was in flight: it may have read
+         * the old log, which must not bring the document back to it.
+         */
+        ngx_http_collab_doc_sub_read(sub);
         return;
     }
 
@@ -1422,6 +1432,7 @@ ngx_http_collab_doc_read_epoch(ngx_http_collab_sub_t *sub,
     if (!d->has_epoch) {
         ngx_memcpy(d->epoch, rd->epoch.data, rd->epoch.len);
         d->has_epoch = 1;
+        d->epoch_gen++;
         return NGX_OK;
     }
 

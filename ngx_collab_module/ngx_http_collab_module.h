@@ -263,6 +263,7 @@ struct ngx_http_collab_sub_s {
     unsigned                     primary:1;      /* the next read: not on
                                                     the replica */
     ngx_uint_t                   acl_gen;        /* doc's at the read */
+    ngx_uint_t                   epoch_gen;      /* doc's at the read */
     size_t                       budget;         /* bytes asked of it */
 
     /* the session's presence on the document: see presence.c */
@@ -299,6 +300,7 @@ struct ngx_http_collab_doc_s {
                                                     not seen on the channel */
     ngx_msec_t                   reset_time;     /* reset_wait since */
     ngx_uint_t                   acl_gen;        /* ACL events and loads */
+    ngx_uint_t                   epoch_gen;      /* epoch changes */
     json_t                      *acl;            /* NULL: no ACL document */
     ngx_http_collab_cmd_t       *acl_cmd;
     ngx_event_t                  acl_retry;

@@ -2062,6 +2062,7 @@ ngx_http_collab_store_read(ngx_http_collab_sub_t *sub)
     sub->read = cmd;
     sub->stalled = 0;
     sub->acl_gen = sub->doc->acl_gen;
+    sub->epoch_gen = sub->doc->epoch_gen;
 
     if (sub->state == NGX_HTTP_COLLAB_SUB_JOINING) {
         since = sub->since;
