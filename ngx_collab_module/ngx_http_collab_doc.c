@@ -55,6 +55,7 @@ static void ngx_http_collab_doc_deliver(ngx_http_collab_doc_t *doc,
 static void ngx_http_collab_doc_lagging(ngx_http_collab_sub_t *sub);
 static void ngx_http_collab_doc_relay(ngx_http_collab_doc_t *doc,
     ngx_http_collab_event_t *ev, u_char *payload, size_t len);
+static ngx_msec_t ngx_http_collab_doc_reset_wait(ngx_http_collab_doc_t *doc);
 static void ngx_http_collab_doc_reset(ngx_http_collab_doc_t *doc,
     u_char *epoch);
 static void ngx_http_collab_doc_read_failed(ngx_http_collab_sub_t *sub,
@@ -1131,6 +1132,26 @@ ngx_http_collab_doc_relay(ngx_http_collab_doc_t *doc,
 }
 
 
+/*
+ * How long no member goes live on an epoch a read showed before the
+ * channel's "reset": on a replica, as long as it may lag while usable.
+ */
+
+static ngx_msec_t
+ngx_http_collab_doc_reset_wait(ngx_http_collab_doc_t *doc)
+{
+    ngx_msec_t  wait;
+
+    wait = NGX_HTTP_COLLAB_RESET_WAIT;
+
+    if (doc->redis == &ngx_http_collab_worker->rsub) {
+        wait = ngx_max(wait, ngx_http_collab_replica_behind());
+    }
+
+    return wait;
+}
+
+
 /* the log was created anew: whoever followed the old one starts over */
 
 static void
@@ -1149,14 +1170,25 @@ ngx_http_collab_doc_reset(ngx_http_collab_doc_t *doc, u_char *epoch)
         if (doc->reset_wait) {
             /* a read showed it first: the deltas seen so far were old */
             doc->reset_wait = 0;
+            doc->unconfirmed = 0;
             doc->seq = 0;
             ngx_http_collab_doc_wake(doc);
+            return;
         }
 
-        return;
+        if (!doc->unconfirmed) {
+            return;
+        }
+
+        /*
+         * Members went live on it after the wait, and the channel was
+         * further behind: the deltas it gave them since were of the old
+         * log.
+         */
     }
 
     doc->reset_wait = 0;
+    doc->unconfirmed = 0;
 
     ngx_memcpy(doc->epoch, epoch, NGX_HTTP_COLLAB_EPOCH_LEN);
     doc->has_epoch = 1;
@@ -1454,6 +1486,7 @@ ngx_http_collab_doc_read_epoch(ngx_http_collab_sub_t *sub,
     ngx_http_collab_doc_reset(d, rd->epoch.data);
 
     d->reset_wait = 1;
+    d->unconfirmed = 1;
     d->reset_time = ngx_current_msec;
 
     if (ngx_http_collab_doc_release(d) == NGX_DONE || !joining) {
@@ -1717,7 +1750,9 @@ ngx_http_collab_doc_read_next(ngx_http_collab_sub_t *sub,
     }
 
     if (d->reset_wait) {
-        if (ngx_current_msec - d->reset_time < NGX_HTTP_COLLAB_RESET_WAIT) {
+        if (ngx_current_msec - d->reset_time
+            < ngx_http_collab_doc_reset_wait(d))
+        {
             /* read again shortly: the channel's "reset" may come first */
             sub->stalled = 1;
             ngx_http_collab_doc_retry_later();

@@ -298,6 +298,9 @@ struct ngx_http_collab_doc_s {
     unsigned                     acl_stale:1;    /* changed, not reloaded */
     unsigned                     reset_wait:1;   /* epoch read, its "reset"
                                                     not seen on the channel */
+    unsigned                     unconfirmed:1;  /* as reset_wait, members
+                                                    live since: the reset
+                                                    still resyncs them */
     ngx_msec_t                   reset_time;     /* reset_wait since */
     ngx_uint_t                   acl_gen;        /* ACL events and loads */
     ngx_uint_t                   epoch_gen;      /* epoch changes */
@@ -863,6 +866,7 @@ void ngx_http_collab_replica_exit(void);
 void ngx_http_collab_replica_ready(ngx_http_collab_redis_t *rc);
 void ngx_http_collab_replica_lost(ngx_http_collab_redis_t *rc);
 ngx_uint_t ngx_http_collab_replica_usable(void);
+ngx_msec_t ngx_http_collab_replica_behind(void);
 ngx_http_collab_redis_t *ngx_http_collab_replica_reads(void);
 
 /* Redis Cluster (ngx_http_collab_cluster.c) */

@@ -235,6 +235,26 @@ ngx_http_collab_replica_usable(void)
 }
 
 
+/*
+ * How far behind a replica still counted usable may be: replica_lag, and
+ * a tick more before its lag is seen.  0 without a replica.
+ */
+
+ngx_msec_t
+ngx_http_collab_replica_behind(void)
+{
+    ngx_http_collab_worker_t  *w;
+
+    w = ngx_http_collab_worker;
+
+    if (w->replica == NULL) {
+        return 0;
+    }
+
+    return w->replica->lag + NGX_HTTP_COLLAB_REPLICA_TICK;
+}
+
+
 /* where a log read goes: the replica while usable and not full, or NULL */
 
 ngx_http_collab_redis_t *
