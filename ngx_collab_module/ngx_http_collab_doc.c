@@ -1266,8 +1266,9 @@ void
 ngx_http_collab_doc_read_done(ngx_http_collab_sub_t *sub,
     ngx_http_collab_read_t *rd)
 {
-    size_t      used;
-    ngx_uint_t  joined;
+    size_t                  used;
+    ngx_uint_t              joined, other;
+    ngx_http_collab_doc_t  *d;
 
     if (sub->again) {
         /* subscribed again meanwhile: read from the newest point */
@@ -1312,18 +1313,34 @@ ngx_http_collab_doc_read_done(ngx_http_collab_sub_t *sub,
         return;
     }
 
-    if (rd->replica
-        && ((sub->doc->has_epoch
-             && (rd->epoch.len != NGX_HTTP_COLLAB_EPOCH_LEN
-                 || ngx_memcmp(sub->doc->epoch, rd->epoch.data,
-                               NGX_HTTP_COLLAB_EPOCH_LEN) != 0))
-            || sub->doc->acl_stale || sub->acl_gen != sub->doc->acl_gen))
+    d = sub->doc;
+
+    other = rd->replica && d->has_epoch
+            && (rd->epoch.len != NGX_HTTP_COLLAB_EPOCH_LEN
+                || ngx_memcmp(d->epoch, rd->epoch.data,
+                              NGX_HTTP_COLLAB_EPOCH_LEN) != 0);
+
+    if (other || (rd->replica
+                  && (d->acl_stale || sub->acl_gen != d->acl_gen)))
     {
         /*
          * The replica has not seen the log we follow yet (the primary
          * decides whether it was reset), or its ACL may be older than the
          * one loaded or announced meanwhile: never applied.
          */
+
+        if (other && d->redis == &ngx_http_collab_worker->rsub
+            && !d->reset_wait)
+        {
+            /*
+             * The channel is on that replica: it relays the old log's
+             * tail before the new log's "reset" (seen already elsewhere).
+             */
+            d->reset_wait = 1;
+            d->unconfirmed = 1;
+            d->reset_time = ngx_current_msec;
+        }
+
         sub->primary = 1;
         ngx_http_collab_doc_sub_read(sub);
         return;
