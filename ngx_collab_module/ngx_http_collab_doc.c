@@ -56,6 +56,8 @@ static void ngx_http_collab_doc_lagging(ngx_http_collab_sub_t *sub);
 static void ngx_http_collab_doc_relay(ngx_http_collab_doc_t *doc,
     ngx_http_collab_event_t *ev, u_char *payload, size_t len);
 static ngx_msec_t ngx_http_collab_doc_reset_wait(ngx_http_collab_doc_t *doc);
+static void ngx_http_collab_doc_reset_later(ngx_http_collab_doc_t *doc);
+static void ngx_http_collab_doc_reset_poll(ngx_event_t *ev);
 static void ngx_http_collab_doc_reset(ngx_http_collab_doc_t *doc,
     u_char *epoch);
 static void ngx_http_collab_doc_read_failed(ngx_http_collab_sub_t *sub,
@@ -144,6 +146,10 @@ ngx_http_collab_doc_free(ngx_http_collab_doc_t *doc)
 
     if (doc->acl_retry.timer_set) {
         ngx_del_timer(&doc->acl_retry);
+    }
+
+    if (doc->reset_poll.timer_set) {
+        ngx_del_timer(&doc->reset_poll);
     }
 
     if (doc->acl_cmd) {
@@ -1152,6 +1158,35 @@ ngx_http_collab_doc_reset_wait(ngx_http_collab_doc_t *doc)
 }
 
 
+/*
+ * The stalled members read again in 50 ms: on the document's own timer,
+ * not the worker's retry, which would also retry ACL loads before their
+ * backoff.
+ */
+
+static void
+ngx_http_collab_doc_reset_later(ngx_http_collab_doc_t *doc)
+{
+    if (doc->reset_poll.timer_set) {
+        return;
+    }
+
+    doc->reset_poll.handler = ngx_http_collab_doc_reset_poll;
+    doc->reset_poll.data = doc;
+    doc->reset_poll.log = ngx_cycle->log;
+    doc->reset_poll.cancelable = 1;
+
+    ngx_add_timer(&doc->reset_poll, 50);
+}
+
+
+static void
+ngx_http_collab_doc_reset_poll(ngx_event_t *ev)
+{
+    ngx_http_collab_doc_wake(ev->data);
+}
+
+
 /* the log was created anew: whoever followed the old one starts over */
 
 static void
@@ -1772,7 +1807,7 @@ ngx_http_collab_doc_read_next(ngx_http_collab_sub_t *sub,
         {
             /* read again shortly: the channel's "reset" may come first */
             sub->stalled = 1;
-            ngx_http_collab_doc_retry_later();
+            ngx_http_collab_doc_reset_later(d);
             return;
         }
 

@@ -302,6 +302,7 @@ struct ngx_http_collab_doc_s {
                                                     live since: the reset
                                                     still resyncs them */
     ngx_msec_t                   reset_time;     /* reset_wait since */
+    ngx_event_t                  reset_poll;     /* reads during it */
     ngx_uint_t                   acl_gen;        /* ACL events and loads */
     ngx_uint_t                   epoch_gen;      /* epoch changes */
     json_t                      *acl;            /* NULL: no ACL document */
