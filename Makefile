@@ -56,7 +56,7 @@ ASAN_OPTIONS_DEFAULT := detect_leaks=0
 
 SUDO = $(shell [ "$$(id -u)" = 0 ] || { command -v sudo >/dev/null && echo sudo; })
 
-.PHONY: build build-asan deps test test-asan run stop bench bench-yjs bench-replica fuzz clean js
+.PHONY: build build-asan deps test test-asan run stop bench bench-yjs bench-replica bench-cluster fuzz clean js
 
 # ---------------------------------------------------------------------------------------------
 # deps: install only what is missing; a no-op (one dpkg-query) when everything is there.
@@ -221,11 +221,22 @@ run: build stop
 # bench: the load generator (bench/collab-bench.c) and the suite against this module and nchan
 # (bench/run.sh: installs libnginx-mod-nchan and gnuplot-nox when missing, writes
 # docs/benchmarks.md and docs/benchmarks.png), after the Yjs workload (bench/yjs.pl, whose
-# bench/yjs-notes.md the report includes). BENCH_QUICK=1 for a short run.
+# bench/yjs-notes.md the report includes), then W3 on a Redis Cluster (bench-cluster).
+# BENCH_QUICK=1 for a short run (a quick run leaves docs/benchmarks.md alone).
 bench: build t/yjs/node_modules
 	+$(MAKE) --no-print-directory -C bench
 	COLLAB_MODULE=$(MODULE) NGINX_BIN=$(NGINX_BIN) REDIS_SERVER=$(REDIS_SERVER) perl bench/yjs.pl
 	COLLAB_MODULE=$(MODULE) NGINX_BIN=$(NGINX_BIN) REDIS_SERVER=$(REDIS_SERVER) bash bench/run.sh
+	+$(MAKE) --no-print-directory bench-cluster
+
+# W3 against one Redis and a Redis Cluster of 1 and 3 primaries, collab only, interleaved
+# (about 27 minutes): replaces the section "W3 on a Redis Cluster" of docs/benchmarks.md; its
+# own results directory, so that `bash bench/run.sh report` still rebuilds the full suite's
+bench-cluster: build
+	+$(MAKE) --no-print-directory -C bench
+	BENCH_WORKLOADS="W3 W3c1 W3c3" BENCH_TARGETS=collab BENCH_PROFILE=0 \
+	BENCH_OUT=$(CURDIR)/bench/out-cluster COLLAB_MODULE=$(MODULE) NGINX_BIN=$(NGINX_BIN) \
+	REDIS_SERVER=$(REDIS_SERVER) bash bench/run.sh
 
 # the Yjs workload alone (bench/yjs.pl: y-websocket providers relaying and joining; its
 # section of docs/benchmarks.md)

@@ -12,8 +12,9 @@
 #   BENCH_WORKLOADS="W1 W2 W3 W4 W3w1"   subset to run (W3w1: W3 with worker_processes 1,
 #                          collab only, first run only: does throughput grow with workers?
 #                          W3c1 / W3c3: W3 against a Redis Cluster of 1 / 3 primaries, collab
-#                          only, not in the default list: "W3 W3c1 W3c3" compares them with
-#                          one Redis, see docs/benchmarks.md "W3 on a Redis Cluster")
+#                          only, not in this default list: `make bench-cluster` (the last part
+#                          of `make bench`) runs "W3 W3c1 W3c3" to compare them with one Redis,
+#                          see docs/benchmarks.md "W3 on a Redis Cluster")
 #   BENCH_TARGETS="collab nchan"    subset to run
 #   BENCH_W3_SUBS=100      subscribers of the W3 searches (10 documents): 10 makes each delta
 #                          cheaper for nginx and the generator, so Redis's share grows
