@@ -829,6 +829,8 @@ static ngx_int_t ngx_http_collab_store_fence_ask(redisAsyncContext *ac,
     void *data);
 static void ngx_http_collab_store_fence_reply(redisAsyncContext *ac,
     void *r, void *data);
+static void ngx_http_collab_store_version_parse(redisReply *reply,
+    int64_t *version, int64_t *compat, ngx_uint_t *sharded);
 static void ngx_http_collab_store_fence_arg(ngx_http_collab_cmd_t *cmd,
     ngx_str_t *doc, const char **argv, size_t *argvlen, ngx_uint_t i);
 static void ngx_http_collab_store_load_reply(redisAsyncContext *ac,
@@ -954,9 +956,6 @@ ngx_http_collab_store_version_reply(redisAsyncContext *ac, void *r,
         return;
     }
 
-    version = 0;
-    compat = 0;
-
     if (reply->type == REDIS_REPLY_ERROR
         && ngx_strstr(reply->str, "not found") == NULL)
     {
@@ -972,17 +971,7 @@ ngx_http_collab_store_version_reply(redisAsyncContext *ac, void *r,
 
     /* "function not found": no library, or one older than collab_version */
 
-    if (reply->type == REDIS_REPLY_ARRAY && reply->elements >= 2
-        && reply->element[0]->type == REDIS_REPLY_INTEGER
-        && reply->element[1]->type == REDIS_REPLY_INTEGER)
-    {
-        version = reply->element[0]->integer;
-        compat = reply->element[1]->integer;
-    }
-
-    sharded = (reply->type == REDIS_REPLY_ARRAY && reply->elements >= 3
-               && reply->element[2]->type == REDIS_REPLY_INTEGER
-               && reply->element[2]->integer == 1);
+    ngx_http_collab_store_version_parse(reply, &version, &compat, &sharded);
 
     /* a cluster's library publishes with SPUBLISH, any other with PUBLISH */
 
@@ -1046,20 +1035,46 @@ ngx_http_collab_store_version_reply(redisAsyncContext *ac, void *r,
 ngx_int_t
 ngx_http_collab_store_version_ok(redisReply *reply)
 {
-    if (reply == NULL || reply->type != REDIS_REPLY_ARRAY
-        || reply->elements < 2
-        || reply->element[0]->type != REDIS_REPLY_INTEGER
-        || reply->element[1]->type != REDIS_REPLY_INTEGER
-        || reply->element[0]->integer < NGX_HTTP_COLLAB_STORE_VERSION
-        || reply->element[1]->integer > NGX_HTTP_COLLAB_STORE_VERSION
-        || (reply->elements >= 3
-            && reply->element[2]->type == REDIS_REPLY_INTEGER
-            && reply->element[2]->integer == 1))
+    int64_t     version, compat;
+    ngx_uint_t  sharded;
+
+    if (reply == NULL) {
+        return NGX_DECLINED;
+    }
+
+    ngx_http_collab_store_version_parse(reply, &version, &compat, &sharded);
+
+    if (version < NGX_HTTP_COLLAB_STORE_VERSION
+        || compat > NGX_HTTP_COLLAB_STORE_VERSION || sharded)
     {
         return NGX_DECLINED;
     }
 
     return NGX_OK;
+}
+
+
+/* collab_version's reply: {version, oldest module served[, 1: sharded]};
+ * 0 and 0 for anything else (no library, an error) */
+
+static void
+ngx_http_collab_store_version_parse(redisReply *reply, int64_t *version,
+    int64_t *compat, ngx_uint_t *sharded)
+{
+    *version = 0;
+    *compat = 0;
+
+    if (reply->type == REDIS_REPLY_ARRAY && reply->elements >= 2
+        && reply->element[0]->type == REDIS_REPLY_INTEGER
+        && reply->element[1]->type == REDIS_REPLY_INTEGER)
+    {
+        *version = reply->element[0]->integer;
+        *compat = reply->element[1]->integer;
+    }
+
+    *sharded = (reply->type == REDIS_REPLY_ARRAY && reply->elements >= 3
+                && reply->element[2]->type == REDIS_REPLY_INTEGER
+                && reply->element[2]->integer == 1);
 }
 
 
